@@ -1,0 +1,619 @@
+// Slow paths of the heap: arenas per class, the thread-cache registry, sealing
+// and checking, statistics.
+#include "allocator/core/heap.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <new>
+
+namespace dropalloc {
+
+const char* to_string(block_state s) noexcept {
+  switch (s) {
+    case block_state::intact: return "intact";
+    case block_state::unsealed: return "unsealed";
+    case block_state::dropped: return "dropped";
+    case block_state::stale: return "stale";
+    case block_state::foreign: return "foreign";
+  }
+  return "?";
+}
+
+namespace core {
+
+const char* to_string(alloc_error e) noexcept {
+  switch (e) {
+    case alloc_error::none: return "no error";
+    case alloc_error::out_of_memory: return "the kernel refused to map more memory";
+    case alloc_error::too_large: return "request larger than the address space allows";
+    case alloc_error::bad_alignment: return "alignment is not a power of two";
+  }
+  return "?";
+}
+
+__thread tc_table* t_cache_table = nullptr;
+
+namespace {
+
+std::uint64_t now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+// Heaps that own a thread-cache slot, and every thread's table.
+struct registry_t {
+  std::mutex lock;
+  heap* heaps[kMaxCachedHeaps] = {};
+  std::uint64_t ids[kMaxCachedHeaps] = {};
+  tc_table* tables = nullptr;
+};
+
+registry_t& registry() {
+  static registry_t r;  // constant-initialised members; never destroyed before use ends
+  return r;
+}
+
+std::atomic<std::uint64_t> g_next_heap_id{1};
+
+bool misuse_aborts() {
+  static const bool aborts = [] {
+    const char* v = getenv("DROPALLOC_ABORT_ON_MISUSE");
+    return v != nullptr && v[0] == '1';
+  }();
+  return aborts;
+}
+
+// Reads one 8-byte word of droppable memory. Atomic, so the compiler makes no
+// assumption that it keeps its value: the kernel may zero it at any instant.
+inline std::uint64_t load_word(const std::byte* p) {
+  return __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_RELAXED);
+}
+
+// 1 + index of the first non-zero word in [p, p + bytes), 0 if all are zero.
+std::uint64_t first_nonzero_word(const std::byte* p, std::size_t bytes) {
+  std::size_t words = bytes / 8;
+  for (std::size_t i = 0; i < words; ++i) {
+    if (load_word(p + i * 8) != 0) return i + 1;
+  }
+  return 0;
+}
+
+// `live` and `bump` change under the class lock but are read without it by
+// stats, seal_all and check_all: single-writer atomic stores keep that defined.
+inline void set_counter(std::uint32_t* field, std::uint32_t value) {
+  __atomic_store_n(field, value, __ATOMIC_RELAXED);
+}
+inline std::uint32_t read_counter(const std::uint32_t* field) {
+  return __atomic_load_n(field, __ATOMIC_RELAXED);
+}
+
+// Bytes from a block's start to the next block's start.
+inline std::size_t block_stride(const segment* s) {
+  return s->per_page != 0 ? s->block_size : std::size_t{s->pages_per_block} * kPage;
+}
+
+void unlink(segment** head, segment* s) {
+  if (s->prev != nullptr) s->prev->next = s->next; else *head = s->next;
+  if (s->next != nullptr) s->next->prev = s->prev;
+  s->next = s->prev = nullptr;
+  s->list = kListNone;
+}
+
+void push(segment** head, segment* s, std::uint8_t list) {
+  s->prev = nullptr;
+  s->next = *head;
+  if (*head != nullptr) (*head)->prev = s;
+  *head = s;
+  s->list = list;
+}
+
+}  // namespace
+
+// ---- thread caches -----------------------------------------------------------
+
+// Hands a dying thread's cached blocks back to their heaps.
+void flush_thread_caches(tc_table* t) noexcept {
+  registry_t& r = registry();
+  std::lock_guard<std::mutex> guard(r.lock);
+  for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
+    tc_heap_cache* c = t->caches[slot];
+    if (c == nullptr) continue;
+    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) {
+      for (std::uint32_t cls = 0; cls < kNumSmallClasses; ++cls) {
+        std::uint32_t n = c->bins[cls].count.load(std::memory_order_relaxed);
+        if (n != 0) r.heaps[slot]->give_back(cls, c->bins[cls].items, n);
+        c->bins[cls].count.store(0, std::memory_order_relaxed);
+      }
+    }
+    os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
+    t->caches[slot] = nullptr;
+  }
+  if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
+  if (t->next != nullptr) t->next->prev = t->prev;
+}
+
+namespace {
+__thread bool t_exited = false;
+}  // namespace
+
+struct thread_exit_flusher {
+  tc_table* table = nullptr;
+  ~thread_exit_flusher() {
+    if (table == nullptr) return;
+    t_exited = true;
+    t_cache_table = nullptr;
+    flush_thread_caches(table);
+    os::system_os().unmap_metadata(table, sizeof(tc_table));
+  }
+};
+
+namespace {
+thread_local thread_exit_flusher t_flusher;
+}  // namespace
+
+tc_heap_cache* heap::thread_cache() noexcept {
+  if (slot_ < 0 || t_exited) return nullptr;
+  tc_table* t = t_cache_table;
+  if (t == nullptr) {
+    int err = 0;
+    t = static_cast<tc_table*>(os::system_os().map_metadata(sizeof(tc_table), &err));
+    if (t == nullptr) return nullptr;
+    registry_t& r = registry();
+    {
+      std::lock_guard<std::mutex> guard(r.lock);
+      t->next = r.tables;
+      if (r.tables != nullptr) r.tables->prev = t;
+      r.tables = t;
+    }
+    t_cache_table = t;
+    t_flusher.table = t;  // first use registers the exit handler
+  }
+  tc_heap_cache* c = t->caches[slot_];
+  if (c == nullptr) {
+    int err = 0;
+    c = static_cast<tc_heap_cache*>(os::system_os().map_metadata(sizeof(tc_heap_cache), &err));
+    if (c == nullptr) return nullptr;
+    t->caches[slot_] = c;
+  }
+  if (c->heap_id != id_) {
+    // Left by a heap that no longer exists: its arenas are gone, forget them.
+    for (auto& bin : c->bins) bin.count.store(0, std::memory_order_relaxed);
+    c->heap_id = id_;
+  }
+  return c;
+}
+
+// ---- construction ------------------------------------------------------------
+
+heap::heap(const heap_options& options)
+    : os_(options.os != nullptr ? options.os : &os::system_os()),
+      options_(options),
+      id_(g_next_heap_id.fetch_add(1, std::memory_order_relaxed)),
+      slot_(-1) {
+  if (!options.thread_cache) return;
+  registry_t& r = registry();
+  std::lock_guard<std::mutex> guard(r.lock);
+  for (int i = 0; i < kMaxCachedHeaps; ++i) {
+    if (r.heaps[i] == nullptr) {
+      r.heaps[i] = this;
+      r.ids[i] = id_;
+      slot_ = i;
+      break;
+    }
+  }
+}
+
+heap::~heap() {
+  if (slot_ >= 0) {
+    registry_t& r = registry();
+    std::lock_guard<std::mutex> guard(r.lock);
+    r.heaps[slot_] = nullptr;
+    r.ids[slot_] = 0;
+  }
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  while (all_ != nullptr) {
+    segment* s = all_;
+    all_ = s->all_next;
+    destroy_segment(*os_, s);
+  }
+}
+
+void heap::link_all(segment* s) noexcept {
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  s->all_prev = nullptr;
+  s->all_next = all_;
+  if (all_ != nullptr) all_->all_prev = s;
+  all_ = s;
+}
+
+void heap::unlink_all(segment* s) noexcept {
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  if (s->all_prev != nullptr) s->all_prev->all_next = s->all_next; else all_ = s->all_next;
+  if (s->all_next != nullptr) s->all_next->all_prev = s->all_prev;
+}
+
+// ---- allocation slow paths ---------------------------------------------------
+
+void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
+                          alloc_error* err) noexcept {
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    *err = alloc_error::bad_alignment;
+    return nullptr;
+  }
+  if (cls == kNoClass) return allocate_large(bytes, alignment, err);
+  void* p = nullptr;
+  int os_err = 0;
+  tc_heap_cache* c = cls < kNumSmallClasses ? thread_cache() : nullptr;
+  if (c != nullptr) {
+    tc_bin& bin = c->bins[cls];
+    std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+    if (n == 0) n = take_blocks(static_cast<std::uint32_t>(cls), bin.items, kBinCapacity[cls] / 2, &os_err);
+    if (n != 0) {
+      p = bin.items[n - 1];
+      bin.count.store(n - 1, std::memory_order_relaxed);
+    }
+  } else if (take_blocks(static_cast<std::uint32_t>(cls), &p, 1, &os_err) == 0) {
+    p = nullptr;
+  }
+  if (p == nullptr) {
+    *err = alloc_error::out_of_memory;
+    return nullptr;
+  }
+  mark_live(p);
+  return p;
+}
+
+void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
+  if (bytes > kMaxRequest || alignment > kMaxRequest) {
+    *err = alloc_error::too_large;
+    return nullptr;
+  }
+  int os_err = 0;
+  segment* s = create_large(*os_, this, bytes, alignment, &os_err);
+  if (s == nullptr) {
+    *err = alloc_error::out_of_memory;
+    return nullptr;
+  }
+  s->meta[0].store(meta::make(0, 0, meta::kLive), std::memory_order_release);
+  link_all(s);
+  return s->base;
+}
+
+std::uint32_t heap::take_blocks(std::uint32_t cls, void** out, std::uint32_t want, int* err) noexcept {
+  class_state& c = classes_[cls];
+  std::lock_guard<std::mutex> guard(c.lock);
+  std::uint32_t got = 0;
+  while (got < want) {
+    segment* s = c.avail;
+    if (s == nullptr) {
+      s = c.empty;
+      if (s != nullptr) {
+        unlink(&c.empty, s);
+      } else {
+        s = create_segment(*os_, this, cls, err);
+        if (s == nullptr) break;
+        link_all(s);
+      }
+      push(&c.avail, s, kListAvail);
+    }
+    // Lowest free blocks first (address order keeps pages dense), then fresh ones.
+    std::uint32_t words = (s->bump + 63) / 64;
+    while (got < want && s->free_count != 0 && s->scan_word < words) {
+      std::uint64_t& w = s->free_bits[s->scan_word];
+      if (w == 0) {
+        ++s->scan_word;
+        continue;
+      }
+      int bit = __builtin_ctzll(w);
+      w &= w - 1;
+      --s->free_count;
+      out[got++] = block_start(s, s->scan_word * 64 + static_cast<std::uint32_t>(bit));
+      set_counter(&s->live, s->live + 1);
+    }
+    while (got < want && s->bump < s->capacity) {
+      out[got++] = block_start(s, s->bump);
+      set_counter(&s->bump, s->bump + 1);
+      set_counter(&s->live, s->live + 1);
+    }
+    if (s->free_count == 0 && s->bump == s->capacity) unlink(&c.avail, s);  // full
+  }
+  return got;
+}
+
+void heap::give_back(std::uint32_t cls, void* const* items, std::uint32_t n) noexcept {
+  class_state& c = classes_[cls];
+  std::lock_guard<std::mutex> guard(c.lock);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    segment* s = segment_of(items[i]);
+    std::uint32_t idx = block_index_of(s, items[i]);
+    s->free_bits[idx / 64] |= std::uint64_t{1} << (idx % 64);
+    ++s->free_count;
+    if (idx / 64 < s->scan_word) s->scan_word = idx / 64;
+    bool was_full = s->list == kListNone;
+    set_counter(&s->live, s->live - 1);
+    if (s->live == 0) {
+      if (!was_full) unlink(&c.avail, s);
+      s->empty_since_ns = now_ms();
+      push(&c.empty, s, kListEmpty);
+    } else if (was_full) {
+      push(&c.avail, s, kListAvail);
+    }
+  }
+  release_empty(c, false);
+}
+
+// Unmaps empty arenas of a class that stayed empty for the decay time. The
+// newest stays as a spare unless `all` is set.
+void heap::release_empty(class_state& c, bool all) noexcept {
+  if (c.empty == nullptr) return;
+  std::uint64_t now = now_ms();
+  segment* s = all ? c.empty : c.empty->next;
+  while (s != nullptr) {
+    segment* next = s->next;
+    if (all || now - s->empty_since_ns >= options_.empty_arena_decay_ms) {
+      unlink(&c.empty, s);
+      unlink_all(s);
+      destroy_segment(*os_, s);
+    }
+    s = next;
+  }
+  if (!all && c.empty != nullptr && now - c.empty->empty_since_ns >= 10 * options_.empty_arena_decay_ms + 1) {
+    s = c.empty;
+    unlink(&c.empty, s);
+    unlink_all(s);
+    destroy_segment(*os_, s);
+  }
+}
+
+void heap::trim() noexcept {
+  for (auto& c : classes_) {
+    std::lock_guard<std::mutex> guard(c.lock);
+    release_empty(c, true);
+  }
+}
+
+// ---- free slow path ------------------------------------------------------------
+
+void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
+  auto& word = s->meta[idx];
+  std::uint64_t m = word.load(std::memory_order_relaxed);
+  if (s->cls == kLargeClass) {
+    // The mapping goes away: let exactly one of two racing frees do it.
+    if (meta::state(m) == meta::kFree ||
+        !word.compare_exchange_strong(m, meta::make(meta::gen(m) + 1, 0, meta::kFree))) {
+      return report_misuse("double free", p);
+    }
+    unlink_all(s);
+    destroy_segment(*os_, s);
+    return;
+  }
+  word.store(meta::make(meta::gen(m) + 1, 0, meta::kFree), std::memory_order_release);
+  tc_heap_cache* c = s->cls < kNumSmallClasses ? thread_cache() : nullptr;
+  if (c == nullptr) {
+    give_back(s->cls, &p, 1);
+    return;
+  }
+  tc_bin& bin = c->bins[s->cls];
+  std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+  if (n >= kBinCapacity[s->cls]) {
+    // Full: hand the older half back, keep the recently freed (cache-warm) half.
+    std::uint32_t half = kBinCapacity[s->cls] / 2;
+    give_back(s->cls, bin.items, half);
+    memmove(bin.items, bin.items + half, (n - half) * sizeof(void*));
+    n -= half;
+  }
+  bin.items[n] = p;
+  bin.count.store(n + 1, std::memory_order_relaxed);
+}
+
+void heap::report_misuse(const char* what, const void* p) noexcept {
+  std::uint64_t count = misuse_refused_.fetch_add(1, std::memory_order_relaxed);
+  if (count < 16 || misuse_aborts()) {
+    char line[160];
+    int len = snprintf(line, sizeof line, "dropalloc: deallocate(%p) refused: %s%s\n", p, what,
+                       misuse_aborts() ? "" : " (ignored; nothing was freed)");
+    ssize_t ignored = write(STDERR_FILENO, line, static_cast<std::size_t>(len));
+    (void)ignored;
+  }
+  if (misuse_aborts()) abort();
+}
+
+// ---- queries ---------------------------------------------------------------------
+
+bool heap::owns(const void* p) const noexcept {
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  return s != nullptr && s->owner == this && block_index(s, p, &idx);
+}
+
+std::uint64_t heap::generation(const void* p) const noexcept {
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
+  std::uint64_t m = s->meta[idx].load(std::memory_order_acquire);
+  return meta::state(m) == meta::kFree ? 0 : s->generation_of(m);
+}
+
+std::size_t heap::usable_size(const void* p) const noexcept {
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
+  if (meta::state(s->meta[idx].load(std::memory_order_acquire)) == meta::kFree) return 0;
+  return s->cls == kLargeClass ? s->span : s->block_size;
+}
+
+// ---- seal and check ----------------------------------------------------------------
+
+// Records the witnesses of block idx (read from its current contents) and
+// returns the meta word that marks it sealed.
+std::uint64_t heap::seal_witnesses(segment* s, std::uint32_t idx, std::uint64_t m) noexcept {
+  const std::byte* start = block_start(s, idx);
+  if (s->per_page != 0) {
+    return meta::make(meta::gen(m), first_nonzero_word(start, s->block_size), meta::kSealed);
+  }
+  std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
+  for (std::size_t k = 0; k < s->pages_per_block; ++k) {
+    auto w = static_cast<std::uint16_t>(first_nonzero_word(start + k * kPage, kPage));
+    s->page_witness[first + k].store(w, std::memory_order_relaxed);
+  }
+  return meta::make(meta::gen(m), 0, meta::kSealed);
+}
+
+block_state heap::seal(void* p) noexcept {
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
+  auto& word = s->meta[idx];
+  std::uint64_t m = word.load(std::memory_order_acquire);
+  if (meta::state(m) == meta::kFree) return block_state::stale;
+  std::uint64_t sealed = seal_witnesses(s, idx, m);
+  // The release store publishes the witnesses with the sealed state.
+  if (!word.compare_exchange_strong(m, sealed, std::memory_order_acq_rel)) return block_state::stale;
+  // Small blocks share their page with others; sealing the whole page is
+  // harmless (a later write to any block on it un-seals it again).
+  std::byte* from = s->base + (static_cast<std::byte*>(p) - s->base) / kPage * kPage;
+  std::size_t len = s->per_page != 0 ? kPage : block_stride(s);
+  os_->seal_pages(from, len);
+  // A page may have gone while we read it or before the advice: look again.
+  return check(p, s->generation_of(sealed));
+}
+
+std::size_t heap::seal_all() noexcept {
+  std::size_t sealed = 0;
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  for (segment* s = all_; s != nullptr; s = s->all_next) {
+    std::uint32_t used = 0;
+    std::uint32_t bump = read_counter(&s->bump);
+    for (std::uint32_t i = 0; i < bump; ++i) {
+      auto& word = s->meta[i];
+      std::uint64_t m = word.load(std::memory_order_acquire);
+      if (meta::state(m) == meta::kFree) continue;
+      if (word.compare_exchange_strong(m, seal_witnesses(s, i, m), std::memory_order_acq_rel)) {
+        ++sealed;
+        used = i + 1;
+      }
+    }
+    if (used != 0) {
+      std::byte* end = block_start(s, used - 1) + block_stride(s);
+      os_->seal_pages(s->base, static_cast<std::size_t>((end - s->base + kPage - 1) / kPage * kPage));
+    }
+  }
+  return sealed;
+}
+
+block_state heap::check(const void* p, std::uint64_t generation) noexcept {
+  // Orders the caller's reads of the block before the witness reads below:
+  // the safe read protocol is read, then check.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  segment* s = segment_of(p);
+  if (s == nullptr) return block_state::stale;
+  std::uint32_t idx;
+  if (s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
+  auto& word = s->meta[idx];
+  std::uint64_t m = word.load(std::memory_order_acquire);
+  if (meta::state(m) == meta::kFree || s->generation_of(m) != generation) return block_state::stale;
+  if (meta::state(m) == meta::kLive) return block_state::unsealed;
+  if (meta::state(m) == meta::kDropped) return block_state::dropped;
+  const std::byte* start = block_start(s, idx);
+  bool lost = false;
+  if (s->per_page != 0) {
+    std::uint64_t w = meta::witness(m);
+    lost = w != 0 && load_word(start + (w - 1) * 8) == 0;
+  } else {
+    std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
+    for (std::size_t k = 0; k < s->pages_per_block && !lost; ++k) {
+      std::uint16_t w = s->page_witness[first + k].load(std::memory_order_relaxed);
+      lost = w != 0 && load_word(start + k * kPage + (w - 1u) * 8u) == 0;
+    }
+  }
+  if (lost) {
+    std::uint64_t dropped = (m & ~meta::kStateMask) | meta::kDropped;
+    if (word.compare_exchange_strong(m, dropped, std::memory_order_acq_rel)) {
+      drops_detected_.fetch_add(1, std::memory_order_relaxed);
+      return block_state::dropped;
+    }
+    return check(p, generation);  // freed or resealed meanwhile: answer afresh
+  }
+  // Witnesses read under an unchanged meta word belong to this seal.
+  if (word.load(std::memory_order_acquire) != m) return check(p, generation);
+  return block_state::intact;
+}
+
+sweep_result heap::check_all() noexcept {
+  sweep_result r;
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  for (segment* s = all_; s != nullptr; s = s->all_next) {
+    std::uint32_t bump = read_counter(&s->bump);
+    for (std::uint32_t i = 0; i < bump; ++i) {
+      std::uint64_t m = s->meta[i].load(std::memory_order_acquire);
+      if (meta::state(m) == meta::kFree) continue;
+      switch (check(block_start(s, i), s->generation_of(m))) {
+        case block_state::intact: ++r.intact; break;
+        case block_state::unsealed: ++r.unsealed; break;
+        case block_state::dropped: ++r.dropped; break;
+        default: break;  // freed by another thread while we looked
+      }
+    }
+  }
+  return r;
+}
+
+int heap::drop_for_testing(void* p, std::size_t bytes) noexcept { return os_->drop_pages(p, bytes); }
+
+void heap::drop_all_for_testing() noexcept {
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  for (segment* s = all_; s != nullptr; s = s->all_next) os_->drop_pages(s->base, s->span);
+}
+
+// ---- statistics ------------------------------------------------------------------------
+
+resource_stats heap::stats() const noexcept {
+  resource_stats st;
+  std::uint64_t cached_blocks[kNumSmallClasses] = {};
+  if (slot_ >= 0) {
+    registry_t& r = registry();
+    std::lock_guard<std::mutex> guard(r.lock);
+    for (tc_table* t = r.tables; t != nullptr; t = t->next) {
+      tc_heap_cache* c = t->caches[slot_];
+      if (c == nullptr || c->heap_id != id_) continue;
+      for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+        cached_blocks[cls] += c->bins[cls].count.load(std::memory_order_relaxed);
+      }
+    }
+  }
+  std::uint64_t out_blocks[kNumClasses] = {};
+  {
+    std::lock_guard<std::mutex> guard(segments_lock_);
+    for (segment* s = all_; s != nullptr; s = s->all_next) {
+      ++st.arenas_mapped;
+      st.bytes_mapped += s->span;
+      st.metadata_bytes += s->meta_bytes;
+      st.bytes_resident += os_->resident_bytes(s->base, s->span);
+      if (s->cls == kLargeClass) {
+        ++st.blocks_live;
+        st.bytes_live += s->span;
+      } else {
+        out_blocks[s->cls] += read_counter(&s->live);
+      }
+    }
+  }
+  for (std::size_t cls = 0; cls < kNumClasses; ++cls) {
+    std::uint64_t cached = cls < kNumSmallClasses ? cached_blocks[cls] : 0;
+    std::uint64_t live = out_blocks[cls] > cached ? out_blocks[cls] - cached : 0;
+    st.blocks_live += live;
+    st.bytes_live += live * kSizeClasses[cls].size;
+  }
+  st.drops_detected = drops_detected_.load(std::memory_order_relaxed);
+  st.misuse_refused = misuse_refused_.load(std::memory_order_relaxed);
+  st.droppable = os_->arena_backing() == backing::droppable;
+  return st;
+}
+
+}  // namespace core
+}  // namespace dropalloc

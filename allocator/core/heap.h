@@ -1,0 +1,166 @@
+// The heap: size-classed arenas, per-thread caches, generations and the drop
+// check. One heap per droppable_resource; the pmr, cache and C front ends are
+// thin layers over this class.
+//
+// Fast paths (allocate/deallocate of cached small blocks) are inline below and
+// take no lock; everything else is in heap.cc behind a noinline slow path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "allocator/core/segment.h"
+#include "allocator/core/thread_cache.h"
+#include "allocator/core/types.h"
+#include "allocator/os/os.h"
+
+#if defined(__GNUC__)
+#define DROPALLOC_LIKELY(x) __builtin_expect(!!(x), 1)
+#define DROPALLOC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define DROPALLOC_LIKELY(x) (x)
+#define DROPALLOC_UNLIKELY(x) (x)
+#endif
+
+namespace dropalloc::core {
+
+struct heap_options {
+  os::os_interface* os = nullptr;        // nullptr: os::system_os()
+  bool thread_cache = true;              // false: every call takes a class lock
+  std::uint64_t empty_arena_decay_ms = 1000;  // an arena empty this long is unmapped
+};
+
+enum class alloc_error : std::uint8_t { none, out_of_memory, too_large, bad_alignment };
+const char* to_string(alloc_error e) noexcept;
+
+// Largest request accepted: beyond this the address space cannot hold it.
+inline constexpr std::size_t kMaxRequest = std::size_t{1} << 46;
+
+struct sweep_result {
+  std::uint64_t intact = 0, unsealed = 0, dropped = 0;
+};
+
+class heap {
+ public:
+  explicit heap(const heap_options& options = {});
+  ~heap();  // unmaps every arena, whatever is still live
+  heap(const heap&) = delete;
+  heap& operator=(const heap&) = delete;
+
+  // Returns nullptr and sets *err on failure. alignment must be a power of two.
+  void* allocate(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept;
+  // Frees a block; double, foreign and interior frees are refused and reported.
+  void deallocate(void* p) noexcept;
+
+  std::uint64_t generation(const void* p) const noexcept;  // 0 unless p is a live block
+  std::size_t usable_size(const void* p) const noexcept;   // 0 unless p is a live block
+  bool owns(const void* p) const noexcept;
+
+  block_state seal(void* p) noexcept;
+  std::size_t seal_all() noexcept;  // seals every live block; returns how many
+  block_state check(const void* p, std::uint64_t generation) noexcept;
+  sweep_result check_all() noexcept;
+
+  int drop_for_testing(void* p, std::size_t bytes) noexcept;
+  void drop_all_for_testing() noexcept;
+  void trim() noexcept;  // unmaps empty arenas now
+
+  resource_stats stats() const noexcept;
+  backing arena_backing() const noexcept { return os_->arena_backing(); }
+
+ private:
+  struct alignas(64) class_state {
+    std::mutex lock;
+    segment* avail = nullptr;  // arenas with free blocks and live blocks
+    segment* empty = nullptr;  // arenas with no live block, newest first
+  };
+
+  void* allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
+                      alloc_error* err) noexcept;
+  void* allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept;
+  void deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept;
+  void report_misuse(const char* what, const void* p) noexcept;
+  tc_heap_cache* thread_cache() noexcept;
+
+  std::uint32_t take_blocks(std::uint32_t cls, void** out, std::uint32_t want, int* err) noexcept;
+  void give_back(std::uint32_t cls, void* const* items, std::uint32_t n) noexcept;
+  void release_empty(class_state& c, bool all) noexcept;
+  void link_all(segment* s) noexcept;
+  void unlink_all(segment* s) noexcept;
+  std::uint64_t seal_witnesses(segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
+
+  static void mark_live(void* p) noexcept;
+
+  friend struct thread_exit_flusher;
+  friend void flush_thread_caches(tc_table* t) noexcept;
+
+  os::os_interface* os_;
+  heap_options options_;
+  std::uint64_t id_;  // unique for the process lifetime, never 0
+  int slot_;          // registry slot for thread caches, -1 for none
+  class_state classes_[kNumClasses];
+  mutable std::mutex segments_lock_;
+  segment* all_ = nullptr;  // every arena of this heap (guarded by segments_lock_)
+  std::atomic<std::uint64_t> drops_detected_{0};
+  std::atomic<std::uint64_t> misuse_refused_{0};
+};
+
+// ---- fast paths ------------------------------------------------------------
+
+inline void heap::mark_live(void* p) noexcept {
+  segment* s = segment_of(p);
+  auto& word = s->meta[block_index_of(s, p)];
+  std::uint64_t m = word.load(std::memory_order_relaxed);
+  word.store((m & ~meta::kStateMask) | meta::kLive, std::memory_order_release);
+}
+
+inline void* heap::allocate(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
+  std::size_t cls = class_for(bytes, alignment);
+  tc_table* t = t_cache_table;
+  if (DROPALLOC_LIKELY(cls < kNumSmallClasses && t != nullptr && slot_ >= 0)) {
+    tc_heap_cache* c = t->caches[slot_];
+    if (DROPALLOC_LIKELY(c != nullptr && c->heap_id == id_)) {
+      tc_bin& bin = c->bins[cls];
+      std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+      if (DROPALLOC_LIKELY(n != 0)) {
+        void* p = bin.items[n - 1];
+        bin.count.store(n - 1, std::memory_order_relaxed);
+        mark_live(p);
+        return p;
+      }
+    }
+  }
+  return allocate_slow(bytes, alignment, cls, err);
+}
+
+inline void heap::deallocate(void* p) noexcept {
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this || !block_index(s, p, &idx))) {
+    return report_misuse("not a block of this resource", p);
+  }
+  auto& word = s->meta[idx];
+  std::uint64_t m = word.load(std::memory_order_relaxed);
+  if (DROPALLOC_UNLIKELY(meta::state(m) == meta::kFree)) {
+    return report_misuse("double free", p);
+  }
+  tc_table* t = t_cache_table;
+  if (DROPALLOC_LIKELY(s->cls < kNumSmallClasses && t != nullptr && slot_ >= 0)) {
+    tc_heap_cache* c = t->caches[slot_];
+    if (DROPALLOC_LIKELY(c != nullptr && c->heap_id == id_)) {
+      tc_bin& bin = c->bins[s->cls];
+      std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+      if (DROPALLOC_LIKELY(n < kBinCapacity[s->cls])) {
+        // A new generation makes every outstanding (p, generation) stale.
+        word.store(meta::make(meta::gen(m) + 1, 0, meta::kFree), std::memory_order_release);
+        bin.items[n] = p;
+        bin.count.store(n + 1, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
+  deallocate_slow(s, idx, p);
+}
+
+}  // namespace dropalloc::core

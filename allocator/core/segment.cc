@@ -1,0 +1,140 @@
+#include "allocator/core/segment.h"
+
+#include <errno.h>
+
+#include <mutex>
+#include <new>
+
+namespace dropalloc::core {
+
+std::atomic<std::atomic<segment*>*> g_segment_map{nullptr};
+
+namespace {
+
+std::mutex g_map_init_lock;
+
+// Generations of a new segment start above every generation any earlier
+// segment used, so a stale (pointer, generation) never matches a block that
+// later occupies the same address.
+std::atomic<std::uint64_t> g_gen_floor{1};
+
+std::atomic<segment*>* ensure_map(os::os_interface& os, int* err) {
+  std::atomic<segment*>* map = g_segment_map.load(std::memory_order_acquire);
+  if (map != nullptr) return map;
+  std::lock_guard<std::mutex> guard(g_map_init_lock);
+  map = g_segment_map.load(std::memory_order_acquire);
+  if (map == nullptr) {
+    // The table outlives every heap: it is never unmapped.
+    map = static_cast<std::atomic<segment*>*>(
+        os.map_metadata(kMapEntries * sizeof(std::atomic<segment*>), err));
+    if (map != nullptr) g_segment_map.store(map, std::memory_order_release);
+  }
+  return map;
+}
+
+void set_map(std::atomic<segment*>* map, const segment* s, segment* value) {
+  auto first = reinterpret_cast<std::uintptr_t>(s->base) >> kSegmentShift;
+  auto last = (reinterpret_cast<std::uintptr_t>(s->base) + s->span - 1) >> kSegmentShift;
+  for (auto i = first; i <= last; ++i) map[i].store(value, std::memory_order_release);
+}
+
+constexpr std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+// Lays out the segment header and its arrays in one metadata mapping.
+segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* owner,
+               std::uint32_t cls, std::uint32_t block_size, std::uint32_t capacity,
+               std::uint32_t per_page, std::uint32_t pages_per_block, int* err) {
+  std::size_t off_meta = round_up(sizeof(segment), 64);
+  std::size_t off_witness = off_meta + capacity * sizeof(std::uint64_t);
+  std::size_t witness_count = per_page != 0 ? 0 : std::size_t{capacity} * pages_per_block;
+  std::size_t off_bits = round_up(off_witness + witness_count * sizeof(std::uint16_t), 8);
+  std::size_t bytes = round_up(off_bits + (capacity + 63) / 64 * 8, kPage);
+  auto* raw = static_cast<std::byte*>(os.map_metadata(bytes, err));
+  if (raw == nullptr) return nullptr;
+  auto* s = new (raw) segment{};
+  s->base = base;
+  s->span = span;
+  s->meta_bytes = bytes;
+  s->owner = owner;
+  s->cls = cls;
+  s->block_size = block_size;
+  s->capacity = capacity;
+  s->per_page = per_page;
+  s->pages_per_block = pages_per_block;
+  std::uint64_t divisor = per_page != 0 ? block_size : pages_per_block;
+  s->magic = ((std::uint64_t{1} << 32) + divisor - 1) / divisor;
+  s->gen_base = g_gen_floor.load(std::memory_order_acquire);
+  // Zero-filled memory is a valid state for these arrays: all blocks free,
+  // generation 0, no witnesses, no free bits.
+  s->meta = reinterpret_cast<std::atomic<std::uint64_t>*>(raw + off_meta);
+  s->page_witness =
+      witness_count != 0 ? reinterpret_cast<std::atomic<std::uint16_t>*>(raw + off_witness) : nullptr;
+  s->free_bits = reinterpret_cast<std::uint64_t*>(raw + off_bits);
+  return s;
+}
+
+}  // namespace
+
+std::uint64_t next_gen_base() { return g_gen_floor.load(std::memory_order_acquire); }
+
+segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, int* err) {
+  std::atomic<segment*>* map = ensure_map(os, err);
+  if (map == nullptr) return nullptr;
+  auto* base = static_cast<std::byte*>(os.map_arena(kSegmentSize, kSegmentSize, err));
+  if (base == nullptr) return nullptr;
+  std::uint32_t size = kSizeClasses[cls].size;
+  std::uint32_t per_page = is_small_class(cls) ? static_cast<std::uint32_t>(kPage / size) : 0;
+  std::uint32_t ppb = is_small_class(cls) ? 1 : static_cast<std::uint32_t>(size / kPage);
+  std::uint32_t capacity = per_page != 0 ? per_page * static_cast<std::uint32_t>(kPagesPerSegment)
+                                         : static_cast<std::uint32_t>(kPagesPerSegment / ppb);
+  segment* s = build(os, base, kSegmentSize, owner, cls, size, capacity, per_page, ppb, err);
+  if (s == nullptr) {
+    os.unmap_arena(base, kSegmentSize);
+    return nullptr;
+  }
+  set_map(map, s, s);
+  return s;
+}
+
+segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std::size_t alignment,
+                      int* err) {
+  std::atomic<segment*>* map = ensure_map(os, err);
+  if (map == nullptr) return nullptr;
+  std::size_t span = round_up(bytes == 0 ? 1 : bytes, kPage);
+  std::size_t pages = span / kPage;
+  if (pages > 0xffffffffu) {
+    *err = ENOMEM;
+    return nullptr;
+  }
+  std::size_t align = alignment > kSegmentSize ? alignment : kSegmentSize;
+  auto* base = static_cast<std::byte*>(os.map_arena(span, align, err));
+  if (base == nullptr) return nullptr;
+  segment* s = build(os, base, span, owner, kLargeClass,
+                     static_cast<std::uint32_t>(span > 0xffffffffu ? 0 : span), 1, 0,
+                     static_cast<std::uint32_t>(pages), err);
+  if (s == nullptr) {
+    os.unmap_arena(base, span);
+    return nullptr;
+  }
+  s->bump = 1;
+  s->live = 1;
+  set_map(map, s, s);
+  return s;
+}
+
+void destroy_segment(os::os_interface& os, segment* s) {
+  std::uint64_t max_gen = 0;
+  for (std::uint32_t i = 0; i < s->capacity; ++i) {
+    std::uint64_t g = meta::gen(s->meta[i].load(std::memory_order_relaxed));
+    if (g > max_gen) max_gen = g;
+  }
+  std::uint64_t floor = s->gen_base + max_gen + 1;
+  std::uint64_t cur = g_gen_floor.load(std::memory_order_relaxed);
+  while (cur < floor && !g_gen_floor.compare_exchange_weak(cur, floor, std::memory_order_acq_rel)) {
+  }
+  set_map(g_segment_map.load(std::memory_order_acquire), s, nullptr);
+  os.unmap_arena(s->base, s->span);
+  os.unmap_metadata(s, s->meta_bytes);
+}
+
+}  // namespace dropalloc::core

@@ -1,0 +1,79 @@
+// Arenas ("segments"): creating and destroying them, the global map from an
+// address to its segment, and block index arithmetic.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "allocator/core/types.h"
+#include "allocator/os/os.h"
+
+namespace dropalloc::core {
+
+// ---- address -> segment ----------------------------------------------------
+// A flat table with one entry per 4 MiB of the 47-bit user address space
+// (256 MiB of reserved, lazily touched ordinary memory).
+inline constexpr int kAddressBits = 47;
+inline constexpr std::size_t kMapEntries = std::size_t{1} << (kAddressBits - kSegmentShift);
+
+extern std::atomic<std::atomic<segment*>*> g_segment_map;
+
+inline segment* segment_of(const void* p) {
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  std::atomic<segment*>* map = g_segment_map.load(std::memory_order_acquire);
+  if ((a >> kAddressBits) != 0 || map == nullptr) return nullptr;
+  return map[a >> kSegmentShift].load(std::memory_order_acquire);
+}
+
+// Block index of `p` in `s`; false when p is not the start of a block.
+inline bool block_index(const segment* s, const void* p, std::uint32_t* idx) {
+  auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
+  if (off >= s->span) return false;
+  std::uint64_t page = off / kPage;
+  std::uint64_t in_page = off % kPage;
+  if (s->per_page != 0) {  // small: per_page blocks in each page
+    std::uint64_t j = (in_page * s->magic) >> 32;
+    if (j >= s->per_page || j * s->block_size != in_page) return false;
+    *idx = static_cast<std::uint32_t>(page * s->per_page + j);
+  } else {  // multi-page and large: page-aligned blocks of pages_per_block pages
+    if (in_page != 0) return false;
+    std::uint64_t i = (page * s->magic) >> 32;
+    if (i * s->pages_per_block != page) return false;
+    *idx = static_cast<std::uint32_t>(i);
+  }
+  return *idx < s->capacity;
+}
+
+// Block index of `p`, which must be a block start of `s` (our own pointers).
+inline std::uint32_t block_index_of(const segment* s, const void* p) {
+  auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
+  if (s->per_page != 0) {
+    return static_cast<std::uint32_t>((off / kPage) * s->per_page + (((off % kPage) * s->magic) >> 32));
+  }
+  return static_cast<std::uint32_t>(((off / kPage) * s->magic) >> 32);
+}
+
+inline std::byte* block_start(const segment* s, std::uint32_t idx) {
+  if (s->per_page != 0) {
+    return s->base + (idx / s->per_page) * kPage + (idx % s->per_page) * s->block_size;
+  }
+  return s->base + static_cast<std::size_t>(idx) * s->pages_per_block * kPage;
+}
+
+// ---- lifetime ----------------------------------------------------------------
+// Maps an arena for size class `cls` and its metadata and registers it in the
+// segment map. Returns nullptr (and an errno value in *err) on failure.
+segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, int* err);
+
+// Maps one large block of `bytes` (rounded up to pages) aligned to `alignment`.
+segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes,
+                      std::size_t alignment, int* err);
+
+// Unregisters and unmaps the arena and its metadata, first raising the global
+// generation floor above every generation the segment used.
+void destroy_segment(os::os_interface& os, segment* s);
+
+// The next generation base handed to a new segment.
+std::uint64_t next_gen_base();
+
+}  // namespace dropalloc::core

@@ -1,0 +1,53 @@
+// Per-thread caches of free blocks: the allocation fast path pops from them and
+// the free fast path pushes to them, with no lock and no shared write.
+//
+// A thread holds one table; a heap that won a registry slot (at most
+// kMaxCachedHeaps at once) has one tc_heap_cache in it, keyed by the heap's
+// unique id so a cache left behind by a destroyed heap is recognised and
+// discarded, never used. Blocks in a cache count as "live" in their segment.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+
+#include "allocator/core/size_class.h"
+
+namespace dropalloc::core {
+
+inline constexpr int kMaxCachedHeaps = 64;
+inline constexpr std::uint32_t kBinSlots = 128;
+
+// Cache up to 64 KiB per class, between 16 and kBinSlots blocks; a refill or
+// a flush moves half a bin.
+inline constexpr auto kBinCapacity = [] {
+  std::array<std::uint32_t, kNumSmallClasses> caps{};
+  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+    std::size_t n = 64 * 1024 / kSizeClasses[cls].size;
+    caps[cls] = static_cast<std::uint32_t>(n < 16 ? 16 : n > kBinSlots ? kBinSlots : n);
+  }
+  return caps;
+}();
+
+struct tc_bin {
+  std::atomic<std::uint32_t> count;  // written by the owning thread only; read by stats
+  void* items[kBinSlots];            // items[0, count) are free blocks of this class
+};
+
+struct tc_heap_cache {
+  std::uint64_t heap_id;  // the heap the bins belong to; 0 = none
+  tc_bin bins[kNumSmallClasses];
+};
+
+struct tc_table {
+  tc_heap_cache* caches[kMaxCachedHeaps];  // by heap slot, mapped on first use
+  tc_table* next;                          // all tables (guarded by the registry lock)
+  tc_table* prev;
+  bool exiting;  // the thread is running its exit handlers: use no cache
+};
+
+// The calling thread's table; __thread (not thread_local) so access is a plain
+// TLS load with no initialisation wrapper.
+extern __thread tc_table* t_cache_table;
+
+}  // namespace dropalloc::core

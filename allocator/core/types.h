@@ -1,0 +1,126 @@
+// The core data types of dropalloc, with the invariant of every field.
+//
+// Glossary
+//   page      a 4 KiB OS page: the unit the kernel drops, seals and faults.
+//   arena     a 4 MiB-aligned droppable mapping carved into blocks of one size
+//             class (a "segment" in the code), or the mapping of one large block.
+//   block     what allocate() returns. Small blocks (<= 4 KiB) never straddle a
+//             page; multi-page and large blocks are page-aligned.
+//   metadata  everything the allocator needs to remember: free bitmaps,
+//             generations, witnesses. It lives in ordinary private memory, never
+//             in droppable pages, because any droppable page may read as zeros
+//             at any instant.
+//   generation  a number that changes whenever a block is freed; a caller holds
+//             (pointer, generation) and asks whether that block is intact.
+//   seal      declare a block fully written: record its witnesses and
+//             MADV_FREE its pages so the kernel drops them oldest first.
+//   witness   for each page of a sealed block, the index of its first non-zero
+//             8-byte word. The page was dropped iff that word now reads zero.
+//             A page holding only zeros has no witness: dropping it loses nothing.
+//   intact    sealed, not freed since, and every witness word still non-zero.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "allocator/core/size_class.h"
+
+namespace dropalloc {
+
+// The answer to "is this (pointer, generation) still whole?".
+enum class block_state : std::uint8_t {
+  intact,    // sealed, not freed since, no page lost: contents are as sealed
+  unsealed,  // live but not sealed (or written after seal() was asked to reseal):
+             // the allocator cannot vouch for it
+  dropped,   // a page of it was dropped after it was sealed: rebuild it
+  stale,     // freed (and perhaps handed out again) since that generation
+  foreign,   // not a block start of this resource
+};
+
+const char* to_string(block_state s) noexcept;
+
+// A snapshot of one resource's counters. Exact when no other thread is
+// allocating or freeing; otherwise each field is a recent value.
+struct resource_stats {
+  std::uint64_t blocks_live = 0;      // handed to callers and not yet freed
+  std::uint64_t bytes_live = 0;       // their size-class-rounded bytes
+  std::uint64_t arenas_mapped = 0;    // 4 MiB arenas plus large-block mappings
+  std::uint64_t bytes_mapped = 0;     // address space of those mappings
+  std::uint64_t bytes_resident = 0;   // of those, resident now (mincore estimate)
+  std::uint64_t metadata_bytes = 0;   // ordinary memory reserved for metadata
+  std::uint64_t drops_detected = 0;   // sealed blocks found dropped (once per seal)
+  std::uint64_t misuse_refused = 0;   // double, foreign or interior frees ignored
+  bool droppable = false;             // arenas are MAP_DROPPABLE (else private fallback)
+};
+
+}  // namespace dropalloc
+
+namespace dropalloc::core {
+
+inline constexpr std::size_t kSegmentShift = 22;
+inline constexpr std::size_t kSegmentSize = std::size_t{1} << kSegmentShift;  // 4 MiB
+inline constexpr std::size_t kPagesPerSegment = kSegmentSize / kPage;
+inline constexpr std::uint32_t kLargeClass = 0xffff;
+
+// One 64-bit word of metadata per block, read and written atomically:
+//   bits 0-1   state (below)
+//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none
+//   bits 12-63 generation, counted from the arena's gen_base
+namespace meta {
+inline constexpr std::uint64_t kFree = 0, kLive = 1, kSealed = 2, kDropped = 3;
+inline constexpr std::uint64_t kStateMask = 3;
+inline constexpr int kWitnessShift = 2;
+inline constexpr std::uint64_t kWitnessMask = 0x3ffull << kWitnessShift;
+inline constexpr int kGenShift = 12;
+
+constexpr std::uint64_t state(std::uint64_t m) { return m & kStateMask; }
+constexpr std::uint64_t gen(std::uint64_t m) { return m >> kGenShift; }
+constexpr std::uint64_t witness(std::uint64_t m) { return (m & kWitnessMask) >> kWitnessShift; }
+constexpr std::uint64_t make(std::uint64_t gen, std::uint64_t witness, std::uint64_t state) {
+  return (gen << kGenShift) | (witness << kWitnessShift) | state;
+}
+static_assert(kMaxSmallSize / 8 < (kWitnessMask >> kWitnessShift), "witness index must fit");
+}  // namespace meta
+
+class heap;
+
+// An arena and its metadata. The struct sits at the start of an ordinary
+// (non-droppable) mapping that also holds the arrays it points to.
+struct segment {
+  // Fixed at creation.
+  std::byte* base;                 // first block; kSegmentSize-aligned (large: its alignment)
+  std::size_t span;                // bytes mapped at base
+  std::size_t meta_bytes;          // bytes of the metadata mapping holding this struct
+  heap* owner;                     // the heap whose blocks these are
+  std::uint32_t cls;               // size class, or kLargeClass
+  std::uint32_t block_size;        // bytes per block (large: the page-rounded request)
+  std::uint32_t capacity;          // blocks in the arena (large: 1)
+  std::uint32_t per_page;          // small classes: blocks per page; otherwise 0
+  std::uint32_t pages_per_block;   // multi-page and large: pages per block; small: 1
+  std::uint64_t magic;             // ceil(2^32 / divisor) for exact small divisions
+  std::uint64_t gen_base;          // > every generation ever used at these addresses
+  std::atomic<std::uint64_t>* meta;          // [capacity] block words (see namespace meta)
+  std::atomic<std::uint16_t>* page_witness;  // [capacity * pages_per_block] for multi-page
+                                             // and large blocks: 1 + word index, 0 = none
+  std::uint64_t* free_bits;        // [ceil(capacity / 64)]: 1 = free block below `bump`
+
+  // Guarded by the owning class's lock.
+  std::uint32_t bump;              // blocks [bump, capacity) were never handed out
+  std::uint32_t free_count;        // set bits in free_bits
+  std::uint32_t live;              // handed out: to callers or to thread caches.
+                                   // Invariant: live + free_count + (capacity - bump) == capacity
+  std::uint32_t scan_word;         // no free bit below this word of free_bits
+  std::uint8_t list;               // which class list holds it (segment_list)
+  std::uint64_t empty_since_ns;    // when live last fell to 0
+  segment* next;                   // class list links
+  segment* prev;
+  segment* all_next;               // heap-wide list (guarded by the heap's segments lock)
+  segment* all_prev;
+
+  std::uint64_t generation_of(std::uint64_t m) const { return gen_base + meta::gen(m); }
+};
+
+enum segment_list : std::uint8_t { kListNone = 0, kListAvail = 1, kListEmpty = 2 };
+
+}  // namespace dropalloc::core

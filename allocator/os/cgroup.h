@@ -1,0 +1,60 @@
+// Memory cgroups (v1 and v2): find the process's own, make a child under it
+// with a limit, move processes into it, read its usage and OOM kills.
+//
+// For tests, benchmarks and the cache layer's pressure awareness; it uses
+// std::string and so must not be called from inside malloc.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace dropalloc::os {
+
+struct memory_cgroup {
+  int version = 0;   // 1 or 2; 0 when none was found
+  std::string dir;   // e.g. /sys/fs/cgroup/memory/user.slice (v1)
+};
+
+// Finds the calling process's memory cgroup from /proc/self/cgroup and
+// /proc/self/mountinfo. On failure returns false and says why in *why.
+bool find_memory_cgroup(memory_cgroup* out, std::string* why);
+
+// Reads a counter file of a memory cgroup: v1 and v2 names are both accepted
+// (usage: memory.usage_in_bytes / memory.current). Returns false if unreadable.
+bool read_cgroup_u64(const std::string& file, std::uint64_t* value);
+
+// Current usage, limit (UINT64_MAX when unlimited) and OOM kills of a cgroup.
+struct cgroup_memory_state {
+  std::uint64_t usage = 0;
+  std::uint64_t limit = UINT64_MAX;
+  std::uint64_t high = UINT64_MAX;  // v2 memory.high; UINT64_MAX on v1
+  std::uint64_t oom_kills = 0;
+};
+bool read_cgroup_state(const memory_cgroup& cg, cgroup_memory_state* out);
+
+// A child memory cgroup, made under the process's own and removed (rmdir) by
+// the destructor once its processes have exited.
+class child_cgroup {
+ public:
+  // Returns nullptr and says why (no cgroup found, not writable, controller not
+  // delegated, ...) if the cgroup cannot be made.
+  static std::unique_ptr<child_cgroup> create(const std::string& name, std::uint64_t limit_bytes,
+                                              std::string* why);
+  ~child_cgroup();
+  child_cgroup(const child_cgroup&) = delete;
+  child_cgroup& operator=(const child_cgroup&) = delete;
+
+  bool add_process(pid_t pid, std::string* why);
+  bool set_limit(std::uint64_t limit_bytes, std::string* why);
+  cgroup_memory_state state() const;
+  const memory_cgroup& cgroup() const { return cg_; }
+
+ private:
+  explicit child_cgroup(memory_cgroup cg) : cg_(std::move(cg)) {}
+  memory_cgroup cg_;
+};
+
+}  // namespace dropalloc::os

@@ -1,0 +1,78 @@
+// A fake OS layer for tests: ordinary private memory, with every call counted
+// and failures injectable, so the core's error paths run deterministically.
+#pragma once
+
+#include <errno.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "allocator/os/os.h"
+
+namespace dropalloc::os {
+
+class fake_os final : public os_interface {
+ public:
+  // Calls to map_arena / map_metadata that fail, counted from 1; 0 = none.
+  std::atomic<int> fail_arena_call{0};
+  std::atomic<int> fail_metadata_call{0};
+  int fail_errno = ENOMEM;
+
+  std::atomic<int> arena_maps{0}, arena_unmaps{0}, metadata_maps{0}, metadata_unmaps{0};
+  std::atomic<int> seals{0}, drops{0};
+  std::atomic<std::uint64_t> arena_bytes_mapped{0};
+
+  void* map_arena(std::size_t bytes, std::size_t alignment, int* err) noexcept override {
+    if (arena_maps.fetch_add(1) + 1 == fail_arena_call.load()) {
+      *err = fail_errno;
+      return nullptr;
+    }
+    std::size_t span = bytes + alignment;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED) {
+      *err = errno;
+      return nullptr;
+    }
+    auto start = reinterpret_cast<std::uintptr_t>(raw);
+    auto aligned = (start + alignment - 1) & ~(std::uintptr_t{alignment} - 1);
+    if (aligned > start) munmap(raw, aligned - start);
+    if (start + span > aligned + bytes) munmap(reinterpret_cast<void*>(aligned + bytes), start + span - aligned - bytes);
+    arena_bytes_mapped += bytes;
+    return reinterpret_cast<void*>(aligned);
+  }
+  void unmap_arena(void* p, std::size_t bytes) noexcept override {
+    ++arena_unmaps;
+    arena_bytes_mapped -= bytes;
+    munmap(p, bytes);
+  }
+  void* map_metadata(std::size_t bytes, int* err) noexcept override {
+    if (metadata_maps.fetch_add(1) + 1 == fail_metadata_call.load()) {
+      *err = fail_errno;
+      return nullptr;
+    }
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      *err = errno;
+      return nullptr;
+    }
+    return p;
+  }
+  void unmap_metadata(void* p, std::size_t bytes) noexcept override {
+    ++metadata_unmaps;
+    munmap(p, bytes);
+  }
+  int seal_pages(void*, std::size_t) noexcept override {
+    ++seals;
+    return 0;
+  }
+  int drop_pages(void* p, std::size_t bytes) noexcept override {
+    ++drops;
+    return madvise(p, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
+  }
+  std::size_t resident_bytes(const void*, std::size_t) noexcept override { return 0; }
+  backing arena_backing() noexcept override { return backing::private_fallback; }
+  int fallback_reason() noexcept override { return -1; }
+};
+
+}  // namespace dropalloc::os

@@ -1,0 +1,260 @@
+// Linux implementation of the OS layer. See os.h for the contract.
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+
+#include "allocator/os/os.h"
+
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08  // Linux 6.11+, a mapping type (not OR-able with MAP_PRIVATE)
+#endif
+#ifndef MADV_FREE
+#define MADV_FREE 8
+#endif
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+namespace dropalloc {
+
+const char* to_string(backing b) noexcept {
+  return b == backing::droppable ? "droppable (MAP_DROPPABLE)"
+                                 : "private fallback (MAP_PRIVATE, no MAP_DROPPABLE)";
+}
+
+namespace os {
+namespace {
+
+constexpr int kENOTSUPP = 524;  // kernel-internal errno some 32-bit kernels leak
+
+// Errors that mean "this kernel or sandbox will not give us droppable memory";
+// anything else (ENOMEM) is an ordinary allocation failure.
+bool means_unsupported(int err) {
+  return err == EINVAL || err == EOPNOTSUPP || err == kENOTSUPP || err == EPERM ||
+         err == EAGAIN || err == ENOSYS;
+}
+
+bool env_flag(const char* name) {
+  const char* v = getenv(name);
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+void say(const char* msg) {
+  // write(2) rather than stdio: no allocation, safe inside a malloc shim.
+  ssize_t ignored = write(STDERR_FILENO, msg, strlen(msg));
+  (void)ignored;
+}
+
+// Over-maps by `alignment` and trims both ends so the result is aligned.
+void* map_aligned(std::size_t bytes, std::size_t alignment, int flags, int* err) {
+  std::size_t span = bytes + alignment;
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (raw == MAP_FAILED) {
+    *err = errno;
+    return nullptr;
+  }
+  auto start = reinterpret_cast<std::uintptr_t>(raw);
+  std::uintptr_t aligned = (start + alignment - 1) & ~(std::uintptr_t{alignment} - 1);
+  if (aligned > start) munmap(raw, aligned - start);
+  std::uintptr_t end = start + span;
+  if (end > aligned + bytes) munmap(reinterpret_cast<void*>(aligned + bytes), end - (aligned + bytes));
+  return reinterpret_cast<void*>(aligned);
+}
+
+class linux_os final : public os_interface {
+ public:
+  explicit linux_os(bool always_fallback) : always_fallback_(always_fallback) {}
+
+  void* map_arena(std::size_t bytes, std::size_t alignment, int* err) noexcept override {
+    int saved = errno;
+    void* p = nullptr;
+    if (arena_backing() == backing::droppable) {
+      p = map_aligned(bytes, alignment, MAP_DROPPABLE | MAP_ANONYMOUS, err);
+      if (p == nullptr && means_unsupported(*err) && settle_fallback(*err)) {
+        p = nullptr;  // fall through to the private mapping below
+      } else {
+        if (p != nullptr) after_map(p, bytes);
+        errno = saved;
+        return p;
+      }
+    }
+    p = map_aligned(bytes, alignment, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, err);
+    if (p != nullptr) {
+      // Match droppable semantics where we can: a forked child sees zeros and
+      // core dumps leave the data out.
+      madvise(p, bytes, MADV_WIPEONFORK);
+      madvise(p, bytes, MADV_DONTDUMP);
+      after_map(p, bytes);
+    }
+    errno = saved;
+    return p;
+  }
+
+  void unmap_arena(void* p, std::size_t bytes) noexcept override {
+    int saved = errno;
+    munmap(p, bytes);
+    errno = saved;
+  }
+
+  void* map_metadata(std::size_t bytes, int* err) noexcept override {
+    int saved = errno;
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      *err = errno;
+      p = nullptr;
+    }
+    errno = saved;
+    return p;
+  }
+
+  void unmap_metadata(void* p, std::size_t bytes) noexcept override {
+    int saved = errno;
+    munmap(p, bytes);
+    errno = saved;
+  }
+
+  int seal_pages(void* p, std::size_t bytes) noexcept override {
+    return advise_inner_pages(p, bytes, MADV_FREE);
+  }
+
+  int drop_pages(void* p, std::size_t bytes) noexcept override {
+    // MADV_PAGEOUT zeroes droppable pages at once; MADV_DONTNEED does for any
+    // private anonymous page, so it also simulates drops on the fallback.
+    auto start = reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{kPageSize} - 1);
+    auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes + kPageSize - 1) &
+               ~(std::uintptr_t{kPageSize} - 1);
+    int saved = errno;
+    int rc = madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
+    int result = rc == 0 ? 0 : errno;
+    errno = saved;
+    return result;
+  }
+
+  std::size_t resident_bytes(const void* p, std::size_t bytes) noexcept override {
+    int saved = errno;
+    constexpr std::size_t kChunkPages = 1024;
+    unsigned char vec[kChunkPages];
+    std::size_t resident = 0;
+    auto* cur = static_cast<const unsigned char*>(p);
+    std::size_t pages = (bytes + kPageSize - 1) / kPageSize;
+    while (pages > 0) {
+      std::size_t n = pages < kChunkPages ? pages : kChunkPages;
+      if (mincore(const_cast<unsigned char*>(cur), n * kPageSize, vec) != 0) break;
+      for (std::size_t i = 0; i < n; ++i) resident += (vec[i] & 1u) ? kPageSize : 0;
+      cur += n * kPageSize;
+      pages -= n;
+    }
+    errno = saved;
+    return resident;
+  }
+
+  backing arena_backing() noexcept override {
+    int s = state_.load(std::memory_order_acquire);
+    if (s == kUnknown) s = probe();
+    return s == kDroppable ? backing::droppable : backing::private_fallback;
+  }
+
+  int fallback_reason() noexcept override {
+    arena_backing();
+    return reason_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  enum : int { kUnknown = 0, kDroppable = 1, kFallback = 2 };
+
+  static int advise_inner_pages(void* p, std::size_t bytes, int advice) {
+    auto start = (reinterpret_cast<std::uintptr_t>(p) + kPageSize - 1) & ~(std::uintptr_t{kPageSize} - 1);
+    auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(std::uintptr_t{kPageSize} - 1);
+    if (end <= start) return 0;
+    int saved = errno;
+    int rc = madvise(reinterpret_cast<void*>(start), end - start, advice);
+    int result = rc == 0 ? 0 : errno;
+    errno = saved;
+    return result;
+  }
+
+  static void after_map(void* p, std::size_t bytes) {
+    // THP would make a drop take 2 MiB at once and made first touch slower on
+    // droppable ranges in our measurements; keep arenas on 4 KiB pages.
+    madvise(p, bytes, MADV_NOHUGEPAGE);
+  }
+
+  // Decides the backing once. One probe mapping, then unmapped.
+  int probe() {
+    int expected = kUnknown;
+    if (always_fallback_ || env_flag("DROPALLOC_FORCE_FALLBACK")) {
+      reason_.store(-1, std::memory_order_relaxed);
+      if (state_.compare_exchange_strong(expected, kFallback)) report();
+      return state_.load(std::memory_order_acquire);
+    }
+    void* p = mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_DROPPABLE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+      munmap(p, kPageSize);
+      if (state_.compare_exchange_strong(expected, kDroppable)) report();
+      return state_.load(std::memory_order_acquire);
+    }
+    settle_fallback(errno);
+    return state_.load(std::memory_order_acquire);
+  }
+
+  bool settle_fallback(int err) {
+    int expected = kUnknown;
+    int cur = state_.load(std::memory_order_acquire);
+    if (cur == kFallback) return true;
+    reason_.store(err, std::memory_order_relaxed);
+    if (cur == kUnknown) {
+      if (state_.compare_exchange_strong(expected, kFallback)) report();
+    } else {
+      // Droppable worked once, then a map failed as "unsupported" (EAGAIN under
+      // mlockall with a small RLIMIT_MEMLOCK, a seccomp change): fall back for good.
+      state_.store(kFallback, std::memory_order_release);
+      report();
+    }
+    return true;
+  }
+
+  void report() {
+    if (!env_flag("DROPALLOC_VERBOSE")) return;
+    char line[160];
+    int reason = reason_.load(std::memory_order_relaxed);
+    if (state_.load(std::memory_order_relaxed) == kDroppable) {
+      snprintf(line, sizeof line, "dropalloc: arenas use MAP_DROPPABLE memory\n");
+    } else if (reason == -1) {
+      snprintf(line, sizeof line, "dropalloc: arenas use private memory (fallback forced)\n");
+    } else {
+      snprintf(line, sizeof line,
+               "dropalloc: MAP_DROPPABLE refused (errno %d: %s); arenas use private memory\n",
+               reason, reason == kENOTSUPP ? "ENOTSUPP" : strerrorname_np(reason));
+    }
+    say(line);
+  }
+
+  const bool always_fallback_;
+  std::atomic<int> state_{kUnknown};
+  std::atomic<int> reason_{0};
+};
+
+}  // namespace
+
+os_interface& system_os() noexcept {
+  static linux_os instance(false);
+  return instance;
+}
+
+os_interface& fallback_os() noexcept {
+  static linux_os instance(true);
+  return instance;
+}
+
+}  // namespace os
+}  // namespace dropalloc

@@ -1,0 +1,72 @@
+// OS layer: the only code in dropalloc that calls mmap/madvise/mincore or reads
+// /proc and /sys. Everything above it talks to an `os_interface`, so the core can
+// be tested against a fake that injects failures and drops pages on demand.
+//
+// Contract for every primitive (mimalloc's prim.h habit):
+//   * addresses and lengths are multiples of kPageSize unless stated otherwise;
+//   * failures return nullptr / a positive errno value and never throw;
+//   * nothing here allocates through malloc (the LD_PRELOAD shim sits on top).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dropalloc {
+
+// What memory the arenas are carved from.
+enum class backing : std::uint8_t {
+  droppable,         // MAP_DROPPABLE: the kernel may zero any page under pressure.
+  private_fallback,  // MAP_PRIVATE + MADV_WIPEONFORK: kernel without MAP_DROPPABLE,
+                     // or the fallback was forced. Sealed pages (MADV_FREE) can
+                     // still be reclaimed and read back as zeros.
+};
+
+const char* to_string(backing b) noexcept;
+
+namespace os {
+
+inline constexpr std::size_t kPageSize = 4096;  // drop and witness granularity
+
+class os_interface {
+ public:
+  virtual ~os_interface() = default;
+
+  // Maps `bytes` of arena memory (droppable where possible) aligned to
+  // `alignment` (a power of two >= kPageSize). On failure returns nullptr and
+  // stores an errno value in *err.
+  virtual void* map_arena(std::size_t bytes, std::size_t alignment, int* err) noexcept = 0;
+  virtual void unmap_arena(void* p, std::size_t bytes) noexcept = 0;
+
+  // Ordinary zero-filled private memory for metadata. Never droppable.
+  virtual void* map_metadata(std::size_t bytes, int* err) noexcept = 0;
+  virtual void unmap_metadata(void* p, std::size_t bytes) noexcept = 0;
+
+  // MADV_FREE over the whole OS pages inside [p, p + bytes): such "sealed" pages
+  // are reclaimed least recently used first instead of all at once. Returns 0 or
+  // an errno value. A later write to a page un-seals it.
+  virtual int seal_pages(void* p, std::size_t bytes) noexcept = 0;
+
+  // Test hook: zero [p, p + bytes) now, exactly as a kernel drop would.
+  virtual int drop_pages(void* p, std::size_t bytes) noexcept = 0;
+
+  // Bytes of [p, p + bytes) currently resident (mincore). Returns 0 on error.
+  virtual std::size_t resident_bytes(const void* p, std::size_t bytes) noexcept = 0;
+
+  // The backing arenas get; settles (probing the kernel once) on first use.
+  virtual backing arena_backing() noexcept = 0;
+
+  // errno of the failed MAP_DROPPABLE probe that caused the fallback (0 if
+  // none, -1 if the fallback was forced).
+  virtual int fallback_reason() noexcept = 0;
+};
+
+// The process-wide Linux implementation: probes MAP_DROPPABLE once and falls
+// back to private memory for good when the kernel refuses it. Setting
+// DROPALLOC_FORCE_FALLBACK=1 in the environment forces the fallback.
+os_interface& system_os() noexcept;
+
+// A Linux implementation that always uses the private fallback backing.
+os_interface& fallback_os() noexcept;
+
+}  // namespace os
+}  // namespace dropalloc

@@ -1,0 +1,45 @@
+#include "allocator/pmr/droppable_resource.h"
+
+#include <cstdio>
+
+namespace dropalloc {
+
+allocation_error::allocation_error(std::size_t bytes, std::size_t alignment,
+                                   core::alloc_error reason) noexcept
+    : reason_(reason) {
+  snprintf(message_, sizeof message_,
+           "dropalloc: cannot allocate %zu bytes aligned to %zu: %s", bytes, alignment,
+           core::to_string(reason));
+}
+
+core::heap_options droppable_resource::heap_options_for(const resource_options& options) {
+  core::heap_options h;
+  h.os = options.os != nullptr ? options.os
+         : options.force_fallback ? &os::fallback_os()
+                                  : &os::system_os();
+  h.thread_cache = options.thread_cache;
+  h.empty_arena_decay_ms = options.empty_arena_decay_ms;
+  return h;
+}
+
+droppable_resource::droppable_resource(const resource_options& options)
+    : heap_(heap_options_for(options)) {}
+
+void* droppable_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
+  core::alloc_error err = core::alloc_error::none;
+  void* p = heap_.allocate(bytes, alignment, &err);
+  if (p == nullptr) throw allocation_error(bytes, alignment, err);
+  return p;
+}
+
+void droppable_resource::do_deallocate(void* p, std::size_t, std::size_t) {
+  // The size and alignment are not needed: the block's arena knows its class.
+  heap_.deallocate(p);
+}
+
+block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alignment) {
+  void* p = allocate(bytes, alignment);
+  return block_ref{p, heap_.generation(p)};
+}
+
+}  // namespace dropalloc

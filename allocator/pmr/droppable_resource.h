@@ -1,0 +1,111 @@
+// dropalloc::droppable_resource: a std::pmr::memory_resource whose blocks live
+// in droppable memory, with generation tags and a drop check per block.
+//
+// Thread-safe. Blocks must go back to the resource that gave them out
+// (do_is_equal is identity). Destroying the resource unmaps all its memory,
+// like std::pmr pool resources.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory_resource>
+#include <new>
+
+#include "allocator/core/heap.h"
+#include "allocator/core/types.h"
+#include "allocator/os/os.h"
+
+namespace dropalloc {
+
+struct resource_options {
+  // Use ordinary private memory even where MAP_DROPPABLE works (the environment
+  // variable DROPALLOC_FORCE_FALLBACK=1 does the same for every resource).
+  bool force_fallback = false;
+  // Per-thread caches of free blocks. Turn off for short-lived resources that
+  // a single thread uses, e.g. one per cached object.
+  bool thread_cache = true;
+  // An arena that has held no block for this long is returned to the OS.
+  std::uint64_t empty_arena_decay_ms = 1000;
+  // Tests only: the OS layer to use (nullptr: the real one).
+  os::os_interface* os = nullptr;
+};
+
+// std::bad_alloc saying why an allocation failed.
+class allocation_error : public std::bad_alloc {
+ public:
+  allocation_error(std::size_t bytes, std::size_t alignment, core::alloc_error reason) noexcept;
+  const char* what() const noexcept override { return message_; }
+  core::alloc_error reason() const noexcept { return reason_; }
+
+ private:
+  core::alloc_error reason_;
+  char message_[160];
+};
+
+// A block and the generation it had when it was handed out.
+struct block_ref {
+  void* ptr = nullptr;
+  std::uint64_t generation = 0;
+};
+
+class droppable_resource final : public std::pmr::memory_resource {
+ public:
+  droppable_resource() : droppable_resource(resource_options{}) {}
+  explicit droppable_resource(const resource_options& options);
+  ~droppable_resource() override = default;
+  droppable_resource(const droppable_resource&) = delete;
+  droppable_resource& operator=(const droppable_resource&) = delete;
+
+  // allocate() plus the block's generation, in one call.
+  block_ref allocate_block(std::size_t bytes, std::size_t alignment = alignof(std::max_align_t));
+
+  // The generation of a live block (0 if p is not a live block of ours).
+  std::uint64_t generation(const void* p) const noexcept { return heap_.generation(p); }
+
+  // Declares the block fully written: records a witness word per page and
+  // advises the kernel (MADV_FREE) so that under pressure it drops sealed pages
+  // oldest first instead of everything at once. Writing to the block after
+  // sealing requires sealing again. Returns the state right after sealing:
+  // `dropped` means a page was lost while it was being written or sealed.
+  block_state seal(void* p) noexcept { return heap_.seal(p); }
+  // Seals every live block of this resource, with one madvise per arena.
+  std::size_t seal_all() noexcept { return heap_.seal_all(); }
+
+  // Whether (p, generation) is still whole: a few loads per page, no system
+  // call. Safe read protocol: check, read what you need, check again; only if
+  // the second check says `intact` is what you read valid (a page can be
+  // dropped while you read it). A `dropped` answer is sticky until resealed.
+  block_state check(const void* p, std::uint64_t generation) noexcept {
+    return heap_.check(p, generation);
+  }
+  bool is_intact(const void* p, std::uint64_t generation) noexcept {
+    return heap_.check(p, generation) == block_state::intact;
+  }
+  bool is_intact(const block_ref& b) noexcept { return is_intact(b.ptr, b.generation); }
+  // Checks every live block.
+  core::sweep_result check_all() noexcept { return heap_.check_all(); }
+
+  std::size_t usable_size(const void* p) const noexcept { return heap_.usable_size(p); }
+  bool owns(const void* p) const noexcept { return heap_.owns(p); }
+  resource_stats stats() const noexcept { return heap_.stats(); }
+  backing arena_backing() const noexcept { return heap_.arena_backing(); }
+  // Returns arenas that hold no block to the OS now instead of after the decay.
+  void trim() noexcept { heap_.trim(); }
+
+  // Tests: zero the pages of [p, p + bytes) now, as a kernel drop would.
+  void drop_for_testing(void* p, std::size_t bytes) noexcept { heap_.drop_for_testing(p, bytes); }
+  void drop_all_for_testing() noexcept { heap_.drop_all_for_testing(); }
+
+ protected:
+  void* do_allocate(std::size_t bytes, std::size_t alignment) override;
+  void do_deallocate(void* p, std::size_t bytes, std::size_t alignment) override;
+  bool do_is_equal(const std::pmr::memory_resource& other) const noexcept override {
+    return this == &other;
+  }
+
+ private:
+  static core::heap_options heap_options_for(const resource_options& options);
+  core::heap heap_;
+};
+
+}  // namespace dropalloc

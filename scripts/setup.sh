@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages dropalloc needs, if any are missing.
+# Idempotent and silent when everything is already installed.
+set -euo pipefail
+
+packages=(
+  bazel-bootstrap
+  g++
+  libjemalloc-dev
+  libmimalloc-dev
+  doctest-dev
+  libbenchmark-dev
+  gnuplot-nox
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  if [[ "$status" != "install ok installed" ]]; then
+    missing+=("$pkg")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+if [[ $(id -u) -eq 0 ]]; then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo)
+else
+  echo "setup.sh: error: missing Debian packages: ${missing[*]}" >&2
+  echo "setup.sh: not running as root and sudo is not available; install them with:" >&2
+  echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "setup.sh: installing missing Debian packages: ${missing[*]}" >&2
+"${as_root[@]}" apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"

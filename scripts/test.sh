@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the test suite: plain, then under ASan, UBSan and TSan.
+# Stops at the first failing stage with a non-zero exit status.
+#
+#   DROPALLOC_TEST_CONFIGS  space-separated stages to run
+#                           (default: "plain asan ubsan tsan")
+#   CI=true                 non-interactive Bazel output
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+configs=${DROPALLOC_TEST_CONFIGS:-plain asan ubsan tsan}
+
+bazel_flags=()
+if [[ "${CI:-}" == "true" ]]; then
+  bazel_flags+=(--noshow_progress --curses=no --color=no --show_timestamps)
+fi
+
+for config in $configs; do
+  case "$config" in
+    plain|asan|ubsan|tsan) ;;
+    *)
+      echo "test.sh: unknown stage '$config' in DROPALLOC_TEST_CONFIGS (expected plain, asan, ubsan, tsan)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+for config in $configs; do
+  config_flags=()
+  if [[ "$config" != plain ]]; then
+    config_flags=("--config=$config")
+  fi
+  echo "==> test.sh: stage $config: bazel test ${config_flags[*]:+${config_flags[*]} }//..."
+  if ! bazel test "${bazel_flags[@]}" "${config_flags[@]}" //... </dev/null; then
+    echo "==> test.sh: stage '$config' FAILED" >&2
+    exit 1
+  fi
+done
+echo "==> test.sh: all stages passed ($configs)"

@@ -1,0 +1,222 @@
+// Generations and the drop check, against forced drops whose effect we know.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "allocator/dropalloc.h"
+
+using dropalloc::block_state;
+using dropalloc::droppable_resource;
+
+namespace {
+
+constexpr std::size_t kPage = 4096;
+
+void fill(void* p, std::size_t n, std::uint32_t seed) {
+  auto* b = static_cast<unsigned char*>(p);
+  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
+}
+
+}  // namespace
+
+TEST_CASE("a generation changes when a block is freed and handed out again") {
+  droppable_resource res;
+  auto a = res.allocate_block(100);
+  CHECK(a.generation != 0);
+  fill(a.ptr, 100, 1);
+  CHECK(res.seal(a.ptr) == block_state::intact);
+  CHECK(res.check(a.ptr, a.generation) == block_state::intact);
+  res.deallocate(a.ptr, 100);
+  CHECK(res.check(a.ptr, a.generation) == block_state::stale);
+  CHECK(res.generation(a.ptr) == 0);
+  // Allocate until the same address comes back.
+  std::vector<void*> held;
+  dropalloc::block_ref again;
+  for (int i = 0; i < 100000 && again.ptr != a.ptr; ++i) {
+    again = res.allocate_block(100);
+    held.push_back(again.ptr);
+  }
+  REQUIRE(again.ptr == a.ptr);
+  CHECK(again.generation != a.generation);
+  fill(again.ptr, 100, 2);
+  res.seal(again.ptr);
+  CHECK(res.check(a.ptr, a.generation) == block_state::stale);
+  CHECK(res.check(again.ptr, again.generation) == block_state::intact);
+  for (void* p : held) res.deallocate(p, 100);
+}
+
+TEST_CASE("unsealed blocks are never vouched for; foreign pointers are named") {
+  droppable_resource res, other;
+  auto b = res.allocate_block(64);
+  fill(b.ptr, 64, 3);
+  CHECK(res.check(b.ptr, b.generation) == block_state::unsealed);
+  CHECK_FALSE(res.is_intact(b));
+  CHECK(other.check(b.ptr, b.generation) == block_state::foreign);
+  CHECK(res.check(static_cast<char*>(b.ptr) + 8, b.generation) == block_state::foreign);
+  int local = 0;
+  CHECK(res.check(&local, 1) == block_state::stale);
+  CHECK(res.seal(&local) == block_state::foreign);
+  res.deallocate(b.ptr, 64);
+}
+
+TEST_CASE("dropping one page of a one-page block is detected") {
+  droppable_resource res;
+  for (std::size_t size : {8, 64, 100, 1000, 2048, 4096}) {
+    CAPTURE(size);
+    auto b = res.allocate_block(size);
+    fill(b.ptr, size, 7);
+    REQUIRE(res.seal(b.ptr) == block_state::intact);
+    res.drop_for_testing(b.ptr, size);
+    CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
+    CHECK(res.check(b.ptr, b.generation) == block_state::dropped);  // sticky
+    // Rewritten and resealed, it is whole again.
+    fill(b.ptr, size, 8);
+    CHECK(res.seal(b.ptr) == block_state::intact);
+    CHECK(res.is_intact(b));
+    res.deallocate(b.ptr, size);
+  }
+}
+
+TEST_CASE("dropping any one page of a multi-page block is detected, only for that block") {
+  droppable_resource res;
+  for (std::size_t size : {std::size_t{5000}, std::size_t{64 * 1024}, std::size_t{256 * 1024},
+                           std::size_t{3 << 20}}) {
+    CAPTURE(size);
+    std::size_t pages = (size + kPage - 1) / kPage;
+    for (std::size_t victim : {std::size_t{0}, pages / 2, pages - 1}) {
+      CAPTURE(victim);
+      auto b = res.allocate_block(size);
+      auto n = res.allocate_block(size);  // a neighbour that must stay intact
+      fill(b.ptr, size, 11);
+      fill(n.ptr, size, 12);
+      REQUIRE(res.seal(b.ptr) == block_state::intact);
+      REQUIRE(res.seal(n.ptr) == block_state::intact);
+      res.drop_for_testing(static_cast<char*>(b.ptr) + victim * kPage, 1);
+      CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
+      CHECK(res.check(n.ptr, n.generation) == block_state::intact);
+      res.deallocate(b.ptr, size);
+      res.deallocate(n.ptr, size);
+    }
+  }
+  CHECK(res.stats().drops_detected == 12);
+}
+
+TEST_CASE("pages that held only zeros lose nothing when dropped") {
+  droppable_resource res;
+  std::size_t size = 8 * kPage;
+  auto b = res.allocate_block(size);
+  std::memset(b.ptr, 0, size);
+  fill(static_cast<char*>(b.ptr) + 3 * kPage + 100, 50, 5);  // one page with data, mostly zero
+  REQUIRE(res.seal(b.ptr) == block_state::intact);
+  res.drop_for_testing(b.ptr, 3 * kPage);                   // zero pages only
+  res.drop_for_testing(static_cast<char*>(b.ptr) + 4 * kPage, 4 * kPage);
+  CHECK(res.check(b.ptr, b.generation) == block_state::intact);
+  res.drop_for_testing(static_cast<char*>(b.ptr) + 3 * kPage, 1);
+  CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
+  auto z = res.allocate_block(256);
+  std::memset(z.ptr, 0, 256);
+  REQUIRE(res.seal(z.ptr) == block_state::intact);
+  res.drop_for_testing(z.ptr, 256);
+  CHECK(res.check(z.ptr, z.generation) == block_state::intact);  // all zeros: nothing lost
+  res.deallocate(z.ptr, 256);
+  res.deallocate(b.ptr, size);
+}
+
+TEST_CASE("a page shared by small blocks takes all of them when dropped") {
+  droppable_resource res;
+  std::vector<dropalloc::block_ref> blocks;
+  for (int i = 0; i < 200; ++i) {
+    auto b = res.allocate_block(48);
+    fill(b.ptr, 48, static_cast<std::uint32_t>(i));
+    res.seal(b.ptr);
+    blocks.push_back(b);
+  }
+  auto* victim_page = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(blocks[50].ptr) & ~(kPage - 1));
+  res.drop_for_testing(victim_page, kPage);
+  for (auto& b : blocks) {
+    bool on_page = static_cast<char*>(b.ptr) >= victim_page && static_cast<char*>(b.ptr) < victim_page + kPage;
+    CHECK(res.check(b.ptr, b.generation) == (on_page ? block_state::dropped : block_state::intact));
+  }
+  for (auto& b : blocks) res.deallocate(b.ptr, 48);
+}
+
+TEST_CASE("whole arenas dropped at once: every sealed block with data is reported") {
+  droppable_resource res;
+  std::vector<dropalloc::block_ref> blocks;
+  std::mt19937 rng(42);
+  for (int i = 0; i < 3000; ++i) {
+    std::size_t size = 1 + rng() % 20000;
+    auto b = res.allocate_block(size);
+    fill(b.ptr, size, rng());
+    res.seal(b.ptr);
+    blocks.push_back(b);
+  }
+  CHECK(res.check_all().intact == 3000);
+  res.drop_all_for_testing();
+  for (auto& b : blocks) CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
+  auto sweep = res.check_all();
+  CHECK(sweep.dropped == 3000);
+  CHECK(sweep.intact == 0);
+}
+
+TEST_CASE("random drops: the intact answer matches the truth for every block") {
+  droppable_resource res;
+  std::mt19937 rng(7);
+  struct rec {
+    dropalloc::block_ref ref;
+    std::size_t size;
+    std::vector<unsigned char> truth;
+  };
+  for (int round = 0; round < 20; ++round) {
+    std::vector<rec> blocks;
+    for (int i = 0; i < 400; ++i) {
+      std::size_t size = 1 + rng() % (rng() % 4 == 0 ? 40000 : 3000);
+      rec r{res.allocate_block(size), size, std::vector<unsigned char>(size)};
+      // A mix of contents: random bytes, long zero prefixes, all zeros.
+      int kind = static_cast<int>(rng() % 10);
+      for (std::size_t j = 0; j < size; ++j) {
+        r.truth[j] = kind == 0 ? 0 : (kind <= 2 && j < size * 3 / 4) ? 0 : static_cast<unsigned char>(rng());
+      }
+      std::memcpy(r.ref.ptr, r.truth.data(), size);
+      REQUIRE(res.seal(r.ref.ptr) == block_state::intact);
+      blocks.push_back(std::move(r));
+    }
+    // Drop ~5% of the pages these blocks touch.
+    for (auto& r : blocks) {
+      auto first = reinterpret_cast<std::uintptr_t>(r.ref.ptr) / kPage;
+      auto last = (reinterpret_cast<std::uintptr_t>(r.ref.ptr) + r.size - 1) / kPage;
+      for (auto pg = first; pg <= last; ++pg) {
+        if (rng() % 20 == 0) res.drop_for_testing(reinterpret_cast<void*>(pg * kPage), kPage);
+      }
+    }
+    for (auto& r : blocks) {
+      block_state s = res.check(r.ref.ptr, r.ref.generation);
+      bool same = std::memcmp(r.ref.ptr, r.truth.data(), r.size) == 0;
+      CAPTURE(r.size);
+      // Never "intact" with wrong contents; always "dropped" when data was lost.
+      // (A block can be reported dropped with its requested bytes unchanged when
+      // only zeros of it were lost plus stale bytes of its class slack.)
+      if (s == block_state::intact) CHECK(same);
+      if (!same) CHECK(s == block_state::dropped);
+      CHECK((s == block_state::intact || s == block_state::dropped));
+    }
+    for (auto& r : blocks) res.deallocate(r.ref.ptr, r.size);
+  }
+}
+
+TEST_CASE("seal_all seals every live block with one pass") {
+  droppable_resource res;
+  std::pmr::vector<std::pmr::string> v(&res);
+  for (int i = 0; i < 1000; ++i) v.emplace_back(200, static_cast<char>('a' + i % 26));
+  auto before = res.check_all();
+  CHECK(before.unsealed == res.stats().blocks_live);
+  CHECK(res.seal_all() == res.stats().blocks_live);
+  auto after = res.check_all();
+  CHECK(after.intact == res.stats().blocks_live);
+  CHECK(after.unsealed == 0);
+  res.drop_for_testing(v[500].data(), 1);
+  CHECK(res.check_all().dropped >= 1);
+}

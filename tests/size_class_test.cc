@@ -1,0 +1,59 @@
+// Exhaustive checks of the size-class table and class_for().
+#include <doctest/doctest.h>
+
+#include "allocator/core/size_class.h"
+
+using namespace dropalloc::core;
+
+TEST_CASE("class_for returns the smallest fitting class for every size and alignment") {
+  for (std::size_t align = 1; align <= kMaxCacheableAlign; align *= 2) {
+    for (std::size_t size = 0; size <= kMaxClassSize + 1; ++size) {
+      std::size_t cls = class_for(size, align);
+      if (size > kMaxClassSize) {
+        REQUIRE(cls == kNoClass);
+        continue;
+      }
+      REQUIRE(cls < kNumClasses);
+      std::size_t csize = kSizeClasses[cls].size;
+      REQUIRE(csize >= (size == 0 ? 1 : size));
+      REQUIRE(class_alignment(cls) % align == 0);
+      // No smaller class would do.
+      for (std::size_t smaller = 0; smaller < cls; ++smaller) {
+        bool fits = kSizeClasses[smaller].size >= size && class_alignment(smaller) % align == 0;
+        REQUIRE_FALSE(fits);
+      }
+      if (size > 4096 && size % 4096 == 1) size += 4094;  // page classes: one size per page suffices
+    }
+  }
+  CHECK(class_for(1, kMaxCacheableAlign * 2) == kNoClass);
+}
+
+TEST_CASE("stated waste bounds hold for every class") {
+  std::size_t prev = 0;
+  for (std::size_t cls = 0; cls < kNumClasses; ++cls) {
+    std::size_t s = kSizeClasses[cls].size;
+    std::size_t worst = s - (prev + 1);
+    CAPTURE(s);
+    if (s <= 64) {
+      CHECK(worst <= 7);
+    } else if (s > kMaxSmallSize && s <= 32768) {
+      CHECK(worst < kPage);
+    } else {
+      CHECK(worst * 8 <= s);  // <= 12.5%
+    }
+    prev = s;
+  }
+}
+
+TEST_CASE("small blocks never straddle a page, larger ones are whole pages") {
+  for (std::size_t cls = 0; cls < kNumClasses; ++cls) {
+    std::size_t s = kSizeClasses[cls].size;
+    if (is_small_class(cls)) {
+      CHECK(blocks_per_page(cls) >= 1);
+      CHECK(blocks_per_page(cls) * s <= kPage);
+    } else {
+      CHECK(s % kPage == 0);
+      CHECK(class_alignment(cls) == kPage);
+    }
+  }
+}
