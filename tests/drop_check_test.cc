@@ -1,6 +1,7 @@
 // Generations and the drop check, against forced drops whose effect we know.
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -219,4 +220,19 @@ TEST_CASE("seal_all seals every live block with one pass") {
   CHECK(after.unsealed == 0);
   res.drop_for_testing(v[500].data(), 1);
   CHECK(res.check_all().dropped >= 1);
+}
+
+TEST_CASE("the drop hook refuses memory that is not the resource's own") {
+  droppable_resource res, other;
+  std::vector<unsigned char> heap_bytes(3 * kPage, 0x5a);
+  CHECK(res.drop_for_testing(heap_bytes.data() + kPage, kPage) == EINVAL);
+  CHECK(heap_bytes[kPage + 10] == 0x5a);
+  void* theirs = other.allocate(64, 8);
+  std::memset(theirs, 1, 64);
+  CHECK(res.drop_for_testing(theirs, 64) == EINVAL);
+  CHECK(static_cast<unsigned char*>(theirs)[0] == 1);
+  void* mine = res.allocate(64, 8);
+  CHECK(res.drop_for_testing(mine, 64) == 0);
+  res.deallocate(mine, 64, 8);
+  other.deallocate(theirs, 64, 8);
 }

@@ -75,6 +75,17 @@ inline std::uint64_t load_word(const std::byte* p) {
   return __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_RELAXED);
 }
 
+// Orders earlier loads before later ones. TSan does not model fences (and
+// gcc rejects them under -fsanitize=thread); a compiler barrier is what the
+// fence amounts to on x86 anyway.
+inline void load_fence() {
+#if defined(__SANITIZE_THREAD__)
+  asm volatile("" ::: "memory");
+#else
+  std::atomic_thread_fence(std::memory_order_acquire);
+#endif
+}
+
 // 1 + index of the first non-zero word in [p, p + bytes), 0 if all are zero.
 std::uint64_t first_nonzero_word(const std::byte* p, std::size_t bytes) {
   std::size_t words = bytes / 8;
@@ -510,7 +521,7 @@ std::size_t heap::seal_all() noexcept {
 block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   // Orders the caller's reads of the block before the witness reads below:
   // the safe read protocol is read, then check.
-  std::atomic_thread_fence(std::memory_order_acquire);
+  load_fence();
   segment* s = segment_of(p);
   if (s == nullptr) return block_state::stale;
   std::uint32_t idx;
@@ -564,7 +575,19 @@ sweep_result heap::check_all() noexcept {
   return r;
 }
 
-int heap::drop_for_testing(void* p, std::size_t bytes) noexcept { return os_->drop_pages(p, bytes); }
+int heap::drop_for_testing(void* p, std::size_t bytes) noexcept {
+  // Only pages of our own arenas: zeroing anyone else's memory would corrupt it.
+  auto first = reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{kPage} - 1);
+  auto end = reinterpret_cast<std::uintptr_t>(p) + (bytes == 0 ? 1 : bytes);
+  for (auto a = first; a < end;) {
+    segment* s = segment_of(reinterpret_cast<void*>(a));
+    if (s == nullptr || s->owner != this) return EINVAL;
+    auto seg_end = reinterpret_cast<std::uintptr_t>(s->base) + s->span;
+    if (a < reinterpret_cast<std::uintptr_t>(s->base) || a >= seg_end) return EINVAL;
+    a = seg_end;
+  }
+  return os_->drop_pages(p, bytes);
+}
 
 void heap::drop_all_for_testing() noexcept {
   std::lock_guard<std::mutex> guard(segments_lock_);

@@ -62,6 +62,8 @@ class heap {
   block_state check(const void* p, std::uint64_t generation) noexcept;
   sweep_result check_all() noexcept;
 
+  // Zeroes the pages of [p, p + bytes) as a kernel drop would; EINVAL (and
+  // nothing touched) unless every page lies in this heap's arenas.
   int drop_for_testing(void* p, std::size_t bytes) noexcept;
   void drop_all_for_testing() noexcept;
   void trim() noexcept;  // unmaps empty arenas now

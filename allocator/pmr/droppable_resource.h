@@ -93,7 +93,8 @@ class droppable_resource final : public std::pmr::memory_resource {
   void trim() noexcept { heap_.trim(); }
 
   // Tests: zero the pages of [p, p + bytes) now, as a kernel drop would.
-  void drop_for_testing(void* p, std::size_t bytes) noexcept { heap_.drop_for_testing(p, bytes); }
+  // Returns 0, or EINVAL (touching nothing) unless all of it is our memory.
+  int drop_for_testing(void* p, std::size_t bytes) noexcept { return heap_.drop_for_testing(p, bytes); }
   void drop_all_for_testing() noexcept { heap_.drop_all_for_testing(); }
 
  protected:
