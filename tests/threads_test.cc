@@ -9,6 +9,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "allocator/dropalloc.h"
 
 using dropalloc::droppable_resource;
@@ -132,4 +135,42 @@ TEST_CASE("resources created and destroyed while threads keep caches for them") 
     }).join();
     CHECK(v[99] == 99);
   }
+}
+
+TEST_CASE("fork while other threads allocate: parent and child both keep working") {
+  droppable_resource res;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> busy;
+  for (int t = 0; t < 3; ++t) {
+    busy.emplace_back([&] {
+      std::vector<void*> held;
+      while (!stop.load()) {
+        held.push_back(res.allocate(8 + held.size() % 3000, 8));
+        if (held.size() > 500) {
+          for (void* p : held) res.deallocate(p, 1, 8);
+          held.clear();
+        }
+      }
+      for (void* p : held) res.deallocate(p, 1, 8);
+    });
+  }
+  for (int i = 0; i < 20; ++i) {
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      // The child inherits no held lock: allocating here must not hang.
+      std::pmr::vector<int> v(&res);
+      for (int j = 0; j < 10000; ++j) v.push_back(j);
+      void* big = res.allocate(1 << 20, 8);
+      res.deallocate(big, 1 << 20, 8);
+      _exit(v[9999] == 9999 ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  stop = true;
+  for (auto& t : busy) t.join();
+  CHECK(res.stats().blocks_live == 0);
 }

@@ -3,6 +3,7 @@
 #include "allocator/core/heap.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -52,6 +53,7 @@ struct registry_t {
   heap* heaps[kMaxCachedHeaps] = {};
   std::uint64_t ids[kMaxCachedHeaps] = {};
   tc_table* tables = nullptr;
+  heap* all_heaps = nullptr;
 };
 
 registry_t& registry() {
@@ -200,6 +202,40 @@ tc_heap_cache* heap::thread_cache() noexcept {
   return c;
 }
 
+// ---- fork ----------------------------------------------------------------------
+
+void heap::lock_all() noexcept {
+  for (auto& c : classes_) c.lock.lock();
+  segments_lock_.lock();
+}
+
+void heap::unlock_all() noexcept {
+  segments_lock_.unlock();
+  for (auto& c : classes_) c.lock.unlock();
+}
+
+// Lock order everywhere: registry, then class locks, then a heap's segments
+// lock, then the segment-map initialisation lock.
+void prefork_all() noexcept {
+  registry_t& r = registry();
+  r.lock.lock();
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->lock_all();
+  segment_map_init_lock().lock();
+}
+
+void postfork_all() noexcept {
+  registry_t& r = registry();
+  segment_map_init_lock().unlock();
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->unlock_all();
+  r.lock.unlock();
+}
+
+namespace {
+__attribute__((constructor)) void register_fork_handlers() {
+  pthread_atfork(prefork_all, postfork_all, postfork_all);
+}
+}  // namespace
+
 // ---- construction ------------------------------------------------------------
 
 heap::heap(const heap_options& options)
@@ -207,9 +243,12 @@ heap::heap(const heap_options& options)
       options_(options),
       id_(g_next_heap_id.fetch_add(1, std::memory_order_relaxed)),
       slot_(-1) {
-  if (!options.thread_cache) return;
   registry_t& r = registry();
   std::lock_guard<std::mutex> guard(r.lock);
+  next_heap_ = r.all_heaps;
+  if (r.all_heaps != nullptr) r.all_heaps->prev_heap_ = this;
+  r.all_heaps = this;
+  if (!options.thread_cache) return;
   for (int i = 0; i < kMaxCachedHeaps; ++i) {
     if (r.heaps[i] == nullptr) {
       r.heaps[i] = this;
@@ -221,11 +260,15 @@ heap::heap(const heap_options& options)
 }
 
 heap::~heap() {
-  if (slot_ >= 0) {
+  {
     registry_t& r = registry();
     std::lock_guard<std::mutex> guard(r.lock);
-    r.heaps[slot_] = nullptr;
-    r.ids[slot_] = 0;
+    if (slot_ >= 0) {
+      r.heaps[slot_] = nullptr;
+      r.ids[slot_] = 0;
+    }
+    if (prev_heap_ != nullptr) prev_heap_->next_heap_ = next_heap_; else r.all_heaps = next_heap_;
+    if (next_heap_ != nullptr) next_heap_->prev_heap_ = prev_heap_;
   }
   std::lock_guard<std::mutex> guard(segments_lock_);
   while (all_ != nullptr) {

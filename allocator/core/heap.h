@@ -96,6 +96,13 @@ class heap {
 
   friend struct thread_exit_flusher;
   friend void flush_thread_caches(tc_table* t) noexcept;
+  friend void prefork_all() noexcept;
+  friend void postfork_all() noexcept;
+  void lock_all() noexcept;
+  void unlock_all() noexcept;
+
+  heap* next_heap_ = nullptr;  // every live heap (guarded by the registry lock)
+  heap* prev_heap_ = nullptr;
 
   os::os_interface* os_;
   heap_options options_;
@@ -107,6 +114,13 @@ class heap {
   std::atomic<std::uint64_t> drops_detected_{0};
   std::atomic<std::uint64_t> misuse_refused_{0};
 };
+
+// fork() from a multi-threaded process: take every allocator lock before the
+// fork and release them after it in parent and child, so the child never
+// inherits a lock held by a thread that does not exist there. Registered with
+// pthread_atfork when the library loads.
+void prefork_all() noexcept;
+void postfork_all() noexcept;
 
 // ---- fast paths ------------------------------------------------------------
 

@@ -11,7 +11,7 @@ std::atomic<std::atomic<segment*>*> g_segment_map{nullptr};
 
 namespace {
 
-std::mutex g_map_init_lock;
+std::mutex g_map_init_lock;  // constant-initialised: usable before main
 
 // Generations of a new segment start above every generation any earlier
 // segment used, so a stale (pointer, generation) never matches a block that
@@ -74,6 +74,8 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
 }
 
 }  // namespace
+
+std::mutex& segment_map_init_lock() { return g_map_init_lock; }
 
 std::uint64_t next_gen_base() { return g_gen_floor.load(std::memory_order_acquire); }
 

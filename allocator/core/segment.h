@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 
 #include "allocator/core/types.h"
 #include "allocator/os/os.h"
@@ -72,6 +73,9 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes,
 // Unregisters and unmaps the arena and its metadata, first raising the global
 // generation floor above every generation the segment used.
 void destroy_segment(os::os_interface& os, segment* s);
+
+// Guards the lazy creation of the segment map (held across fork).
+std::mutex& segment_map_init_lock();
 
 // The next generation base handed to a new segment.
 std::uint64_t next_gen_base();

@@ -27,8 +27,12 @@
 namespace dropalloc {
 
 const char* to_string(backing b) noexcept {
-  return b == backing::droppable ? "droppable (MAP_DROPPABLE)"
-                                 : "private fallback (MAP_PRIVATE, no MAP_DROPPABLE)";
+  switch (b) {
+    case backing::droppable: return "droppable (MAP_DROPPABLE)";
+    case backing::private_fallback: return "private fallback (MAP_PRIVATE, no MAP_DROPPABLE)";
+    case backing::ordinary: return "ordinary (MAP_PRIVATE, never dropped)";
+  }
+  return "?";
 }
 
 namespace os {
@@ -46,6 +50,12 @@ bool means_unsupported(int err) {
 bool env_flag(const char* name) {
   const char* v = getenv(name);
   return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+const char* errno_name(int err) {
+  if (err == kENOTSUPP) return "ENOTSUPP";
+  const char* name = strerrorname_np(err);
+  return name != nullptr ? name : "unknown";
 }
 
 void say(const char* msg) {
@@ -72,7 +82,8 @@ void* map_aligned(std::size_t bytes, std::size_t alignment, int flags, int* err)
 
 class linux_os final : public os_interface {
  public:
-  explicit linux_os(bool always_fallback) : always_fallback_(always_fallback) {}
+  enum class mode { automatic, fallback, ordinary };
+  explicit linux_os(mode m) : mode_(m) {}
 
   void* map_arena(std::size_t bytes, std::size_t alignment, int* err) noexcept override {
     int saved = errno;
@@ -88,6 +99,10 @@ class linux_os final : public os_interface {
       }
     }
     p = map_aligned(bytes, alignment, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, err);
+    if (p != nullptr && mode_ == mode::ordinary) {
+      errno = saved;
+      return p;
+    }
     if (p != nullptr) {
       // Match droppable semantics where we can: a forked child sees zeros and
       // core dumps leave the data out.
@@ -124,6 +139,7 @@ class linux_os final : public os_interface {
   }
 
   int seal_pages(void* p, std::size_t bytes) noexcept override {
+    if (mode_ == mode::ordinary) return 0;
     return advise_inner_pages(p, bytes, MADV_FREE);
   }
 
@@ -159,6 +175,7 @@ class linux_os final : public os_interface {
   }
 
   backing arena_backing() noexcept override {
+    if (mode_ == mode::ordinary) return backing::ordinary;
     int s = state_.load(std::memory_order_acquire);
     if (s == kUnknown) s = probe();
     return s == kDroppable ? backing::droppable : backing::private_fallback;
@@ -192,7 +209,7 @@ class linux_os final : public os_interface {
   // Decides the backing once. One probe mapping, then unmapped.
   int probe() {
     int expected = kUnknown;
-    if (always_fallback_ || env_flag("DROPALLOC_FORCE_FALLBACK")) {
+    if (mode_ == mode::fallback || env_flag("DROPALLOC_FORCE_FALLBACK")) {
       reason_.store(-1, std::memory_order_relaxed);
       if (state_.compare_exchange_strong(expected, kFallback)) report();
       return state_.load(std::memory_order_acquire);
@@ -234,25 +251,32 @@ class linux_os final : public os_interface {
     } else {
       snprintf(line, sizeof line,
                "dropalloc: MAP_DROPPABLE refused (errno %d: %s); arenas use private memory\n",
-               reason, reason == kENOTSUPP ? "ENOTSUPP" : strerrorname_np(reason));
+               reason, errno_name(reason));
     }
     say(line);
   }
 
-  const bool always_fallback_;
+  const mode mode_;
   std::atomic<int> state_{kUnknown};
   std::atomic<int> reason_{0};
 };
 
 }  // namespace
 
+// Function-local statics with constexpr-constructible members: usable before
+// main and by the malloc shim (no allocation on first use).
 os_interface& system_os() noexcept {
-  static linux_os instance(false);
+  static linux_os instance(linux_os::mode::automatic);
   return instance;
 }
 
 os_interface& fallback_os() noexcept {
-  static linux_os instance(true);
+  static linux_os instance(linux_os::mode::fallback);
+  return instance;
+}
+
+os_interface& ordinary_os() noexcept {
+  static linux_os instance(linux_os::mode::ordinary);
   return instance;
 }
 

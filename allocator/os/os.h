@@ -19,6 +19,8 @@ enum class backing : std::uint8_t {
   private_fallback,  // MAP_PRIVATE + MADV_WIPEONFORK: kernel without MAP_DROPPABLE,
                      // or the fallback was forced. Sealed pages (MADV_FREE) can
                      // still be reclaimed and read back as zeros.
+  ordinary,          // plain MAP_PRIVATE memory that is never dropped and survives
+                     // fork: for general-purpose malloc (the LD_PRELOAD shim).
 };
 
 const char* to_string(backing b) noexcept;
@@ -67,6 +69,11 @@ os_interface& system_os() noexcept;
 
 // A Linux implementation that always uses the private fallback backing.
 os_interface& fallback_os() noexcept;
+
+// Ordinary private memory for general-purpose allocation: no MAP_DROPPABLE, no
+// wipe-on-fork; seal_pages() does nothing, since sealed malloc memory could
+// be reclaimed under a program that cannot survive that.
+os_interface& ordinary_os() noexcept;
 
 }  // namespace os
 }  // namespace dropalloc
