@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <new>
+#include <utility>
 
 namespace dropalloc {
 
@@ -270,6 +271,11 @@ heap::~heap() {
     if (prev_heap_ != nullptr) prev_heap_->next_heap_ = next_heap_; else r.all_heaps = next_heap_;
     if (next_heap_ != nullptr) next_heap_->prev_heap_ = prev_heap_;
   }
+  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+    if (classes_[cls].transfer != nullptr) {
+      os_->unmap_metadata(classes_[cls].transfer, kTransferCapacity[cls] * sizeof(cached_block));
+    }
+  }
   std::lock_guard<std::mutex> guard(segments_lock_);
   while (all_ != nullptr) {
     segment* s = all_;
@@ -301,26 +307,31 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
     return nullptr;
   }
   if (cls == kNoClass) return allocate_large(bytes, alignment, err);
-  void* p = nullptr;
+  cached_block b{nullptr, nullptr};
   int os_err = 0;
   tc_heap_cache* c = cls < kNumSmallClasses ? thread_cache() : nullptr;
   if (c != nullptr) {
     tc_bin& bin = c->bins[cls];
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-    if (n == 0) n = take_blocks(static_cast<std::uint32_t>(cls), bin.items, kBinCapacity[cls] / 2, &os_err);
+    if (n == 0) {
+      n = take_blocks(static_cast<std::uint32_t>(cls), bin.items, kBinCapacity[cls] / 2, &os_err);
+      // take_blocks returns ascending addresses and the bin pops from its top:
+      // reverse, so callers walk memory upwards (friendlier to prefetchers).
+      for (std::uint32_t i = 0, j = n == 0 ? 0 : n - 1; i < j; ++i, --j) std::swap(bin.items[i], bin.items[j]);
+    }
     if (n != 0) {
-      p = bin.items[n - 1];
+      b = bin.items[n - 1];
       bin.count.store(n - 1, std::memory_order_relaxed);
     }
-  } else if (take_blocks(static_cast<std::uint32_t>(cls), &p, 1, &os_err) == 0) {
-    p = nullptr;
+  } else {
+    take_blocks(static_cast<std::uint32_t>(cls), &b, 1, &os_err);
   }
-  if (p == nullptr) {
+  if (b.ptr == nullptr) {
     *err = alloc_error::out_of_memory;
     return nullptr;
   }
-  mark_live(p);
-  return p;
+  b.state->store(state::kLive, std::memory_order_release);
+  return b.ptr;
 }
 
 void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
@@ -334,14 +345,21 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
     *err = alloc_error::out_of_memory;
     return nullptr;
   }
-  s->meta[0].store(meta::make(0, 0, meta::kLive), std::memory_order_release);
   link_all(s);
   return s->base;
 }
 
-std::uint32_t heap::take_blocks(std::uint32_t cls, void** out, std::uint32_t want, int* err) noexcept {
+std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept {
   class_state& c = classes_[cls];
   std::lock_guard<std::mutex> guard(c.lock);
+  std::uint32_t have = c.transfer_count.load(std::memory_order_relaxed);
+  if (have != 0) {
+    std::uint32_t n = have < want ? have : want;
+    memcpy(out, c.transfer + (have - n), n * sizeof(cached_block));
+    c.transfer_count.store(have - n, std::memory_order_relaxed);
+    c.transfer_used_ms = now_ms();
+    return n;
+  }
   std::uint32_t got = 0;
   while (got < want) {
     segment* s = c.avail;
@@ -367,11 +385,12 @@ std::uint32_t heap::take_blocks(std::uint32_t cls, void** out, std::uint32_t wan
       int bit = __builtin_ctzll(w);
       w &= w - 1;
       --s->free_count;
-      out[got++] = block_start(s, s->scan_word * 64 + static_cast<std::uint32_t>(bit));
+      std::uint32_t idx = s->scan_word * 64 + static_cast<std::uint32_t>(bit);
+      out[got++] = cached_block{block_start(s, idx), &s->state[idx]};
       set_counter(&s->live, s->live + 1);
     }
     while (got < want && s->bump < s->capacity) {
-      out[got++] = block_start(s, s->bump);
+      out[got++] = cached_block{block_start(s, s->bump), &s->state[s->bump]};
       set_counter(&s->bump, s->bump + 1);
       set_counter(&s->live, s->live + 1);
     }
@@ -380,12 +399,41 @@ std::uint32_t heap::take_blocks(std::uint32_t cls, void** out, std::uint32_t wan
   return got;
 }
 
-void heap::give_back(std::uint32_t cls, void* const* items, std::uint32_t n) noexcept {
+void heap::give_back(std::uint32_t cls, const cached_block* items, std::uint32_t n) noexcept {
   class_state& c = classes_[cls];
   std::lock_guard<std::mutex> guard(c.lock);
+  std::uint64_t now = now_ms();
+  if (slot_ >= 0 && cls < kNumSmallClasses) {
+    if (c.transfer == nullptr) {
+      int err = 0;
+      c.transfer = static_cast<cached_block*>(os_->map_metadata(kTransferCapacity[cls] * sizeof(cached_block), &err));
+    }
+    std::uint32_t have = c.transfer_count.load(std::memory_order_relaxed);
+    if (c.transfer != nullptr && have + n <= kTransferCapacity[cls]) {
+      memcpy(c.transfer + have, items, n * sizeof(cached_block));
+      c.transfer_count.store(have + n, std::memory_order_relaxed);
+      c.transfer_used_ms = now;
+      return;
+    }
+  }
+  return_to_arenas(c, items, n);
+  drain_transfer(c, now, false);
+  release_empty(c, false);
+}
+
+// Blocks unused in the transfer cache for the decay time go back to their
+// arenas, so that arenas can empty and be unmapped.
+void heap::drain_transfer(class_state& c, std::uint64_t now, bool all) noexcept {
+  std::uint32_t have = c.transfer_count.load(std::memory_order_relaxed);
+  if (have == 0 || (!all && now - c.transfer_used_ms < options_.empty_arena_decay_ms)) return;
+  c.transfer_count.store(0, std::memory_order_relaxed);
+  return_to_arenas(c, c.transfer, have);
+}
+
+void heap::return_to_arenas(class_state& c, const cached_block* items, std::uint32_t n) noexcept {
   for (std::uint32_t i = 0; i < n; ++i) {
-    segment* s = segment_of(items[i]);
-    std::uint32_t idx = block_index_of(s, items[i]);
+    segment* s = segment_of(items[i].ptr);
+    std::uint32_t idx = block_index_of(s, items[i].ptr);
     s->free_bits[idx / 64] |= std::uint64_t{1} << (idx % 64);
     ++s->free_count;
     if (idx / 64 < s->scan_word) s->scan_word = idx / 64;
@@ -399,7 +447,6 @@ void heap::give_back(std::uint32_t cls, void* const* items, std::uint32_t n) noe
       push(&c.avail, s, kListAvail);
     }
   }
-  release_empty(c, false);
 }
 
 // Unmaps empty arenas of a class that stayed empty for the decay time. The
@@ -426,8 +473,10 @@ void heap::release_empty(class_state& c, bool all) noexcept {
 }
 
 void heap::trim() noexcept {
+  std::uint64_t now = now_ms();
   for (auto& c : classes_) {
     std::lock_guard<std::mutex> guard(c.lock);
+    drain_transfer(c, now, true);
     release_empty(c, true);
   }
 }
@@ -435,22 +484,22 @@ void heap::trim() noexcept {
 // ---- free slow path ------------------------------------------------------------
 
 void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
-  auto& word = s->meta[idx];
-  std::uint64_t m = word.load(std::memory_order_relaxed);
+  std::uint8_t st = s->state[idx].load(std::memory_order_relaxed);
   if (s->cls == kLargeClass) {
-    // The mapping goes away: let exactly one of two racing frees do it.
-    if (meta::state(m) == meta::kFree ||
-        !word.compare_exchange_strong(m, meta::make(meta::gen(m) + 1, 0, meta::kFree))) {
+    // The mapping goes away: let exactly one of two racing frees do it. Its
+    // generations need no bump: destroy_segment raises the global floor.
+    if (st == state::kFree || !s->state[idx].compare_exchange_strong(st, state::kFree)) {
       return report_misuse("double free", p);
     }
     unlink_all(s);
     destroy_segment(*os_, s);
     return;
   }
-  word.store(meta::make(meta::gen(m) + 1, 0, meta::kFree), std::memory_order_release);
+  retire(s, idx, st);
+  cached_block b{p, &s->state[idx]};
   tc_heap_cache* c = s->cls < kNumSmallClasses ? thread_cache() : nullptr;
   if (c == nullptr) {
-    give_back(s->cls, &p, 1);
+    give_back(s->cls, &b, 1);
     return;
   }
   tc_bin& bin = c->bins[s->cls];
@@ -459,10 +508,10 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
     // Full: hand the older half back, keep the recently freed (cache-warm) half.
     std::uint32_t half = kBinCapacity[s->cls] / 2;
     give_back(s->cls, bin.items, half);
-    memmove(bin.items, bin.items + half, (n - half) * sizeof(void*));
+    memmove(bin.items, bin.items + half, (n - half) * sizeof(cached_block));
     n -= half;
   }
-  bin.items[n] = p;
+  bin.items[n] = b;
   bin.count.store(n + 1, std::memory_order_relaxed);
 }
 
@@ -490,52 +539,59 @@ std::uint64_t heap::generation(const void* p) const noexcept {
   segment* s = segment_of(p);
   std::uint32_t idx;
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
-  std::uint64_t m = s->meta[idx].load(std::memory_order_acquire);
-  return meta::state(m) == meta::kFree ? 0 : s->generation_of(m);
+  auto& sb = s->state[idx];
+  std::uint8_t st = sb.load(std::memory_order_acquire);
+  if (st == state::kFree) return 0;
+  // From now on a handle to this life may exist: its free must bump the generation.
+  if ((st & state::kObserved) == 0) sb.fetch_or(state::kObserved, std::memory_order_acq_rel);
+  return s->generation_of(s->meta[idx].load(std::memory_order_acquire));
 }
 
 std::size_t heap::usable_size(const void* p) const noexcept {
   segment* s = segment_of(p);
   std::uint32_t idx;
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
-  if (meta::state(s->meta[idx].load(std::memory_order_acquire)) == meta::kFree) return 0;
+  if (s->state[idx].load(std::memory_order_acquire) == state::kFree) return 0;
   return s->cls == kLargeClass ? s->span : s->block_size;
 }
 
 // ---- seal and check ----------------------------------------------------------------
 
 // Records the witnesses of block idx (read from its current contents) and
-// returns the meta word that marks it sealed.
-std::uint64_t heap::seal_witnesses(segment* s, std::uint32_t idx, std::uint64_t m) noexcept {
+// marks it sealed. Returns false if the block was free (or freed meanwhile).
+bool heap::seal_witnesses(segment* s, std::uint32_t idx) noexcept {
+  auto& sb = s->state[idx];
+  std::uint8_t st = sb.load(std::memory_order_acquire);
+  if (st == state::kFree) return false;
+  auto& word = s->meta[idx];
+  std::uint64_t gen = meta::gen(word.load(std::memory_order_relaxed));
   const std::byte* start = block_start(s, idx);
   if (s->per_page != 0) {
-    return meta::make(meta::gen(m), first_nonzero_word(start, s->block_size), meta::kSealed);
+    word.store(meta::make(gen, first_nonzero_word(start, s->block_size)), std::memory_order_release);
+  } else {
+    std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
+    for (std::size_t k = 0; k < s->pages_per_block; ++k) {
+      auto w = static_cast<std::uint16_t>(first_nonzero_word(start + k * kPage, kPage));
+      s->page_witness[first + k].store(w, std::memory_order_relaxed);
+    }
+    word.store(meta::make(gen, 0), std::memory_order_release);
   }
-  std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
-  for (std::size_t k = 0; k < s->pages_per_block; ++k) {
-    auto w = static_cast<std::uint16_t>(first_nonzero_word(start + k * kPage, kPage));
-    s->page_witness[first + k].store(w, std::memory_order_relaxed);
-  }
-  return meta::make(meta::gen(m), 0, meta::kSealed);
+  // The release publishes the witnesses together with the sealed state.
+  return sb.compare_exchange_strong(st, state::kSealed | state::kObserved, std::memory_order_acq_rel);
 }
 
 block_state heap::seal(void* p) noexcept {
   segment* s = segment_of(p);
   std::uint32_t idx;
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
-  auto& word = s->meta[idx];
-  std::uint64_t m = word.load(std::memory_order_acquire);
-  if (meta::state(m) == meta::kFree) return block_state::stale;
-  std::uint64_t sealed = seal_witnesses(s, idx, m);
-  // The release store publishes the witnesses with the sealed state.
-  if (!word.compare_exchange_strong(m, sealed, std::memory_order_acq_rel)) return block_state::stale;
+  if (!seal_witnesses(s, idx)) return block_state::stale;
   // Small blocks share their page with others; sealing the whole page is
   // harmless (a later write to any block on it un-seals it again).
   std::byte* from = s->base + (static_cast<std::byte*>(p) - s->base) / kPage * kPage;
   std::size_t len = s->per_page != 0 ? kPage : block_stride(s);
   os_->seal_pages(from, len);
   // A page may have gone while we read it or before the advice: look again.
-  return check(p, s->generation_of(sealed));
+  return check(p, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
 }
 
 std::size_t heap::seal_all() noexcept {
@@ -545,10 +601,8 @@ std::size_t heap::seal_all() noexcept {
     std::uint32_t used = 0;
     std::uint32_t bump = read_counter(&s->bump);
     for (std::uint32_t i = 0; i < bump; ++i) {
-      auto& word = s->meta[i];
-      std::uint64_t m = word.load(std::memory_order_acquire);
-      if (meta::state(m) == meta::kFree) continue;
-      if (word.compare_exchange_strong(m, seal_witnesses(s, i, m), std::memory_order_acq_rel)) {
+      if (s->state[i].load(std::memory_order_relaxed) == state::kFree) continue;
+      if (seal_witnesses(s, i)) {
         ++sealed;
         used = i + 1;
       }
@@ -569,11 +623,14 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   if (s == nullptr) return block_state::stale;
   std::uint32_t idx;
   if (s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
+  auto& sb = s->state[idx];
   auto& word = s->meta[idx];
+  std::uint8_t st = sb.load(std::memory_order_acquire);
   std::uint64_t m = word.load(std::memory_order_acquire);
-  if (meta::state(m) == meta::kFree || s->generation_of(m) != generation) return block_state::stale;
-  if (meta::state(m) == meta::kLive) return block_state::unsealed;
-  if (meta::state(m) == meta::kDropped) return block_state::dropped;
+  std::uint8_t kind = st & state::kMask;
+  if (kind == state::kFree || s->generation_of(m) != generation) return block_state::stale;
+  if (kind == state::kLive) return block_state::unsealed;
+  if (kind == state::kDropped) return block_state::dropped;
   const std::byte* start = block_start(s, idx);
   bool lost = false;
   if (s->per_page != 0) {
@@ -587,15 +644,19 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
     }
   }
   if (lost) {
-    std::uint64_t dropped = (m & ~meta::kStateMask) | meta::kDropped;
-    if (word.compare_exchange_strong(m, dropped, std::memory_order_acq_rel)) {
+    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
+    if (word.load(std::memory_order_acquire) == m &&
+        sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) {
       drops_detected_.fetch_add(1, std::memory_order_relaxed);
       return block_state::dropped;
     }
     return check(p, generation);  // freed or resealed meanwhile: answer afresh
   }
-  // Witnesses read under an unchanged meta word belong to this seal.
-  if (word.load(std::memory_order_acquire) != m) return check(p, generation);
+  // Witnesses read while state and meta word stayed put belong to this seal
+  // (every free of an observed block changes the meta word).
+  if (sb.load(std::memory_order_acquire) != st || word.load(std::memory_order_acquire) != m) {
+    return check(p, generation);
+  }
   return block_state::intact;
 }
 
@@ -605,9 +666,8 @@ sweep_result heap::check_all() noexcept {
   for (segment* s = all_; s != nullptr; s = s->all_next) {
     std::uint32_t bump = read_counter(&s->bump);
     for (std::uint32_t i = 0; i < bump; ++i) {
-      std::uint64_t m = s->meta[i].load(std::memory_order_acquire);
-      if (meta::state(m) == meta::kFree) continue;
-      switch (check(block_start(s, i), s->generation_of(m))) {
+      if (s->state[i].load(std::memory_order_acquire) == state::kFree) continue;
+      switch (check(block_start(s, i), s->generation_of(s->meta[i].load(std::memory_order_acquire)))) {
         case block_state::intact: ++r.intact; break;
         case block_state::unsealed: ++r.unsealed; break;
         case block_state::dropped: ++r.dropped; break;
@@ -652,6 +712,9 @@ resource_stats heap::stats() const noexcept {
         cached_blocks[cls] += c->bins[cls].count.load(std::memory_order_relaxed);
       }
     }
+  }
+  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+    cached_blocks[cls] += classes_[cls].transfer_count.load(std::memory_order_relaxed);
   }
   std::uint64_t out_blocks[kNumClasses] = {};
   {

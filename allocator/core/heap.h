@@ -76,6 +76,13 @@ class heap {
     std::mutex lock;
     segment* avail = nullptr;  // arenas with free blocks and live blocks
     segment* empty = nullptr;  // arenas with no live block, newest first
+    // Free blocks passed between thread caches in whole batches (tcmalloc's
+    // transfer cache): a batch freed on one thread refills another, or the
+    // same one, without touching arena bitmaps. Mapped on first use; blocks
+    // here still count as live in their arenas.
+    cached_block* transfer = nullptr;
+    std::atomic<std::uint32_t> transfer_count{0};  // written under lock, read by stats
+    std::uint64_t transfer_used_ms = 0;            // last time a batch went in or out
   };
 
   void* allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
@@ -85,14 +92,16 @@ class heap {
   void report_misuse(const char* what, const void* p) noexcept;
   tc_heap_cache* thread_cache() noexcept;
 
-  std::uint32_t take_blocks(std::uint32_t cls, void** out, std::uint32_t want, int* err) noexcept;
-  void give_back(std::uint32_t cls, void* const* items, std::uint32_t n) noexcept;
+  std::uint32_t take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept;
+  void give_back(std::uint32_t cls, const cached_block* items, std::uint32_t n) noexcept;
+  void return_to_arenas(class_state& c, const cached_block* items, std::uint32_t n) noexcept;
+  void drain_transfer(class_state& c, std::uint64_t now, bool all) noexcept;
   void release_empty(class_state& c, bool all) noexcept;
   void link_all(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
-  std::uint64_t seal_witnesses(segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
+  bool seal_witnesses(segment* s, std::uint32_t idx) noexcept;
 
-  static void mark_live(void* p) noexcept;
+  static void retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept;
 
   friend struct thread_exit_flusher;
   friend void flush_thread_caches(tc_table* t) noexcept;
@@ -124,11 +133,15 @@ void postfork_all() noexcept;
 
 // ---- fast paths ------------------------------------------------------------
 
-inline void heap::mark_live(void* p) noexcept {
-  segment* s = segment_of(p);
-  auto& word = s->meta[block_index_of(s, p)];
-  std::uint64_t m = word.load(std::memory_order_relaxed);
-  word.store((m & ~meta::kStateMask) | meta::kLive, std::memory_order_release);
+// Marks a block free. If a generation of it was handed out, a new one makes
+// every outstanding (pointer, generation) stale.
+inline void heap::retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept {
+  if (st != state::kLive) {
+    auto& word = s->meta[idx];
+    word.store(meta::make(meta::gen(word.load(std::memory_order_relaxed)) + 1, 0),
+               std::memory_order_release);
+  }
+  s->state[idx].store(state::kFree, std::memory_order_release);
 }
 
 inline void* heap::allocate(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
@@ -140,10 +153,14 @@ inline void* heap::allocate(std::size_t bytes, std::size_t alignment, alloc_erro
       tc_bin& bin = c->bins[cls];
       std::uint32_t n = bin.count.load(std::memory_order_relaxed);
       if (DROPALLOC_LIKELY(n != 0)) {
-        void* p = bin.items[n - 1];
+        cached_block b = bin.items[n - 1];
         bin.count.store(n - 1, std::memory_order_relaxed);
-        mark_live(p);
-        return p;
+        // Callers write to what they get; start fetching a coming block now.
+        // Metadata is out of band, so unlike intrusive free lists nothing else
+        // brings the block into cache before the caller's first store.
+        if (n > 2) __builtin_prefetch(bin.items[n - 3].ptr, 1);
+        b.state->store(state::kLive, std::memory_order_release);
+        return b.ptr;
       }
     }
   }
@@ -156,9 +173,8 @@ inline void heap::deallocate(void* p) noexcept {
   if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this || !block_index(s, p, &idx))) {
     return report_misuse("not a block of this resource", p);
   }
-  auto& word = s->meta[idx];
-  std::uint64_t m = word.load(std::memory_order_relaxed);
-  if (DROPALLOC_UNLIKELY(meta::state(m) == meta::kFree)) {
+  std::uint8_t st = s->state[idx].load(std::memory_order_relaxed);
+  if (DROPALLOC_UNLIKELY(st == state::kFree)) {
     return report_misuse("double free", p);
   }
   tc_table* t = t_cache_table;
@@ -168,9 +184,8 @@ inline void heap::deallocate(void* p) noexcept {
       tc_bin& bin = c->bins[s->cls];
       std::uint32_t n = bin.count.load(std::memory_order_relaxed);
       if (DROPALLOC_LIKELY(n < kBinCapacity[s->cls])) {
-        // A new generation makes every outstanding (p, generation) stale.
-        word.store(meta::make(meta::gen(m) + 1, 0, meta::kFree), std::memory_order_release);
-        bin.items[n] = p;
+        retire(s, idx, st);
+        bin.items[n] = cached_block{p, &s->state[idx]};
         bin.count.store(n + 1, std::memory_order_relaxed);
         return;
       }

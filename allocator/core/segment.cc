@@ -44,7 +44,8 @@ constexpr std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1
 segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* owner,
                std::uint32_t cls, std::uint32_t block_size, std::uint32_t capacity,
                std::uint32_t per_page, std::uint32_t pages_per_block, int* err) {
-  std::size_t off_meta = round_up(sizeof(segment), 64);
+  std::size_t off_state = round_up(sizeof(segment), 64);
+  std::size_t off_meta = round_up(off_state + capacity, 64);
   std::size_t off_witness = off_meta + capacity * sizeof(std::uint64_t);
   std::size_t witness_count = per_page != 0 ? 0 : std::size_t{capacity} * pages_per_block;
   std::size_t off_bits = round_up(off_witness + witness_count * sizeof(std::uint16_t), 8);
@@ -66,6 +67,7 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
   s->gen_base = g_gen_floor.load(std::memory_order_acquire);
   // Zero-filled memory is a valid state for these arrays: all blocks free,
   // generation 0, no witnesses, no free bits.
+  s->state = reinterpret_cast<std::atomic<std::uint8_t>*>(raw + off_state);
   s->meta = reinterpret_cast<std::atomic<std::uint64_t>*>(raw + off_meta);
   s->page_witness =
       witness_count != 0 ? reinterpret_cast<std::atomic<std::uint16_t>*>(raw + off_witness) : nullptr;
@@ -120,6 +122,7 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std:
   }
   s->bump = 1;
   s->live = 1;
+  s->state[0].store(state::kLive, std::memory_order_relaxed);
   set_map(map, s, s);
   return s;
 }

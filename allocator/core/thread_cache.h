@@ -29,9 +29,26 @@ inline constexpr auto kBinCapacity = [] {
   return caps;
 }();
 
+// Capacity of a class's transfer cache: up to 1 MiB or 1024 blocks.
+inline constexpr auto kTransferCapacity = [] {
+  std::array<std::uint32_t, kNumSmallClasses> caps{};
+  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+    std::size_t n = (1u << 20) / kSizeClasses[cls].size;
+    caps[cls] = static_cast<std::uint32_t>(n > 1024 ? 1024 : n);
+  }
+  return caps;
+}();
+
+// A free block and its state byte: caching the state's address spares the
+// allocation fast path the pointer-to-arena lookup.
+struct cached_block {
+  void* ptr;
+  std::atomic<std::uint8_t>* state;
+};
+
 struct tc_bin {
   std::atomic<std::uint32_t> count;  // written by the owning thread only; read by stats
-  void* items[kBinSlots];            // items[0, count) are free blocks of this class
+  cached_block items[kBinSlots];     // items[0, count) are free blocks of this class
 };
 
 struct tc_heap_cache {

@@ -63,22 +63,32 @@ inline constexpr std::size_t kSegmentSize = std::size_t{1} << kSegmentShift;  //
 inline constexpr std::size_t kPagesPerSegment = kSegmentSize / kPage;
 inline constexpr std::uint32_t kLargeClass = 0xffff;
 
-// One 64-bit word of metadata per block, read and written atomically:
-//   bits 0-1   state (below)
+// Two pieces of metadata per block.
+//
+// The state byte is what allocate and free touch: one byte per block keeps the
+// hot metadata dense (8 blocks' states per cache line would cost a miss per
+// allocation in batch workloads).
+namespace state {
+inline constexpr std::uint8_t kFree = 0, kLive = 1, kSealed = 2, kDropped = 3;
+inline constexpr std::uint8_t kMask = 3;
+// Set once a generation of the block has been handed out (generation(),
+// allocate_block(), seal()): only then must a free bump the generation, since
+// only then can a (pointer, generation) handle to this life exist.
+inline constexpr std::uint8_t kObserved = 4;
+}  // namespace state
+
+// The meta word, touched only for observed blocks (by free, seal and check):
 //   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none
 //   bits 12-63 generation, counted from the arena's gen_base
 namespace meta {
-inline constexpr std::uint64_t kFree = 0, kLive = 1, kSealed = 2, kDropped = 3;
-inline constexpr std::uint64_t kStateMask = 3;
 inline constexpr int kWitnessShift = 2;
 inline constexpr std::uint64_t kWitnessMask = 0x3ffull << kWitnessShift;
 inline constexpr int kGenShift = 12;
 
-constexpr std::uint64_t state(std::uint64_t m) { return m & kStateMask; }
 constexpr std::uint64_t gen(std::uint64_t m) { return m >> kGenShift; }
 constexpr std::uint64_t witness(std::uint64_t m) { return (m & kWitnessMask) >> kWitnessShift; }
-constexpr std::uint64_t make(std::uint64_t gen, std::uint64_t witness, std::uint64_t state) {
-  return (gen << kGenShift) | (witness << kWitnessShift) | state;
+constexpr std::uint64_t make(std::uint64_t gen, std::uint64_t witness) {
+  return (gen << kGenShift) | (witness << kWitnessShift);
 }
 static_assert(kMaxSmallSize / 8 < (kWitnessMask >> kWitnessShift), "witness index must fit");
 }  // namespace meta
@@ -100,7 +110,8 @@ struct segment {
   std::uint32_t pages_per_block;   // multi-page and large: pages per block; small: 1
   std::uint64_t magic;             // ceil(2^32 / divisor) for exact small divisions
   std::uint64_t gen_base;          // > every generation ever used at these addresses
-  std::atomic<std::uint64_t>* meta;          // [capacity] block words (see namespace meta)
+  std::atomic<std::uint8_t>* state;          // [capacity] block states (namespace state)
+  std::atomic<std::uint64_t>* meta;          // [capacity] generation + witness (namespace meta)
   std::atomic<std::uint16_t>* page_witness;  // [capacity * pages_per_block] for multi-page
                                              // and large blocks: 1 + word index, 0 = none
   std::uint64_t* free_bits;        // [ceil(capacity / 64)]: 1 = free block below `bump`
