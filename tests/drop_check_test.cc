@@ -236,3 +236,23 @@ TEST_CASE("the drop hook refuses memory that is not the resource's own") {
   res.deallocate(mine, 64, 8);
   other.deallocate(theirs, 64, 8);
 }
+
+TEST_CASE("write_and_seal copies, seals and verifies") {
+  droppable_resource res;
+  std::vector<unsigned char> src(3 * kPage + 123);
+  fill(src.data(), src.size(), 99);
+  auto b = res.allocate_block(src.size());
+  CHECK(res.write_and_seal(b.ptr, src.data(), src.size()) == block_state::intact);
+  CHECK(std::memcmp(b.ptr, src.data(), src.size()) == 0);
+  CHECK(res.is_intact(b));
+  res.drop_for_testing(static_cast<char*>(b.ptr) + kPage, 1);
+  CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
+  CHECK(res.write_and_seal(b.ptr, src.data(), src.size()) == block_state::intact);
+  CHECK(res.is_intact(b));
+  // Too long for the block, or not a block: refused, nothing written.
+  CHECK(res.write_and_seal(b.ptr, src.data(), res.usable_size(b.ptr) + 1) != block_state::intact);
+  int local = 0;
+  CHECK(res.write_and_seal(&local, src.data(), 4) != block_state::intact);
+  CHECK(local == 0);
+  res.deallocate(b.ptr, src.size());
+}

@@ -1,6 +1,7 @@
 #include "allocator/pmr/droppable_resource.h"
 
 #include <cstdio>
+#include <cstring>
 
 namespace dropalloc {
 
@@ -40,6 +41,17 @@ void droppable_resource::do_deallocate(void* p, std::size_t, std::size_t) {
 block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alignment) {
   void* p = allocate(bytes, alignment);
   return block_ref{p, heap_.generation(p)};
+}
+
+block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n) noexcept {
+  if (n > heap_.usable_size(p)) return block_state::foreign;  // not a block that holds n bytes
+  std::memcpy(p, src, n);
+  block_state s = heap_.seal(p);
+  if (s != block_state::intact) return s;
+  // Everything read back after the witnesses were recorded: from here on any
+  // loss of a non-zero page shows in check().
+  if (std::memcmp(p, src, n) != 0) return block_state::dropped;
+  return heap_.check(p, heap_.generation(p));
 }
 
 }  // namespace dropalloc

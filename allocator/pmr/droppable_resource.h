@@ -68,6 +68,12 @@ class droppable_resource final : public std::pmr::memory_resource {
   // sealing requires sealing again. Returns the state right after sealing:
   // `dropped` means a page was lost while it was being written or sealed.
   block_state seal(void* p) noexcept { return heap_.seal(p); }
+  // Copies n bytes from ordinary memory into the block at p, seals it, then
+  // compares the block with src. seal() can only vouch for what it reads, so
+  // a page dropped while the block was being written would otherwise pass as
+  // intact if it held zeros by then; comparing after sealing closes that
+  // window. Returns intact, or dropped (write again) if any page was lost.
+  block_state write_and_seal(void* p, const void* src, std::size_t n) noexcept;
   // Seals every live block of this resource, with one madvise per arena.
   std::size_t seal_all() noexcept { return heap_.seal_all(); }
 
