@@ -89,17 +89,23 @@ inline std::uint64_t now_ns() {
 }  // namespace detail
 
 // An object of type T, and everything it allocates, in droppable memory from a
-// private arena. T is built by a builder `T(std::pmr::memory_resource*)` that
-// must allocate through the resource it is given (pmr containers constructed
-// with it propagate it to nested pmr members). The destructor of T never runs:
-// a lost object is abandoned and its arena reclaimed wholesale, so anything T
-// owned outside the arena would leak.
+// private arena. A builder `T(std::pmr::memory_resource*)` makes it in ordinary
+// staging memory (pmr containers constructed with the given resource propagate
+// it to nested pmr members); the library then copies it into the arena with
+// uses-allocator construction, seals the arena and verifies it. The copy's
+// destructor never runs: a lost object is abandoned and its arena reclaimed
+// wholesale. So T must be allocator-aware (std::pmr containers, or classes with
+// allocator_type and allocator-extended copy) or trivially copyable: anything
+// else could own memory outside the arena, which would leak.
 //
 // Thread-safe: concurrent visits share the object; one rebuild at a time, and
 // visitors that found the same loss wait for that rebuild instead of repeating it.
 template <class T>
 class regenerable {
  public:
+  static_assert(std::uses_allocator_v<T, std::pmr::polymorphic_allocator<>> ||
+                    std::is_trivially_copyable_v<T>,
+                "T must be allocator-aware (pmr) or trivially copyable: its destructor never runs");
   using builder_fn = std::function<T(std::pmr::memory_resource*)>;
 
   explicit regenerable(builder_fn build, const regenerable_options& options = {})
@@ -189,20 +195,29 @@ class regenerable {
     }
     abandon_locked();
     ++epoch_;
+    T* obj = nullptr;
     auto arena = std::make_unique<object_arena>(*res_, options_.first_chunk);
     std::uint64_t t0 = detail::now_ns();
-    void* mem = arena->allocate(sizeof(T), alignof(T));
-    // A builder returning a T prvalue constructs it right here (guaranteed
-    // elision); if it throws, `arena` takes every byte it allocated back.
-    T* obj = ::new (mem) T(std::invoke(build, static_cast<std::pmr::memory_resource*>(arena.get())));
-    bool whole = arena->seal();
-    if constexpr (requires { obj->get_allocator().resource(); }) {
-      // Only an intact object says truthfully which resource it was built with.
-      if (whole && obj->get_allocator().resource() != arena.get() && arena->intact()) {
-        obj->~T();  // whole and never shown to anyone: safe to destroy properly
-        throw std::logic_error("dropalloc: a regenerable builder must construct its object with "
-                               "the memory resource it is given");
+    bool whole;
+    {
+      // The builder works in ordinary memory: containers re-read the pointers
+      // they wrote while they grow, and a droppable page can read as zeros at
+      // any moment (mlock does not pin MAP_DROPPABLE pages), so building in
+      // place could crash the builder. The copy below only writes droppable
+      // memory, apart from each element's allocator read back by its own
+      // constructor a few instructions after storing it.
+      std::pmr::monotonic_buffer_resource staging(std::pmr::new_delete_resource());
+      T staged = std::invoke(build, static_cast<std::pmr::memory_resource*>(&staging));
+      void* mem = arena->allocate(sizeof(T), alignof(T));
+      if constexpr (std::uses_allocator_v<T, std::pmr::polymorphic_allocator<>>) {
+        T copy = std::make_obj_using_allocator<T>(std::pmr::polymorphic_allocator<>(arena.get()),
+                                                  std::as_const(staged));
+        ::new (mem) T(std::move(copy));  // the top-level object, moved in last
+      } else {
+        ::new (mem) T(std::as_const(staged));
       }
+      obj = static_cast<T*>(mem);
+      whole = arena->seal();
     }
     std::uint64_t ns = detail::now_ns() - t0;
     builds_.fetch_add(1, std::memory_order_relaxed);
