@@ -13,6 +13,7 @@
 //   if (!res.is_intact(b)) rebuild();          // a page was dropped meanwhile
 #pragma once
 
+#include "allocator/cache/cache.h"
 #include "allocator/core/types.h"
 #include "allocator/os/os.h"
 #include "allocator/pmr/droppable_resource.h"
