@@ -116,7 +116,8 @@ def find_shim(args):
     r = sh(["bazel", "build", "-c", "opt", SHIM_TARGET], cwd=ws, env=env)
     if r.returncode != 0:
         return None, "`bazel build -c opt %s` failed: %s" % (SHIM_TARGET, first_error(r.stdout))
-    info = sh(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=ws, env=env)
+    info = subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=ws, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     path = os.path.join(info.stdout.strip().splitlines()[-1] if info.returncode == 0 else
                         os.path.join(ws, "bazel-bin"), "allocator", "libdropalloc.so")
     if not os.path.isfile(path):
