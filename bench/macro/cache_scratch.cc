@@ -11,7 +11,7 @@
 int main(int argc, char** argv) {
   const bench::options o = bench::parse(argc, argv);
   const int t = o.threads;
-  const std::size_t objects = o.quick ? 2000 : 200000;  // per thread
+  const std::size_t objects = o.quick ? 2000 : 2000000;  // per thread
   const int writes = 100;                                // per object
   constexpr std::size_t kSize = 8;
 
