@@ -115,7 +115,9 @@ def find_shim(args):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFILES", "BUILD_", "TEST_"))}
     r = sh(["bazel", "build", "-c", "opt", SHIM_TARGET], cwd=ws, env=env)
     if r.returncode != 0:
-        return None, "`bazel build -c opt %s` failed: %s" % (SHIM_TARGET, first_error(r.stdout))
+        # Workspace-relative paths: the report is committed.
+        return None, "`bazel build -c opt %s` failed: %s" % (
+            SHIM_TARGET, first_error(r.stdout).replace(ws.rstrip("/") + "/", ""))
     info = subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=ws, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     path = os.path.join(info.stdout.strip().splitlines()[-1] if info.returncode == 0 else
