@@ -1,0 +1,632 @@
+#!/usr/bin/env python3
+"""Side-by-side allocator comparison: dropalloc against glibc, jemalloc,
+mimalloc and the std::pmr pool resources, on this machine.
+
+    bazel run -c opt //bench:compare -- --quick    # CI smoke: 1 rep, tiny sizes
+    bazel run -c opt //bench:compare -- --full     # 5 reps, the README table
+
+Contenders, each in its own process:
+  glibc             the binaries as built (glibc 2.36 malloc)
+  jemalloc          LD_PRELOAD of Debian's libjemalloc.so.2 (default options)
+  mimalloc          LD_PRELOAD of Debian's libmimalloc.so.2 (default options)
+  dropalloc-malloc  LD_PRELOAD of bazel-bin/allocator/libdropalloc.so, built
+                    here with `bazel build -c opt //allocator:libdropalloc.so`
+  dropalloc-pmr     dropalloc::droppable_resource, in-process (micro only)
+  sync_pool         std::pmr::synchronized_pool_resource (micro only)
+  unsync_pool       std::pmr::unsynchronized_pool_resource (micro only)
+Preloading one plain binary makes every malloc-level contender like-for-like.
+Debian's jemalloc and mimalloc replace malloc for a whole process, so nothing
+is compared inside one process except the pmr resources (whose upstream is
+glibc). A contender that cannot run is reported as "not available: <reason>",
+never dropped and never substituted.
+
+Runs alternate: for every repetition and every workload, each contender runs
+once (A B C A B C ...), starting with a different contender each repetition,
+so slow drifts of this shared machine hit everyone alike. Reported: medians
+over repetitions and ratios to mimalloc.
+
+Guards against the known traps:
+  - each workload reports which library its malloc comes from (dlsym +
+    dladdr) and which allocator libraries /proc/self/maps holds; a run whose
+    allocator is not the contender's is rejected (a preload that did not take);
+  - workloads time their own work loop, not process start-up or exit, and
+    full runs flag results under 0.1 s as start-up dominated;
+  - malloc/free pairs escape through an asm barrier and memory is touched, so
+    the compiler cannot delete them; micro sizes are exact size classes.
+Peak RSS is the workload's own VmHWM: a child's ru_maxrss from os.wait4 also
+counts the pages of this Python process at the fork (measured: +200 MiB in the
+parent shows up as +200 MiB in /bin/true's ru_maxrss), so it is kept in the
+JSON only as a cross-check.
+
+Python standard library only; the plot is drawn by gnuplot if it is installed.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+MACRO = ["larson", "xmalloc", "cache_scratch", "glibc_simple", "rptest",
+         "malloc_large", "mstress", "cfrac_like"]
+MACRO_ABOUT = {
+    "larson": "server churn, 8-1000 B, blocks handed to the next thread",
+    "xmalloc": "1 thread allocates, another frees (mostly 64 B)",
+    "cache_scratch": "passive false sharing, 8 B objects written 100x",
+    "glibc_simple": "batches of 25-1600 blocks of 16/32/64 B, FIFO+LIFO frees",
+    "rptest": "1000 live/thread, 8 B-16 KiB linear drop-off, cross-thread frees",
+    "malloc_large": "5-25 MiB blocks, up to 20 live, one write per page",
+    "mstress": "thread churn, power-of-two sizes, shared slots, realloc",
+    "cfrac_like": "bignum arithmetic: many small short-lived blocks",
+}
+LIBDIR = "/usr/lib/x86_64-linux-gnu"
+SHIM_TARGET = "//allocator:libdropalloc.so"
+
+
+class Contender:
+    def __init__(self, name, alloc=None, preload=None, source="malloc"):
+        self.name = name
+        self.alloc = alloc          # what the workload must report (malloc contenders)
+        self.preload = preload      # path for LD_PRELOAD, or None
+        self.source = source        # alloc_micro source suffix
+        self.unavailable = None     # reason, if it cannot run
+        self.rejected = []          # runs refused (wrong allocator, crash)
+
+    @property
+    def malloc_level(self):
+        return self.source == "malloc"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def first_error(text):
+    for line in text.splitlines():
+        if "ERROR" in line or "no such target" in line:
+            return line.strip()[:300]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def find_shim(args):
+    """(path, None) or (None, reason)."""
+    if args.shim:
+        if os.path.isfile(args.shim):
+            return os.path.abspath(args.shim), None
+        return None, "--shim=%s does not exist" % args.shim
+    ws = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if not ws:
+        return None, ("%s not built: run via `bazel run //bench:compare` (which builds it) "
+                      "or pass --shim=PATH" % SHIM_TARGET)
+    if args.no_build_shim:
+        return None, "--no-build-shim given"
+    log("compare: building %s (bazel build -c opt) ..." % SHIM_TARGET)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFILES", "BUILD_", "TEST_"))}
+    r = sh(["bazel", "build", "-c", "opt", SHIM_TARGET], cwd=ws, env=env)
+    if r.returncode != 0:
+        # Workspace-relative paths: the report is committed.
+        return None, "`bazel build -c opt %s` failed: %s" % (
+            SHIM_TARGET, first_error(r.stdout).replace(ws.rstrip("/") + "/", ""))
+    info = subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=ws, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    path = os.path.join(info.stdout.strip().splitlines()[-1] if info.returncode == 0 else
+                        os.path.join(ws, "bazel-bin"), "allocator", "libdropalloc.so")
+    if not os.path.isfile(path):
+        return None, "built, but %s is missing" % path
+    return path, None
+
+
+def make_contenders(args):
+    cs = [Contender("glibc", alloc="glibc"),
+          Contender("jemalloc", alloc="jemalloc", preload=os.path.join(LIBDIR, "libjemalloc.so.2")),
+          Contender("mimalloc", alloc="mimalloc", preload=os.path.join(LIBDIR, "libmimalloc.so.2")),
+          Contender("dropalloc-malloc", alloc="dropalloc"),
+          Contender("dropalloc-pmr", alloc="glibc", source="droppable"),
+          Contender("sync_pool", alloc="glibc", source="sync_pool"),
+          Contender("unsync_pool", alloc="glibc", source="unsync_pool")]
+    for c in cs:
+        if c.preload and not os.path.isfile(c.preload):
+            c.unavailable = "%s is missing (Debian package %s)" % (
+                c.preload, "libjemalloc2" if "jemalloc" in c.preload else "libmimalloc2.0")
+    shim, why = find_shim(args)
+    cs[3].preload = shim
+    cs[3].unavailable = why
+    return cs
+
+
+def run(cmd, contender, timeout):
+    """Runs cmd under the contender's preload. Returns (rc, stdout, stderr, maxrss_kib, wall)."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if contender.preload:
+        env["LD_PRELOAD"] = contender.preload
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = datetime.datetime.now()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        try:
+            # os.wait4 instead of p.wait(): it also gives the child's rusage.
+            _, status, ru = wait4_timeout(p, timeout)
+        except TimeoutError:
+            p.kill()
+            os.waitpid(p.pid, 0)
+            p.returncode = -9
+            return -9, "", "timed out after %d s" % timeout, 0, timeout
+        wall = (datetime.datetime.now() - t0).total_seconds()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return (p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                ru.ru_maxrss, wall)
+
+
+def wait4_timeout(p, timeout):
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid != 0:
+            return pid, status, ru
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.005)
+
+
+def parse_result(stdout):
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+    return None
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    u = platform.uname()
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            mem = "%.0f GiB" % (int(f.readline().split()[1]) / 1048576)
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = {}
+    for pkg in ("libjemalloc2", "libmimalloc2.0", "libc6", "g++"):
+        r = sh(["dpkg-query", "-W", "-f=${Version}", pkg]) if shutil.which("dpkg-query") else None
+        versions[pkg] = r.stdout.strip() if r is not None and r.returncode == 0 else "?"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "kernel": "%s %s %s" % (u.system, u.release, u.version),
+        "arch": u.machine,
+        "cpu": cpu,
+        "memory": mem,
+        "versions": versions,
+    }
+
+
+# --- the runs -------------------------------------------------------------------
+
+def rotate(seq, k):
+    k %= max(len(seq), 1)
+    return seq[k:] + seq[:k]
+
+
+def run_all(args, cs, bindir):
+    reps = args.reps
+    macro_cs = [c for c in cs if c.malloc_level and not c.unavailable]
+    micro_cs = [c for c in cs if not c.unavailable]
+    workloads = [w for w in MACRO if not args.only or w in args.only]
+    total = reps * (len(workloads) * len(macro_cs) + len(micro_cs) + 1)
+    done = 0
+    macro = {}   # (workload, contender) -> list of result dicts
+    micro = {}   # (row, contender) -> list of ns per item
+    seal = {}    # row -> list of (ns per block, ns per page)
+    timeout = 120 if args.quick else 900
+    min_time = "0.01" if args.quick else str(args.min_time)
+    for rep in range(reps):
+        for w in workloads:
+            for c in rotate(macro_cs, rep):
+                if c.unavailable:
+                    continue
+                cmd = [os.path.join(bindir, "macro_" + w)] + (["--quick"] if args.quick else [])
+                rc, out, err, maxrss, wall = run(cmd, c, timeout)
+                done += 1
+                res = parse_result(out)
+                if rc != 0 or res is None:
+                    c.rejected.append("%s: exit %d: %s" % (w, rc, (err.strip() or out.strip())[-200:]))
+                    log("[%d/%d] rep %d/%d %-13s %-16s FAILED (exit %d)" % (done, total, rep + 1, reps, w, c.name, rc))
+                    continue
+                if res.get("alloc") != c.alloc:
+                    c.rejected.append("%s: workload reports malloc from %s (mapped: %s), expected %s" % (
+                        w, res.get("malloc_from"), res.get("mapped"), c.alloc))
+                    log("[%d/%d] rep %d/%d %-13s %-16s REJECTED: allocator is %s, not %s" % (
+                        done, total, rep + 1, reps, w, c.name, res.get("alloc"), c.alloc))
+                    continue
+                res["ru_maxrss_kib"] = maxrss
+                res["process_wall"] = wall
+                macro.setdefault((w, c.name), []).append(res)
+                log("[%d/%d] rep %d/%d %-13s %-16s %8.3f s  peak %8.1f MiB" % (
+                    done, total, rep + 1, reps, w, c.name, float(res["seconds"]), int(res["hwm_kib"]) / 1024))
+        for c in rotate(micro_cs, rep):
+            cmd = [os.path.join(bindir, "alloc_micro"), "--benchmark_format=json",
+                   "--benchmark_min_time=" + min_time, "--benchmark_filter=/%s/real_time$" % c.source]
+            if args.quick:
+                cmd.append("--quick")
+            rc, out, err, _, wall = run(cmd, c, timeout * 3)
+            done += 1
+            try:
+                data = json.loads(out)
+            except ValueError:
+                data = None
+            if rc != 0 or data is None:
+                c.rejected.append("alloc_micro: exit %d: %s" % (rc, err.strip()[-200:]))
+                log("[%d/%d] rep %d/%d micro %-16s FAILED (exit %d)" % (done, total, rep + 1, reps, c.name, rc))
+                continue
+            got = data.get("context", {}).get("alloc")
+            if got != c.alloc:
+                c.rejected.append("alloc_micro: malloc from %s (mapped: %s), expected %s" % (
+                    data["context"].get("malloc_from"), data["context"].get("mapped"), c.alloc))
+                log("[%d/%d] micro %s REJECTED: allocator is %s" % (done, total, c.name, got))
+                continue
+            n = 0
+            for b in data.get("benchmarks", []):
+                if b.get("error_occurred") or not b.get("items_per_second"):
+                    continue
+                row = b["name"].replace("/real_time", "").rsplit("/", 1)[0]
+                micro.setdefault((row, c.name), []).append(1e9 / b["items_per_second"])
+                n += 1
+            log("[%d/%d] rep %d/%d micro %-16s %d rows in %.1f s" % (done, total, rep + 1, reps, c.name, n, wall))
+        # Drop check and seal costs: droppable_resource only, no contender.
+        cmd = [os.path.join(bindir, "seal_check_micro"), "--benchmark_format=json",
+               "--benchmark_min_time=" + min_time] + (["--quick"] if args.quick else [])
+        rc, out, err, _, wall = run(cmd, Contender("glibc", alloc="glibc"), timeout * 3)
+        done += 1
+        try:
+            for b in json.loads(out).get("benchmarks", []):
+                if b.get("error_occurred"):
+                    continue
+                ns = b["real_time"] * {"ns": 1, "us": 1e3, "ms": 1e6, "s": 1e9}[b["time_unit"]]
+                seal.setdefault(b["name"].replace("/real_time", ""), []).append((ns / b["blocks"], ns / b["pages"]))
+            log("[%d/%d] rep %d/%d seal/check micro in %.1f s" % (done, total, rep + 1, reps, wall))
+        except (ValueError, KeyError) as e:
+            log("[%d/%d] seal/check micro FAILED (exit %d): %s %s" % (done, total, rc, e, err.strip()[-200:]))
+    return workloads, macro, micro, seal
+
+
+# --- reporting --------------------------------------------------------------------
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def geomean(xs):
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def fmt_cell(v, ref, unit_fmt):
+    if v is None:
+        return "–"
+    s = unit_fmt % v
+    if ref:
+        s += " (%.2f×)" % (v / ref)
+    return s
+
+
+def build_report(args, cs, m, workloads, macro, micro, seal, command):
+    byname = {c.name: c for c in cs}
+    macro_cs = [c for c in cs if c.malloc_level]
+    L = []
+    L.append("# Allocator comparison (%s mode)" % ("quick" if args.quick else "full"))
+    L.append("")
+    L.append("Command: `%s`  " % command)
+    L.append("Date: %s; %d repetition(s), contenders alternated, medians shown; "
+             "ratios (in parentheses) are to mimalloc, lower is better." % (m["date"], args.reps))
+    L.append("")
+    L.append("Machine: %d CPUs, %s, %s; kernel %s (%s); glibc %s, jemalloc %s, mimalloc %s (Debian, "
+             "default options), g++ %s, bazel -c opt." % (
+                 m["nproc"], m["cpu"], m["memory"], m["kernel"], m["arch"], m["versions"]["libc6"],
+                 m["versions"]["libjemalloc2"], m["versions"]["libmimalloc2.0"], m["versions"]["g++"]))
+    L.append("")
+    L.append("## Contenders")
+    L.append("")
+    for c in cs:
+        how = ("LD_PRELOAD=%s" % c.preload if c.preload else
+               "as built (no preload)" if c.malloc_level else "in-process pmr resource (upstream: glibc)")
+        status = ("**not available: %s**" % c.unavailable) if c.unavailable else how
+        if c.rejected:
+            status += "; %d run(s) rejected: %s" % (len(c.rejected), "; ".join(c.rejected[:3]))
+        L.append("- %s: %s" % (c.name, status))
+    L.append("")
+
+    def ratio_ref(table, key_row):
+        return med(table.get((key_row, "mimalloc"), []))
+
+    # Macro: time and peak RSS.
+    for title, field, scale, ufmt in (("time in seconds", "seconds", 1.0, "%.3f"),
+                                      ("peak RSS in MiB (VmHWM)", "hwm_kib", 1 / 1024, "%.1f")):
+        L.append("## Macro workloads: %s" % title)
+        L.append("")
+        L.append("| workload | " + " | ".join(c.name for c in macro_cs) + " |")
+        L.append("|---|" + "---:|" * len(macro_cs))
+        ratios = {c.name: [] for c in macro_cs}
+        for w in workloads:
+            vals = {}
+            for c in macro_cs:
+                rs = macro.get((w, c.name), [])
+                vals[c.name] = med([float(r[field]) * scale for r in rs]) if rs else None
+            ref = vals.get("mimalloc")
+            cells = []
+            for c in macro_cs:
+                if c.unavailable:
+                    cells.append("n/a")
+                    continue
+                cells.append(fmt_cell(vals[c.name], ref, ufmt))
+                if vals[c.name] and ref:
+                    ratios[c.name].append(vals[c.name] / ref)
+            L.append("| %s | %s |" % (w, " | ".join(cells)))
+        L.append("| **geometric mean of ratios** | %s |" % " | ".join(
+            "n/a" if c.unavailable else ("%.2f×" % geomean(ratios[c.name]) if geomean(ratios[c.name]) else "–")
+            for c in macro_cs))
+        L.append("")
+    L.append("Workloads (2 threads where threaded; fixed seeds): " + "; ".join(
+        "%s: %s" % (w, MACRO_ABOUT[w]) for w in workloads) + ".")
+    short = sorted({w for (w, _), rs in macro.items() if any(float(r["seconds"]) < 0.1 for r in rs)})
+    if short and not args.quick:
+        L.append("")
+        L.append("Start-up warning: runs under 0.1 s in %s; treat those ratios with care." % ", ".join(short))
+    L.append("")
+
+    # Micro.
+    L.append("## Micro-benchmarks: ns per allocate+free pair (containers: per element)")
+    L.append("")
+    L.append("malloc-level columns run the same binary under each preload; the pmr columns call "
+             "the resource through `std::pmr::memory_resource*`.")
+    L.append("")
+    rows = []
+    for (row, _c) in micro:
+        if row not in rows:
+            rows.append(row)
+    L.append("| benchmark | " + " | ".join(c.name for c in cs) + " |")
+    L.append("|---|" + "---:|" * len(cs))
+    for row in rows:
+        ref = ratio_ref(micro, row)
+        cells = []
+        for c in cs:
+            if c.unavailable:
+                cells.append("n/a")
+            else:
+                cells.append(fmt_cell(med(micro.get((row, c.name), [])), ref, "%.1f"))
+        L.append("| %s | %s |" % (row, " | ".join(cells)))
+    L.append("")
+    L.append("unsync_pool has no prodcons row: it is not thread-safe.")
+    L.append("")
+
+    # Seal / check.
+    L.append("## Drop check and seal costs (dropalloc::droppable_resource)")
+    L.append("")
+    L.append("| operation | ns per block | ns per page |")
+    L.append("|---|---:|---:|")
+    for name, vs in seal.items():
+        L.append("| %s | %.1f | %.1f |" % (name, med([v[0] for v in vs]), med([v[1] for v in vs])))
+    L.append("")
+    L.append("seal includes one store per page just before it (re-dirtying the page as a writer "
+             "would) and the MADV_FREE; a block smaller than a page counts as one page.")
+    L.append("")
+
+    # Targets.
+    L.append("## Targets")
+    L.append("")
+    L.extend(targets(cs, byname, workloads, macro, micro))
+    L.append("")
+    return "\n".join(L)
+
+
+def targets(cs, byname, workloads, macro, micro):
+    out = []
+
+    def verdict(ok):
+        return "met" if ok else "**missed**"
+
+    small = [r for r in ("batch_16B", "batch_64B", "batch_256B", "batch_mixed_16-512B")]
+    dm = [(r, med(micro.get((r, "dropalloc-pmr"), [])), med(micro.get((r, "mimalloc"), [])),
+           med(micro.get((r, "sync_pool"), []))) for r in small]
+    dm = [x for x in dm if x[1] and x[2] and x[3]]
+    if dm:
+        g_mi = geomean([d / mi for _, d, mi, _ in dm])
+        g_sp = geomean([sp / d for _, d, _, sp in dm])
+        out.append("- dropalloc-pmr on small batches (%s): %.2f× mimalloc (target ≤ 1.0×: %s); "
+                   "%.1f× faster than sync_pool (target ≥ 4×: %s)." % (
+                       ", ".join(r for r, *_ in dm), g_mi, verdict(g_mi <= 1.0), g_sp, verdict(g_sp >= 4.0)))
+    else:
+        out.append("- dropalloc-pmr on small batches: not measured.")
+
+    dmc = byname["dropalloc-malloc"]
+    if dmc.unavailable:
+        out.append("- LD_PRELOAD LIFO fast path ≤ 1.0× glibc: not measured, dropalloc-malloc not available (%s)."
+                   % dmc.unavailable)
+    else:
+        lifo = [r for r in ("lifo_16B", "lifo_64B", "lifo_256B", "lifo_1024B")
+                if micro.get((r, "dropalloc-malloc")) and micro.get((r, "glibc"))]
+        if lifo:
+            g = geomean([med(micro[(r, "dropalloc-malloc")]) / med(micro[(r, "glibc")]) for r in lifo])
+            out.append("- LD_PRELOAD LIFO fast path (%s): %.2f× glibc (target ≤ 1.0×: %s)." % (
+                ", ".join(lifo), g, verdict(g <= 1.0)))
+        else:
+            out.append("- LD_PRELOAD LIFO fast path: no dropalloc-malloc LIFO runs succeeded.")
+
+    if dmc.unavailable:
+        out.append("- Macro geometric mean time ≤ 1.05× and peak RSS ≤ 1.1× the best of jemalloc and "
+                   "mimalloc: not measured, dropalloc-malloc not available.")
+    else:
+        for label, field, limit in (("time", "seconds", 1.05), ("peak RSS", "hwm_kib", 1.10)):
+            def gm(name):
+                vals = []
+                for w in workloads:
+                    d = macro.get((w, "dropalloc-malloc"))
+                    o = macro.get((w, name))
+                    if d and o:
+                        vals.append(med([float(r[field]) for r in d]) / med([float(r[field]) for r in o]))
+                return geomean(vals)
+            best = [(n, gm(n)) for n in ("jemalloc", "mimalloc") if gm(n)]
+            if not best:
+                out.append("- Macro %s: not measured." % label)
+                continue
+            # "The best of jemalloc and mimalloc": the one dropalloc compares worst against.
+            name, g = max(best, key=lambda x: x[1])
+            out.append("- Macro geometric mean %s: %.2f× %s, the better of jemalloc and mimalloc here "
+                       "(%s) (target ≤ %.2f×: %s)." % (
+                           label, g, name, ", ".join("%.2f× %s" % (v, n) for n, v in best), limit,
+                           verdict(g <= limit)))
+    return out
+
+
+# --- plot --------------------------------------------------------------------------
+
+def plot(path_base, cs, workloads, macro, micro):
+    gp = shutil.which("gnuplot")
+    if not gp:
+        return "gnuplot not installed: no plot"
+    macro_cs = [c for c in cs if c.malloc_level and not c.unavailable]
+    all_cs = [c for c in cs if not c.unavailable]
+    dat = path_base + ".dat.tmp"
+
+    def block(rows, names, get):
+        lines = ["row " + " ".join(names)]
+        for r in rows:
+            ref = get(r, "mimalloc")
+            vals = []
+            for n in names:
+                v = get(r, n)
+                vals.append("%.4f" % (v / ref) if v and ref else "NaN")
+            lines.append(r + " " + " ".join(vals))
+        return "\n".join(lines)
+
+    def mget(field):
+        return lambda w, n: med([float(r[field]) for r in macro.get((w, n), [])])
+
+    micro_rows = []
+    for (row, _c) in micro:
+        if row not in micro_rows:
+            micro_rows.append(row)
+    with open(dat, "w") as f:
+        f.write(block(workloads, [c.name for c in macro_cs], mget("seconds")) + "\n\n\n")
+        f.write(block(workloads, [c.name for c in macro_cs], mget("hwm_kib")) + "\n\n\n")
+        f.write(block(micro_rows, [c.name for c in all_cs],
+                      lambda r, n: med(micro.get((r, n), []))) + "\n")
+    n_macro, n_all = len(macro_cs), len(all_cs)
+    script = """
+set terminal svg size 1200,1500 dynamic font "sans,11"
+set output '{out}'
+set datafile missing 'NaN'
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set logscale y 2
+set grid ytics
+set key outside right top
+set xtics rotate by -35
+set ylabel 'ratio to mimalloc (log scale, lower is better)'
+set multiplot layout 3,1
+set title 'Macro workloads: time, ratio to mimalloc'
+plot for [i=2:{nm}] '{dat}' index 0 using i:xtic(1) title columnheader(i)
+set title 'Macro workloads: peak RSS, ratio to mimalloc'
+plot for [i=2:{nm}] '{dat}' index 1 using i:xtic(1) title columnheader(i)
+set title 'Micro-benchmarks: ns per operation, ratio to mimalloc'
+plot for [i=2:{na}] '{dat}' index 2 using i:xtic(1) title columnheader(i)
+unset multiplot
+""".format(out=path_base + ".svg.tmp", dat=dat, nm=n_macro + 1, na=n_all + 1)
+    r = subprocess.run([gp], input=script, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    os.unlink(dat)
+    if r.returncode != 0 or not os.path.isfile(path_base + ".svg.tmp"):
+        return "gnuplot failed: " + r.stdout.strip()[-300:]
+    os.replace(path_base + ".svg.tmp", path_base + ".svg")
+    return None
+
+
+# --- main ----------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="CI smoke: 1 rep, tiny sizes (default)")
+    mode.add_argument("--full", action="store_true", help="5 reps, full sizes (the README table)")
+    ap.add_argument("--reps", type=int, help="repetitions (default: quick 1, full 5)")
+    ap.add_argument("--min-time", type=float, default=0.1, help="Google Benchmark min time (full mode)")
+    ap.add_argument("--only", nargs="*", help="macro workloads to run (default: all)")
+    ap.add_argument("--shim", help="use this libdropalloc.so instead of building %s" % SHIM_TARGET)
+    ap.add_argument("--no-build-shim", action="store_true", help="do not run bazel to build the shim")
+    ap.add_argument("--bin-dir", help="directory holding bench/macro_* etc. (default: runfiles)")
+    ap.add_argument("--out-dir", help="where to write compare-<mode>.{md,svg,json} "
+                    "(default: <workspace>/bench/results)")
+    args = ap.parse_args()
+    args.quick = not args.full
+    if args.reps is None:
+        args.reps = 1 if args.quick else 5
+    mode_name = "quick" if args.quick else "full"
+
+    bindir = args.bin_dir
+    if not bindir:
+        for cand in ("bench", os.path.join(os.path.dirname(os.path.abspath(__file__)))):
+            if os.path.isfile(os.path.join(cand, "alloc_micro")):
+                bindir = cand
+                break
+    if not bindir or not os.path.isfile(os.path.join(bindir, "alloc_micro")):
+        sys.exit("compare: cannot find the benchmark binaries; use `bazel run -c opt //bench:compare` "
+                 "or --bin-dir=bazel-bin/bench")
+    ws = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    out_dir = args.out_dir or os.path.join(ws or ".", "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
+
+    command = ("bazel run -c opt //bench:compare -- " if ws else "python3 bench/compare.py ") + \
+        " ".join(sys.argv[1:] or ["--quick"])
+    m = machine()
+    log("compare: %s mode, %d rep(s); %d CPUs, %s, kernel %s" % (mode_name, args.reps, m["nproc"], m["cpu"],
+                                                                 platform.release()))
+    cs = make_contenders(args)
+    for c in cs:
+        log("compare: contender %-16s %s" % (c.name, ("not available: " + c.unavailable) if c.unavailable
+                                              else (c.preload or "no preload")))
+    workloads, macro, micro, seal = run_all(args, cs, bindir)
+
+    report = build_report(args, cs, m, workloads, macro, micro, seal, command)
+    base = os.path.join(out_dir, "compare-" + mode_name)
+    err = plot(base, cs, workloads, macro, micro)
+    report += "\n" + ("Plot: not drawn (%s).\n" % err if err else
+                      "Plot: [compare-%s.svg](compare-%s.svg)\n" % (mode_name, mode_name))
+    with open(base + ".md.tmp", "w") as f:
+        f.write(report)
+    os.replace(base + ".md.tmp", base + ".md")
+    raw = {"machine": m, "command": command, "reps": args.reps,
+           "contenders": [{"name": c.name, "preload": c.preload, "unavailable": c.unavailable,
+                           "rejected": c.rejected} for c in cs],
+           "macro": {"%s|%s" % k: v for k, v in macro.items()},
+           "micro": {"%s|%s" % k: v for k, v in micro.items()},
+           "seal_check": seal}
+    with open(base + ".json.tmp", "w") as f:
+        json.dump(raw, f, indent=1)
+    os.replace(base + ".json.tmp", base + ".json")
+    print(report)
+    log("compare: wrote %s.md, %s.json%s" % (base, base, "" if err else ", %s.svg" % base))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

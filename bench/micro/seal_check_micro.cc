@@ -1,0 +1,88 @@
+// seal_check_micro: what the drop check and the seal cost, per block and per
+// page, for blocks of one size class page (64 B, 4 KiB) and multi-page blocks
+// (64 KiB, 256 KiB, the largest class). In-process with
+// dropalloc::droppable_resource only (no other allocator has these calls).
+//   seal/<n>B    write one word per page (re-dirtying it, as a writer would),
+//                then seal(): records the witnesses and MADV_FREEs the pages
+//   check/<n>B   check(ptr, generation) on sealed, intact blocks
+// Counters blocks and pages give the work per iteration; bench/compare.py
+// divides the time by them.
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <vector>
+
+#include "allocator/dropalloc.h"
+
+namespace {
+
+bool g_quick = false;
+
+struct blocks {
+  dropalloc::droppable_resource res;
+  std::vector<dropalloc::block_ref> refs;
+  std::size_t bytes;
+
+  explicit blocks(std::size_t n) : bytes(n) {
+    const std::size_t total = g_quick ? (std::size_t{1} << 20) : (std::size_t{16} << 20);
+    const std::size_t count = total / n < 16 ? 16 : total / n;
+    for (std::size_t i = 0; i < count; ++i) {
+      dropalloc::block_ref b = res.allocate_block(n);
+      std::memset(b.ptr, 0x5a, n);
+      refs.push_back(b);
+    }
+  }
+  ~blocks() {
+    for (auto& b : refs) res.deallocate(b.ptr, bytes);
+  }
+  std::size_t pages_per_block() const { return (bytes + 4095) / 4096; }
+};
+
+void set_counters(benchmark::State& state, const blocks& b) {
+  state.counters["blocks"] = static_cast<double>(b.refs.size());
+  state.counters["pages"] = static_cast<double>(b.refs.size() * b.pages_per_block());
+}
+
+void bm_seal(benchmark::State& state, std::size_t n) {
+  blocks b(n);
+  for (auto _ : state) {
+    for (auto& r : b.refs) {
+      auto* p = static_cast<char*>(r.ptr);
+      for (std::size_t off = 0; off < n; off += 4096) p[off] = 0x5a;
+      benchmark::DoNotOptimize(b.res.seal(r.ptr));
+    }
+  }
+  set_counters(state, b);
+}
+
+void bm_check(benchmark::State& state, std::size_t n) {
+  blocks b(n);
+  for (auto& r : b.refs) b.res.seal(r.ptr);
+  std::size_t intact = 0;
+  for (auto _ : state) {
+    for (auto& r : b.refs) intact += b.res.check(r.ptr, r.generation) == dropalloc::block_state::intact;
+    benchmark::DoNotOptimize(intact);
+  }
+  if (intact != b.refs.size() * state.iterations()) state.SkipWithError("a block was not intact");
+  set_counters(state, b);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) g_quick = true;
+    else argv[out++] = argv[i];
+  }
+  argc = out;
+  for (std::size_t n : {64u, 4096u, 65536u, 262144u}) {
+    benchmark::RegisterBenchmark(("seal/" + std::to_string(n) + "B").c_str(), bm_seal, n)->UseRealTime();
+    benchmark::RegisterBenchmark(("check/" + std::to_string(n) + "B").c_str(), bm_check, n)->UseRealTime();
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
