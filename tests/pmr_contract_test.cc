@@ -199,3 +199,27 @@ TEST_CASE("double, foreign and interior frees are refused and counted, nothing i
   other.deallocate(q, 64, 8);
   CHECK(res.stats().blocks_live == 0);
 }
+
+TEST_CASE("large blocks: freed mappings are reused, stale handles stay stale, trim unmaps them") {
+  droppable_resource res;
+  auto a = res.allocate_block(1 << 20);
+  std::memset(a.ptr, 1, 1 << 20);
+  res.deallocate(a.ptr, 1 << 20);
+  CHECK(res.check(a.ptr, a.generation) == dropalloc::block_state::stale);
+  CHECK(res.stats().blocks_live == 0);
+  CHECK(res.stats().arenas_mapped == 1);  // kept for reuse
+  auto b = res.allocate_block(900 * 1024);  // fits the cached mapping
+  CHECK(b.ptr == a.ptr);
+  CHECK(b.generation != a.generation);
+  CHECK(res.usable_size(b.ptr) >= 900 * 1024);
+  std::memset(b.ptr, 2, 900 * 1024);
+  res.seal(b.ptr);
+  CHECK(res.check(a.ptr, a.generation) == dropalloc::block_state::stale);
+  CHECK(res.is_intact(b));
+  auto c = res.allocate_block(8 << 20);  // too big for it: a new mapping
+  CHECK(c.ptr != b.ptr);
+  res.deallocate(b.ptr, 900 * 1024);
+  res.deallocate(c.ptr, 8 << 20);
+  res.trim();
+  CHECK(res.stats().arenas_mapped == 0);
+}

@@ -294,6 +294,10 @@ void heap::link_all(segment* s) noexcept {
 
 void heap::unlink_all(segment* s) noexcept {
   std::lock_guard<std::mutex> guard(segments_lock_);
+  unlink_all_locked(s);
+}
+
+void heap::unlink_all_locked(segment* s) noexcept {
   if (s->all_prev != nullptr) s->all_prev->all_next = s->all_next; else all_ = s->all_next;
   if (s->all_next != nullptr) s->all_next->all_prev = s->all_prev;
 }
@@ -339,14 +343,91 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
     *err = alloc_error::too_large;
     return nullptr;
   }
+  std::size_t span = (bytes == 0 ? kPage : (bytes + kPage - 1) / kPage * kPage);
+  if (segment* cached = reuse_large(span, alignment)) return cached->base;
   int os_err = 0;
   segment* s = create_large(*os_, this, bytes, alignment, &os_err);
+  if (s == nullptr && release_large_cache(true) != 0) {
+    s = create_large(*os_, this, bytes, alignment, &os_err);  // cached mappings freed: try again
+  }
   if (s == nullptr) {
     *err = alloc_error::out_of_memory;
     return nullptr;
   }
   link_all(s);
   return s->base;
+}
+
+// A cached mapping fits if it is big enough but not wastefully so (at most
+// twice the request) and aligned as asked.
+segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  int best = -1;
+  for (int i = 0; i < kLargeCacheSlots; ++i) {
+    segment* s = large_cache_[i];
+    if (s == nullptr || s->span < span || s->span / 2 > span) continue;
+    if (reinterpret_cast<std::uintptr_t>(s->base) % alignment != 0) continue;
+    if (best < 0 || s->span < large_cache_[best]->span) best = i;
+  }
+  if (best < 0) return nullptr;
+  segment* s = large_cache_[best];
+  large_cache_[best] = nullptr;
+  large_cache_bytes_ -= s->span;
+  set_counter(&s->live, 1);
+  s->state[0].store(state::kLive, std::memory_order_release);
+  return s;
+}
+
+bool heap::cache_large(segment* s) noexcept {
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  if (s->span > kLargeCacheMaxBytes / 2) return false;
+  std::uint64_t now = now_ms();
+  // Make room: drop expired entries, then the oldest, until this one fits.
+  for (int i = 0; i < kLargeCacheSlots; ++i) {
+    segment* c = large_cache_[i];
+    if (c != nullptr && now - large_cached_ms_[i] >= options_.empty_arena_decay_ms) {
+      large_cache_[i] = nullptr;
+      large_cache_bytes_ -= c->span;
+      unlink_all_locked(c);
+      destroy_segment(*os_, c);
+    }
+  }
+  int slot = -1;
+  while (true) {
+    int oldest = -1;
+    for (int i = 0; i < kLargeCacheSlots; ++i) {
+      if (large_cache_[i] == nullptr) slot = i;
+      else if (oldest < 0 || large_cached_ms_[i] < large_cached_ms_[oldest]) oldest = i;
+    }
+    if (slot >= 0 && large_cache_bytes_ + s->span <= kLargeCacheMaxBytes) break;
+    if (oldest < 0) return false;
+    segment* c = large_cache_[oldest];
+    large_cache_[oldest] = nullptr;
+    large_cache_bytes_ -= c->span;
+    unlink_all_locked(c);
+    destroy_segment(*os_, c);
+  }
+  set_counter(&s->live, 0);
+  large_cache_[slot] = s;
+  large_cached_ms_[slot] = now;
+  large_cache_bytes_ += s->span;
+  return true;
+}
+
+std::size_t heap::release_large_cache(bool all) noexcept {
+  std::size_t released = 0;
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  std::uint64_t now = now_ms();
+  for (int i = 0; i < kLargeCacheSlots; ++i) {
+    segment* c = large_cache_[i];
+    if (c == nullptr || (!all && now - large_cached_ms_[i] < options_.empty_arena_decay_ms)) continue;
+    large_cache_[i] = nullptr;
+    large_cache_bytes_ -= c->span;
+    released += c->span;
+    unlink_all_locked(c);
+    destroy_segment(*os_, c);
+  }
+  return released;
 }
 
 std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept {
@@ -473,6 +554,7 @@ void heap::release_empty(class_state& c, bool all) noexcept {
 }
 
 void heap::trim() noexcept {
+  release_large_cache(true);
   std::uint64_t now = now_ms();
   for (auto& c : classes_) {
     std::lock_guard<std::mutex> guard(c.lock);
@@ -491,6 +573,11 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
     if (st == state::kFree || !s->state[idx].compare_exchange_strong(st, state::kFree)) {
       return report_misuse("double free", p);
     }
+    // The mapping may be reused at the same address: outstanding handles must
+    // go stale, as for any block.
+    auto& word = s->meta[0];
+    word.store(meta::make(meta::gen(word.load(std::memory_order_relaxed)) + 1, 0), std::memory_order_release);
+    if (cache_large(s)) return;
     unlink_all(s);
     destroy_segment(*os_, s);
     return;
@@ -725,8 +812,10 @@ resource_stats heap::stats() const noexcept {
       st.metadata_bytes += s->meta_bytes;
       st.bytes_resident += os_->resident_bytes(s->base, s->span);
       if (s->cls == kLargeClass) {
-        ++st.blocks_live;
-        st.bytes_live += s->span;
+        if (read_counter(&s->live) != 0) {
+          ++st.blocks_live;
+          st.bytes_live += s->span;
+        }
       } else {
         out_blocks[s->cls] += read_counter(&s->live);
       }

@@ -99,6 +99,7 @@ class heap {
   void release_empty(class_state& c, bool all) noexcept;
   void link_all(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
+  void unlink_all_locked(segment* s) noexcept;
   bool seal_witnesses(segment* s, std::uint32_t idx) noexcept;
 
   static void retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept;
@@ -120,6 +121,17 @@ class heap {
   class_state classes_[kNumClasses];
   mutable std::mutex segments_lock_;
   segment* all_ = nullptr;  // every arena of this heap (guarded by segments_lock_)
+  // Recently freed large mappings kept for reuse (guarded by segments_lock_):
+  // growing vectors and other large churn would otherwise pay munmap, mmap and
+  // a page fault per page every time. Still registered and in all_, state free.
+  static constexpr int kLargeCacheSlots = 8;
+  static constexpr std::size_t kLargeCacheMaxBytes = 64u << 20;
+  segment* large_cache_[kLargeCacheSlots] = {};
+  std::uint64_t large_cached_ms_[kLargeCacheSlots] = {};
+  std::size_t large_cache_bytes_ = 0;
+  segment* reuse_large(std::size_t span, std::size_t alignment) noexcept;
+  bool cache_large(segment* s) noexcept;  // false: not kept, caller unmaps
+  std::size_t release_large_cache(bool all) noexcept;  // returns bytes unmapped
   std::atomic<std::uint64_t> drops_detected_{0};
   std::atomic<std::uint64_t> misuse_refused_{0};
 };
