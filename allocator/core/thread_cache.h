@@ -29,12 +29,12 @@ inline constexpr auto kBinCapacity = [] {
   return caps;
 }();
 
-// Capacity of a class's transfer cache: up to 1 MiB or 1024 blocks.
+// Capacity of a class's transfer cache: up to 1 MiB or 4096 blocks.
 inline constexpr auto kTransferCapacity = [] {
   std::array<std::uint32_t, kNumSmallClasses> caps{};
   for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
     std::size_t n = (1u << 20) / kSizeClasses[cls].size;
-    caps[cls] = static_cast<std::uint32_t>(n > 1024 ? 1024 : n);
+    caps[cls] = static_cast<std::uint32_t>(n > 4096 ? 4096 : n);
   }
   return caps;
 }();
