@@ -101,7 +101,6 @@ struct segment {
   // Fixed at creation.
   std::byte* base;                 // first block; kSegmentSize-aligned (large: its alignment)
   std::size_t span;                // bytes mapped at base
-  std::size_t meta_bytes;          // bytes of the metadata mapping holding this struct
   heap* owner;                     // the heap whose blocks these are
   std::uint32_t cls;               // size class, or kLargeClass
   std::uint32_t block_size;        // bytes per block (large: the page-rounded request)
@@ -109,12 +108,15 @@ struct segment {
   std::uint32_t per_page;          // small classes: blocks per page; otherwise 0
   std::uint32_t pages_per_block;   // multi-page and large: pages per block; small: 1
   std::uint64_t magic;             // ceil(2^32 / divisor) for exact small divisions
-  std::uint64_t gen_base;          // > every generation ever used at these addresses
+  // ^ the fields above and `state` are what every free reads: keep them in
+  //   the first cache line (static_assert below).
   std::atomic<std::uint8_t>* state;          // [capacity] block states (namespace state)
+  std::uint64_t gen_base;          // > every generation ever used at these addresses
   std::atomic<std::uint64_t>* meta;          // [capacity] generation + witness (namespace meta)
   std::atomic<std::uint16_t>* page_witness;  // [capacity * pages_per_block] for multi-page
                                              // and large blocks: 1 + word index, 0 = none
   std::uint64_t* free_bits;        // [ceil(capacity / 64)]: 1 = free block below `bump`
+  std::size_t meta_bytes;          // bytes of the metadata mapping holding this struct
 
   // Guarded by the owning class's lock.
   std::uint32_t bump;              // blocks [bump, capacity) were never handed out
@@ -131,6 +133,8 @@ struct segment {
 
   std::uint64_t generation_of(std::uint64_t m) const { return gen_base + meta::gen(m); }
 };
+
+static_assert(offsetof(segment, state) + sizeof(void*) <= 64, "hot segment fields span two cache lines");
 
 enum segment_list : std::uint8_t { kListNone = 0, kListAvail = 1, kListEmpty = 2 };
 
