@@ -13,8 +13,8 @@ SHIM_VERBOSE=0
 shim_probe() { "$PY" -c 'import ctypes; print(ctypes.CDLL(None).dropalloc_shim_active())'; }
 
 workload() {
-  "$PY" -m test test_dict test_json test_list test_set test_re test_sort test_bytes test_itertools \
-    test_struct test_weakref test_gc test_tuple
+  "$PY" -m test test_dict test_json test_list test_set test_re test_sort test_struct \
+    test_weakref test_tuple
 }
 
 # Timings, load averages and slow-test notes change from run to run.
