@@ -85,6 +85,12 @@ outcome fill_and_verify() {
 }  // namespace
 
 TEST_CASE("under a real cgroup limit no block reported intact has wrong contents") {
+#if defined(__SANITIZE_THREAD__)
+  // TSan's shadow memory is ordinary memory charged to the same 64 MiB limit:
+  // the child is OOM-killed before the droppable pages matter.
+  MESSAGE("SKIPPED: under ThreadSanitizer the cgroup limit kills the child");
+  return;
+#endif
   dropalloc::droppable_resource probe;
   if (probe.arena_backing() != dropalloc::backing::droppable) {
     MESSAGE("SKIPPED: the kernel refused MAP_DROPPABLE, nothing to drop");
@@ -108,6 +114,9 @@ TEST_CASE("under a real cgroup limit no block reported intact has wrong contents
     outcome r = fill_and_verify();
     _exit(write(from_child[1], &r, sizeof r) == sizeof r ? 0 : 4);
   }
+  // Our copies of the child's ends: a child that dies must give EOF, not a hang.
+  close(to_child[0]);
+  close(from_child[1]);
   bool joined = cg->add_process(pid, &why);
   char go = 1;
   REQUIRE(write(to_child[1], &go, 1) == 1);
@@ -116,7 +125,7 @@ TEST_CASE("under a real cgroup limit no block reported intact has wrong contents
   int status = 0;
   waitpid(pid, &status, 0);
   auto state = cg->state();
-  for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) close(fd);
+  for (int fd : {to_child[1], from_child[0]}) close(fd);
   REQUIRE_MESSAGE(joined, why);
   REQUIRE_MESSAGE(WIFEXITED(status), "child killed by signal " << WTERMSIG(status));
   REQUIRE(WEXITSTATUS(status) == 0);
