@@ -11,6 +11,12 @@ packages=(
   doctest-dev
   libbenchmark-dev
   gnuplot-nox
+  # Real programs the LD_PRELOAD shim is tested under (tests/shim/).
+  sqlite3
+  git
+  perl
+  python3
+  libpython3.11-testsuite
 )
 
 missing=()

@@ -38,7 +38,7 @@ const char* to_string(alloc_error e) noexcept {
   return "?";
 }
 
-__thread tc_table* t_cache_table = nullptr;
+__thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
 

@@ -64,7 +64,8 @@ struct tc_table {
 };
 
 // The calling thread's table; __thread (not thread_local) so access is a plain
-// TLS load with no initialisation wrapper.
-extern __thread tc_table* t_cache_table;
+// TLS load with no initialisation wrapper. initial-exec keeps it one load in
+// the LD_PRELOAD shared object too (no __tls_get_addr call on the fast path).
+extern __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec")));
 
 }  // namespace dropalloc::core

@@ -1,0 +1,121 @@
+/* dropalloc's C API: droppable blocks with generations and a drop check, for C
+ * and other-language programs.
+ *
+ * Link it (Bazel: deps = ["//allocator:c_api"]) or use libdropalloc.so, which
+ * exports every function below, whether it is preloaded, linked or dlopen()ed.
+ *
+ *   dropalloc_resource* r = dropalloc_create(0);
+ *   dropalloc_block b = dropalloc_alloc(r, 65536, 0);
+ *   fill(b.ptr);
+ *   dropalloc_seal(r, b.ptr);                  written: seal it
+ *   ... later: read, then check ...
+ *   use(b.ptr);
+ *   if (!dropalloc_is_intact(r, b)) { fill(b.ptr); dropalloc_seal(r, b.ptr); }
+ *   dropalloc_free(r, b.ptr);
+ *   dropalloc_destroy(r);
+ *
+ * The rules of the C++ API apply (README.md): seal after writing, check after
+ * reading; a page of a sealed block may be dropped (read as zeros) at any time.
+ * Every function is thread-safe for a given resource, except
+ * dropalloc_destroy, which must not race with any other use of it.
+ */
+#ifndef DROPALLOC_C_H_
+#define DROPALLOC_C_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DROPALLOC_C_API_VERSION 1
+
+/* A set of droppable arenas: blocks go back to the resource they came from. */
+typedef struct dropalloc_resource dropalloc_resource;
+
+/* The answer to "is this (pointer, generation) still whole?". */
+typedef enum dropalloc_state {
+  DROPALLOC_INTACT = 0,   /* sealed, not freed since, no page lost */
+  DROPALLOC_UNSEALED = 1, /* live but not sealed: cannot be vouched for */
+  DROPALLOC_DROPPED = 2,  /* a page was dropped after the seal: rebuild it */
+  DROPALLOC_STALE = 3,    /* freed (and maybe reused) since that generation */
+  DROPALLOC_FOREIGN = 4   /* not a block start of this resource */
+} dropalloc_state;
+
+/* A block and the generation it had when it was handed out. */
+typedef struct dropalloc_block {
+  void* ptr;
+  uint64_t generation;
+} dropalloc_block;
+
+/* Counters of a resource (or of the malloc shim's heaps). Exact when no other
+ * thread allocates or frees meanwhile. */
+typedef struct dropalloc_stats {
+  uint64_t blocks_live;     /* handed out and not yet freed */
+  uint64_t bytes_live;      /* their size-class-rounded bytes */
+  uint64_t arenas_mapped;   /* arenas plus large-block mappings */
+  uint64_t bytes_mapped;    /* address space of those */
+  uint64_t bytes_resident;  /* of those, resident now (estimate) */
+  uint64_t metadata_bytes;  /* ordinary memory used for metadata */
+  uint64_t drops_detected;  /* sealed blocks found dropped */
+  uint64_t misuse_refused;  /* double, foreign or interior frees ignored */
+  uint64_t foreign_ignored; /* malloc shim only: free/realloc of memory outside every arena */
+  int droppable;            /* 1: MAP_DROPPABLE arenas; 0: private fallback or ordinary */
+} dropalloc_stats;
+
+/* dropalloc_create flags. */
+#define DROPALLOC_FORCE_FALLBACK 1u  /* private memory even where MAP_DROPPABLE works */
+#define DROPALLOC_NO_THREAD_CACHE 2u /* no per-thread caches (short-lived, one-thread use) */
+
+/* A new resource, or NULL with errno set (EINVAL: unknown flag; ENOMEM). */
+dropalloc_resource* dropalloc_create(unsigned flags);
+/* Unmaps all of the resource's memory, live blocks included. NULL: no-op. */
+void dropalloc_destroy(dropalloc_resource* r);
+
+/* A block of at least `bytes` bytes aligned to `alignment` (0: 16; otherwise a
+ * power of two). On failure .ptr is NULL and errno is ENOMEM (or EINVAL for a
+ * bad alignment). Contents are unspecified (zeros if never used before). */
+dropalloc_block dropalloc_alloc(dropalloc_resource* r, size_t bytes, size_t alignment);
+/* Frees a block. NULL is a no-op; double, foreign and interior frees are
+ * refused, reported on stderr and counted in misuse_refused. */
+void dropalloc_free(dropalloc_resource* r, void* p);
+
+/* Declares the block fully written: records witnesses and lets the kernel drop
+ * its pages oldest first. Returns the state right after sealing. */
+dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p);
+/* Seals every live block of the resource; returns how many. */
+size_t dropalloc_seal_all(dropalloc_resource* r);
+/* Whether (p, generation) is still whole. No system call. */
+dropalloc_state dropalloc_check(dropalloc_resource* r, const void* p, uint64_t generation);
+/* 1 if dropalloc_check(r, b.ptr, b.generation) is DROPALLOC_INTACT, else 0. */
+int dropalloc_is_intact(dropalloc_resource* r, dropalloc_block b);
+
+/* The current generation of a live block (0 if p is not one). */
+uint64_t dropalloc_generation(dropalloc_resource* r, const void* p);
+/* Usable bytes of a live block (0 if p is not one). */
+size_t dropalloc_usable_size(dropalloc_resource* r, const void* p);
+/* Fills *out; returns 0, or EINVAL for a NULL argument. */
+int dropalloc_get_stats(dropalloc_resource* r, dropalloc_stats* out);
+/* Returns arenas that hold no block to the OS now. */
+void dropalloc_trim(dropalloc_resource* r);
+
+/* Tests: zero the pages of [p, p + bytes) as a kernel drop would. Returns 0,
+ * or EINVAL (touching nothing) unless all of it is the resource's memory. */
+int dropalloc_drop_for_testing(dropalloc_resource* r, void* p, size_t bytes);
+
+/* "intact", "unsealed", "dropped", "stale", "foreign". */
+const char* dropalloc_state_name(dropalloc_state s);
+
+/* 1 when libdropalloc.so's malloc is the process's malloc (preloaded or linked
+ * ahead of libc), else 0. */
+int dropalloc_shim_active(void);
+/* Statistics of the malloc shim's heaps: 0, EINVAL for NULL, or ENOSYS when
+ * the shim is not the process's malloc. */
+int dropalloc_malloc_stats(dropalloc_stats* out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DROPALLOC_C_H_ */

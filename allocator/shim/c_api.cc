@@ -1,0 +1,129 @@
+// The C API (allocator/dropalloc_c.h): a thin layer over core::heap, one heap
+// per resource, exactly as droppable_resource uses it.
+#include <errno.h>
+
+#include <new>
+
+#include "allocator/core/heap.h"
+#include "allocator/dropalloc_c.h"
+#include "allocator/os/os.h"
+
+struct dropalloc_resource {
+  explicit dropalloc_resource(const dropalloc::core::heap_options& options) : heap(options) {}
+  dropalloc::core::heap heap;
+};
+
+namespace {
+
+dropalloc_state to_c(dropalloc::block_state s) {
+  switch (s) {
+    case dropalloc::block_state::intact: return DROPALLOC_INTACT;
+    case dropalloc::block_state::unsealed: return DROPALLOC_UNSEALED;
+    case dropalloc::block_state::dropped: return DROPALLOC_DROPPED;
+    case dropalloc::block_state::stale: return DROPALLOC_STALE;
+    case dropalloc::block_state::foreign: return DROPALLOC_FOREIGN;
+  }
+  return DROPALLOC_FOREIGN;
+}
+
+}  // namespace
+
+extern "C" {
+
+#define DROPALLOC_EXPORT __attribute__((visibility("default")))
+
+DROPALLOC_EXPORT dropalloc_resource* dropalloc_create(unsigned flags) {
+  if ((flags & ~(DROPALLOC_FORCE_FALLBACK | DROPALLOC_NO_THREAD_CACHE)) != 0) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  dropalloc::core::heap_options options;
+  options.os = (flags & DROPALLOC_FORCE_FALLBACK) != 0 ? &dropalloc::os::fallback_os() : nullptr;
+  options.thread_cache = (flags & DROPALLOC_NO_THREAD_CACHE) == 0;
+  auto* r = new (std::nothrow) dropalloc_resource(options);
+  if (r == nullptr) errno = ENOMEM;
+  return r;
+}
+
+DROPALLOC_EXPORT void dropalloc_destroy(dropalloc_resource* r) { delete r; }
+
+DROPALLOC_EXPORT dropalloc_block dropalloc_alloc(dropalloc_resource* r, size_t bytes, size_t alignment) {
+  dropalloc_block b = {nullptr, 0};
+  if (alignment == 0) alignment = 16;
+  dropalloc::core::alloc_error err = dropalloc::core::alloc_error::none;
+  b.ptr = r->heap.allocate(bytes, alignment, &err);
+  if (b.ptr == nullptr) {
+    errno = err == dropalloc::core::alloc_error::bad_alignment ? EINVAL : ENOMEM;
+    return b;
+  }
+  b.generation = r->heap.generation(b.ptr);
+  return b;
+}
+
+DROPALLOC_EXPORT void dropalloc_free(dropalloc_resource* r, void* p) {
+  if (p != nullptr) r->heap.deallocate(p);
+}
+
+DROPALLOC_EXPORT dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p) {
+  return to_c(r->heap.seal(p));
+}
+
+DROPALLOC_EXPORT size_t dropalloc_seal_all(dropalloc_resource* r) { return r->heap.seal_all(); }
+
+DROPALLOC_EXPORT dropalloc_state dropalloc_check(dropalloc_resource* r, const void* p, uint64_t generation) {
+  return to_c(r->heap.check(p, generation));
+}
+
+DROPALLOC_EXPORT int dropalloc_is_intact(dropalloc_resource* r, dropalloc_block b) {
+  return r->heap.check(b.ptr, b.generation) == dropalloc::block_state::intact ? 1 : 0;
+}
+
+DROPALLOC_EXPORT uint64_t dropalloc_generation(dropalloc_resource* r, const void* p) {
+  return r->heap.generation(p);
+}
+
+DROPALLOC_EXPORT size_t dropalloc_usable_size(dropalloc_resource* r, const void* p) {
+  return r->heap.usable_size(p);
+}
+
+DROPALLOC_EXPORT int dropalloc_get_stats(dropalloc_resource* r, dropalloc_stats* out) {
+  if (r == nullptr || out == nullptr) return EINVAL;
+  dropalloc::resource_stats st = r->heap.stats();
+  out->blocks_live = st.blocks_live;
+  out->bytes_live = st.bytes_live;
+  out->arenas_mapped = st.arenas_mapped;
+  out->bytes_mapped = st.bytes_mapped;
+  out->bytes_resident = st.bytes_resident;
+  out->metadata_bytes = st.metadata_bytes;
+  out->drops_detected = st.drops_detected;
+  out->misuse_refused = st.misuse_refused;
+  out->foreign_ignored = 0;
+  out->droppable = st.droppable ? 1 : 0;
+  return 0;
+}
+
+DROPALLOC_EXPORT void dropalloc_trim(dropalloc_resource* r) { r->heap.trim(); }
+
+DROPALLOC_EXPORT int dropalloc_drop_for_testing(dropalloc_resource* r, void* p, size_t bytes) {
+  return r->heap.drop_for_testing(p, bytes);
+}
+
+DROPALLOC_EXPORT const char* dropalloc_state_name(dropalloc_state s) {
+  switch (s) {
+    case DROPALLOC_INTACT: return "intact";
+    case DROPALLOC_UNSEALED: return "unsealed";
+    case DROPALLOC_DROPPED: return "dropped";
+    case DROPALLOC_STALE: return "stale";
+    case DROPALLOC_FOREIGN: return "foreign";
+  }
+  return "?";
+}
+
+// Without the malloc shim in the link, the shim's entry points still exist
+// and say so; libdropalloc.so's strong definitions (shim/malloc.cc) win.
+DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_shim_active(void) { return 0; }
+DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_malloc_stats(dropalloc_stats* out) {
+  return out == nullptr ? EINVAL : ENOSYS;
+}
+
+}  // extern "C"

@@ -1,0 +1,383 @@
+// The C malloc family of the LD_PRELOAD shim (libdropalloc.so), its start-up
+// (environment, banner) and exit statistics. Semantics are documented in
+// allocator/shim/README.md.
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <new>
+
+#include "allocator/dropalloc_c.h"
+#include "allocator/os/os.h"
+#include "allocator/shim/shim.h"
+
+namespace dropalloc::shim {
+
+std::atomic<core::heap*> g_general{nullptr};
+core::heap* g_droppable = nullptr;
+std::size_t g_drop_min = 0;
+std::size_t g_drop_max = 0;
+std::atomic<std::uint64_t> g_foreign_frees{0};
+
+namespace {
+
+alignas(core::heap) unsigned char g_general_storage[sizeof(core::heap)];
+alignas(core::heap) unsigned char g_droppable_storage[sizeof(core::heap)];
+std::atomic<bool> g_init_busy{false};
+bool g_verbose = false;
+bool g_stats = false;
+
+// write(2) only: stdio may allocate, and errno must survive.
+void say(const char* msg) noexcept {
+  int saved = errno;
+  ssize_t ignored = write(STDERR_FILENO, msg, strlen(msg));
+  (void)ignored;
+  errno = saved;
+}
+
+bool env_flag(const char* name) {
+  const char* v = getenv(name);
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+// "123", "64k", "1M" (powers of 1024). false on anything else.
+bool parse_size(const char* s, const char* end, std::size_t* out) {
+  if (s == end) return false;
+  std::size_t v = 0;
+  for (; s != end && *s >= '0' && *s <= '9'; ++s) {
+    if (v > (SIZE_MAX - 9) / 10) return false;
+    v = v * 10 + static_cast<std::size_t>(*s - '0');
+  }
+  int shift = 0;
+  if (s != end) {
+    switch (*s++) {
+      case 'k': case 'K': shift = 10; break;
+      case 'm': case 'M': shift = 20; break;
+      case 'g': case 'G': shift = 30; break;
+      default: return false;
+    }
+  }
+  if (s != end || v > (SIZE_MAX >> shift)) return false;
+  *out = v << shift;
+  return true;
+}
+
+// DROPALLOC_DROPPABLE_RANGE=min-max: the experiment switch.
+void setup_droppable_range() {
+  const char* v = getenv("DROPALLOC_DROPPABLE_RANGE");
+  if (v == nullptr || v[0] == '\0') return;
+  const char* dash = strchr(v, '-');
+  std::size_t lo = 0, hi = 0;
+  if (dash == nullptr || !parse_size(v, dash, &lo) || !parse_size(dash + 1, dash + strlen(dash), &hi) ||
+      lo > hi) {
+    say("dropalloc: DROPALLOC_DROPPABLE_RANGE must look like 1024-65536 (k/M/G suffixes allowed); ignored\n");
+    return;
+  }
+  g_drop_min = lo;
+  g_drop_max = hi;
+  g_droppable = new (g_droppable_storage) core::heap(core::heap_options{});
+  char line[256];
+  snprintf(line, sizeof line,
+           "dropalloc: WARNING: malloc requests of %zu-%zu bytes use droppable memory (%s): "
+           "under memory pressure they may read as zeros and this program may crash or corrupt data\n",
+           lo, hi, to_string(g_droppable->arena_backing()));
+  say(line);
+}
+
+void print_stats(const char* name, const resource_stats& st) {
+  char line[512];
+  snprintf(line, sizeof line,
+           "dropalloc: %s heap: %llu blocks live (%llu bytes), %llu arenas, %llu bytes mapped, "
+           "%llu resident, %llu metadata, %llu misuse refused, %llu drops detected\n",
+           name, static_cast<unsigned long long>(st.blocks_live),
+           static_cast<unsigned long long>(st.bytes_live), static_cast<unsigned long long>(st.arenas_mapped),
+           static_cast<unsigned long long>(st.bytes_mapped), static_cast<unsigned long long>(st.bytes_resident),
+           static_cast<unsigned long long>(st.metadata_bytes), static_cast<unsigned long long>(st.misuse_refused),
+           static_cast<unsigned long long>(st.drops_detected));
+  say(line);
+}
+
+// Runs after libc and libstdc++ are initialised (they are our dependencies),
+// so getenv is safe here. Earlier calls used the defaults: verbose off, no
+// droppable range.
+__attribute__((constructor)) void shim_start() {
+  general();
+  g_verbose = env_flag("DROPALLOC_VERBOSE");
+  g_stats = env_flag("DROPALLOC_STATS");
+  if (dropalloc_shim_active() == 0) {
+    // Loaded with dlopen (for the C API) or after libc: malloc is not ours.
+    if (g_verbose) say("dropalloc: libdropalloc.so loaded, but the process's malloc is not this shim\n");
+    return;
+  }
+  setup_droppable_range();
+  if (g_verbose) say("dropalloc: LD_PRELOAD shim active: malloc and operator new served by dropalloc\n");
+}
+
+// Destructors of preloaded libraries run after the program's exit handlers.
+__attribute__((destructor)) void shim_stop() {
+  if (!g_stats || dropalloc_shim_active() == 0) return;
+  print_stats("general", general()->stats());
+  if (g_droppable != nullptr) print_stats("droppable", g_droppable->stats());
+  char line[128];
+  snprintf(line, sizeof line, "dropalloc: foreign pointers ignored by free/realloc: %llu\n",
+           static_cast<unsigned long long>(g_foreign_frees.load(std::memory_order_relaxed)));
+  say(line);
+}
+
+}  // namespace
+
+core::heap* init_general() noexcept {
+  // A spin lock, not a mutex: this may run before libpthread is usable and
+  // from inside other libraries' initialisation. The heap constructor does not
+  // allocate, so the holder never re-enters here.
+  while (g_init_busy.exchange(true, std::memory_order_acquire)) sched_yield();
+  core::heap* h = g_general.load(std::memory_order_relaxed);
+  if (h == nullptr) {
+    // Ordinary memory: a general-purpose program cannot survive its heap
+    // reading back as zeros, and it needs its heap in a forked child.
+    h = new (g_general_storage) core::heap(core::heap_options{.os = &os::ordinary_os()});
+    g_general.store(h, std::memory_order_release);
+  }
+  g_init_busy.store(false, std::memory_order_release);
+  return h;
+}
+
+void* alloc_droppable(std::size_t bytes, std::size_t alignment) noexcept {
+  core::alloc_error err;
+  void* p = g_droppable->allocate(bytes, alignment, &err);
+  if (p == nullptr) errno = ENOMEM;
+  return p;
+}
+
+// Memory that is in no arena of this process: handed out by the dynamic
+// loader's bootstrap allocator, by a library bound to libc's malloc
+// (RTLD_DEEPBIND), or a wild pointer. We cannot free it, and guessing its
+// extent would be worse than leaking it: ignore it, count it, and say so
+// once when verbose.
+void release_foreign(void* p) noexcept {
+  if (g_foreign_frees.fetch_add(1, std::memory_order_relaxed) == 0 && g_verbose) {
+    char line[128];
+    int saved = errno;
+    snprintf(line, sizeof line, "dropalloc: free(%p) ignored: not allocated by dropalloc (reported once)\n", p);
+    errno = saved;
+    say(line);
+  }
+}
+
+}  // namespace dropalloc::shim
+
+using dropalloc::shim::alloc;
+using dropalloc::shim::malloc_align;
+using dropalloc::shim::release;
+using dropalloc::shim::usable;
+
+namespace {
+
+inline bool mul_overflows(std::size_t a, std::size_t b, std::size_t* out) {
+  return __builtin_mul_overflow(a, b, out);
+}
+
+// Alignment at least that of malloc; a power of two (checked by callers).
+inline void* alloc_aligned(std::size_t alignment, std::size_t bytes) {
+  if (alignment < dropalloc::shim::kMallocAlign) alignment = dropalloc::shim::kMallocAlign;
+  return alloc(bytes, alignment);
+}
+
+inline bool is_pow2(std::size_t a) { return a != 0 && (a & (a - 1)) == 0; }
+
+// A new block is only worth its copy when the old one would waste more than
+// half of itself.
+inline bool fits_in_place(std::size_t have, std::size_t want) { return want <= have && want >= have / 2; }
+
+void* realloc_impl(void* p, std::size_t bytes) {
+  if (p == nullptr) return alloc(bytes, malloc_align(bytes));
+  if (bytes == 0) {
+    // glibc's choice, which programs written against it rely on: free, NULL.
+    int saved = errno;
+    release(p);
+    errno = saved;
+    return nullptr;
+  }
+  std::size_t have = usable(p);
+  if (have == 0) {
+    // Not a live block of ours: its size is unknown, so it cannot be copied.
+    if (dropalloc::core::segment_of(p) == nullptr) {
+      dropalloc::shim::release_foreign(p);
+    } else {
+      release(p);  // a freed or interior pointer: the heap refuses and reports it
+    }
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (fits_in_place(have, bytes)) return p;
+  void* q = alloc(bytes, malloc_align(bytes));
+  if (q == nullptr) return nullptr;  // the old block stays valid, as C requires
+  memcpy(q, p, bytes < have ? bytes : have);
+  int saved = errno;
+  release(p);
+  errno = saved;
+  return q;
+}
+
+}  // namespace
+
+extern "C" {
+
+#define DROPALLOC_EXPORT __attribute__((visibility("default")))
+
+DROPALLOC_EXPORT void* malloc(size_t bytes) { return alloc(bytes, malloc_align(bytes)); }
+
+DROPALLOC_EXPORT void free(void* p) {
+  if (p == nullptr) return;
+  // A refused free writes a report; free never changes errno.
+  int saved = errno;
+  release(p);
+  errno = saved;
+}
+
+DROPALLOC_EXPORT void* calloc(size_t n, size_t size) {
+  size_t bytes;
+  if (mul_overflows(n, size, &bytes)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  void* p = alloc(bytes, malloc_align(bytes));
+  // A request too big for the size classes gets a fresh mapping: already zero.
+  if (p != nullptr && dropalloc::core::class_for(bytes, malloc_align(bytes)) != dropalloc::core::kNoClass) {
+    memset(p, 0, bytes);
+  }
+  return p;
+}
+
+DROPALLOC_EXPORT void* realloc(void* p, size_t bytes) { return realloc_impl(p, bytes); }
+
+DROPALLOC_EXPORT void* reallocarray(void* p, size_t n, size_t size) {
+  size_t bytes;
+  if (mul_overflows(n, size, &bytes)) {
+    errno = ENOMEM;  // what glibc sets; p stays valid
+    return nullptr;
+  }
+  return realloc_impl(p, bytes);
+}
+
+DROPALLOC_EXPORT int posix_memalign(void** out, size_t alignment, size_t bytes) {
+  if (!is_pow2(alignment) || alignment % sizeof(void*) != 0) return EINVAL;
+  int saved = errno;
+  void* p = alloc_aligned(alignment, bytes);
+  errno = saved;  // posix_memalign reports through its result, not errno
+  if (p == nullptr) return ENOMEM;
+  *out = p;
+  return 0;
+}
+
+DROPALLOC_EXPORT void* aligned_alloc(size_t alignment, size_t bytes) {
+  // Sizes that are not a multiple of the alignment are accepted: many
+  // programs pass them, and glibc accepts them too.
+  if (!is_pow2(alignment)) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  return alloc_aligned(alignment, bytes);
+}
+
+DROPALLOC_EXPORT void* memalign(size_t alignment, size_t bytes) {
+  // glibc rounds a non-power-of-two alignment up instead of failing.
+  if (alignment > dropalloc::core::kMaxRequest) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (!is_pow2(alignment)) alignment = alignment == 0 ? 1 : std::size_t{1} << (64 - __builtin_clzll(alignment));
+  return alloc_aligned(alignment, bytes);
+}
+
+DROPALLOC_EXPORT void* valloc(size_t bytes) { return alloc_aligned(dropalloc::os::kPageSize, bytes); }
+
+DROPALLOC_EXPORT void* pvalloc(size_t bytes) {
+  constexpr size_t page = dropalloc::os::kPageSize;
+  if (bytes > SIZE_MAX - (page - 1)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  size_t rounded = (bytes + page - 1) & ~(page - 1);
+  return alloc_aligned(page, rounded == 0 ? page : rounded);
+}
+
+DROPALLOC_EXPORT size_t malloc_usable_size(void* p) { return p == nullptr ? 0 : usable(p); }
+
+// C23: the size is a hint we do not need (the block knows its size).
+DROPALLOC_EXPORT void free_sized(void* p, size_t) { free(p); }
+DROPALLOC_EXPORT void free_aligned_sized(void* p, size_t, size_t) { free(p); }
+
+// glibc's internal names: libraries built against glibc internals, and static
+// links, call these directly. The aliases are the same functions; glibc's
+// declarations of the targets carry attributes (leaf, alloc_size) that do not
+// change the code, hence the pragma.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-attributes"
+DROPALLOC_EXPORT void* __libc_malloc(size_t) __attribute__((alias("malloc")));
+DROPALLOC_EXPORT void __libc_free(void*) __attribute__((alias("free")));
+DROPALLOC_EXPORT void* __libc_calloc(size_t, size_t) __attribute__((alias("calloc")));
+DROPALLOC_EXPORT void* __libc_realloc(void*, size_t) __attribute__((alias("realloc")));
+DROPALLOC_EXPORT void* __libc_memalign(size_t, size_t) __attribute__((alias("memalign")));
+DROPALLOC_EXPORT void* __libc_valloc(size_t) __attribute__((alias("valloc")));
+DROPALLOC_EXPORT void* __libc_pvalloc(size_t) __attribute__((alias("pvalloc")));
+DROPALLOC_EXPORT int __posix_memalign(void**, size_t, size_t) __attribute__((alias("posix_memalign")));
+
+#pragma GCC diagnostic pop
+
+DROPALLOC_EXPORT int dropalloc_shim_active(void) {
+  // Comparing function addresses does not work: an executable that takes
+  // malloc's address (Python's raw allocator table) makes its own PLT stub the
+  // canonical address. Instead allocate through whichever malloc the dynamic
+  // linker bound and see whose block comes back.
+  static std::atomic<int> answer{-1};
+  int a = answer.load(std::memory_order_relaxed);
+  if (a < 0) {
+    void* (*volatile bound_malloc)(size_t) = &malloc;
+    void (*volatile bound_free)(void*) = &free;
+    void* p = bound_malloc(16);
+    {
+      dropalloc::core::segment* s = dropalloc::core::segment_of(p);
+      a = s != nullptr && s->owner == dropalloc::shim::general() ? 1 : 0;
+    }
+    bound_free(p);
+    answer.store(a, std::memory_order_relaxed);
+  }
+  return a;
+}
+
+DROPALLOC_EXPORT int dropalloc_malloc_stats(dropalloc_stats* out) {
+  if (out == nullptr) return EINVAL;
+  if (dropalloc_shim_active() == 0) return ENOSYS;
+  dropalloc::resource_stats st = dropalloc::shim::general()->stats();
+  if (dropalloc::shim::g_droppable != nullptr) {
+    dropalloc::resource_stats d = dropalloc::shim::g_droppable->stats();
+    st.blocks_live += d.blocks_live;
+    st.bytes_live += d.bytes_live;
+    st.arenas_mapped += d.arenas_mapped;
+    st.bytes_mapped += d.bytes_mapped;
+    st.bytes_resident += d.bytes_resident;
+    st.metadata_bytes += d.metadata_bytes;
+    st.drops_detected += d.drops_detected;
+    st.misuse_refused += d.misuse_refused;
+    st.droppable = d.droppable;
+  }
+  out->blocks_live = st.blocks_live;
+  out->bytes_live = st.bytes_live;
+  out->arenas_mapped = st.arenas_mapped;
+  out->bytes_mapped = st.bytes_mapped;
+  out->bytes_resident = st.bytes_resident;
+  out->metadata_bytes = st.metadata_bytes;
+  out->drops_detected = st.drops_detected;
+  out->misuse_refused = st.misuse_refused;
+  out->droppable = st.droppable ? 1 : 0;
+  out->foreign_ignored = dropalloc::shim::g_foreign_frees.load(std::memory_order_relaxed);
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,79 @@
+// Internal to the LD_PRELOAD shim: the process-wide heaps behind malloc and
+// operator new, and the inline fast paths both front ends share.
+//
+// The general heap is built lazily in static storage on the first call, not by
+// a static constructor: the dynamic loader, libc and other libraries call
+// malloc long before any constructor of ours runs. It is never destroyed, so
+// allocations during and after exit handlers keep working.
+#pragma once
+
+#include <errno.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "allocator/core/heap.h"
+#include "allocator/core/segment.h"
+
+#define DROPALLOC_HIDDEN __attribute__((visibility("hidden")))
+
+namespace dropalloc::shim {
+
+// What malloc guarantees on x86-64 glibc: 16 bytes, except that a block of at
+// most 8 bytes cannot hold anything needing more than 8.
+inline constexpr std::size_t kMallocAlign = 16;
+
+extern std::atomic<core::heap*> g_general DROPALLOC_HIDDEN;
+// The experiment switch (DROPALLOC_DROPPABLE_RANGE): requests of
+// [g_drop_min, g_drop_max] bytes go to g_droppable. Set once by the library
+// constructor, before the program's own code runs.
+extern core::heap* g_droppable DROPALLOC_HIDDEN;
+extern std::size_t g_drop_min DROPALLOC_HIDDEN;
+extern std::size_t g_drop_max DROPALLOC_HIDDEN;
+extern std::atomic<std::uint64_t> g_foreign_frees DROPALLOC_HIDDEN;  // see release_foreign
+
+core::heap* init_general() noexcept DROPALLOC_HIDDEN;
+void* alloc_droppable(std::size_t bytes, std::size_t alignment) noexcept DROPALLOC_HIDDEN;
+void release_foreign(void* p) noexcept DROPALLOC_HIDDEN;
+
+inline core::heap* general() noexcept {
+  core::heap* h = g_general.load(std::memory_order_acquire);
+  return DROPALLOC_LIKELY(h != nullptr) ? h : init_general();
+}
+
+inline std::size_t malloc_align(std::size_t bytes) noexcept { return bytes <= 8 ? 8 : kMallocAlign; }
+
+// nullptr with errno = ENOMEM on failure; errno untouched on success.
+inline void* alloc(std::size_t bytes, std::size_t alignment) noexcept {
+  if (DROPALLOC_UNLIKELY(g_droppable != nullptr) && bytes >= g_drop_min && bytes <= g_drop_max) {
+    return alloc_droppable(bytes, alignment);
+  }
+  core::alloc_error err;
+  void* p = general()->allocate(bytes, alignment, &err);
+  if (DROPALLOC_UNLIKELY(p == nullptr)) errno = ENOMEM;
+  return p;
+}
+
+// p != nullptr. Blocks of either shim heap go back to their heap; a pointer in
+// some other heap's arena (a droppable_resource block passed to free) goes to
+// the general heap, which refuses and reports it; a pointer outside every
+// arena is foreign (see release_foreign).
+inline void release(void* p) noexcept {
+  core::segment* s = core::segment_of(p);
+  if (DROPALLOC_UNLIKELY(s == nullptr)) return release_foreign(p);
+  core::heap* h = s->owner;
+  if (DROPALLOC_UNLIKELY(h != g_droppable || h == nullptr)) h = general();
+  h->deallocate(p);
+}
+
+// Usable bytes of a live block of ours, 0 for anything else.
+inline std::size_t usable(const void* p) noexcept {
+  core::segment* s = core::segment_of(p);
+  if (s == nullptr) return 0;
+  core::heap* h = s->owner;
+  if (h != g_droppable || h == nullptr) h = general();
+  return h->usable_size(p);
+}
+
+}  // namespace dropalloc::shim
