@@ -338,13 +338,26 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
   return b.ptr;
 }
 
-void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
+void* heap::allocate_zeroed(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
+  if (class_for(bytes, alignment) != kNoClass || alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    void* p = allocate(bytes, alignment, err);
+    if (p != nullptr) memset(p, 0, bytes);
+    return p;
+  }
+  return allocate_large(bytes, alignment, err, /*zero=*/true);
+}
+
+void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err,
+                           bool zero) noexcept {
   if (bytes > kMaxRequest || alignment > kMaxRequest) {
     *err = alloc_error::too_large;
     return nullptr;
   }
   std::size_t span = (bytes == 0 ? kPage : (bytes + kPage - 1) / kPage * kPage);
-  if (segment* cached = reuse_large(span, alignment)) return cached->base;
+  if (segment* cached = reuse_large(span, alignment)) {
+    if (zero) memset(cached->base, 0, bytes);  // a recycled mapping holds old data
+    return cached->base;
+  }
   int os_err = 0;
   segment* s = create_large(*os_, this, bytes, alignment, &os_err);
   if (s == nullptr && release_large_cache(true) != 0) {

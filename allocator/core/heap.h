@@ -50,6 +50,8 @@ class heap {
 
   // Returns nullptr and sets *err on failure. alignment must be a power of two.
   void* allocate(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept;
+  // allocate() with the first `bytes` zeroed; fresh mappings are not touched.
+  void* allocate_zeroed(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept;
   // Frees a block; double, foreign and interior frees are refused and reported.
   void deallocate(void* p) noexcept;
 
@@ -87,7 +89,8 @@ class heap {
 
   void* allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
                       alloc_error* err) noexcept;
-  void* allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept;
+  void* allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err,
+                       bool zero = false) noexcept;
   void deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept;
   void report_misuse(const char* what, const void* p) noexcept;
   tc_heap_cache* thread_cache() noexcept;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <new>
 
 #include "allocator/os/os.h"
 
@@ -261,24 +262,21 @@ class linux_os final : public os_interface {
   std::atomic<int> reason_{0};
 };
 
+// Built on first use in static storage and never destroyed: usable before
+// main, by the malloc shim (no allocation) and by threads still freeing
+// memory while the process runs its exit handlers.
+template <linux_os::mode M>
+os_interface& instance() noexcept {
+  alignas(linux_os) static unsigned char storage[sizeof(linux_os)];
+  static linux_os* const os = new (storage) linux_os(M);
+  return *os;
+}
+
 }  // namespace
 
-// Function-local statics with constexpr-constructible members: usable before
-// main and by the malloc shim (no allocation on first use).
-os_interface& system_os() noexcept {
-  static linux_os instance(linux_os::mode::automatic);
-  return instance;
-}
-
-os_interface& fallback_os() noexcept {
-  static linux_os instance(linux_os::mode::fallback);
-  return instance;
-}
-
-os_interface& ordinary_os() noexcept {
-  static linux_os instance(linux_os::mode::ordinary);
-  return instance;
-}
+os_interface& system_os() noexcept { return instance<linux_os::mode::automatic>(); }
+os_interface& fallback_os() noexcept { return instance<linux_os::mode::fallback>(); }
+os_interface& ordinary_os() noexcept { return instance<linux_os::mode::ordinary>(); }
 
 }  // namespace os
 }  // namespace dropalloc

@@ -246,12 +246,8 @@ DROPALLOC_EXPORT void* calloc(size_t n, size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
-  void* p = alloc(bytes, malloc_align(bytes));
-  // A request too big for the size classes gets a fresh mapping: already zero.
-  if (p != nullptr && dropalloc::core::class_for(bytes, malloc_align(bytes)) != dropalloc::core::kNoClass) {
-    memset(p, 0, bytes);
-  }
-  return p;
+  // The heap zeroes what needs it; fresh large mappings are already zero.
+  return dropalloc::shim::alloc_zeroed(bytes, malloc_align(bytes));
 }
 
 DROPALLOC_EXPORT void* realloc(void* p, size_t bytes) { return realloc_impl(p, bytes); }

@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <cstring>
+
 #include "allocator/core/heap.h"
 #include "allocator/core/segment.h"
 
@@ -51,6 +53,20 @@ inline void* alloc(std::size_t bytes, std::size_t alignment) noexcept {
   }
   core::alloc_error err;
   void* p = general()->allocate(bytes, alignment, &err);
+  if (DROPALLOC_UNLIKELY(p == nullptr)) errno = ENOMEM;
+  return p;
+}
+
+// alloc() with the first `bytes` zeroed (calloc). Fresh mappings are already
+// zero and are not touched, so a huge calloc does not fault in every page.
+inline void* alloc_zeroed(std::size_t bytes, std::size_t alignment) noexcept {
+  if (DROPALLOC_UNLIKELY(g_droppable != nullptr) && bytes >= g_drop_min && bytes <= g_drop_max) {
+    void* p = alloc_droppable(bytes, alignment);
+    if (p != nullptr) memset(p, 0, bytes);
+    return p;
+  }
+  core::alloc_error err;
+  void* p = general()->allocate_zeroed(bytes, alignment, &err);
   if (DROPALLOC_UNLIKELY(p == nullptr)) errno = ENOMEM;
   return p;
 }
