@@ -392,7 +392,7 @@ def fmt(v, spec="%.1f", none="–"):
 def report(args, cs, results, m, command, timeline, rounds, cost_note):
     start, ramp, hold = timeline
     L = []
-    L.append("# Cgroup pressure benchmark (%s)\n" % ("quick" if args.quick else "full"))
+    L.append("# Cgroup pressure benchmark (%s)\n" % (args.name or ("quick" if args.quick else "full")))
     L.append("Command: `%s`\n" % command)
     L.append("Machine: %s CPUs, %s, %s; kernel %s; glibc %s, jemalloc %s, mimalloc %s (Debian, default "
              "options). Date %s. Shared machine: load average %s at the end.\n" % (
@@ -420,7 +420,7 @@ def report(args, cs, results, m, command, timeline, rounds, cost_note):
             continue
         s = r["summary"]
         killed = ", ".join(x for x in (
-            ("cache (%s)" % r["cache_died"]) if r["cache_died"] else None,
+            ("cache (%s after %.1f s)" % (r["cache_died"], s["served_s"])) if r["cache_died"] else None,
             ("co-tenant (%s)" % r["cotenant_died"]) if r["cotenant_died"] else None) if x) or "none"
         L.append("| %s | %.0f | %.3f | %s / %s / %s | %s%s | %s%s | %.0f | %.0f / %.0f / %.0f | %s | %d | %s | %d | %d |" % (
             c.name, s["ops_per_s"], s["hit_rate"], fmt(s["hit_before"], "%.3f"), fmt(s["hit_during"], "%.3f"),
@@ -431,7 +431,7 @@ def report(args, cs, results, m, command, timeline, rounds, cost_note):
     L.append("")
     L.append("Columns: hit rate over the whole run, then over %.1f-%.1f s (before the co-tenant), while it holds "
              "its memory, and from 1 s after it left to the end. Latency: one get (hit, or miss with rebuild), "
-             "whole run (`*`: process killed, median of 100 ms window percentiles). Cached: bytes of values "
+             "whole run (`*`: process killed, median of 100 ms window percentiles). A cache that was killed is measured only while it lived: its hit rate and ops/s cover the time before it died (given in the killed column), not the pressure it did not survive. Cached: bytes of values "
              "resident (dropalloc: resident pages of its droppable mappings, from `/proc/self/smaps`, which includes freed blocks not yet reclaimed; LRU: value bytes held, all resident). Regrow: seconds "
              "from the co-tenant's exit to the first 100 ms sample holding 90%% of the bytes cached before "
              "it came (`no`: never, or nothing to regrow). OOM kills: the cgroup's own counter (%s); who was "
@@ -533,7 +533,8 @@ def plot(base, cs, results, args, timeline):
               "set output '%s-hitrate.svg.tmp'" % base,
               "set title 'Hit rate (0.5 s windows), %d MiB cgroup; grey: co-tenant holds %d%% of the limit'" % (
                   args.limit_mib, 100 * args.cotenant_share),
-              "set xlabel 'seconds'", "set ylabel 'hit rate'", "set yrange [0:1]", "set key outside right",
+              "set xlabel 'seconds'", "set ylabel 'hit rate'", "set yrange [0:1]",
+              "set xrange [0:%g]" % (args.seconds + 0.5), "set key outside right",
               "set grid", shade.strip()]
     plots = []
     for i, c in enumerate(ran):
@@ -563,7 +564,8 @@ def plot(base, cs, results, args, timeline):
     script.append("unset multiplot")
     r = subprocess.run([gp], input="\n".join(script) + "\n", text=True, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT)
-    os.remove(dat)
+    if not os.environ.get("PRESSURE_KEEP_DAT"):
+        os.remove(dat)
     if r.returncode != 0:
         return "gnuplot failed: " + r.stdout.strip()[-300:]
     for suffix in ("-hitrate.svg", "-memory.svg"):
@@ -609,6 +611,55 @@ def find_bindir(args):
              "or --bin-dir=bazel-bin/bench")
 
 
+def contender_from_name(name):
+    for c in contenders([int(name.rsplit("-", 1)[1].rstrip("%"))] if "-lru-" in name else []):
+        if c.name == name:
+            return c
+    raise SystemExit("pressure: unknown contender %s in the JSON" % name)
+
+
+def write_outputs(args, mode, out_dir, cs, results, m, command, timeline, rounds, cost_note):
+    text = report(args, cs, results, m, command, timeline, rounds, cost_note)
+    text += "\n## Against the targets\n\n" + "\n".join(targets(cs, results)) + "\n"
+    base = os.path.join(out_dir, "pressure-" + mode)
+    err = plot(base, cs, results, args, timeline)
+    text += "\n" + ("Plots: not drawn (%s).\n" % err if err else
+                    "Plots: [hit rate](pressure-%s-hitrate.svg), [memory](pressure-%s-memory.svg).\n" % (mode, mode))
+    with open(base + ".md.tmp", "w") as f:
+        f.write(text)
+    os.replace(base + ".md.tmp", base + ".md")
+    raw = {"machine": m, "command": command, "limit_mib": args.limit_mib, "seconds": args.seconds,
+           "rounds": rounds, "cost_note": cost_note, "zipf": args.zipf, "cotenant_share": args.cotenant_share,
+           "timeline": timeline, "results": results}
+    with open(base + ".json.tmp", "w") as f:
+        json.dump(raw, f, indent=1)
+    os.replace(base + ".json.tmp", base + ".json")
+    print(text)
+    log("pressure: wrote %s.md, %s.json%s" % (base, base, "" if err else ", %s-hitrate.svg, %s-memory.svg" % (
+        base, base)))
+
+
+def rerender(args):
+    raw = json.load(open(args.rerender))
+    args.limit_mib, args.seconds = raw["limit_mib"], raw["seconds"]
+    args.zipf = raw.get("zipf", args.zipf)
+    args.cotenant_share = raw.get("cotenant_share", args.cotenant_share)
+    timeline = tuple(raw["timeline"])
+    results = raw["results"]
+    for r in results.values():
+        if "summary" in r:
+            r["summary"] = summarize(r, timeline, args.seconds)
+    cs = [contender_from_name(n) for n in results]
+    base = os.path.basename(args.rerender)
+    mode = args.name or base[len("pressure-"):-len(".json")]
+    cost_note = raw.get("cost_note") or (
+        "~%d ns per KiB: %d mixing rounds per 8-byte word, calibrated once for all contenders" % (
+            args.build_ns_per_kib, raw["rounds"]))
+    write_outputs(args, mode, os.path.dirname(os.path.abspath(args.rerender)), cs, results, raw["machine"],
+                  raw["command"], timeline, raw["rounds"], cost_note)
+    return 0
+
+
 def on_sigterm(_signum, _frame):
     raise KeyboardInterrupt()
 
@@ -626,14 +677,18 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--bin-dir", help="directory holding pressure_lru etc. (default: runfiles)")
     ap.add_argument("--out-dir", help="default: <workspace>/bench/results")
+    ap.add_argument("--name", help="report name: bench/results/pressure-<name>.* (default: quick or full)")
+    ap.add_argument("--rerender", metavar="JSON", help="redraw the report and plots of an earlier run's JSON")
     ap.add_argument("--probe", action="store_true", help="only check that a child cgroup can be made")
     args = ap.parse_args()
     if args.limit_mib is None:
         args.limit_mib = 64 if args.quick else 256
     if args.seconds is None:
         args.seconds = 3.5 if args.quick else 20
-    mode = "quick" if args.quick else "full"
+    mode = args.name or ("quick" if args.quick else "full")
 
+    if args.rerender:
+        return rerender(args)
     # SIGTERM (a test timeout, a killed run) unwinds like Ctrl-C, so the
     # finally blocks kill the workers and remove the cgroup.
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -652,8 +707,8 @@ def main():
     ws = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     out_dir = args.out_dir or os.path.join(ws or ".", "bench", "results")
     os.makedirs(out_dir, exist_ok=True)
-    command = ("bazel run -c opt //bench:pressure -- " if ws else "python3 bench/pressure.py ") + \
-        " ".join(sys.argv[1:])
+    command = ("bazel run -c opt //bench:pressure" + (" --" if sys.argv[1:] else "") if ws
+               else "python3 bench/pressure.py") + "".join(" " + a for a in sys.argv[1:])
     cs = contenders([int(x) for x in args.budgets.split(",") if x])
     only = args.only.split(",") if args.only else (
         ["dropalloc-sealed", "dropalloc-unsealed", "dropalloc-budget", "glibc-lru-50%"] if args.quick else None)
@@ -698,23 +753,7 @@ def main():
         return 130
 
     m["load"] = " ".join("%.1f" % x for x in os.getloadavg())
-    text = report(args, cs, results, m, command, timeline, rounds, cost_note)
-    text += "\n## Against the targets\n\n" + "\n".join(targets(cs, results)) + "\n"
-    base = os.path.join(out_dir, "pressure-" + mode)
-    err = plot(base, cs, results, args, timeline)
-    text += "\n" + ("Plots: not drawn (%s).\n" % err if err else
-                    "Plots: [hit rate](pressure-%s-hitrate.svg), [memory](pressure-%s-memory.svg).\n" % (mode, mode))
-    with open(base + ".md.tmp", "w") as f:
-        f.write(text)
-    os.replace(base + ".md.tmp", base + ".md")
-    raw = {"machine": m, "command": command, "limit_mib": args.limit_mib, "seconds": s, "rounds": rounds,
-           "timeline": timeline, "results": {k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}}
-    with open(base + ".json.tmp", "w") as f:
-        json.dump(raw, f, indent=1)
-    os.replace(base + ".json.tmp", base + ".json")
-    print(text)
-    log("pressure: wrote %s.md, %s.json%s" % (base, base, "" if err else ", %s-hitrate.svg, %s-memory.svg" % (
-        base, base)))
+    write_outputs(args, mode, out_dir, cs, results, m, command, timeline, rounds, cost_note)
     return 0
 
 
