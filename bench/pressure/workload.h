@@ -1,0 +1,312 @@
+// The cache workload shared by every contender of the cgroup pressure
+// benchmark (bench/pressure.py): keys, values, the Zipf key stream, checksums,
+// latency percentiles and the report lines the driver reads.
+//
+// Plain C++ and malloc only, so that the LRU baselines measure whichever
+// malloc the driver preloads.
+//
+// Protocol with the driver (one line each, stdout, line-buffered):
+//   READY pid=<p> alloc=<name> malloc_from=<lib> mapped=<libs> backing=<b> keys=<n> key_bytes=<b>
+//   then waits for one byte on stdin (the driver moves the process into the
+//   child cgroup first, so nothing big is allocated outside it), then
+//   S t=<monotonic s> ops= hits= p50_ns= p99_ns= cached= live= drops= wrong=   every interval
+//   END ops= hits= misses= p50_ns= p99_ns= wrong= drops= build_ns=              at the end
+#pragma once
+
+#include <dlfcn.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pressure {
+
+inline double now_s() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // the driver's time.monotonic() uses the same clock
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+inline std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+inline std::uint64_t mix(std::uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+struct rng {
+  std::uint64_t s;
+  explicit rng(std::uint64_t seed) : s(seed) {}
+  std::uint64_t next() { return mix(s += 0x9e3779b97f4a7c15ULL); }
+  double unit() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+};
+
+// Value sizes: 1-64 KiB, a function of the key only.
+inline std::size_t value_size(std::uint32_t key) {
+  return 1024 + mix(key * 0x2545f4914f6cdd1dULL + 7) % (63 * 1024 + 1);
+}
+
+// The value of a key: deterministic CPU work standing for decompression.
+// `rounds` mixing steps per 8-byte word set the cost (calibrated by the
+// driver to a cost per KiB, the same for every contender of a run).
+inline std::string build_value(std::uint32_t key, int rounds) {
+  std::size_t n = value_size(key);
+  std::string s(n, '\0');
+  std::uint64_t x = mix(key + 0x51ed2701ULL);
+  for (std::size_t i = 0; i < n; i += 8) {
+    for (int r = 0; r < rounds; ++r) x = mix(x + static_cast<std::uint64_t>(r));
+    x |= 1;  // no all-zero word: a dropped page can never look like data
+    std::memcpy(s.data() + i, &x, std::min<std::size_t>(8, n - i));
+  }
+  return s;
+}
+
+// What a consumer computes from a served value; never 0.
+inline std::uint64_t checksum(const char* p, std::size_t n) {
+  std::uint64_t h = 0xcbf29ce484222325ULL ^ n;
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
+    h ^= h >> 29;
+  }
+  for (; i < n; ++i) h = (h ^ static_cast<unsigned char>(p[i])) * 0x100000001b3ULL;
+  return h | 1;
+}
+inline std::uint64_t checksum(std::string_view v) { return checksum(v.data(), v.size()); }
+
+// Keys 0..n-1 whose values total at least `total` bytes.
+inline std::uint32_t key_count(std::uint64_t total, std::uint64_t* bytes) {
+  std::uint64_t sum = 0;
+  std::uint32_t k = 0;
+  while (sum < total) sum += value_size(k++);
+  *bytes = sum;
+  return k;
+}
+
+// Zipf(s) over ranks 1..n by inverse CDF; rank r maps to key r-1 (sizes are
+// hashed from the key, so popularity and size are independent).
+class zipf {
+ public:
+  zipf(std::uint32_t n, double s, std::uint64_t seed) : cdf_(n), rng_(seed) {
+    double sum = 0;
+    for (std::uint32_t i = 0; i < n; ++i) cdf_[i] = (sum += 1.0 / std::pow(i + 1.0, s));
+    for (auto& c : cdf_) c /= sum;
+  }
+  std::uint32_t next() {
+    double u = rng_.unit();
+    auto it = std::lower_bound(cdf_.begin(), cdf_.end(), u);
+    return static_cast<std::uint32_t>(std::min<std::size_t>(it - cdf_.begin(), cdf_.size() - 1));
+  }
+
+ private:
+  std::vector<double> cdf_;
+  rng rng_;
+};
+
+// Latency histogram: 16 sub-buckets per power of two of nanoseconds (≤ 6% error).
+class histogram {
+ public:
+  void add(std::uint64_t ns) {
+    ++count_;
+    ++b_[bucket(ns)];
+  }
+  std::uint64_t percentile(double p) const {
+    if (count_ == 0) return 0;
+    std::uint64_t want = static_cast<std::uint64_t>(p * static_cast<double>(count_ - 1)) + 1, seen = 0;
+    for (std::size_t i = 0; i < kBuckets; ++i) {
+      seen += b_[i];
+      if (seen >= want) return lower(i);
+    }
+    return lower(kBuckets - 1);
+  }
+  void clear() {
+    std::fill(std::begin(b_), std::end(b_), 0);
+    count_ = 0;
+  }
+
+ private:
+  static constexpr std::size_t kBuckets = 64 * 16;
+  static std::size_t bucket(std::uint64_t ns) {
+    if (ns < 16) return static_cast<std::size_t>(ns);
+    int e = 63 - __builtin_clzll(ns);  // ≥ 4
+    return static_cast<std::size_t>(e - 3) * 16 + static_cast<std::size_t>((ns >> (e - 4)) & 15);
+  }
+  static std::uint64_t lower(std::size_t i) {
+    if (i < 16) return i;
+    std::size_t e = i / 16 + 3;
+    return (1ull << e) | (static_cast<std::uint64_t>(i % 16) << (e - 4));
+  }
+  std::uint64_t b_[kBuckets] = {};
+  std::uint64_t count_ = 0;
+};
+
+struct options {
+  std::string kind;              // contender kind (binary-specific)
+  double seconds = 20;           // serving time after the go byte
+  std::uint64_t limit = 256ull << 20;
+  std::uint64_t budget = 0;      // bytes (0: none)
+  double zipf_s = 0.99;
+  int rounds = 8;
+  double interval = 0.1;
+  std::uint64_t seed = 42;
+  int calibrate_ns_per_kib = 0;  // --calibrate=N: print the rounds for N ns/KiB and exit
+};
+
+inline std::uint64_t parse_u64(const char* s) { return std::strtoull(s, nullptr, 10); }
+
+inline options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    auto val = [&](std::string_view name) -> const char* {
+      return a.substr(0, name.size()) == name ? argv[i] + name.size() : nullptr;
+    };
+    if (const char* v = val("--kind=")) o.kind = v;
+    else if (const char* v = val("--seconds=")) o.seconds = std::atof(v);
+    else if (const char* v = val("--limit=")) o.limit = parse_u64(v);
+    else if (const char* v = val("--budget=")) o.budget = parse_u64(v);
+    else if (const char* v = val("--zipf=")) o.zipf_s = std::atof(v);
+    else if (const char* v = val("--rounds=")) o.rounds = std::atoi(v);
+    else if (const char* v = val("--interval=")) o.interval = std::atof(v);
+    else if (const char* v = val("--seed=")) o.seed = parse_u64(v);
+    else if (const char* v = val("--calibrate=")) o.calibrate_ns_per_kib = std::atoi(v);
+    else {
+      std::fprintf(stderr, "%s: unknown argument %s\n", argv[0], argv[i]);
+      std::exit(2);
+    }
+  }
+  return o;
+}
+
+// Rounds of build_value that cost about ns_per_kib per KiB here, now.
+inline int calibrate(int ns_per_kib) {
+  auto cost = [](int rounds) {
+    std::uint64_t best = UINT64_MAX, bytes = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+      std::uint64_t t0 = now_ns(), n = 0;
+      for (std::uint32_t k = 0; k < 64; ++k) n += build_value(k, rounds).size();
+      best = std::min(best, now_ns() - t0);
+      bytes = n;
+    }
+    return static_cast<double>(best) / (static_cast<double>(bytes) / 1024.0);
+  };
+  double base = cost(0), per_round = (cost(16) - base) / 16;
+  if (per_round <= 0) return 1;
+  return std::max(0, static_cast<int>(std::lround((ns_per_kib - base) / per_round)));
+}
+
+// The file that defines the malloc this process calls (an LD_PRELOAD that did
+// not take shows up as libc).
+inline std::string malloc_provider() {
+  void* sym = dlsym(RTLD_DEFAULT, "malloc");
+  Dl_info info{};
+  if (sym == nullptr || dladdr(sym, &info) == 0 || info.dli_fname == nullptr) return "unknown";
+  return info.dli_fname;
+}
+
+inline const char* allocator_name(const std::string& lib) {
+  if (lib.find("libjemalloc") != std::string::npos) return "jemalloc";
+  if (lib.find("libmimalloc") != std::string::npos) return "mimalloc";
+  if (lib.find("libc.so") != std::string::npos) return "glibc";
+  return "unknown";
+}
+
+inline std::string mapped_allocators() {
+  std::string out;
+  FILE* f = std::fopen("/proc/self/maps", "r");
+  if (f == nullptr) return "?";
+  char line[4096];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    for (const char* lib : {"libjemalloc", "libmimalloc"}) {
+      if (std::strstr(line, lib) != nullptr && out.find(lib) == std::string::npos) {
+        if (!out.empty()) out += ',';
+        out += lib;
+      }
+    }
+  }
+  std::fclose(f);
+  return out.empty() ? "-" : out;
+}
+
+inline long rss_kib() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  long kib = -1;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, "VmRSS:", 6) == 0) kib = std::atol(line + 6);
+  }
+  std::fclose(f);
+  return kib;
+}
+
+inline void wait_for_go() {
+  char go;
+  if (read(0, &go, 1) != 1) std::_Exit(3);  // the driver went away: do nothing
+}
+
+// What a contender's cache must offer the serving loop.
+//   std::uint64_t get(key, bool* hit): the checksum of the value served;
+//   sample(&cached, &live, &drops): bytes resident, bytes held, drops so far.
+// `expected` holds each key's checksum, recorded from the first build (in
+// ordinary memory); a served value whose checksum differs is wrong data.
+template <class Cache>
+int serve(Cache& c, const options& o, std::uint32_t keys, std::vector<std::uint64_t>& expected) {
+  zipf z(keys, o.zipf_s, o.seed);
+  histogram all, window;
+  std::uint64_t ops = 0, hits = 0, wrong = 0, w_ops = 0, w_hits = 0, w_wrong = 0;
+  double start = now_s(), next = start + o.interval, end = start + o.seconds;
+  for (;;) {
+    std::uint32_t k = z.next();
+    bool hit = false;
+    std::uint64_t t0 = now_ns();
+    std::uint64_t sum = c.get(k, &hit);
+    std::uint64_t dt = now_ns() - t0;
+    all.add(dt);
+    window.add(dt);
+    ++ops;
+    ++w_ops;
+    if (hit) ++hits, ++w_hits;
+    if (sum != expected[k]) ++wrong, ++w_wrong;
+    if ((ops & 15) != 0) continue;
+    double t = now_s();
+    if (t < next && t < end) continue;
+    std::uint64_t cached = 0, live = 0, drops = 0;
+    c.sample(&cached, &live, &drops);
+    std::printf("S t=%.4f ops=%llu hits=%llu p50_ns=%llu p99_ns=%llu cached=%llu live=%llu drops=%llu wrong=%llu\n",
+                t, (unsigned long long)w_ops, (unsigned long long)w_hits,
+                (unsigned long long)window.percentile(0.5), (unsigned long long)window.percentile(0.99),
+                (unsigned long long)cached, (unsigned long long)live, (unsigned long long)drops,
+                (unsigned long long)w_wrong);
+    window.clear();
+    w_ops = w_hits = w_wrong = 0;
+    next += o.interval;
+    if (next < t) next = t + o.interval;
+    if (t >= end) {
+      std::printf("END ops=%llu hits=%llu misses=%llu p50_ns=%llu p99_ns=%llu wrong=%llu drops=%llu\n",
+                  (unsigned long long)ops, (unsigned long long)hits, (unsigned long long)(ops - hits),
+                  (unsigned long long)all.percentile(0.5), (unsigned long long)all.percentile(0.99),
+                  (unsigned long long)wrong, (unsigned long long)drops);
+      return 0;
+    }
+  }
+}
+
+inline void line_buffered() { std::setvbuf(stdout, nullptr, _IOLBF, 0); }
+
+}  // namespace pressure
