@@ -11,6 +11,8 @@ packages=(
   doctest-dev
   libbenchmark-dev
   gnuplot-nox
+  clang               # the libFuzzer target (tests/fuzz/run_fuzz.sh)
+  libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes
 )
 
 missing=()
