@@ -17,6 +17,8 @@ packages=(
   perl
   python3
   libpython3.11-testsuite
+  clang               # the libFuzzer target (tests/fuzz/run_fuzz.sh)
+  libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes
 )
 
 missing=()

@@ -618,13 +618,39 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
 void heap::report_misuse(const char* what, const void* p) noexcept {
   std::uint64_t count = misuse_refused_.fetch_add(1, std::memory_order_relaxed);
   if (count < 16 || misuse_aborts()) {
-    char line[160];
+    char line[256];
     int len = snprintf(line, sizeof line, "dropalloc: deallocate(%p) refused: %s%s\n", p, what,
                        misuse_aborts() ? "" : " (ignored; nothing was freed)");
+    // snprintf returns the untruncated length: never write past the buffer.
+    if (len < 0) return;
+    if (static_cast<std::size_t>(len) >= sizeof line) len = static_cast<int>(sizeof line - 1);
     ssize_t ignored = write(STDERR_FILENO, line, static_cast<std::size_t>(len));
     (void)ignored;
   }
   if (misuse_aborts()) abort();
+}
+
+bool heap::sized_free_matches(const void* p, std::size_t bytes, std::size_t alignment) noexcept {
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  // Not a live block of ours: deallocate() itself refuses and reports that.
+  if (s == nullptr || s->owner != this || !block_index(s, p, &idx) ||
+      s->state[idx].load(std::memory_order_acquire) == state::kFree) {
+    return true;
+  }
+  std::size_t usable = s->cls == kLargeClass ? s->span : s->block_size;
+  auto addr = reinterpret_cast<std::uintptr_t>(p);
+  // What the block guarantees: its class's alignment, or for a mapping of its
+  // own, whatever its address has (at least the requested one).
+  std::size_t align = s->cls == kLargeClass ? static_cast<std::size_t>(addr & (~addr + 1))
+                                            : class_alignment(s->cls);
+  bool pow2 = alignment != 0 && (alignment & (alignment - 1)) == 0;
+  if (bytes <= usable && pow2 && alignment <= align) return true;
+  char what[128];
+  snprintf(what, sizeof what, "sized free of %zu bytes aligned to %zu, block holds %zu aligned to %zu",
+           bytes, alignment, usable, align);
+  report_misuse(what, p);
+  return false;
 }
 
 // ---- queries ---------------------------------------------------------------------

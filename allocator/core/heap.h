@@ -58,6 +58,9 @@ class heap {
   std::uint64_t generation(const void* p) const noexcept;  // 0 unless p is a live block
   std::size_t usable_size(const void* p) const noexcept;   // 0 unless p is a live block
   bool owns(const void* p) const noexcept;
+  // Checked builds' sized free: false (and the misuse reported) when a live
+  // block at p cannot hold `bytes` or is not aligned to `alignment`.
+  bool sized_free_matches(const void* p, std::size_t bytes, std::size_t alignment) noexcept;
 
   block_state seal(void* p) noexcept;
   std::size_t seal_all() noexcept;  // seals every live block; returns how many

@@ -216,6 +216,11 @@ class linux_os final : public os_interface {
       return state_.load(std::memory_order_acquire);
     }
     void* p = mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_DROPPABLE | MAP_ANONYMOUS, -1, 0);
+    if (int injected = test_droppable_errno(); injected != 0 && p != MAP_FAILED) {
+      munmap(p, kPageSize);
+      p = MAP_FAILED;
+      errno = injected;
+    }
     if (p != MAP_FAILED) {
       munmap(p, kPageSize);
       if (state_.compare_exchange_strong(expected, kDroppable)) report();
@@ -223,6 +228,14 @@ class linux_os final : public os_interface {
     }
     settle_fallback(errno);
     return state_.load(std::memory_order_acquire);
+  }
+
+  // Test hook: DROPALLOC_TEST_DROPPABLE_ERRNO=<n> makes the probe behave as if
+  // the kernel refused MAP_DROPPABLE with errno n, so the fallback for every
+  // errno another kernel may return can be tested on a kernel that has it.
+  static int test_droppable_errno() {
+    const char* v = getenv("DROPALLOC_TEST_DROPPABLE_ERRNO");
+    return v != nullptr ? atoi(v) : 0;
   }
 
   bool settle_fallback(int err) {

@@ -33,8 +33,14 @@ void* droppable_resource::do_allocate(std::size_t bytes, std::size_t alignment) 
   return p;
 }
 
-void droppable_resource::do_deallocate(void* p, std::size_t, std::size_t) {
-  // The size and alignment are not needed: the block's arena knows its class.
+void droppable_resource::do_deallocate(void* p, [[maybe_unused]] std::size_t bytes,
+                                       [[maybe_unused]] std::size_t alignment) {
+  // The size and alignment are not needed: the block's arena knows its class,
+  // so a wrong one is harmless here. Checked builds still report it, since it
+  // is a caller bug that another memory resource would turn into corruption.
+#if defined(DROPALLOC_CHECKED) && DROPALLOC_CHECKED
+  if (!heap_.sized_free_matches(p, bytes, alignment)) return;
+#endif
   heap_.deallocate(p);
 }
 
