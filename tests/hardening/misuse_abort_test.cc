@@ -8,7 +8,7 @@
 
 #include <functional>
 
-#include "allocator/dropalloc.h"
+#include "allocator/pmr/droppable_resource.h"  // the checked build of the front end
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "allocator/dropalloc.h"
+#include "allocator/pmr/droppable_resource.h"  // the checked build of the front end
 #include "tests/hardening/util.h"
 
 using dropalloc::block_state;
