@@ -226,6 +226,11 @@ class linux_os final : public os_interface {
       if (state_.compare_exchange_strong(expected, kDroppable)) report();
       return state_.load(std::memory_order_acquire);
     }
+    if (!means_unsupported(errno)) {
+      // A passing failure (ENOMEM) says nothing about support: decide later.
+      // Meanwhile try droppable; map_arena reports the real error if any.
+      return kDroppable;
+    }
     settle_fallback(errno);
     return state_.load(std::memory_order_acquire);
   }
