@@ -14,6 +14,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/cgroup.h"
+#include "tests/cgroup_child.h"
 
 namespace {
 
@@ -93,48 +94,18 @@ TEST_CASE("a cache four times the cgroup limit serves only right values and kill
   MESSAGE("SKIPPED: under ASan/TSan the sanitizer's own memory would exceed the cgroup limit");
   return;
 #endif
-  dropalloc::droppable_resource probe;
-  if (probe.arena_backing() != dropalloc::backing::droppable) {
-    MESSAGE("SKIPPED: the kernel refused MAP_DROPPABLE, nothing to drop");
+  auto run = dropalloc::testing::run_in_child_cgroup<outcome>("dropalloc-cache-test", kLimit, fill_and_read);
+  if (!run.skipped.empty()) {
+    MESSAGE("SKIPPED: " << run.skipped);
     return;
   }
-  std::string why;
-  auto cg = dropalloc::os::child_cgroup::create("dropalloc-cache-test-" + std::to_string(getpid()), kLimit, &why);
-  if (!cg) {
-    MESSAGE("SKIPPED: no writable memory cgroup: " << why);
-    return;
-  }
-  int to_child[2], from_child[2];
-  REQUIRE(pipe(to_child) == 0);
-  REQUIRE(pipe(from_child) == 0);
-  fflush(nullptr);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    char go;
-    if (read(to_child[0], &go, 1) != 1) _exit(3);
-    outcome r = fill_and_read();
-    _exit(write(from_child[1], &r, sizeof r) == sizeof r ? 0 : 4);
-  }
-  // Our copies of the child's ends: closed, a child that dies unexpectedly
-  // ends the read below instead of leaving it waiting.
-  close(to_child[0]);
-  close(from_child[1]);
-  bool joined = cg->add_process(pid, &why);
-  char go = 1;
-  REQUIRE(write(to_child[1], &go, 1) == 1);
-  outcome r;
-  ssize_t got = read(from_child[0], &r, sizeof r);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  auto state = cg->state();
-  close(to_child[1]);
-  close(from_child[0]);
-  REQUIRE_MESSAGE(joined, why);
-  REQUIRE_MESSAGE(WIFEXITED(status), "child killed by signal " << WTERMSIG(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
-  REQUIRE(got == static_cast<ssize_t>(sizeof r));
-  MESSAGE("cgroup v" << cg->cgroup().version << ", limit " << (kLimit >> 20) << " MiB: " << r.keys << " keys, "
+  REQUIRE_MESSAGE(run.joined, run.why);
+  REQUIRE_MESSAGE(WIFEXITED(run.status), "child killed by signal " << WTERMSIG(run.status));
+  REQUIRE(WEXITSTATUS(run.status) == 0);
+  REQUIRE(run.got_result);
+  const outcome& r = run.result;
+  const auto& state = run.state;
+  MESSAGE("cgroup v" << run.cgroup_version << ", limit " << (kLimit >> 20) << " MiB: " << r.keys << " keys, "
                      << (r.bytes >> 20) << " MiB of values; served " << r.served << ", wrong " << r.wrong
                      << ", hits " << r.hits << ", builds " << r.builds << ", drops detected " << r.drops
                      << ", OOM kills " << state.oom_kills);

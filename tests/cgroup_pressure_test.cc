@@ -15,6 +15,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/cgroup.h"
+#include "tests/cgroup_child.h"
 
 using dropalloc::block_state;
 
@@ -91,48 +92,18 @@ TEST_CASE("under a real cgroup limit no block reported intact has wrong contents
   MESSAGE("SKIPPED: under ASan/TSan the sanitizer's own memory exceeds the cgroup limit");
   return;
 #endif
-  dropalloc::droppable_resource probe;
-  if (probe.arena_backing() != dropalloc::backing::droppable) {
-    MESSAGE("SKIPPED: the kernel refused MAP_DROPPABLE, nothing to drop");
+  auto run = dropalloc::testing::run_in_child_cgroup<outcome>("dropalloc-test", kLimit, fill_and_verify);
+  if (!run.skipped.empty()) {
+    MESSAGE("SKIPPED: " << run.skipped);
     return;
   }
-  std::string why;
-  auto cg = dropalloc::os::child_cgroup::create("dropalloc-test-" + std::to_string(getpid()), kLimit, &why);
-  if (!cg) {
-    MESSAGE("SKIPPED: no writable memory cgroup: " << why);
-    return;
-  }
-  int to_child[2], from_child[2];
-  REQUIRE(pipe(to_child) == 0);
-  REQUIRE(pipe(from_child) == 0);
-  fflush(nullptr);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    char go;
-    if (read(to_child[0], &go, 1) != 1) _exit(3);
-    outcome r = fill_and_verify();
-    _exit(write(from_child[1], &r, sizeof r) == sizeof r ? 0 : 4);
-  }
-  // Close our copies of the child's ends: if the child dies (OOM-killed, say)
-  // the read below must see end-of-file instead of waiting forever.
-  close(to_child[0]);
-  close(from_child[1]);
-  bool joined = cg->add_process(pid, &why);
-  char go = 1;
-  REQUIRE(write(to_child[1], &go, 1) == 1);
-  outcome r;
-  ssize_t got = read(from_child[0], &r, sizeof r);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  auto state = cg->state();
-  close(to_child[1]);
-  close(from_child[0]);
-  REQUIRE_MESSAGE(joined, why);
-  REQUIRE_MESSAGE(WIFEXITED(status), "child killed by signal " << WTERMSIG(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
-  REQUIRE(got == static_cast<ssize_t>(sizeof r));
-  MESSAGE("cgroup v" << cg->cgroup().version << ", limit " << (kLimit >> 20) << " MiB: wrote "
+  REQUIRE_MESSAGE(run.joined, run.why);
+  REQUIRE_MESSAGE(WIFEXITED(run.status), "child killed by signal " << WTERMSIG(run.status));
+  REQUIRE(WEXITSTATUS(run.status) == 0);
+  REQUIRE(run.got_result);
+  const outcome& r = run.result;
+  const auto& state = run.state;
+  MESSAGE("cgroup v" << run.cgroup_version << ", limit " << (kLimit >> 20) << " MiB: wrote "
                      << (r.bytes >> 20) << " MiB in " << r.blocks << " blocks; intact " << r.intact
                      << ", dropped " << r.dropped << ", wrong " << r.wrong << ", OOM kills "
                      << state.oom_kills);

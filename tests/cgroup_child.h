@@ -1,0 +1,85 @@
+// For tests that need real kernel drops: runs work() in a forked child that
+// joins a fresh child memory cgroup (made under this process's own, removed
+// afterwards) before it starts, and brings its trivially copyable result back.
+// Never hangs on a child that dies: the parent closes its copies of the
+// child's pipe ends, so a killed child ends the read with end-of-file.
+#pragma once
+
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <type_traits>
+
+#include "allocator/dropalloc.h"
+#include "allocator/os/cgroup.h"
+
+namespace dropalloc::testing {
+
+template <class Result>
+struct cgroup_run {
+  std::string skipped;  // non-empty: why nothing ran (no cgroup, no MAP_DROPPABLE)
+  bool joined = false;  // the child was moved into the cgroup
+  std::string why;      // why joining failed
+  int status = 0;       // waitpid status of the child
+  bool got_result = false;
+  Result result{};
+  int cgroup_version = 0;
+  os::cgroup_memory_state state;  // of the cgroup once the child has exited
+};
+
+template <class Result, class Work>
+cgroup_run<Result> run_in_child_cgroup(const std::string& name, std::uint64_t limit_bytes, Work work) {
+  static_assert(std::is_trivially_copyable_v<Result>, "the result crosses a pipe");
+  cgroup_run<Result> run;
+  {
+    droppable_resource probe;
+    if (probe.arena_backing() != backing::droppable) {
+      run.skipped = "the kernel refused MAP_DROPPABLE, nothing to drop";
+      return run;
+    }
+  }
+  auto cg = os::child_cgroup::create(name + "-" + std::to_string(getpid()), limit_bytes, &run.skipped);
+  if (!cg) {
+    run.skipped = "no writable memory cgroup: " + run.skipped;
+    return run;
+  }
+  run.skipped.clear();
+  run.cgroup_version = cg->cgroup().version;
+  int to_child[2], from_child[2];
+  if (pipe(to_child) != 0 || pipe(from_child) != 0) {
+    run.why = "pipe failed";
+    return run;
+  }
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    char go;
+    if (read(to_child[0], &go, 1) != 1) _exit(3);  // wait until we are in the cgroup
+    Result r = work();
+    _exit(write(from_child[1], &r, sizeof r) == static_cast<ssize_t>(sizeof r) ? 0 : 4);
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  if (pid > 0) {
+    run.joined = cg->add_process(pid, &run.why);
+    char go = 1;
+    if (run.joined && write(to_child[1], &go, 1) == 1) {
+      run.got_result = read(from_child[0], &run.result, sizeof run.result) ==
+                       static_cast<ssize_t>(sizeof run.result);
+    }
+    close(to_child[1]);  // a child that never joined sees end-of-file and exits
+    waitpid(pid, &run.status, 0);
+  } else {
+    run.why = "fork failed";
+    close(to_child[1]);
+  }
+  close(from_child[0]);
+  run.state = cg->state();
+  return run;
+}
+
+}  // namespace dropalloc::testing
