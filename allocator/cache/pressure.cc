@@ -1,33 +1,6 @@
 #include "allocator/cache/pressure.h"
 
-#include <cstdio>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
-
 namespace dropalloc {
-namespace {
-
-bool slurp(const std::string& path, std::string* out) {
-  std::ifstream in(path);
-  if (!in) return false;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  *out = ss.str();
-  return true;
-}
-
-std::uint64_t keyed(const std::string& text, const std::string& key) {
-  std::istringstream in(text);
-  std::string k;
-  std::uint64_t v;
-  while (in >> k >> v) {
-    if (k == key) return v;
-  }
-  return 0;
-}
-
-}  // namespace
 
 const char* to_string(pressure_source s) noexcept {
   switch (s) {
@@ -37,21 +10,6 @@ const char* to_string(pressure_source s) noexcept {
     case pressure_source::psi: return "psi";
   }
   return "?";
-}
-
-bool parse_psi_some_avg10(const std::string& text, double* avg10) {
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("some ", 0) != 0) continue;
-    auto at = line.find("avg10=");
-    if (at == std::string::npos) return false;
-    char* end = nullptr;
-    double v = std::strtod(line.c_str() + at + 6, &end);
-    if (end == line.c_str() + at + 6) return false;
-    *avg10 = v;
-    return true;
-  }
-  return false;
 }
 
 pressure_monitor::pressure_monitor() {
@@ -74,9 +32,8 @@ void pressure_monitor::choose_source() {
     description_ += std::string(to_string(source_)) + " at " + cg_.dir;
     return;
   }
-  std::string text;
   double avg10;
-  if (slurp("/proc/pressure/memory", &text) && parse_psi_some_avg10(text, &avg10)) {
+  if (os::read_psi_memory_some_avg10(&avg10)) {
     source_ = pressure_source::psi;
     description_ += "psi (/proc/pressure/memory)";
     return;
@@ -92,17 +49,11 @@ bool pressure_monitor::read(pressure_reading* out) {
     if (!os::read_cgroup_state(cg_, &st)) return false;
     out->usage = st.usage;
     out->limit = st.limit < st.high ? st.limit : st.high;
-    if (source_ == pressure_source::cgroup_v2) {
-      std::string text;
-      if (slurp(cg_.dir + "/memory.events", &text)) {
-        out->throttle_events = keyed(text, "high") + keyed(text, "max");
-      }
-    }
+    out->throttle_events = st.throttle_events;
     return true;
   }
   if (source_ == pressure_source::psi) {
-    std::string text;
-    return slurp("/proc/pressure/memory", &text) && parse_psi_some_avg10(text, &out->psi_some_avg10);
+    return os::read_psi_memory_some_avg10(&out->psi_some_avg10);
   }
   return false;
 }

@@ -60,6 +60,6 @@ class pressure_monitor {
 
 // Parses the "some" line of /proc/pressure/memory (or a cgroup's
 // memory.pressure); false if the text has none.
-bool parse_psi_some_avg10(const std::string& text, double* avg10);
+using os::parse_psi_some_avg10;  // the parser lives with the reader in the OS layer
 
 }  // namespace dropalloc

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -162,10 +163,33 @@ bool read_cgroup_state(const memory_cgroup& cg, cgroup_memory_state* out) {
     if (!read_cgroup_u64(cg.dir + "/memory.current", &out->usage)) return false;
     read_cgroup_u64(cg.dir + "/memory.max", &out->limit);
     read_cgroup_u64(cg.dir + "/memory.high", &out->high);
-    if (read_file(cg.dir + "/memory.events", &text)) out->oom_kills = keyed_value(text, "oom_kill");
+    if (read_file(cg.dir + "/memory.events", &text)) {
+      out->oom_kills = keyed_value(text, "oom_kill");
+      out->throttle_events = keyed_value(text, "high") + keyed_value(text, "max");
+    }
     return true;
   }
   return false;
+}
+
+bool parse_psi_some_avg10(const std::string& text, double* avg10) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("some ", 0) != 0) continue;
+    auto at = line.find("avg10=");
+    if (at == std::string::npos) return false;
+    char* end = nullptr;
+    double v = std::strtod(line.c_str() + at + 6, &end);
+    if (end == line.c_str() + at + 6) return false;
+    *avg10 = v;
+    return true;
+  }
+  return false;
+}
+
+bool read_psi_memory_some_avg10(double* avg10) {
+  std::string text;
+  return read_file("/proc/pressure/memory", &text) && parse_psi_some_avg10(text, avg10);
 }
 
 std::unique_ptr<child_cgroup> child_cgroup::create(const std::string& name, std::uint64_t limit_bytes,

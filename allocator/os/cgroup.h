@@ -32,8 +32,14 @@ struct cgroup_memory_state {
   std::uint64_t limit = UINT64_MAX;
   std::uint64_t high = UINT64_MAX;  // v2 memory.high; UINT64_MAX on v1
   std::uint64_t oom_kills = 0;
+  std::uint64_t throttle_events = 0;  // v2 memory.events "high" + "max"; 0 on v1
 };
 bool read_cgroup_state(const memory_cgroup& cg, cgroup_memory_state* out);
+
+// Pressure stall information: the "some avg10" figure of /proc/pressure/memory
+// (percent of the last 10 s some task waited for memory). False without PSI.
+bool read_psi_memory_some_avg10(double* avg10);
+bool parse_psi_some_avg10(const std::string& text, double* avg10);
 
 // A child memory cgroup, made under the process's own and removed (rmdir) by
 // the destructor once its processes have exited.
