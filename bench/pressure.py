@@ -448,7 +448,7 @@ def report(args, cs, results, m, command, timeline, rounds, cost_note):
 
 
 def targets(cs, results):
-    """Lines judging the issue's targets from the measured results."""
+    """Lines judging the benchmark's targets from the measured results."""
     L = []
     ok = {k: v for k, v in results.items() if "summary" in v}
     d = ok.get("dropalloc-sealed")
