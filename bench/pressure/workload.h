@@ -13,7 +13,6 @@
 //   END ops= hits= misses= p50_ns= p99_ns= wrong= drops= build_ns=              at the end
 #pragma once
 
-#include <dlfcn.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +25,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "bench/macro/workload.h"
 
 namespace pressure {
 
@@ -210,38 +211,12 @@ inline int calibrate(int ns_per_kib) {
   return std::max(0, static_cast<int>(std::lround((ns_per_kib - base) / per_round)));
 }
 
-// The file that defines the malloc this process calls (an LD_PRELOAD that did
-// not take shows up as libc).
-inline std::string malloc_provider() {
-  void* sym = dlsym(RTLD_DEFAULT, "malloc");
-  Dl_info info{};
-  if (sym == nullptr || dladdr(sym, &info) == 0 || info.dli_fname == nullptr) return "unknown";
-  return info.dli_fname;
-}
-
-inline const char* allocator_name(const std::string& lib) {
-  if (lib.find("libjemalloc") != std::string::npos) return "jemalloc";
-  if (lib.find("libmimalloc") != std::string::npos) return "mimalloc";
-  if (lib.find("libc.so") != std::string::npos) return "glibc";
-  return "unknown";
-}
-
-inline std::string mapped_allocators() {
-  std::string out;
-  FILE* f = std::fopen("/proc/self/maps", "r");
-  if (f == nullptr) return "?";
-  char line[4096];
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    for (const char* lib : {"libjemalloc", "libmimalloc"}) {
-      if (std::strstr(line, lib) != nullptr && out.find(lib) == std::string::npos) {
-        if (!out.empty()) out += ',';
-        out += lib;
-      }
-    }
-  }
-  std::fclose(f);
-  return out.empty() ? "-" : out;
-}
+// Which library provides malloc and which allocators are mapped: the same
+// detection as the macro workloads (an LD_PRELOAD that did not take shows up
+// as libc).
+using bench::allocator_name;
+using bench::malloc_provider;
+using bench::mapped_allocators;
 
 inline long rss_kib() {
   FILE* f = std::fopen("/proc/self/status", "r");
