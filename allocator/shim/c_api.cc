@@ -7,6 +7,7 @@
 #include "allocator/core/heap.h"
 #include "allocator/dropalloc_c.h"
 #include "allocator/os/os.h"
+#include "allocator/shim/c_stats.h"
 
 struct dropalloc_resource {
   explicit dropalloc_resource(const dropalloc::core::heap_options& options) : heap(options) {}
@@ -88,17 +89,7 @@ DROPALLOC_EXPORT size_t dropalloc_usable_size(dropalloc_resource* r, const void*
 
 DROPALLOC_EXPORT int dropalloc_get_stats(dropalloc_resource* r, dropalloc_stats* out) {
   if (r == nullptr || out == nullptr) return EINVAL;
-  dropalloc::resource_stats st = r->heap.stats();
-  out->blocks_live = st.blocks_live;
-  out->bytes_live = st.bytes_live;
-  out->arenas_mapped = st.arenas_mapped;
-  out->bytes_mapped = st.bytes_mapped;
-  out->bytes_resident = st.bytes_resident;
-  out->metadata_bytes = st.metadata_bytes;
-  out->drops_detected = st.drops_detected;
-  out->misuse_refused = st.misuse_refused;
-  out->foreign_ignored = 0;
-  out->droppable = st.droppable ? 1 : 0;
+  dropalloc::shim::to_c_stats(r->heap.stats(), 0, out);
   return 0;
 }
 

@@ -14,6 +14,7 @@
 
 #include "allocator/dropalloc_c.h"
 #include "allocator/os/os.h"
+#include "allocator/shim/c_stats.h"
 #include "allocator/shim/shim.h"
 
 namespace dropalloc::shim {
@@ -363,16 +364,7 @@ DROPALLOC_EXPORT int dropalloc_malloc_stats(dropalloc_stats* out) {
     st.misuse_refused += d.misuse_refused;
     st.droppable = d.droppable;
   }
-  out->blocks_live = st.blocks_live;
-  out->bytes_live = st.bytes_live;
-  out->arenas_mapped = st.arenas_mapped;
-  out->bytes_mapped = st.bytes_mapped;
-  out->bytes_resident = st.bytes_resident;
-  out->metadata_bytes = st.metadata_bytes;
-  out->drops_detected = st.drops_detected;
-  out->misuse_refused = st.misuse_refused;
-  out->droppable = st.droppable ? 1 : 0;
-  out->foreign_ignored = dropalloc::shim::g_foreign_frees.load(std::memory_order_relaxed);
+  dropalloc::shim::to_c_stats(st, dropalloc::shim::g_foreign_frees.load(std::memory_order_relaxed), out);
   return 0;
 }
 
