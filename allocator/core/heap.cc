@@ -39,6 +39,7 @@ const char* to_string(alloc_error e) noexcept {
 }
 
 __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
+__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr};
 
 namespace {
 
@@ -161,6 +162,7 @@ struct thread_exit_flusher {
   ~thread_exit_flusher() {
     if (table == nullptr) return;
     t_exited = true;
+    t_current = tc_current{0, nullptr};
     t_cache_table = nullptr;
     flush_thread_caches(table);
     os::system_os().unmap_metadata(table, sizeof(tc_table));
@@ -200,6 +202,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
     for (auto& bin : c->bins) bin.count.store(0, std::memory_order_relaxed);
     c->heap_id = id_;
   }
+  t_current = tc_current{id_, c};
   return c;
 }
 
@@ -319,9 +322,6 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);
     if (n == 0) {
       n = take_blocks(static_cast<std::uint32_t>(cls), bin.items, kBinCapacity[cls] / 2, &os_err);
-      // take_blocks returns ascending addresses and the bin pops from its top:
-      // reverse, so callers walk memory upwards (friendlier to prefetchers).
-      for (std::uint32_t i = 0, j = n == 0 ? 0 : n - 1; i < j; ++i, --j) std::swap(bin.items[i], bin.items[j]);
     }
     if (n != 0) {
       b = bin.items[n - 1];
@@ -490,6 +490,9 @@ std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint3
     }
     if (s->free_count == 0 && s->bump == s->capacity) unlink(&c.avail, s);  // full
   }
+  // Collected in ascending address order; callers pop from the end, so
+  // reverse and they walk memory upwards (friendlier to prefetchers).
+  for (std::uint32_t i = 0, j = got == 0 ? 0 : got - 1; i < j; ++i, --j) std::swap(out[i], out[j]);
   return got;
 }
 
@@ -578,6 +581,18 @@ void heap::trim() noexcept {
 
 // ---- free slow path ------------------------------------------------------------
 
+void heap::deallocate_checked(void* p) noexcept {
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) {
+    return report_misuse("not a block of this resource", p);
+  }
+  if (s->state[idx].load(std::memory_order_relaxed) == state::kFree) {
+    return report_misuse("double free", p);
+  }
+  deallocate_slow(s, idx, p);
+}
+
 void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
   std::uint8_t st = s->state[idx].load(std::memory_order_relaxed);
   if (s->cls == kLargeClass) {
@@ -605,10 +620,10 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
   tc_bin& bin = c->bins[s->cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
   if (n >= kBinCapacity[s->cls]) {
-    // Full: hand the older half back, keep the recently freed (cache-warm) half.
+    // Full: hand the top half back. Keeping the most recently freed (warmest)
+    // blocks instead would cost moving the rest down on every flush.
     std::uint32_t half = kBinCapacity[s->cls] / 2;
-    give_back(s->cls, bin.items, half);
-    memmove(bin.items, bin.items + half, (n - half) * sizeof(cached_block));
+    give_back(s->cls, bin.items + (n - half), half);
     n -= half;
   }
   bin.items[n] = b;

@@ -18,7 +18,9 @@
 #if defined(__GNUC__)
 #define DROPALLOC_LIKELY(x) __builtin_expect(!!(x), 1)
 #define DROPALLOC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define DROPALLOC_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
+#define DROPALLOC_ALWAYS_INLINE inline
 #define DROPALLOC_LIKELY(x) (x)
 #define DROPALLOC_UNLIKELY(x) (x)
 #endif
@@ -54,6 +56,11 @@ class heap {
   void* allocate_zeroed(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept;
   // Frees a block; double, foreign and interior frees are refused and reported.
   void deallocate(void* p) noexcept;
+
+  // The fast paths alone, for front ends that keep their own slow path out of
+  // line: nullptr / false means "call allocate() / deallocate()", not failure.
+  void* allocate_cached(std::size_t bytes, std::size_t alignment) noexcept;
+  bool deallocate_cached(void* p) noexcept;
 
   std::uint64_t generation(const void* p) const noexcept;  // 0 unless p is a live block
   std::size_t usable_size(const void* p) const noexcept;   // 0 unless p is a live block
@@ -95,6 +102,7 @@ class heap {
   void* allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err,
                        bool zero = false) noexcept;
   void deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept;
+  void deallocate_checked(void* p) noexcept;
   void report_misuse(const char* what, const void* p) noexcept;
   tc_heap_cache* thread_cache() noexcept;
 
@@ -153,7 +161,7 @@ void postfork_all() noexcept;
 
 // Marks a block free. If a generation of it was handed out, a new one makes
 // every outstanding (pointer, generation) stale.
-inline void heap::retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept {
+DROPALLOC_ALWAYS_INLINE void heap::retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept {
   if (st != state::kLive) {
     auto& word = s->meta[idx];
     word.store(meta::make(meta::gen(word.load(std::memory_order_relaxed)) + 1, 0),
@@ -162,54 +170,58 @@ inline void heap::retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcep
   s->state[idx].store(state::kFree, std::memory_order_release);
 }
 
-inline void* heap::allocate(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
-  std::size_t cls = class_for(bytes, alignment);
-  tc_table* t = t_cache_table;
-  if (DROPALLOC_LIKELY(cls < kNumSmallClasses && t != nullptr && slot_ >= 0)) {
-    tc_heap_cache* c = t->caches[slot_];
-    if (DROPALLOC_LIKELY(c != nullptr && c->heap_id == id_)) {
-      tc_bin& bin = c->bins[cls];
-      std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-      if (DROPALLOC_LIKELY(n != 0)) {
-        cached_block b = bin.items[n - 1];
-        bin.count.store(n - 1, std::memory_order_relaxed);
-        // Callers write to what they get; start fetching a coming block now.
-        // Metadata is out of band, so unlike intrusive free lists nothing else
-        // brings the block into cache before the caller's first store.
-        if (n > 2) __builtin_prefetch(bin.items[n - 3].ptr, 1);
-        b.state->store(state::kLive, std::memory_order_release);
-        return b.ptr;
-      }
-    }
-  }
-  return allocate_slow(bytes, alignment, cls, err);
+DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached(std::size_t bytes, std::size_t alignment) noexcept {
+  std::size_t cls = small_class_for(bytes, alignment);
+  if (DROPALLOC_UNLIKELY(cls >= kNumSmallClasses || t_current.heap_id != id_)) return nullptr;
+  tc_bin& bin = t_current.cache->bins[cls];
+  std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+  if (DROPALLOC_UNLIKELY(n == 0)) return nullptr;
+  cached_block b = bin.items[n - 1];
+  bin.count.store(n - 1, std::memory_order_relaxed);
+  b.state->store(state::kLive, std::memory_order_release);
+  return b.ptr;
 }
 
-inline void heap::deallocate(void* p) noexcept {
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this || !block_index(s, p, &idx))) {
-    return report_misuse("not a block of this resource", p);
+DROPALLOC_ALWAYS_INLINE void* heap::allocate(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept {
+  if (void* p = allocate_cached(bytes, alignment)) return p;
+  return allocate_slow(bytes, alignment, class_for(bytes, alignment), err);
+}
+
+// Only the common case: a live small block of this heap, never observed,
+// freed on a thread whose bin has room. Everything else (including every kind
+// of misuse) returns false and goes to deallocate_checked, which validates
+// again and reports.
+DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
+  // The map index is masked rather than range-checked: an address outside the
+  // map's range lands on some entry, and the offset check below rejects it.
+  std::atomic<segment*>* map = g_segment_map.load(std::memory_order_acquire);
+  if (DROPALLOC_UNLIKELY(map == nullptr)) return false;
+  segment* s = map[(reinterpret_cast<std::uintptr_t>(p) >> kSegmentShift) & (kMapEntries - 1)].load(
+      std::memory_order_acquire);
+  if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this || s->cls >= kNumSmallClasses)) return false;
+  // Small arenas span exactly kSegmentSize, so an offset inside it cannot
+  // yield an index past the capacity.
+  auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
+  std::uint64_t in_page = off % kPage;
+  std::uint64_t j = (in_page * s->magic) >> 32;
+  if (DROPALLOC_UNLIKELY(off >= kSegmentSize || j * s->block_size != in_page || j >= s->per_page)) return false;
+  auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
+  if (DROPALLOC_UNLIKELY(s->state[idx].load(std::memory_order_relaxed) != state::kLive ||
+                         t_current.heap_id != id_)) {
+    return false;
   }
-  std::uint8_t st = s->state[idx].load(std::memory_order_relaxed);
-  if (DROPALLOC_UNLIKELY(st == state::kFree)) {
-    return report_misuse("double free", p);
-  }
-  tc_table* t = t_cache_table;
-  if (DROPALLOC_LIKELY(s->cls < kNumSmallClasses && t != nullptr && slot_ >= 0)) {
-    tc_heap_cache* c = t->caches[slot_];
-    if (DROPALLOC_LIKELY(c != nullptr && c->heap_id == id_)) {
-      tc_bin& bin = c->bins[s->cls];
-      std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-      if (DROPALLOC_LIKELY(n < kBinCapacity[s->cls])) {
-        retire(s, idx, st);
-        bin.items[n] = cached_block{p, &s->state[idx]};
-        bin.count.store(n + 1, std::memory_order_relaxed);
-        return;
-      }
-    }
-  }
-  deallocate_slow(s, idx, p);
+  tc_bin& bin = t_current.cache->bins[s->cls];
+  std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+  if (DROPALLOC_UNLIKELY(n >= kBinCapacity[s->cls])) return false;
+  s->state[idx].store(state::kFree, std::memory_order_release);
+  bin.items[n] = cached_block{p, &s->state[idx]};
+  bin.count.store(n + 1, std::memory_order_relaxed);
+  return true;
+}
+
+DROPALLOC_ALWAYS_INLINE void heap::deallocate(void* p) noexcept {
+  if (DROPALLOC_LIKELY(deallocate_cached(p))) return;
+  deallocate_checked(p);
 }
 
 }  // namespace dropalloc::core

@@ -18,6 +18,13 @@ std::mutex g_map_init_lock;  // constant-initialised: usable before main
 // later occupies the same address.
 std::atomic<std::uint64_t> g_gen_floor{1};
 
+// Metadata mappings are page-aligned, so headers placed at offset 0 would all
+// fall into the same L1 set (and state arrays likewise): a free touching the
+// headers of more than a dozen classes in turn would then miss every time.
+// Successive segments start their header one cache line further on.
+std::atomic<std::uint32_t> g_colour{0};
+constexpr std::uint32_t kColours = kPage / 64;
+
 std::atomic<segment*>* ensure_map(os::os_interface& os, int* err) {
   std::atomic<segment*>* map = g_segment_map.load(std::memory_order_acquire);
   if (map != nullptr) return map;
@@ -44,7 +51,8 @@ constexpr std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1
 segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* owner,
                std::uint32_t cls, std::uint32_t block_size, std::uint32_t capacity,
                std::uint32_t per_page, std::uint32_t pages_per_block, int* err) {
-  std::size_t off_state = round_up(sizeof(segment), 64);
+  std::size_t colour = g_colour.fetch_add(1, std::memory_order_relaxed) % kColours * 64;
+  std::size_t off_state = colour + round_up(sizeof(segment), 64);
   std::size_t off_meta = round_up(off_state + capacity, 64);
   std::size_t off_witness = off_meta + capacity * sizeof(std::uint64_t);
   std::size_t witness_count = per_page != 0 ? 0 : std::size_t{capacity} * pages_per_block;
@@ -52,7 +60,8 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
   std::size_t bytes = round_up(off_bits + (capacity + 63) / 64 * 8, kPage);
   auto* raw = static_cast<std::byte*>(os.map_metadata(bytes, err));
   if (raw == nullptr) return nullptr;
-  auto* s = new (raw) segment{};
+  auto* s = new (raw + colour) segment{};
+  s->meta_base = raw;
   s->base = base;
   s->span = span;
   s->meta_bytes = bytes;
@@ -139,7 +148,7 @@ void destroy_segment(os::os_interface& os, segment* s) {
   }
   set_map(g_segment_map.load(std::memory_order_acquire), s, nullptr);
   os.unmap_arena(s->base, s->span);
-  os.unmap_metadata(s, s->meta_bytes);
+  os.unmap_metadata(s->meta_base, s->meta_bytes);
 }
 
 }  // namespace dropalloc::core

@@ -216,4 +216,31 @@ static_assert(class_for(24, 16) == 3 && class_for(4096, 4096) == kNumSmallClasse
 static_assert(class_for(4097, 8) == kNumSmallClasses && class_for(kMaxClassSize, 8) == kNumClasses - 1);
 static_assert(class_for(kMaxClassSize + 1, 8) == kNoClass && class_for(8, 8192) == kNoClass);
 
+// The fast paths' lookup: one load for a small request aligned to at most 16
+// bytes (row 0 of the table serves alignments 1-8, row 1 alignment 16).
+// Anything else, size 0 included, gets kNoClass and goes to the slow path,
+// which asks class_for.
+namespace detail {
+inline constexpr std::array<std::array<std::uint8_t, kMaxSmallSize / 8 + 1>, 2> kLookupByAlign = {
+    kLookup8, kLookup16};
+}  // namespace detail
+constexpr std::size_t small_class_for(std::size_t size, std::size_t alignment) {
+  if (size - 1 >= kMaxSmallSize || alignment > 16) return kNoClass;
+  return detail::kLookupByAlign[alignment >> 4][(size + 7) >> 3];
+}
+
+namespace detail {
+constexpr bool small_lookup_agrees() {
+  for (std::size_t align = 1; align <= 32; align *= 2) {
+    for (std::size_t size = 0; size <= kMaxSmallSize + 1; ++size) {
+      std::size_t fast = small_class_for(size, align);
+      if (fast != kNoClass && fast != class_for(size, align)) return false;
+      if (fast == kNoClass && size >= 1 && size <= kMaxSmallSize && align <= 16) return false;
+    }
+  }
+  return true;
+}
+}  // namespace detail
+static_assert(detail::small_lookup_agrees(), "fast class lookup disagrees with class_for");
+
 }  // namespace dropalloc::core

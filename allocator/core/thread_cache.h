@@ -68,4 +68,15 @@ struct tc_table {
 // the LD_PRELOAD shared object too (no __tls_get_addr call on the fast path).
 extern __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec")));
 
+// The cache of the heap this thread used last: the fast paths compare one id
+// and are done, instead of walking table -> slot -> cache -> id. Heap ids are
+// never reused and a thread's caches are unmapped only when it exits (which
+// clears this first), so a matching id means `cache` is valid and belongs to
+// that heap.
+struct tc_current {
+  std::uint64_t heap_id;  // 0 = none
+  struct tc_heap_cache* cache;
+};
+extern __thread tc_current t_current __attribute__((tls_model("initial-exec")));
+
 }  // namespace dropalloc::core

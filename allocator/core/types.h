@@ -116,7 +116,9 @@ struct segment {
   std::atomic<std::uint16_t>* page_witness;  // [capacity * pages_per_block] for multi-page
                                              // and large blocks: 1 + word index, 0 = none
   std::uint64_t* free_bits;        // [ceil(capacity / 64)]: 1 = free block below `bump`
-  std::size_t meta_bytes;          // bytes of the metadata mapping holding this struct
+  std::byte* meta_base;            // the metadata mapping holding this struct (which
+                                   // sits a cache-colouring offset into it)
+  std::size_t meta_bytes;          // bytes of that mapping
 
   // Guarded by the owning class's lock.
   std::uint32_t bump;              // blocks [bump, capacity) were never handed out

@@ -26,7 +26,14 @@ core::heap_options droppable_resource::heap_options_for(const resource_options& 
 droppable_resource::droppable_resource(const resource_options& options)
     : heap_(heap_options_for(options)) {}
 
+// The fast paths need no stack frame; everything else, including the throw,
+// is out of line.
 void* droppable_resource::do_allocate(std::size_t bytes, std::size_t alignment) {
+  if (void* p = heap_.allocate_cached(bytes, alignment)) return p;
+  return allocate_or_throw(bytes, alignment);
+}
+
+void* droppable_resource::allocate_or_throw(std::size_t bytes, std::size_t alignment) {
   core::alloc_error err = core::alloc_error::none;
   void* p = heap_.allocate(bytes, alignment, &err);
   if (p == nullptr) throw allocation_error(bytes, alignment, err);
@@ -41,8 +48,11 @@ void droppable_resource::do_deallocate(void* p, [[maybe_unused]] std::size_t byt
 #if defined(DROPALLOC_CHECKED) && DROPALLOC_CHECKED
   if (!heap_.sized_free_matches(p, bytes, alignment)) return;
 #endif
-  heap_.deallocate(p);
+  if (heap_.deallocate_cached(p)) return;
+  deallocate_slow(p);
 }
+
+void droppable_resource::deallocate_slow(void* p) noexcept { heap_.deallocate(p); }
 
 block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alignment) {
   void* p = allocate(bytes, alignment);

@@ -112,6 +112,8 @@ class droppable_resource final : public std::pmr::memory_resource {
 
  private:
   static core::heap_options heap_options_for(const resource_options& options);
+  [[gnu::noinline]] void* allocate_or_throw(std::size_t bytes, std::size_t alignment);
+  [[gnu::noinline]] void deallocate_slow(void* p) noexcept;
   core::heap heap_;
 };
 
