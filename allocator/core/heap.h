@@ -178,6 +178,11 @@ DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached(std::size_t bytes, std::size
   if (DROPALLOC_UNLIKELY(n == 0)) return nullptr;
   cached_block b = bin.items[n - 1];
   bin.count.store(n - 1, std::memory_order_relaxed);
+  // Callers write to what they get, and metadata is out of band, so nothing
+  // else brings a block into cache before that first store: fetch the block
+  // this bin hands out next now. In batch workloads that spread over many
+  // classes, "next" is dozens of allocations away, time enough for a miss.
+  if (n >= 2) __builtin_prefetch(bin.items[n - 2].ptr, 1);
   b.state->store(state::kLive, std::memory_order_release);
   return b.ptr;
 }
