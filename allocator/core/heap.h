@@ -203,23 +203,25 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   if (DROPALLOC_UNLIKELY(map == nullptr)) return false;
   segment* s = map[(reinterpret_cast<std::uintptr_t>(p) >> kSegmentShift) & (kMapEntries - 1)].load(
       std::memory_order_acquire);
-  if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this || s->cls >= kNumSmallClasses)) return false;
-  // Small arenas span exactly kSegmentSize, so an offset inside it cannot
-  // yield an index past the capacity.
+  if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
+  // Multi-page and large arenas have per_page == 0, so `j >= s->per_page`
+  // sends them to the slow path too. Small arenas span exactly kSegmentSize,
+  // so an offset inside it cannot yield an index past the capacity.
   auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
   std::uint64_t in_page = off % kPage;
   std::uint64_t j = (in_page * s->magic) >> 32;
   if (DROPALLOC_UNLIKELY(off >= kSegmentSize || j * s->block_size != in_page || j >= s->per_page)) return false;
   auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
-  if (DROPALLOC_UNLIKELY(s->state[idx].load(std::memory_order_relaxed) != state::kLive ||
-                         t_current.heap_id != id_)) {
+  std::atomic<std::uint8_t>* st = &s->state[idx];
+  const std::uint32_t cls = s->cls;
+  if (DROPALLOC_UNLIKELY(st->load(std::memory_order_relaxed) != state::kLive || t_current.heap_id != id_)) {
     return false;
   }
-  tc_bin& bin = t_current.cache->bins[s->cls];
+  tc_bin& bin = t_current.cache->bins[cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-  if (DROPALLOC_UNLIKELY(n >= kBinCapacity[s->cls])) return false;
-  s->state[idx].store(state::kFree, std::memory_order_release);
-  bin.items[n] = cached_block{p, &s->state[idx]};
+  if (DROPALLOC_UNLIKELY(n >= kBinCapacity[cls])) return false;
+  st->store(state::kFree, std::memory_order_release);
+  bin.items[n] = cached_block{p, st};
   bin.count.store(n + 1, std::memory_order_relaxed);
   return true;
 }
