@@ -148,6 +148,8 @@ core::heap* init_general() noexcept {
   return h;
 }
 
+void* alloc_slow(std::size_t bytes, std::size_t alignment) noexcept { return alloc(bytes, alignment); }
+
 void* alloc_droppable(std::size_t bytes, std::size_t alignment) noexcept {
   core::alloc_error err;
   void* p = g_droppable->allocate(bytes, alignment, &err);
@@ -231,10 +233,13 @@ extern "C" {
 
 #define DROPALLOC_EXPORT __attribute__((visibility("default")))
 
-DROPALLOC_EXPORT void* malloc(size_t bytes) { return alloc(bytes, malloc_align(bytes)); }
+DROPALLOC_EXPORT void* malloc(size_t bytes) {
+  if (void* p = dropalloc::shim::try_alloc_cached(bytes, malloc_align(bytes))) return p;
+  return dropalloc::shim::alloc_slow(bytes, malloc_align(bytes));
+}
 
 DROPALLOC_EXPORT void free(void* p) {
-  if (p == nullptr) return;
+  if (dropalloc::shim::try_release_cached(p) || p == nullptr) return;
   // A refused free writes a report; free never changes errno.
   int saved = errno;
   release(p);

@@ -18,7 +18,7 @@ inline std::size_t align_of(std::align_val_t a) {
 
 // The standard's loop: on failure call the installed new-handler and retry;
 // with no handler, throw std::bad_alloc.
-void* new_or_throw(std::size_t bytes, std::size_t alignment) {
+[[gnu::noinline]] void* new_or_throw(std::size_t bytes, std::size_t alignment) {
   for (;;) {
     void* p = alloc(bytes, alignment);
     if (DROPALLOC_LIKELY(p != nullptr)) return p;
@@ -45,15 +45,22 @@ void* new_or_null(std::size_t bytes, std::size_t alignment) noexcept {
 }
 
 inline void delete_impl(void* p) noexcept {
-  if (p != nullptr) dropalloc::shim::release(p);
+  if (dropalloc::shim::try_release_cached(p) || p == nullptr) return;
+  dropalloc::shim::release(p);
+}
+
+// The cached fast path inline; the standard's retry loop out of line.
+inline void* new_fast(std::size_t bytes, std::size_t alignment) {
+  if (void* p = dropalloc::shim::try_alloc_cached(bytes, alignment)) return p;
+  return new_or_throw(bytes, alignment);
 }
 
 }  // namespace
 
 #define DROPALLOC_EXPORT __attribute__((visibility("default")))
 
-DROPALLOC_EXPORT void* operator new(std::size_t n) { return new_or_throw(n, malloc_align(n)); }
-DROPALLOC_EXPORT void* operator new[](std::size_t n) { return new_or_throw(n, malloc_align(n)); }
+DROPALLOC_EXPORT void* operator new(std::size_t n) { return new_fast(n, malloc_align(n)); }
+DROPALLOC_EXPORT void* operator new[](std::size_t n) { return new_fast(n, malloc_align(n)); }
 DROPALLOC_EXPORT void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
   return new_or_null(n, malloc_align(n));
 }

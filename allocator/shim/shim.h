@@ -36,6 +36,8 @@ extern std::size_t g_drop_max DROPALLOC_HIDDEN;
 extern std::atomic<std::uint64_t> g_foreign_frees DROPALLOC_HIDDEN;  // see release_foreign
 
 core::heap* init_general() noexcept DROPALLOC_HIDDEN;
+// alloc() out of line, for entry points whose fast path failed.
+void* alloc_slow(std::size_t bytes, std::size_t alignment) noexcept DROPALLOC_HIDDEN;
 void* alloc_droppable(std::size_t bytes, std::size_t alignment) noexcept DROPALLOC_HIDDEN;
 void release_foreign(void* p) noexcept DROPALLOC_HIDDEN;
 
@@ -45,6 +47,20 @@ inline core::heap* general() noexcept {
 }
 
 inline std::size_t malloc_align(std::size_t bytes) noexcept { return bytes <= 8 ? 8 : kMallocAlign; }
+
+// The fast paths every entry point tries first: a small block from, or back
+// to, the calling thread's cache of the general heap. nullptr / false means
+// "take the full path" (alloc_slow / release), never an error; neither
+// touches errno.
+DROPALLOC_ALWAYS_INLINE void* try_alloc_cached(std::size_t bytes, std::size_t alignment) noexcept {
+  core::heap* h = g_general.load(std::memory_order_acquire);
+  if (DROPALLOC_UNLIKELY(h == nullptr || g_droppable != nullptr)) return nullptr;
+  return h->allocate_cached(bytes, alignment);
+}
+DROPALLOC_ALWAYS_INLINE bool try_release_cached(void* p) noexcept {
+  core::heap* h = g_general.load(std::memory_order_acquire);
+  return DROPALLOC_LIKELY(h != nullptr) && h->deallocate_cached(p);  // nullptr: false
+}
 
 // nullptr with errno = ENOMEM on failure; errno untouched on success.
 inline void* alloc(std::size_t bytes, std::size_t alignment) noexcept {
