@@ -140,7 +140,7 @@ void flush_thread_caches(tc_table* t) noexcept {
     tc_heap_cache* c = t->caches[slot];
     if (c == nullptr) continue;
     if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) {
-      for (std::uint32_t cls = 0; cls < kNumSmallClasses; ++cls) {
+      for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
         std::uint32_t n = c->bins[cls].count.load(std::memory_order_relaxed);
         if (n != 0) r.heaps[slot]->give_back(cls, c->bins[cls].items, n);
         c->bins[cls].count.store(0, std::memory_order_relaxed);
@@ -274,7 +274,7 @@ heap::~heap() {
     if (prev_heap_ != nullptr) prev_heap_->next_heap_ = next_heap_; else r.all_heaps = next_heap_;
     if (next_heap_ != nullptr) next_heap_->prev_heap_ = prev_heap_;
   }
-  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+  for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
     if (classes_[cls].transfer != nullptr) {
       os_->unmap_metadata(classes_[cls].transfer, kTransferCapacity[cls] * sizeof(cached_block));
     }
@@ -316,7 +316,7 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
   if (cls == kNoClass) return allocate_large(bytes, alignment, err);
   cached_block b{nullptr, nullptr};
   int os_err = 0;
-  tc_heap_cache* c = cls < kNumSmallClasses ? thread_cache() : nullptr;
+  tc_heap_cache* c = cls < kNumCachedClasses ? thread_cache() : nullptr;
   if (c != nullptr) {
     tc_bin& bin = c->bins[cls];
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);
@@ -500,7 +500,7 @@ void heap::give_back(std::uint32_t cls, const cached_block* items, std::uint32_t
   class_state& c = classes_[cls];
   std::lock_guard<std::mutex> guard(c.lock);
   std::uint64_t now = now_ms();
-  if (slot_ >= 0 && cls < kNumSmallClasses) {
+  if (slot_ >= 0 && cls < kNumCachedClasses) {
     if (c.transfer == nullptr) {
       int err = 0;
       c.transfer = static_cast<cached_block*>(os_->map_metadata(kTransferCapacity[cls] * sizeof(cached_block), &err));
@@ -612,7 +612,7 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
   }
   retire(s, idx, st);
   cached_block b{p, &s->state[idx]};
-  tc_heap_cache* c = s->cls < kNumSmallClasses ? thread_cache() : nullptr;
+  tc_heap_cache* c = s->cls < kNumCachedClasses ? thread_cache() : nullptr;
   if (c == nullptr) {
     give_back(s->cls, &b, 1);
     return;
@@ -842,19 +842,19 @@ void heap::drop_all_for_testing() noexcept {
 
 resource_stats heap::stats() const noexcept {
   resource_stats st;
-  std::uint64_t cached_blocks[kNumSmallClasses] = {};
+  std::uint64_t cached_blocks[kNumCachedClasses] = {};
   if (slot_ >= 0) {
     registry_t& r = registry();
     std::lock_guard<std::mutex> guard(r.lock);
     for (tc_table* t = r.tables; t != nullptr; t = t->next) {
       tc_heap_cache* c = t->caches[slot_];
       if (c == nullptr || c->heap_id != id_) continue;
-      for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+      for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
         cached_blocks[cls] += c->bins[cls].count.load(std::memory_order_relaxed);
       }
     }
   }
-  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+  for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
     cached_blocks[cls] += classes_[cls].transfer_count.load(std::memory_order_relaxed);
   }
   std::uint64_t out_blocks[kNumClasses] = {};
@@ -876,7 +876,7 @@ resource_stats heap::stats() const noexcept {
     }
   }
   for (std::size_t cls = 0; cls < kNumClasses; ++cls) {
-    std::uint64_t cached = cls < kNumSmallClasses ? cached_blocks[cls] : 0;
+    std::uint64_t cached = cls < kNumCachedClasses ? cached_blocks[cls] : 0;
     std::uint64_t live = out_blocks[cls] > cached ? out_blocks[cls] - cached : 0;
     st.blocks_live += live;
     st.bytes_live += live * kSizeClasses[cls].size;

@@ -18,26 +18,36 @@ namespace dropalloc::core {
 inline constexpr int kMaxCachedHeaps = 64;
 inline constexpr std::uint32_t kBinSlots = 128;
 
-// Cache up to 64 KiB per class, between 16 and kBinSlots blocks; a refill or
-// a flush moves half a bin.
+// Every size class is cached per thread: small classes on the inline fast
+// paths, multi-page ones (4-256 KiB) through the out-of-line slow paths,
+// which still take no lock.
+inline constexpr std::size_t kNumCachedClasses = kNumClasses;
+
+// Small classes cache up to 64 KiB each, between 16 and kBinSlots blocks;
+// multi-page classes up to 128 KiB, at least 2 blocks. A refill or a flush
+// moves half a bin.
 inline constexpr auto kBinCapacity = [] {
-  std::array<std::uint32_t, kNumSmallClasses> caps{};
-  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
-    std::size_t n = 64 * 1024 / kSizeClasses[cls].size;
-    caps[cls] = static_cast<std::uint32_t>(n < 16 ? 16 : n > kBinSlots ? kBinSlots : n);
+  std::array<std::uint32_t, kNumCachedClasses> caps{};
+  for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
+    std::size_t size = kSizeClasses[cls].size;
+    std::size_t n = cls < kNumSmallClasses ? 64 * 1024 / size : 128 * 1024 / size;
+    std::size_t lo = cls < kNumSmallClasses ? 16 : 2;
+    caps[cls] = static_cast<std::uint32_t>(n < lo ? lo : n > kBinSlots ? kBinSlots : n);
   }
   return caps;
 }();
 
-// Capacity of a class's transfer cache: up to 1 MiB or 4096 blocks.
+// Capacity of a class's transfer cache: up to 1 MiB or 4096 blocks, at least
+// 4 blocks.
 inline constexpr auto kTransferCapacity = [] {
-  std::array<std::uint32_t, kNumSmallClasses> caps{};
-  for (std::size_t cls = 0; cls < kNumSmallClasses; ++cls) {
+  std::array<std::uint32_t, kNumCachedClasses> caps{};
+  for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
     std::size_t n = (1u << 20) / kSizeClasses[cls].size;
-    caps[cls] = static_cast<std::uint32_t>(n > 4096 ? 4096 : n);
+    caps[cls] = static_cast<std::uint32_t>(n > 4096 ? 4096 : n < 4 ? 4 : n);
   }
   return caps;
 }();
+static_assert(kBinCapacity[kNumCachedClasses - 1] >= 2 && kTransferCapacity[kNumCachedClasses - 1] >= 4);
 
 // A free block and its state byte: caching the state's address spares the
 // allocation fast path the pointer-to-arena lookup.
@@ -53,7 +63,7 @@ struct tc_bin {
 
 struct tc_heap_cache {
   std::uint64_t heap_id;  // the heap the bins belong to; 0 = none
-  tc_bin bins[kNumSmallClasses];
+  tc_bin bins[kNumCachedClasses];
 };
 
 struct tc_table {
