@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <barrier>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -120,6 +121,58 @@ TEST_CASE("thread exit hands cached blocks back; a resource outlives its threads
   }
   CHECK(res.stats().blocks_live == survivors.size());
   for (void* p : survivors) res.deallocate(p, 48, 16);
+  CHECK(res.stats().blocks_live == 0);
+}
+
+TEST_CASE("a thread does not hand out again what another thread allocated (passive false sharing)") {
+  // The main thread allocates small neighbours and gives one to each worker;
+  // a worker frees its gift and allocates the same size. Getting the gift back
+  // would put two threads' hot data on one cache line.
+  droppable_resource res;
+  constexpr int kWorkers = 4;
+  std::vector<void*> gifts;
+  for (int i = 0; i < kWorkers; ++i) gifts.push_back(res.allocate(8, 8));
+  std::vector<void*> got(kWorkers);
+  std::barrier all_allocated(kWorkers);  // every worker alive until all have allocated
+  std::vector<std::thread> ts;
+  for (int i = 0; i < kWorkers; ++i) {
+    ts.emplace_back([&, i] {
+      res.deallocate(gifts[i], 8, 8);
+      got[i] = res.allocate(8, 8);
+      std::memset(got[i], i, 8);
+      all_allocated.arrive_and_wait();
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (int i = 0; i < kWorkers; ++i) {
+    CAPTURE(i);
+    CHECK(got[i] != gifts[i]);
+    // Whatever a worker got, no other worker's block shares its cache line.
+    for (int j = 0; j < kWorkers; ++j) {
+      if (j == i) continue;
+      CHECK(reinterpret_cast<std::uintptr_t>(got[i]) / 64 != reinterpret_cast<std::uintptr_t>(got[j]) / 64);
+    }
+  }
+  // The gifts were not lost: the workers' exits passed them on.
+  for (void* p : got) res.deallocate(p, 8, 8);
+  CHECK(res.stats().blocks_live == 0);
+  CHECK(res.stats().misuse_refused == 0);
+}
+
+TEST_CASE("blocks freed by other threads are counted, passed on and reused") {
+  droppable_resource res;
+  constexpr int kBlocks = 20000;  // far more than a thread cache holds
+  std::vector<void*> blocks;
+  for (int i = 0; i < kBlocks; ++i) blocks.push_back(res.allocate(64, 16));
+  std::thread([&] {
+    for (void* p : blocks) res.deallocate(p, 64, 16);
+    CHECK(res.stats().blocks_live == 0);
+  }).join();
+  CHECK(res.stats().blocks_live == 0);
+  const auto mapped = res.stats().bytes_mapped;
+  for (int i = 0; i < kBlocks; ++i) blocks[i] = res.allocate(64, 16);
+  CHECK(res.stats().bytes_mapped == mapped);  // the freed blocks came back, no new arena
+  for (void* p : blocks) res.deallocate(p, 64, 16);
   CHECK(res.stats().blocks_live == 0);
 }
 

@@ -39,7 +39,7 @@ const char* to_string(alloc_error e) noexcept {
 }
 
 __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
-__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr};
+__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive};
 
 namespace {
 
@@ -56,7 +56,22 @@ struct registry_t {
   std::uint64_t ids[kMaxCachedHeaps] = {};
   tc_table* tables = nullptr;
   heap* all_heaps = nullptr;
+  // Thread tags (state::kTagShift) held by live threads, bit t for tag t:
+  // distinct while at most state::kTags threads have caches, shared beyond.
+  std::uint32_t tags_in_use = 0;
+  std::uint32_t next_shared_tag = 0;
 };
+
+// A tag no live thread holds, or (all taken) one shared round-robin.
+std::uint32_t take_thread_tag(registry_t& r) {
+  for (std::uint32_t tag = 1; tag <= state::kTags; ++tag) {
+    if ((r.tags_in_use & (1u << tag)) == 0) {
+      r.tags_in_use |= 1u << tag;
+      return tag;
+    }
+  }
+  return 1 + r.next_shared_tag++ % state::kTags;
+}
 
 registry_t& registry() {
   static registry_t r;  // constant-initialised members; never destroyed before use ends
@@ -141,9 +156,13 @@ void flush_thread_caches(tc_table* t) noexcept {
     if (c == nullptr) continue;
     if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) {
       for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
-        std::uint32_t n = c->bins[cls].count.load(std::memory_order_relaxed);
-        if (n != 0) r.heaps[slot]->give_back(cls, c->bins[cls].items, n);
-        c->bins[cls].count.store(0, std::memory_order_relaxed);
+        tc_bin& bin = c->bins[cls];
+        std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+        std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
+        if (n != 0) r.heaps[slot]->give_back(cls, bin.items, n);
+        if (limit < kBinCapacity[cls]) r.heaps[slot]->give_back(cls, bin.items + limit, kBinCapacity[cls] - limit);
+        bin.count.store(0, std::memory_order_relaxed);
+        bin.limit.store(kBinCapacity[cls], std::memory_order_relaxed);
       }
     }
     os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
@@ -151,6 +170,10 @@ void flush_thread_caches(tc_table* t) noexcept {
   }
   if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
   if (t->next != nullptr) t->next->prev = t->prev;
+  // A shared tag stays marked: another live thread may still hold it.
+  bool shared = false;
+  for (tc_table* o = r.tables; o != nullptr; o = o->next) shared = shared || o->tag == t->tag;
+  if (!shared) r.tags_in_use &= ~(1u << t->tag);
 }
 
 namespace {
@@ -162,7 +185,8 @@ struct thread_exit_flusher {
   ~thread_exit_flusher() {
     if (table == nullptr) return;
     t_exited = true;
-    t_current = tc_current{0, nullptr};
+    t_current.heap_id = 0;
+    t_current.cache = nullptr;
     t_cache_table = nullptr;
     flush_thread_caches(table);
     os::system_os().unmap_metadata(table, sizeof(tc_table));
@@ -181,14 +205,18 @@ tc_heap_cache* heap::thread_cache() noexcept {
     t = static_cast<tc_table*>(os::system_os().map_metadata(sizeof(tc_table), &err));
     if (t == nullptr) return nullptr;
     registry_t& r = registry();
+    std::uint32_t tag;
     {
       std::lock_guard<std::mutex> guard(r.lock);
+      tag = take_thread_tag(r);
+      t->tag = tag;
       t->next = r.tables;
       if (r.tables != nullptr) r.tables->prev = t;
       r.tables = t;
     }
     t_cache_table = t;
     t_flusher.table = t;  // first use registers the exit handler
+    t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
   }
   tc_heap_cache* c = t->caches[slot_];
   if (c == nullptr) {
@@ -199,10 +227,14 @@ tc_heap_cache* heap::thread_cache() noexcept {
   }
   if (c->heap_id != id_) {
     // Left by a heap that no longer exists: its arenas are gone, forget them.
-    for (auto& bin : c->bins) bin.count.store(0, std::memory_order_relaxed);
+    for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
+      c->bins[cls].count.store(0, std::memory_order_relaxed);
+      c->bins[cls].limit.store(kBinCapacity[cls], std::memory_order_relaxed);
+    }
     c->heap_id = id_;
   }
-  t_current = tc_current{id_, c};
+  t_current.heap_id = id_;
+  t_current.cache = c;
   return c;
 }
 
@@ -321,7 +353,14 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
     tc_bin& bin = c->bins[cls];
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);
     if (n == 0) {
-      n = take_blocks(static_cast<std::uint32_t>(cls), bin.items, kBinCapacity[cls] / 2, &os_err);
+      std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
+      if (limit == 0) {  // all room taken by other threads' blocks: pass them on
+        give_back(static_cast<std::uint32_t>(cls), bin.items, kBinCapacity[cls]);
+        limit = kBinCapacity[cls];
+        bin.limit.store(limit, std::memory_order_relaxed);
+      }
+      std::uint32_t want = kBinCapacity[cls] / 2;
+      n = take_blocks(static_cast<std::uint32_t>(cls), bin.items, want < limit ? want : limit, &os_err);
     }
     if (n != 0) {
       b = bin.items[n - 1];
@@ -334,7 +373,7 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
     *err = alloc_error::out_of_memory;
     return nullptr;
   }
-  b.state->store(state::kLive, std::memory_order_release);
+  b.state->store(t_current.live_state, std::memory_order_release);
   return b.ptr;
 }
 
@@ -618,11 +657,32 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
     return;
   }
   tc_bin& bin = c->bins[s->cls];
+  const std::uint32_t cap = kBinCapacity[s->cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-  if (n >= kBinCapacity[s->cls]) {
+  std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
+  if (n >= limit && limit < cap) {
+    // Full, partly with other threads' blocks: pass those on first.
+    give_back(s->cls, bin.items + limit, cap - limit);
+    limit = cap;
+    bin.limit.store(limit, std::memory_order_relaxed);
+  }
+  const std::uint8_t tag = st & state::kTagMask;
+  if (tag != 0 && tag != (t_current.live_state & state::kTagMask)) {
+    // Another thread allocated it: keep it from this thread's allocations.
+    if (n >= limit) {
+      std::uint32_t half = cap / 2;
+      give_back(s->cls, bin.items + (n - half), half);
+      n -= half;
+      bin.count.store(n, std::memory_order_relaxed);
+    }
+    bin.items[limit - 1] = b;
+    bin.limit.store(limit - 1, std::memory_order_relaxed);
+    return;
+  }
+  if (n >= limit) {
     // Full: hand the top half back. Keeping the most recently freed (warmest)
     // blocks instead would cost moving the rest down on every flush.
-    std::uint32_t half = kBinCapacity[s->cls] / 2;
+    std::uint32_t half = cap / 2;
     give_back(s->cls, bin.items + (n - half), half);
     n -= half;
   }
@@ -718,7 +778,9 @@ bool heap::seal_witnesses(segment* s, std::uint32_t idx) noexcept {
     word.store(meta::make(gen, 0), std::memory_order_release);
   }
   // The release publishes the witnesses together with the sealed state.
-  return sb.compare_exchange_strong(st, state::kSealed | state::kObserved, std::memory_order_acq_rel);
+  return sb.compare_exchange_strong(
+      st, static_cast<std::uint8_t>((st & state::kTagMask) | state::kSealed | state::kObserved),
+      std::memory_order_acq_rel);
 }
 
 block_state heap::seal(void* p) noexcept {
@@ -850,7 +912,8 @@ resource_stats heap::stats() const noexcept {
       tc_heap_cache* c = t->caches[slot_];
       if (c == nullptr || c->heap_id != id_) continue;
       for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
-        cached_blocks[cls] += c->bins[cls].count.load(std::memory_order_relaxed);
+        cached_blocks[cls] += c->bins[cls].count.load(std::memory_order_relaxed) + kBinCapacity[cls] -
+                              c->bins[cls].limit.load(std::memory_order_relaxed);
       }
     }
   }

@@ -162,7 +162,7 @@ void postfork_all() noexcept;
 // Marks a block free. If a generation of it was handed out, a new one makes
 // every outstanding (pointer, generation) stale.
 DROPALLOC_ALWAYS_INLINE void heap::retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept {
-  if (st != state::kLive) {
+  if ((st & state::kObserved) != 0) {
     auto& word = s->meta[idx];
     word.store(meta::make(meta::gen(word.load(std::memory_order_relaxed)) + 1, 0),
                std::memory_order_release);
@@ -183,7 +183,7 @@ DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached(std::size_t bytes, std::size
   // this bin hands out next now. In batch workloads that spread over many
   // classes, "next" is dozens of allocations away, time enough for a miss.
   if (n >= 2) __builtin_prefetch(bin.items[n - 2].ptr, 1);
-  b.state->store(state::kLive, std::memory_order_release);
+  b.state->store(t_current.live_state, std::memory_order_release);
   return b.ptr;
 }
 
@@ -214,12 +214,14 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
   std::atomic<std::uint8_t>* st = &s->state[idx];
   const std::uint32_t cls = s->cls;
-  if (DROPALLOC_UNLIKELY(st->load(std::memory_order_relaxed) != state::kLive || t_current.heap_id != id_)) {
+  // Live, never observed, allocated by this thread (see state::kTagShift).
+  if (DROPALLOC_UNLIKELY(st->load(std::memory_order_relaxed) != t_current.live_state ||
+                         t_current.heap_id != id_)) {
     return false;
   }
   tc_bin& bin = t_current.cache->bins[cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-  if (DROPALLOC_UNLIKELY(n >= kBinCapacity[cls])) return false;
+  if (DROPALLOC_UNLIKELY(n >= bin.limit.load(std::memory_order_relaxed))) return false;
   st->store(state::kFree, std::memory_order_release);
   bin.items[n] = cached_block{p, st};
   bin.count.store(n + 1, std::memory_order_relaxed);

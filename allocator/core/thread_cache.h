@@ -56,9 +56,16 @@ struct cached_block {
   std::atomic<std::uint8_t>* state;
 };
 
+// Written by the owning thread only; the atomics are read by stats.
 struct tc_bin {
-  std::atomic<std::uint32_t> count;  // written by the owning thread only; read by stats
-  cached_block items[kBinSlots];     // items[0, count) are free blocks of this class
+  // items[0, count): free blocks this thread hands out, last freed first.
+  std::atomic<std::uint32_t> count;
+  // items[limit, kBinCapacity[cls]): blocks other threads allocated and this
+  // one freed, waiting to be passed on to the transfer cache in a batch.
+  // Invariant: count <= limit <= kBinCapacity[cls]; the free fast path only
+  // compares count with limit.
+  std::atomic<std::uint32_t> limit;
+  cached_block items[kBinSlots];
 };
 
 struct tc_heap_cache {
@@ -71,6 +78,7 @@ struct tc_table {
   tc_table* next;                          // all tables (guarded by the registry lock)
   tc_table* prev;
   bool exiting;  // the thread is running its exit handlers: use no cache
+  std::uint32_t tag;  // this thread's tag, 1-state::kTags (see state::kTagShift)
 };
 
 // The calling thread's table; __thread (not thread_local) so access is a plain
@@ -86,6 +94,7 @@ extern __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec")
 struct tc_current {
   std::uint64_t heap_id;  // 0 = none
   struct tc_heap_cache* cache;
+  std::uint8_t live_state;  // state::kLive | this thread's tag << state::kTagShift
 };
 extern __thread tc_current t_current __attribute__((tls_model("initial-exec")));
 

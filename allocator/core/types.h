@@ -75,6 +75,13 @@ inline constexpr std::uint8_t kMask = 3;
 // allocate_block(), seal()): only then must a free bump the generation, since
 // only then can a (pointer, generation) handle to this life exist.
 inline constexpr std::uint8_t kObserved = 4;
+// Bits 3-7 of a live block: the tag (1-31) of the thread that allocated it,
+// 0 if unknown. A thread that frees a block another thread allocated does not
+// hand it out again itself: the two threads' blocks could share a cache line
+// and the writers would fight over it (passive false sharing).
+inline constexpr int kTagShift = 3;
+inline constexpr std::uint8_t kTagMask = 0xf8;
+inline constexpr std::uint32_t kTags = 31;
 }  // namespace state
 
 // The meta word, touched only for observed blocks (by free, seal and check):
