@@ -667,7 +667,7 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
     bin.limit.store(limit, std::memory_order_relaxed);
   }
   const std::uint8_t tag = st & state::kTagMask;
-  if (tag != 0 && tag != (t_current.live_state & state::kTagMask)) {
+  if (tag != (t_current.live_state & state::kTagMask)) {
     // Another thread allocated it: keep it from this thread's allocations.
     if (n >= limit) {
       std::uint32_t half = cap / 2;

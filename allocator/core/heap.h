@@ -214,14 +214,21 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
   std::atomic<std::uint8_t>* st = &s->state[idx];
   const std::uint32_t cls = s->cls;
-  // Live, never observed, allocated by this thread (see state::kTagShift).
-  if (DROPALLOC_UNLIKELY(st->load(std::memory_order_relaxed) != t_current.live_state ||
-                         t_current.heap_id != id_)) {
-    return false;
-  }
+  const std::uint8_t now = st->load(std::memory_order_relaxed);
+  if (DROPALLOC_UNLIKELY(t_current.heap_id != id_)) return false;
   tc_bin& bin = t_current.cache->bins[cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-  if (DROPALLOC_UNLIKELY(n >= bin.limit.load(std::memory_order_relaxed))) return false;
+  std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
+  if (DROPALLOC_UNLIKELY(n >= limit)) return false;
+  if (DROPALLOC_UNLIKELY(now != t_current.live_state)) {
+    // Live and never observed, but allocated by another thread (see
+    // state::kTagShift): set it aside at the top of the bin, to be passed on.
+    if ((now & (state::kMask | state::kObserved)) != state::kLive) return false;
+    st->store(state::kFree, std::memory_order_release);
+    bin.items[limit - 1] = cached_block{p, st};
+    bin.limit.store(limit - 1, std::memory_order_relaxed);
+    return true;
+  }
   st->store(state::kFree, std::memory_order_release);
   bin.items[n] = cached_block{p, st};
   bin.count.store(n + 1, std::memory_order_relaxed);

@@ -76,7 +76,7 @@ inline constexpr std::uint8_t kMask = 3;
 // only then can a (pointer, generation) handle to this life exist.
 inline constexpr std::uint8_t kObserved = 4;
 // Bits 3-7 of a live block: the tag (1-31) of the thread that allocated it,
-// 0 if unknown. A thread that frees a block another thread allocated does not
+// 0 for a thread without a cache (then every thread treats it as foreign). A thread that frees a block another thread allocated does not
 // hand it out again itself: the two threads' blocks could share a cache line
 // and the writers would fight over it (passive false sharing).
 inline constexpr int kTagShift = 3;
