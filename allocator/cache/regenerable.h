@@ -86,6 +86,41 @@ inline std::uint64_t now_ns() {
                          " times and lost each time before it could be read");
 }
 
+// The access loop of every regenerable kind: the safe read protocol plus
+// single-flight rebuilds. Under the shared lock: check, visit, check again,
+// and only then does the visitor's result count (checking first also keeps a
+// loss found earlier from reaching the visitor). On a loss, take the
+// exclusive lock and rebuild, unless another thread rebuilt meanwhile (the
+// epoch moved), in which case read that. `intact()` and `visit()` run under
+// the shared lock, `rebuild()` under the exclusive one; `epoch` changes only
+// under the exclusive lock.
+template <class R, class Intact, class Visit, class Rebuild>
+R access_loop(std::shared_mutex& mu, const std::uint64_t& epoch, int max_builds, Intact&& intact,
+              Visit&& visit, Rebuild&& rebuild) {
+  int builds = 0;
+  for (;;) {
+    std::uint64_t seen;
+    {
+      std::shared_lock lock(mu);
+      seen = epoch;
+      if (intact()) {
+        if constexpr (std::is_void_v<R>) {
+          visit();
+          if (intact()) return;
+        } else {
+          R r = visit();
+          if (intact()) return r;
+        }
+      }
+    }
+    std::unique_lock lock(mu);
+    if (epoch != seen) continue;
+    if (builds == max_builds) give_up(builds);
+    ++builds;
+    rebuild();
+  }
+}
+
 }  // namespace detail
 
 // An object of type T, and everything it allocates, in droppable memory from a
@@ -133,30 +168,9 @@ class regenerable {
                   "a visitor must return a value: a reference into the object can go stale");
     access_outcome local;
     access_outcome& o = out != nullptr ? *out : local;
-    int builds = 0;
-    for (;;) {
-      std::uint64_t seen;
-      {
-        std::shared_lock lock(mu_);
-        seen = epoch_;
-        // Checking before the visit keeps a loss found earlier from reaching
-        // the visitor; only the check after it makes the result count.
-        if (obj_ != nullptr && arena_->intact()) {
-          if constexpr (std::is_void_v<R>) {
-            f(std::as_const(*obj_));
-            if (arena_->intact()) return;
-          } else {
-            R r = f(std::as_const(*obj_));
-            if (arena_->intact()) return r;
-          }
-        }
-      }
-      std::unique_lock lock(mu_);
-      if (epoch_ != seen) continue;  // another thread rebuilt meanwhile: read that
-      if (builds == options_.max_builds) detail::give_up(builds);
-      ++builds;
-      rebuild_locked(build, o);
-    }
+    return detail::access_loop<R>(
+        mu_, epoch_, options_.max_builds, [&] { return obj_ != nullptr && arena_->intact(); },
+        [&] { return f(std::as_const(*obj_)); }, [&] { rebuild_locked(build, o); });
   }
 
   // Abandons the object now; the next access rebuilds it.
@@ -265,29 +279,10 @@ class regenerable_bytes {
                   "a visitor must return a value: a reference into the bytes can go stale");
     access_outcome local;
     access_outcome& o = out != nullptr ? *out : local;
-    int builds = 0;
-    for (;;) {
-      std::uint64_t seen;
-      {
-        std::shared_lock lock(mu_);
-        seen = epoch_;
-        if (held_ && intact_locked()) {
-          std::string_view view(static_cast<const char*>(ref_.ptr), size_);
-          if constexpr (std::is_void_v<R>) {
-            f(view);
-            if (intact_locked()) return;
-          } else {
-            R r = f(view);
-            if (intact_locked()) return r;
-          }
-        }
-      }
-      std::unique_lock lock(mu_);
-      if (epoch_ != seen) continue;
-      if (builds == options_.max_builds) detail::give_up(builds);
-      ++builds;
-      rebuild_locked(build, o);
-    }
+    return detail::access_loop<R>(
+        mu_, epoch_, options_.max_builds, [&] { return held_ && intact_locked(); },
+        [&] { return f(std::string_view(static_cast<const char*>(ref_.ptr), size_)); },
+        [&] { rebuild_locked(build, o); });
   }
 
   template <class B>
