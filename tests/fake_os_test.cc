@@ -109,3 +109,26 @@ TEST_CASE("seal goes through the OS layer; drops through the test hook") {
   CHECK(res.check(b.ptr, b.generation) == dropalloc::block_state::dropped);
   res.deallocate(b.ptr, 20000);
 }
+
+TEST_CASE("a handle into an unmapped arena whose addresses another arena reuses reads stale") {
+  fake_os os;
+  os.reuse_unmapped_arena = true;
+  resource_options o;
+  o.os = &os;
+  o.empty_arena_decay_ms = 0;
+  droppable_resource res(o);
+  void* first = res.allocate(64, 8);
+  auto b = res.allocate_block(64, 8);  // 64 bytes into the arena
+  std::memset(b.ptr, 0x5a, 64);
+  res.seal(b.ptr);
+  REQUIRE(res.check(b.ptr, b.generation) == dropalloc::block_state::intact);
+  res.deallocate(first, 64, 8);
+  res.deallocate(b.ptr, 64, 8);
+  res.trim();  // the arena is unmapped
+  REQUIRE(os.last_unmapped != nullptr);
+  void* other = res.allocate(48, 8);  // a 48-byte class arena, at the same addresses
+  REQUIRE(os.last_unmapped == nullptr);
+  CHECK(res.owns(b.ptr) == false);  // offset 64 is no block start of a 48-byte class
+  CHECK(res.check(b.ptr, b.generation) == dropalloc::block_state::stale);
+  res.deallocate(other, 48, 8);
+}

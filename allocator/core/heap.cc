@@ -147,6 +147,19 @@ void push(segment** head, segment* s, std::uint8_t list) {
 
 // ---- thread caches -----------------------------------------------------------
 
+// Empties every bin of a thread's cache for this heap into the heap.
+void heap::give_back_cache(tc_heap_cache* c) noexcept {
+  for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
+    tc_bin& bin = c->bins[cls];
+    std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+    std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
+    if (n != 0) give_back(cls, bin.items, n);
+    if (limit < kBinCapacity[cls]) give_back(cls, bin.items + limit, kBinCapacity[cls] - limit);
+    bin.count.store(0, std::memory_order_relaxed);
+    bin.limit.store(kBinCapacity[cls], std::memory_order_relaxed);
+  }
+}
+
 // Hands a dying thread's cached blocks back to their heaps.
 void flush_thread_caches(tc_table* t) noexcept {
   registry_t& r = registry();
@@ -154,17 +167,7 @@ void flush_thread_caches(tc_table* t) noexcept {
   for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
     tc_heap_cache* c = t->caches[slot];
     if (c == nullptr) continue;
-    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) {
-      for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
-        tc_bin& bin = c->bins[cls];
-        std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-        std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
-        if (n != 0) r.heaps[slot]->give_back(cls, bin.items, n);
-        if (limit < kBinCapacity[cls]) r.heaps[slot]->give_back(cls, bin.items + limit, kBinCapacity[cls] - limit);
-        bin.count.store(0, std::memory_order_relaxed);
-        bin.limit.store(kBinCapacity[cls], std::memory_order_relaxed);
-      }
-    }
+    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) r.heaps[slot]->give_back_cache(c);
     os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
     t->caches[slot] = nullptr;
   }
@@ -609,6 +612,11 @@ void heap::release_empty(class_state& c, bool all) noexcept {
 }
 
 void heap::trim() noexcept {
+  // The calling thread's cached blocks first (other threads' caches are
+  // theirs to touch): they keep their arenas from counting as empty.
+  tc_table* t = t_cache_table;
+  tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_] : nullptr;
+  if (mine != nullptr && mine->heap_id == id_) give_back_cache(mine);
   release_large_cache(true);
   std::uint64_t now = now_ms();
   for (auto& c : classes_) {
@@ -825,7 +833,12 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   segment* s = segment_of(p);
   if (s == nullptr) return block_state::stale;
   std::uint32_t idx;
-  if (s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
+  if (s->owner != this) return block_state::foreign;
+  if (!block_index(s, p, &idx)) {
+    // A generation from before this arena existed: the handle named a block
+    // of an arena since unmapped, whose addresses this one reuses.
+    return generation != 0 && generation < s->gen_base ? block_state::stale : block_state::foreign;
+  }
   auto& sb = s->state[idx];
   auto& word = s->meta[idx];
   std::uint8_t st = sb.load(std::memory_order_acquire);

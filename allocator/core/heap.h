@@ -78,7 +78,9 @@ class heap {
   // nothing touched) unless every page lies in this heap's arenas.
   int drop_for_testing(void* p, std::size_t bytes) noexcept;
   void drop_all_for_testing() noexcept;
-  void trim() noexcept;  // unmaps empty arenas now
+  // Unmaps empty arenas now, after handing back the calling thread's cached
+  // blocks (other threads' caches keep theirs).
+  void trim() noexcept;
 
   resource_stats stats() const noexcept;
   backing arena_backing() const noexcept { return os_->arena_backing(); }
@@ -105,6 +107,7 @@ class heap {
   void deallocate_checked(void* p) noexcept;
   void report_misuse(const char* what, const void* p) noexcept;
   tc_heap_cache* thread_cache() noexcept;
+  void give_back_cache(tc_heap_cache* c) noexcept;
 
   std::uint32_t take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept;
   void give_back(std::uint32_t cls, const cached_block* items, std::uint32_t n) noexcept;

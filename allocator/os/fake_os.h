@@ -22,11 +22,27 @@ class fake_os final : public os_interface {
   std::atomic<int> arena_maps{0}, arena_unmaps{0}, metadata_maps{0}, metadata_unmaps{0};
   std::atomic<int> seals{0}, drops{0};
   std::atomic<std::uint64_t> arena_bytes_mapped{0};
+  // Map the next arena where the last one was unmapped (if it is the same
+  // size), as the kernel often does: for tests of address reuse.
+  bool reuse_unmapped_arena = false;
+  void* last_unmapped = nullptr;
+  std::size_t last_unmapped_bytes = 0;
 
   void* map_arena(std::size_t bytes, std::size_t alignment, int* err) noexcept override {
     if (arena_maps.fetch_add(1) + 1 == fail_arena_call.load()) {
       *err = fail_errno;
       return nullptr;
+    }
+    if (reuse_unmapped_arena && last_unmapped != nullptr && last_unmapped_bytes == bytes &&
+        reinterpret_cast<std::uintptr_t>(last_unmapped) % alignment == 0) {
+      void* p = mmap(last_unmapped, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+      if (p == last_unmapped) {
+        last_unmapped = nullptr;
+        arena_bytes_mapped += bytes;
+        return p;
+      }
+      if (p != MAP_FAILED) munmap(p, bytes);  // a kernel that ignored the flag: fall through
     }
     std::size_t span = bytes + alignment;
     void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -45,6 +61,8 @@ class fake_os final : public os_interface {
     ++arena_unmaps;
     arena_bytes_mapped -= bytes;
     munmap(p, bytes);
+    last_unmapped = p;
+    last_unmapped_bytes = bytes;
   }
   void* map_metadata(std::size_t bytes, int* err) noexcept override {
     if (metadata_maps.fetch_add(1) + 1 == fail_metadata_call.load()) {

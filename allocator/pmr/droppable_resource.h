@@ -95,7 +95,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   bool owns(const void* p) const noexcept { return heap_.owns(p); }
   resource_stats stats() const noexcept { return heap_.stats(); }
   backing arena_backing() const noexcept { return heap_.arena_backing(); }
-  // Returns arenas that hold no block to the OS now instead of after the decay.
+  // Returns arenas that hold no block to the OS now instead of after the
+  // decay. Blocks freed on the calling thread count; blocks other threads
+  // freed may still sit in those threads' caches and keep an arena mapped.
   void trim() noexcept { heap_.trim(); }
 
   // Tests: zero the pages of [p, p + bytes) now, as a kernel drop would.
