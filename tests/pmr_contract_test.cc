@@ -133,6 +133,13 @@ TEST_CASE("absurd sizes and bad alignments throw std::bad_alloc naming the reaso
   }
   CHECK_THROWS_AS((void)res.allocate(64, 3), std::bad_alloc);
   CHECK_THROWS_AS((void)res.allocate(64, std::size_t{1} << 50), std::bad_alloc);
+  // Also when this thread's cache holds blocks of a fitting class: the answer
+  // must not depend on the cache.
+  res.deallocate(res.allocate(24, 8), 24, 8);
+  for (std::size_t align : {std::size_t{0}, std::size_t{3}, std::size_t{12}, std::size_t{24}}) {
+    CAPTURE(align);
+    CHECK_THROWS_AS((void)res.allocate(24, align), std::bad_alloc);
+  }
   // Overflowing element counts in containers surface as length_error or bad_alloc.
   std::pmr::vector<std::uint64_t> v(&res);
   CHECK_THROWS(v.reserve(std::numeric_limits<std::size_t>::max() / 4));

@@ -227,3 +227,38 @@ TEST_CASE("fork while other threads allocate: parent and child both keep working
   for (auto& t : busy) t.join();
   CHECK(res.stats().blocks_live == 0);
 }
+
+TEST_CASE("a forked child takes back the blocks that other threads' caches held") {
+  droppable_resource res;
+  constexpr int kThreads = 4;
+  std::barrier cached(kThreads + 1), forked(kThreads + 1);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t) {
+    ts.emplace_back([&] {
+      std::vector<void*> held;
+      for (int i = 0; i < 100; ++i) held.push_back(res.allocate(64, 16));
+      for (void* p : held) res.deallocate(p, 64, 16);  // into this thread's cache
+      cached.arrive_and_wait();
+      forked.arrive_and_wait();  // alive until the child is done
+    });
+  }
+  cached.arrive_and_wait();
+  REQUIRE(res.stats().blocks_live == 0);
+  REQUIRE(res.stats().arenas_mapped >= 1);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Those threads do not exist here; their caches' blocks must come back,
+    // so the arena is empty and trim() can unmap it.
+    res.trim();
+    const auto s = res.stats();
+    _exit(s.blocks_live == 0 && s.arenas_mapped == 0 ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  forked.arrive_and_wait();
+  for (auto& t : ts) t.join();
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(res.stats().blocks_live == 0);
+}

@@ -270,8 +270,28 @@ void postfork_all() noexcept {
 }
 
 namespace {
+// In a forked child only the forking thread exists: the other threads' caches
+// would hold their blocks, and their tags, for good. Hand them back.
+void postfork_child() noexcept {
+  postfork_all();
+  registry_t& r = registry();
+  tc_table* mine = t_cache_table;
+  for (;;) {
+    tc_table* gone = nullptr;
+    {
+      std::lock_guard<std::mutex> guard(r.lock);
+      for (tc_table* t = r.tables; t != nullptr && gone == nullptr; t = t->next) {
+        if (t != mine) gone = t;
+      }
+    }
+    if (gone == nullptr) break;
+    flush_thread_caches(gone);
+    os::system_os().unmap_metadata(gone, sizeof(tc_table));
+  }
+}
+
 __attribute__((constructor)) void register_fork_handlers() {
-  pthread_atfork(prefork_all, postfork_all, postfork_all);
+  pthread_atfork(prefork_all, postfork_all, postfork_child);
 }
 }  // namespace
 
@@ -675,7 +695,7 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
     bin.limit.store(limit, std::memory_order_relaxed);
   }
   const std::uint8_t tag = st & state::kTagMask;
-  if (tag != (t_current.live_state & state::kTagMask)) {
+  if (tag != (t_current.live_state & state::kTagMask) && blocks_share_lines(s->block_size)) {
     // Another thread allocated it: keep it from this thread's allocations.
     if (n >= limit) {
       std::uint32_t half = cap / 2;
@@ -833,10 +853,10 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   segment* s = segment_of(p);
   if (s == nullptr) return block_state::stale;
   std::uint32_t idx;
-  if (s->owner != this) return block_state::foreign;
-  if (!block_index(s, p, &idx)) {
-    // A generation from before this arena existed: the handle named a block
-    // of an arena since unmapped, whose addresses this one reuses.
+  if (s->owner != this || !block_index(s, p, &idx)) {
+    // A generation from before this arena existed (the floor is process-wide):
+    // the handle named a block of an arena since unmapped, whose addresses
+    // this one, of any heap, reuses.
     return generation != 0 && generation < s->gen_base ? block_state::stale : block_state::foreign;
   }
   auto& sb = s->state[idx];

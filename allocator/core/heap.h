@@ -213,7 +213,8 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
   std::uint64_t in_page = off % kPage;
   std::uint64_t j = (in_page * s->magic) >> 32;
-  if (DROPALLOC_UNLIKELY(off >= kSegmentSize || j * s->block_size != in_page || j >= s->per_page)) return false;
+  const std::uint32_t block_size = s->block_size;
+  if (DROPALLOC_UNLIKELY(off >= kSegmentSize || j * block_size != in_page || j >= s->per_page)) return false;
   auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
   std::atomic<std::uint8_t>* st = &s->state[idx];
   const std::uint32_t cls = s->cls;
@@ -225,12 +226,15 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   if (DROPALLOC_UNLIKELY(n >= limit)) return false;
   if (DROPALLOC_UNLIKELY(now != t_current.live_state)) {
     // Live and never observed, but allocated by another thread (see
-    // state::kTagShift): set it aside at the top of the bin, to be passed on.
+    // state::kTagShift). If its class's blocks can share a cache line, set
+    // it aside at the top of the bin, to be passed on.
     if ((now & (state::kMask | state::kObserved)) != state::kLive) return false;
-    st->store(state::kFree, std::memory_order_release);
-    bin.items[limit - 1] = cached_block{p, st};
-    bin.limit.store(limit - 1, std::memory_order_relaxed);
-    return true;
+    if (blocks_share_lines(block_size)) {
+      st->store(state::kFree, std::memory_order_release);
+      bin.items[limit - 1] = cached_block{p, st};
+      bin.limit.store(limit - 1, std::memory_order_relaxed);
+      return true;
+    }
   }
   st->store(state::kFree, std::memory_order_release);
   bin.items[n] = cached_block{p, st};

@@ -225,7 +225,8 @@ inline constexpr std::array<std::array<std::uint8_t, kMaxSmallSize / 8 + 1>, 2> 
     kLookup8, kLookup16};
 }  // namespace detail
 constexpr std::size_t small_class_for(std::size_t size, std::size_t alignment) {
-  if (size - 1 >= kMaxSmallSize || alignment > 16) return kNoClass;
+  // alignment - 1 >= 16 also catches 0; the slow path reports bad alignments.
+  if (size - 1 >= kMaxSmallSize || alignment - 1 >= 16 || (alignment & (alignment - 1)) != 0) return kNoClass;
   return detail::kLookupByAlign[alignment >> 4][(size + 7) >> 3];
 }
 
@@ -236,6 +237,13 @@ constexpr bool small_lookup_agrees() {
       std::size_t fast = small_class_for(size, align);
       if (fast != kNoClass && fast != class_for(size, align)) return false;
       if (fast == kNoClass && size >= 1 && size <= kMaxSmallSize && align <= 16) return false;
+    }
+  }
+  // Alignments that are no power of two never take the fast path.
+  for (std::size_t align = 0; align <= 32; ++align) {
+    if (align != 0 && (align & (align - 1)) == 0) continue;
+    for (std::size_t size : {0, 1, 8, 24, 100, 4096}) {
+      if (small_class_for(size, align) != kNoClass) return false;
     }
   }
   return true;

@@ -18,14 +18,15 @@ namespace dropalloc::core {
 inline constexpr int kMaxCachedHeaps = 64;
 inline constexpr std::uint32_t kBinSlots = 128;
 
-// Every size class is cached per thread: small classes on the inline fast
-// paths, multi-page ones (4-256 KiB) through the out-of-line slow paths,
-// which still take no lock.
-inline constexpr std::size_t kNumCachedClasses = kNumClasses;
+// Size classes up to 64 KiB are cached per thread: small ones on the inline
+// fast paths, multi-page ones through the out-of-line slow paths, which still
+// take no lock. Larger classes always go to their arenas.
+inline constexpr std::size_t kNumCachedClasses = class_for(64 * 1024, 8) + 1;
+static_assert(kSizeClasses[kNumCachedClasses - 1].size == 64 * 1024);
 
 // Small classes cache up to 64 KiB each, between 16 and kBinSlots blocks;
-// multi-page classes up to 128 KiB, at least 2 blocks. A refill or a flush
-// moves half a bin.
+// multi-page classes up to 128 KiB each (2-16 blocks), so a thread holds at
+// most a few MiB per heap. A refill or a flush moves half a bin.
 inline constexpr auto kBinCapacity = [] {
   std::array<std::uint32_t, kNumCachedClasses> caps{};
   for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
@@ -37,8 +38,7 @@ inline constexpr auto kBinCapacity = [] {
   return caps;
 }();
 
-// Capacity of a class's transfer cache: up to 1 MiB or 4096 blocks, at least
-// 4 blocks.
+// Capacity of a class's transfer cache: up to 1 MiB or 4096 blocks.
 inline constexpr auto kTransferCapacity = [] {
   std::array<std::uint32_t, kNumCachedClasses> caps{};
   for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {

@@ -84,6 +84,11 @@ inline constexpr std::uint8_t kTagMask = 0xf8;
 inline constexpr std::uint32_t kTags = 31;
 }  // namespace state
 
+// Whether two blocks of this size can sit on one 64-byte cache line. Blocks of
+// a multiple of 64 bytes start on line boundaries (arenas and pages are
+// line-aligned) and own whole lines, so handing them between threads is harmless.
+constexpr bool blocks_share_lines(std::uint64_t block_size) { return block_size % 64 != 0; }
+
 // The meta word, touched only for observed blocks (by free, seal and check):
 //   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none
 //   bits 12-63 generation, counted from the arena's gen_base
