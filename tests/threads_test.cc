@@ -262,3 +262,36 @@ TEST_CASE("a forked child takes back the blocks that other threads' caches held"
   CHECK(WEXITSTATUS(status) == 0);
   CHECK(res.stats().blocks_live == 0);
 }
+
+TEST_CASE("one thread using three resources in turn: every block goes back to its own") {
+  droppable_resource r[3];
+  struct held {
+    int k;
+    tagged t;
+  };
+  std::vector<held> live;
+  std::mt19937 rng(7);
+  for (int i = 0; i < 30000; ++i) {
+    const int k = static_cast<int>(rng() % 3);
+    const std::size_t size = 8 + rng() % 600;
+    auto* p = static_cast<unsigned char*>(r[k].allocate(size, 8));
+    const auto tag = static_cast<unsigned char>(i | 1);
+    std::memset(p, tag, size);
+    live.push_back({k, {p, size, tag}});
+    if (rng() % 2 == 0) {  // free a random earlier block, of whichever resource
+      std::size_t j = rng() % live.size();
+      REQUIRE(holds(live[j].t));
+      r[live[j].k].deallocate(live[j].t.p, live[j].t.size, 8);
+      live[j] = live.back();
+      live.pop_back();
+    }
+  }
+  for (auto& h : live) {
+    REQUIRE(holds(h.t));
+    r[h.k].deallocate(h.t.p, h.t.size, 8);
+  }
+  for (auto& res : r) {
+    CHECK(res.stats().blocks_live == 0);
+    CHECK(res.stats().misuse_refused == 0);
+  }
+}

@@ -39,7 +39,7 @@ const char* to_string(alloc_error e) noexcept {
 }
 
 __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
-__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive};
+__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive, 0, nullptr};
 
 namespace {
 
@@ -190,6 +190,8 @@ struct thread_exit_flusher {
     t_exited = true;
     t_current.heap_id = 0;
     t_current.cache = nullptr;
+    t_current.other_heap_id = 0;
+    t_current.other_cache = nullptr;
     t_cache_table = nullptr;
     flush_thread_caches(table);
     os::system_os().unmap_metadata(table, sizeof(tc_table));
@@ -201,6 +203,15 @@ thread_local thread_exit_flusher t_flusher;
 }  // namespace
 
 tc_heap_cache* heap::thread_cache() noexcept {
+  if (t_current.heap_id == id_) return t_current.cache;
+  if (t_current.other_heap_id == id_) {  // two heaps used in turn: swap them
+    tc_heap_cache* c = t_current.other_cache;
+    t_current.other_heap_id = t_current.heap_id;
+    t_current.other_cache = t_current.cache;
+    t_current.heap_id = id_;
+    t_current.cache = c;
+    return c;
+  }
   if (slot_ < 0 || t_exited) return nullptr;
   tc_table* t = t_cache_table;
   if (t == nullptr) {
@@ -236,8 +247,12 @@ tc_heap_cache* heap::thread_cache() noexcept {
     }
     c->heap_id = id_;
   }
-  t_current.heap_id = id_;
-  t_current.cache = c;
+  if (t_current.heap_id != id_) {
+    t_current.other_heap_id = t_current.heap_id;
+    t_current.other_cache = t_current.cache;
+    t_current.heap_id = id_;
+    t_current.cache = c;
+  }
   return c;
 }
 

@@ -61,6 +61,10 @@ class heap {
   // line: nullptr / false means "call allocate() / deallocate()", not failure.
   void* allocate_cached(std::size_t bytes, std::size_t alignment) noexcept;
   bool deallocate_cached(void* p) noexcept;
+  // Makes this the heap whose cache the fast paths above find (they serve
+  // only the heap the calling thread used last): out-of-line paths call it
+  // and retry the fast path, so a thread using two heaps in turn stays fast.
+  void make_current() noexcept { (void)thread_cache(); }
 
   std::uint64_t generation(const void* p) const noexcept;  // 0 unless p is a live block
   std::size_t usable_size(const void* p) const noexcept;   // 0 unless p is a live block
@@ -107,6 +111,9 @@ class heap {
   void deallocate_checked(void* p) noexcept;
   void report_misuse(const char* what, const void* p) noexcept;
   tc_heap_cache* thread_cache() noexcept;
+  // The calling thread's cache if this is the heap it used last, else
+  // nullptr (then the slow paths call thread_cache()).
+  tc_heap_cache* current_cache() const noexcept;
   void give_back_cache(tc_heap_cache* c) noexcept;
 
   std::uint32_t take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept;
@@ -173,10 +180,16 @@ DROPALLOC_ALWAYS_INLINE void heap::retire(segment* s, std::uint32_t idx, std::ui
   s->state[idx].store(state::kFree, std::memory_order_release);
 }
 
+DROPALLOC_ALWAYS_INLINE tc_heap_cache* heap::current_cache() const noexcept {
+  return DROPALLOC_LIKELY(t_current.heap_id == id_) ? t_current.cache : nullptr;
+}
+
 DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached(std::size_t bytes, std::size_t alignment) noexcept {
   std::size_t cls = small_class_for(bytes, alignment);
-  if (DROPALLOC_UNLIKELY(cls >= kNumSmallClasses || t_current.heap_id != id_)) return nullptr;
-  tc_bin& bin = t_current.cache->bins[cls];
+  if (DROPALLOC_UNLIKELY(cls >= kNumSmallClasses)) return nullptr;
+  tc_heap_cache* c = current_cache();
+  if (DROPALLOC_UNLIKELY(c == nullptr)) return nullptr;
+  tc_bin& bin = c->bins[cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
   if (DROPALLOC_UNLIKELY(n == 0)) return nullptr;
   cached_block b = bin.items[n - 1];
@@ -219,8 +232,9 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   std::atomic<std::uint8_t>* st = &s->state[idx];
   const std::uint32_t cls = s->cls;
   const std::uint8_t now = st->load(std::memory_order_relaxed);
-  if (DROPALLOC_UNLIKELY(t_current.heap_id != id_)) return false;
-  tc_bin& bin = t_current.cache->bins[cls];
+  tc_heap_cache* c = current_cache();
+  if (DROPALLOC_UNLIKELY(c == nullptr)) return false;
+  tc_bin& bin = c->bins[cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
   std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
   if (DROPALLOC_UNLIKELY(n >= limit)) return false;

@@ -86,15 +86,18 @@ struct tc_table {
 // the LD_PRELOAD shared object too (no __tls_get_addr call on the fast path).
 extern __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec")));
 
-// The cache of the heap this thread used last: the fast paths compare one id
-// and are done, instead of walking table -> slot -> cache -> id. Heap ids are
-// never reused and a thread's caches are unmapped only when it exits (which
-// clears this first), so a matching id means `cache` is valid and belongs to
-// that heap.
+// The caches of the two heaps this thread used last (a program often
+// interleaves two resources, or a resource and the malloc shim): the fast
+// paths compare one or two ids and are done, instead of walking table -> slot
+// -> cache -> id. Heap ids are never reused and a thread's caches are
+// unmapped only when it exits (which clears this first), so a matching id
+// means the cache is valid and belongs to that heap.
 struct tc_current {
-  std::uint64_t heap_id;  // 0 = none
+  std::uint64_t heap_id;  // the last heap used; 0 = none
   struct tc_heap_cache* cache;
   std::uint8_t live_state;  // state::kLive | this thread's tag << state::kTagShift
+  std::uint64_t other_heap_id;  // the one used before it; 0 = none
+  struct tc_heap_cache* other_cache;
 };
 extern __thread tc_current t_current __attribute__((tls_model("initial-exec")));
 

@@ -34,6 +34,8 @@ void* droppable_resource::do_allocate(std::size_t bytes, std::size_t alignment) 
 }
 
 void* droppable_resource::allocate_or_throw(std::size_t bytes, std::size_t alignment) {
+  heap_.make_current();
+  if (void* p = heap_.allocate_cached(bytes, alignment)) return p;
   core::alloc_error err = core::alloc_error::none;
   void* p = heap_.allocate(bytes, alignment, &err);
   if (p == nullptr) throw allocation_error(bytes, alignment, err);
@@ -52,7 +54,11 @@ void droppable_resource::do_deallocate(void* p, [[maybe_unused]] std::size_t byt
   deallocate_slow(p);
 }
 
-void droppable_resource::deallocate_slow(void* p) noexcept { heap_.deallocate(p); }
+void droppable_resource::deallocate_slow(void* p) noexcept {
+  heap_.make_current();
+  if (heap_.deallocate_cached(p)) return;
+  heap_.deallocate(p);
+}
 
 block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alignment) {
   void* p = allocate(bytes, alignment);

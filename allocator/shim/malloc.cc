@@ -148,7 +148,13 @@ core::heap* init_general() noexcept {
   return h;
 }
 
-void* alloc_slow(std::size_t bytes, std::size_t alignment) noexcept { return alloc(bytes, alignment); }
+void* alloc_slow(std::size_t bytes, std::size_t alignment) noexcept {
+  if (core::heap* h = g_general.load(std::memory_order_acquire); h != nullptr && g_droppable == nullptr) {
+    h->make_current();  // then the fast path serves it (see heap::make_current)
+    if (void* p = h->allocate_cached(bytes, alignment)) return p;
+  }
+  return alloc(bytes, alignment);
+}
 
 void* alloc_droppable(std::size_t bytes, std::size_t alignment) noexcept {
   core::alloc_error err;

@@ -96,6 +96,8 @@ inline void release(void* p) noexcept {
   if (DROPALLOC_UNLIKELY(s == nullptr)) return release_foreign(p);
   core::heap* h = s->owner;
   if (DROPALLOC_UNLIKELY(h != g_droppable || h == nullptr)) h = general();
+  h->make_current();  // then the fast path serves it (see heap::make_current)
+  if (h->deallocate_cached(p)) return;
   h->deallocate(p);
 }
 
