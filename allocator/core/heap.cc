@@ -1,9 +1,10 @@
-// Slow paths of the heap: arenas per class, the thread-cache registry, sealing
-// and checking, statistics.
+// Slow paths of the heap: arenas per class, the transfer caches, large
+// blocks, frees, queries and statistics. Thread caches and fork handling are
+// in thread_cache.cc, sealing and the drop check in seal_check.cc.
 #include "allocator/core/heap.h"
+#include "allocator/core/heap_internal.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -38,44 +39,12 @@ const char* to_string(alloc_error e) noexcept {
   return "?";
 }
 
-__thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
-__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive, 0, nullptr};
-
 namespace {
 
 std::uint64_t now_ms() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
-}
-
-// Heaps that own a thread-cache slot, and every thread's table.
-struct registry_t {
-  std::mutex lock;
-  heap* heaps[kMaxCachedHeaps] = {};
-  std::uint64_t ids[kMaxCachedHeaps] = {};
-  tc_table* tables = nullptr;
-  heap* all_heaps = nullptr;
-  // Thread tags (state::kTagShift) held by live threads, bit t for tag t:
-  // distinct while at most state::kTags threads have caches, shared beyond.
-  std::uint32_t tags_in_use = 0;
-  std::uint32_t next_shared_tag = 0;
-};
-
-// A tag no live thread holds, or (all taken) one shared round-robin.
-std::uint32_t take_thread_tag(registry_t& r) {
-  for (std::uint32_t tag = 1; tag <= state::kTags; ++tag) {
-    if ((r.tags_in_use & (1u << tag)) == 0) {
-      r.tags_in_use |= 1u << tag;
-      return tag;
-    }
-  }
-  return 1 + r.next_shared_tag++ % state::kTags;
-}
-
-registry_t& registry() {
-  static registry_t r;  // constant-initialised members; never destroyed before use ends
-  return r;
 }
 
 std::atomic<std::uint64_t> g_next_heap_id{1};
@@ -86,46 +55,6 @@ bool misuse_aborts() {
     return v != nullptr && v[0] == '1';
   }();
   return aborts;
-}
-
-// Reads one 8-byte word of droppable memory. Atomic, so the compiler makes no
-// assumption that it keeps its value: the kernel may zero it at any instant.
-inline std::uint64_t load_word(const std::byte* p) {
-  return __atomic_load_n(reinterpret_cast<const std::uint64_t*>(p), __ATOMIC_RELAXED);
-}
-
-// Orders earlier loads before later ones. TSan does not model fences (and
-// gcc rejects them under -fsanitize=thread); a compiler barrier is what the
-// fence amounts to on x86 anyway.
-inline void load_fence() {
-#if defined(__SANITIZE_THREAD__)
-  asm volatile("" ::: "memory");
-#else
-  std::atomic_thread_fence(std::memory_order_acquire);
-#endif
-}
-
-// 1 + index of the first non-zero word in [p, p + bytes), 0 if all are zero.
-std::uint64_t first_nonzero_word(const std::byte* p, std::size_t bytes) {
-  std::size_t words = bytes / 8;
-  for (std::size_t i = 0; i < words; ++i) {
-    if (load_word(p + i * 8) != 0) return i + 1;
-  }
-  return 0;
-}
-
-// `live` and `bump` change under the class lock but are read without it by
-// stats, seal_all and check_all: single-writer atomic stores keep that defined.
-inline void set_counter(std::uint32_t* field, std::uint32_t value) {
-  __atomic_store_n(field, value, __ATOMIC_RELAXED);
-}
-inline std::uint32_t read_counter(const std::uint32_t* field) {
-  return __atomic_load_n(field, __ATOMIC_RELAXED);
-}
-
-// Bytes from a block's start to the next block's start.
-inline std::size_t block_stride(const segment* s) {
-  return s->per_page != 0 ? s->block_size : std::size_t{s->pages_per_block} * kPage;
 }
 
 void unlink(segment** head, segment* s) {
@@ -145,170 +74,10 @@ void push(segment** head, segment* s, std::uint8_t list) {
 
 }  // namespace
 
-// ---- thread caches -----------------------------------------------------------
-
-// Empties every bin of a thread's cache for this heap into the heap.
-void heap::give_back_cache(tc_heap_cache* c) noexcept {
-  for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
-    tc_bin& bin = c->bins[cls];
-    std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-    std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
-    if (n != 0) give_back(cls, bin.items, n);
-    if (limit < kBinCapacity[cls]) give_back(cls, bin.items + limit, kBinCapacity[cls] - limit);
-    bin.count.store(0, std::memory_order_relaxed);
-    bin.limit.store(kBinCapacity[cls], std::memory_order_relaxed);
-  }
-}
-
-// Hands a dying thread's cached blocks back to their heaps.
-void flush_thread_caches(tc_table* t) noexcept {
-  registry_t& r = registry();
-  std::lock_guard<std::mutex> guard(r.lock);
-  for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
-    tc_heap_cache* c = t->caches[slot];
-    if (c == nullptr) continue;
-    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) r.heaps[slot]->give_back_cache(c);
-    os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
-    t->caches[slot] = nullptr;
-  }
-  if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
-  if (t->next != nullptr) t->next->prev = t->prev;
-  // A shared tag stays marked: another live thread may still hold it.
-  bool shared = false;
-  for (tc_table* o = r.tables; o != nullptr; o = o->next) shared = shared || o->tag == t->tag;
-  if (!shared) r.tags_in_use &= ~(1u << t->tag);
-}
-
-namespace {
-__thread bool t_exited = false;
-}  // namespace
-
-struct thread_exit_flusher {
-  tc_table* table = nullptr;
-  ~thread_exit_flusher() {
-    if (table == nullptr) return;
-    t_exited = true;
-    t_current.heap_id = 0;
-    t_current.cache = nullptr;
-    t_current.other_heap_id = 0;
-    t_current.other_cache = nullptr;
-    t_cache_table = nullptr;
-    flush_thread_caches(table);
-    os::system_os().unmap_metadata(table, sizeof(tc_table));
-  }
-};
-
-namespace {
-thread_local thread_exit_flusher t_flusher;
-}  // namespace
-
-tc_heap_cache* heap::thread_cache() noexcept {
-  if (t_current.heap_id == id_) return t_current.cache;
-  if (t_current.other_heap_id == id_) {  // two heaps used in turn: swap them
-    tc_heap_cache* c = t_current.other_cache;
-    t_current.other_heap_id = t_current.heap_id;
-    t_current.other_cache = t_current.cache;
-    t_current.heap_id = id_;
-    t_current.cache = c;
-    return c;
-  }
-  if (slot_ < 0 || t_exited) return nullptr;
-  tc_table* t = t_cache_table;
-  if (t == nullptr) {
-    int err = 0;
-    t = static_cast<tc_table*>(os::system_os().map_metadata(sizeof(tc_table), &err));
-    if (t == nullptr) return nullptr;
-    registry_t& r = registry();
-    std::uint32_t tag;
-    {
-      std::lock_guard<std::mutex> guard(r.lock);
-      tag = take_thread_tag(r);
-      t->tag = tag;
-      t->next = r.tables;
-      if (r.tables != nullptr) r.tables->prev = t;
-      r.tables = t;
-    }
-    t_cache_table = t;
-    t_flusher.table = t;  // first use registers the exit handler
-    t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
-  }
-  tc_heap_cache* c = t->caches[slot_];
-  if (c == nullptr) {
-    int err = 0;
-    c = static_cast<tc_heap_cache*>(os::system_os().map_metadata(sizeof(tc_heap_cache), &err));
-    if (c == nullptr) return nullptr;
-    t->caches[slot_] = c;
-  }
-  if (c->heap_id != id_) {
-    // Left by a heap that no longer exists: its arenas are gone, forget them.
-    for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
-      c->bins[cls].count.store(0, std::memory_order_relaxed);
-      c->bins[cls].limit.store(kBinCapacity[cls], std::memory_order_relaxed);
-    }
-    c->heap_id = id_;
-  }
-  if (t_current.heap_id != id_) {
-    t_current.other_heap_id = t_current.heap_id;
-    t_current.other_cache = t_current.cache;
-    t_current.heap_id = id_;
-    t_current.cache = c;
-  }
-  return c;
-}
-
-// ---- fork ----------------------------------------------------------------------
-
-void heap::lock_all() noexcept {
-  for (auto& c : classes_) c.lock.lock();
-  segments_lock_.lock();
-}
-
-void heap::unlock_all() noexcept {
-  segments_lock_.unlock();
-  for (auto& c : classes_) c.lock.unlock();
-}
-
-// Lock order everywhere: registry, then class locks, then a heap's segments
-// lock, then the segment-map initialisation lock.
-void prefork_all() noexcept {
-  registry_t& r = registry();
-  r.lock.lock();
-  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->lock_all();
-  segment_map_init_lock().lock();
-}
-
-void postfork_all() noexcept {
-  registry_t& r = registry();
-  segment_map_init_lock().unlock();
-  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->unlock_all();
-  r.lock.unlock();
-}
-
-namespace {
-// In a forked child only the forking thread exists: the other threads' caches
-// would hold their blocks, and their tags, for good. Hand them back.
-void postfork_child() noexcept {
-  postfork_all();
-  registry_t& r = registry();
-  tc_table* mine = t_cache_table;
-  for (;;) {
-    tc_table* gone = nullptr;
-    {
-      std::lock_guard<std::mutex> guard(r.lock);
-      for (tc_table* t = r.tables; t != nullptr && gone == nullptr; t = t->next) {
-        if (t != mine) gone = t;
-      }
-    }
-    if (gone == nullptr) break;
-    flush_thread_caches(gone);
-    os::system_os().unmap_metadata(gone, sizeof(tc_table));
-  }
-}
-
-__attribute__((constructor)) void register_fork_handlers() {
-  pthread_atfork(prefork_all, postfork_all, postfork_child);
-}
-}  // namespace
+using internal::read_counter;
+using internal::registry;
+using internal::registry_t;
+using internal::set_counter;
 
 // ---- construction ------------------------------------------------------------
 
@@ -797,155 +566,6 @@ std::size_t heap::usable_size(const void* p) const noexcept {
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
   if (s->state[idx].load(std::memory_order_acquire) == state::kFree) return 0;
   return s->cls == kLargeClass ? s->span : s->block_size;
-}
-
-// ---- seal and check ----------------------------------------------------------------
-
-// Records the witnesses of block idx (read from its current contents) and
-// marks it sealed. Returns false if the block was free (or freed meanwhile).
-bool heap::seal_witnesses(segment* s, std::uint32_t idx) noexcept {
-  auto& sb = s->state[idx];
-  std::uint8_t st = sb.load(std::memory_order_acquire);
-  if (st == state::kFree) return false;
-  auto& word = s->meta[idx];
-  std::uint64_t gen = meta::gen(word.load(std::memory_order_relaxed));
-  const std::byte* start = block_start(s, idx);
-  if (s->per_page != 0) {
-    word.store(meta::make(gen, first_nonzero_word(start, s->block_size)), std::memory_order_release);
-  } else {
-    std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
-    for (std::size_t k = 0; k < s->pages_per_block; ++k) {
-      auto w = static_cast<std::uint16_t>(first_nonzero_word(start + k * kPage, kPage));
-      s->page_witness[first + k].store(w, std::memory_order_relaxed);
-    }
-    word.store(meta::make(gen, 0), std::memory_order_release);
-  }
-  // The release publishes the witnesses together with the sealed state.
-  return sb.compare_exchange_strong(
-      st, static_cast<std::uint8_t>((st & state::kTagMask) | state::kSealed | state::kObserved),
-      std::memory_order_acq_rel);
-}
-
-block_state heap::seal(void* p) noexcept {
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
-  if (!seal_witnesses(s, idx)) return block_state::stale;
-  // Small blocks share their page with others; sealing the whole page is
-  // harmless (a later write to any block on it un-seals it again).
-  std::byte* from = s->base + (static_cast<std::byte*>(p) - s->base) / kPage * kPage;
-  std::size_t len = s->per_page != 0 ? kPage : block_stride(s);
-  os_->seal_pages(from, len);
-  // A page may have gone while we read it or before the advice: look again.
-  return check(p, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
-}
-
-std::size_t heap::seal_all() noexcept {
-  std::size_t sealed = 0;
-  std::lock_guard<std::mutex> guard(segments_lock_);
-  for (segment* s = all_; s != nullptr; s = s->all_next) {
-    std::uint32_t used = 0;
-    std::uint32_t bump = read_counter(&s->bump);
-    for (std::uint32_t i = 0; i < bump; ++i) {
-      if (s->state[i].load(std::memory_order_relaxed) == state::kFree) continue;
-      if (seal_witnesses(s, i)) {
-        ++sealed;
-        used = i + 1;
-      }
-    }
-    if (used != 0) {
-      std::byte* end = block_start(s, used - 1) + block_stride(s);
-      os_->seal_pages(s->base, static_cast<std::size_t>((end - s->base + kPage - 1) / kPage * kPage));
-    }
-  }
-  return sealed;
-}
-
-block_state heap::check(const void* p, std::uint64_t generation) noexcept {
-  // Orders the caller's reads of the block before the witness reads below:
-  // the safe read protocol is read, then check.
-  load_fence();
-  segment* s = segment_of(p);
-  if (s == nullptr) return block_state::stale;
-  std::uint32_t idx;
-  if (s->owner != this || !block_index(s, p, &idx)) {
-    // A generation from before this arena existed (the floor is process-wide):
-    // the handle named a block of an arena since unmapped, whose addresses
-    // this one, of any heap, reuses.
-    return generation != 0 && generation < s->gen_base ? block_state::stale : block_state::foreign;
-  }
-  auto& sb = s->state[idx];
-  auto& word = s->meta[idx];
-  std::uint8_t st = sb.load(std::memory_order_acquire);
-  std::uint64_t m = word.load(std::memory_order_acquire);
-  std::uint8_t kind = st & state::kMask;
-  if (kind == state::kFree || s->generation_of(m) != generation) return block_state::stale;
-  if (kind == state::kLive) return block_state::unsealed;
-  if (kind == state::kDropped) return block_state::dropped;
-  const std::byte* start = block_start(s, idx);
-  bool lost = false;
-  if (s->per_page != 0) {
-    std::uint64_t w = meta::witness(m);
-    lost = w != 0 && load_word(start + (w - 1) * 8) == 0;
-  } else {
-    std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
-    for (std::size_t k = 0; k < s->pages_per_block && !lost; ++k) {
-      std::uint16_t w = s->page_witness[first + k].load(std::memory_order_relaxed);
-      lost = w != 0 && load_word(start + k * kPage + (w - 1u) * 8u) == 0;
-    }
-  }
-  if (lost) {
-    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
-    if (word.load(std::memory_order_acquire) == m &&
-        sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) {
-      drops_detected_.fetch_add(1, std::memory_order_relaxed);
-      return block_state::dropped;
-    }
-    return check(p, generation);  // freed or resealed meanwhile: answer afresh
-  }
-  // Witnesses read while state and meta word stayed put belong to this seal
-  // (every free of an observed block changes the meta word).
-  if (sb.load(std::memory_order_acquire) != st || word.load(std::memory_order_acquire) != m) {
-    return check(p, generation);
-  }
-  return block_state::intact;
-}
-
-sweep_result heap::check_all() noexcept {
-  sweep_result r;
-  std::lock_guard<std::mutex> guard(segments_lock_);
-  for (segment* s = all_; s != nullptr; s = s->all_next) {
-    std::uint32_t bump = read_counter(&s->bump);
-    for (std::uint32_t i = 0; i < bump; ++i) {
-      if (s->state[i].load(std::memory_order_acquire) == state::kFree) continue;
-      switch (check(block_start(s, i), s->generation_of(s->meta[i].load(std::memory_order_acquire)))) {
-        case block_state::intact: ++r.intact; break;
-        case block_state::unsealed: ++r.unsealed; break;
-        case block_state::dropped: ++r.dropped; break;
-        default: break;  // freed by another thread while we looked
-      }
-    }
-  }
-  return r;
-}
-
-int heap::drop_for_testing(void* p, std::size_t bytes) noexcept {
-  // Only pages of our own arenas: zeroing anyone else's memory would corrupt it.
-  auto first = reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{kPage} - 1);
-  auto end = reinterpret_cast<std::uintptr_t>(p) + (bytes == 0 ? 1 : bytes);
-  for (auto a = first; a < end;) {
-    segment* s = segment_of(reinterpret_cast<void*>(a));
-    if (s == nullptr || s->owner != this) return EINVAL;
-    auto seg_end = reinterpret_cast<std::uintptr_t>(s->base) + s->span;
-    if (a < reinterpret_cast<std::uintptr_t>(s->base) || a >= seg_end) return EINVAL;
-    a = seg_end;
-  }
-  return os_->drop_pages(p, bytes);
-}
-
-void heap::drop_all_for_testing() noexcept {
-  std::lock_guard<std::mutex> guard(segments_lock_);
-  for (segment* s = all_; s != nullptr; s = s->all_next) os_->drop_pages(s->base, s->span);
 }
 
 // ---- statistics ------------------------------------------------------------------------

@@ -25,8 +25,7 @@ fi
 
 sources=(
   "$root/tests/fuzz/alloc_fuzz.cc"
-  "$root/allocator/core/heap.cc"
-  "$root/allocator/core/segment.cc"
+  "$root"/allocator/core/*.cc
   "$root/allocator/os/linux_os.cc"
   "$root/allocator/os/cgroup.cc"
   "$root/allocator/pmr/droppable_resource.cc"

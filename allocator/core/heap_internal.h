@@ -1,0 +1,36 @@
+// Internal to the core's .cc files: what the heap's slow paths, the thread
+// caches and the seal/check code share.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+
+#include "allocator/core/heap.h"
+
+namespace dropalloc::core::internal {
+
+// Heaps that own a thread-cache slot, and every thread's table.
+struct registry_t {
+  std::mutex lock;
+  heap* heaps[kMaxCachedHeaps] = {};
+  std::uint64_t ids[kMaxCachedHeaps] = {};
+  tc_table* tables = nullptr;
+  heap* all_heaps = nullptr;
+  // Thread tags (state::kTagShift) held by live threads, bit t for tag t:
+  // distinct while at most state::kTags threads have caches, shared beyond.
+  std::uint32_t tags_in_use = 0;
+  std::uint32_t next_shared_tag = 0;
+};
+
+registry_t& registry();  // constant-initialised, never destroyed before use ends
+
+// `live` and `bump` change under the class lock but are read without it by
+// stats, seal_all and check_all: single-writer atomic stores keep that defined.
+inline void set_counter(std::uint32_t* field, std::uint32_t value) {
+  __atomic_store_n(field, value, __ATOMIC_RELAXED);
+}
+inline std::uint32_t read_counter(const std::uint32_t* field) {
+  return __atomic_load_n(field, __ATOMIC_RELAXED);
+}
+
+}  // namespace dropalloc::core::internal

@@ -1,0 +1,208 @@
+// Per-thread caches: the registry of heaps and threads, each thread's table
+// and tags, the exit handler that hands a dying thread's blocks back, and the
+// fork handlers.
+#include <pthread.h>
+
+#include <mutex>
+
+#include "allocator/core/heap.h"
+#include "allocator/core/heap_internal.h"
+
+namespace dropalloc::core {
+
+__thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
+__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive, 0, nullptr};
+
+namespace internal {
+
+registry_t& registry() {
+  static registry_t r;  // constant-initialised members; never destroyed before use ends
+  return r;
+}
+
+}  // namespace internal
+
+using internal::registry;
+using internal::registry_t;
+
+namespace {
+
+// A tag no live thread holds, or (all taken) one shared round-robin.
+std::uint32_t take_thread_tag(registry_t& r) {
+  for (std::uint32_t tag = 1; tag <= state::kTags; ++tag) {
+    if ((r.tags_in_use & (1u << tag)) == 0) {
+      r.tags_in_use |= 1u << tag;
+      return tag;
+    }
+  }
+  return 1 + r.next_shared_tag++ % state::kTags;
+}
+
+}  // namespace
+
+// ---- thread caches -----------------------------------------------------------
+
+// Empties every bin of a thread's cache for this heap into the heap.
+void heap::give_back_cache(tc_heap_cache* c) noexcept {
+  for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
+    tc_bin& bin = c->bins[cls];
+    std::uint32_t n = bin.count.load(std::memory_order_relaxed);
+    std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
+    if (n != 0) give_back(cls, bin.items, n);
+    if (limit < kBinCapacity[cls]) give_back(cls, bin.items + limit, kBinCapacity[cls] - limit);
+    bin.count.store(0, std::memory_order_relaxed);
+    bin.limit.store(kBinCapacity[cls], std::memory_order_relaxed);
+  }
+}
+
+// Hands a dying thread's cached blocks back to their heaps.
+void flush_thread_caches(tc_table* t) noexcept {
+  registry_t& r = registry();
+  std::lock_guard<std::mutex> guard(r.lock);
+  for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
+    tc_heap_cache* c = t->caches[slot];
+    if (c == nullptr) continue;
+    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) r.heaps[slot]->give_back_cache(c);
+    os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
+    t->caches[slot] = nullptr;
+  }
+  if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
+  if (t->next != nullptr) t->next->prev = t->prev;
+  // A shared tag stays marked: another live thread may still hold it.
+  bool shared = false;
+  for (tc_table* o = r.tables; o != nullptr; o = o->next) shared = shared || o->tag == t->tag;
+  if (!shared) r.tags_in_use &= ~(1u << t->tag);
+}
+
+namespace {
+__thread bool t_exited = false;
+}  // namespace
+
+struct thread_exit_flusher {
+  tc_table* table = nullptr;
+  ~thread_exit_flusher() {
+    if (table == nullptr) return;
+    t_exited = true;
+    t_current.heap_id = 0;
+    t_current.cache = nullptr;
+    t_current.other_heap_id = 0;
+    t_current.other_cache = nullptr;
+    t_cache_table = nullptr;
+    flush_thread_caches(table);
+    os::system_os().unmap_metadata(table, sizeof(tc_table));
+  }
+};
+
+namespace {
+thread_local thread_exit_flusher t_flusher;
+}  // namespace
+
+tc_heap_cache* heap::thread_cache() noexcept {
+  if (t_current.heap_id == id_) return t_current.cache;
+  if (t_current.other_heap_id == id_) {  // two heaps used in turn: swap them
+    tc_heap_cache* c = t_current.other_cache;
+    t_current.other_heap_id = t_current.heap_id;
+    t_current.other_cache = t_current.cache;
+    t_current.heap_id = id_;
+    t_current.cache = c;
+    return c;
+  }
+  if (slot_ < 0 || t_exited) return nullptr;
+  tc_table* t = t_cache_table;
+  if (t == nullptr) {
+    int err = 0;
+    t = static_cast<tc_table*>(os::system_os().map_metadata(sizeof(tc_table), &err));
+    if (t == nullptr) return nullptr;
+    registry_t& r = registry();
+    std::uint32_t tag;
+    {
+      std::lock_guard<std::mutex> guard(r.lock);
+      tag = take_thread_tag(r);
+      t->tag = tag;
+      t->next = r.tables;
+      if (r.tables != nullptr) r.tables->prev = t;
+      r.tables = t;
+    }
+    t_cache_table = t;
+    t_flusher.table = t;  // first use registers the exit handler
+    t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
+  }
+  tc_heap_cache* c = t->caches[slot_];
+  if (c == nullptr) {
+    int err = 0;
+    c = static_cast<tc_heap_cache*>(os::system_os().map_metadata(sizeof(tc_heap_cache), &err));
+    if (c == nullptr) return nullptr;
+    t->caches[slot_] = c;
+  }
+  if (c->heap_id != id_) {
+    // Left by a heap that no longer exists: its arenas are gone, forget them.
+    for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
+      c->bins[cls].count.store(0, std::memory_order_relaxed);
+      c->bins[cls].limit.store(kBinCapacity[cls], std::memory_order_relaxed);
+    }
+    c->heap_id = id_;
+  }
+  if (t_current.heap_id != id_) {
+    t_current.other_heap_id = t_current.heap_id;
+    t_current.other_cache = t_current.cache;
+    t_current.heap_id = id_;
+    t_current.cache = c;
+  }
+  return c;
+}
+
+// ---- fork ----------------------------------------------------------------------
+
+void heap::lock_all() noexcept {
+  for (auto& c : classes_) c.lock.lock();
+  segments_lock_.lock();
+}
+
+void heap::unlock_all() noexcept {
+  segments_lock_.unlock();
+  for (auto& c : classes_) c.lock.unlock();
+}
+
+// Lock order everywhere: registry, then class locks, then a heap's segments
+// lock, then the segment-map initialisation lock.
+void prefork_all() noexcept {
+  registry_t& r = registry();
+  r.lock.lock();
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->lock_all();
+  segment_map_init_lock().lock();
+}
+
+void postfork_all() noexcept {
+  registry_t& r = registry();
+  segment_map_init_lock().unlock();
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->unlock_all();
+  r.lock.unlock();
+}
+
+namespace {
+// In a forked child only the forking thread exists: the other threads' caches
+// would hold their blocks, and their tags, for good. Hand them back.
+void postfork_child() noexcept {
+  postfork_all();
+  registry_t& r = registry();
+  tc_table* mine = t_cache_table;
+  for (;;) {
+    tc_table* gone = nullptr;
+    {
+      std::lock_guard<std::mutex> guard(r.lock);
+      for (tc_table* t = r.tables; t != nullptr && gone == nullptr; t = t->next) {
+        if (t != mine) gone = t;
+      }
+    }
+    if (gone == nullptr) break;
+    flush_thread_caches(gone);
+    os::system_os().unmap_metadata(gone, sizeof(tc_table));
+  }
+}
+
+__attribute__((constructor)) void register_fork_handlers() {
+  pthread_atfork(prefork_all, postfork_all, postfork_child);
+}
+}  // namespace
+
+}  // namespace dropalloc::core
