@@ -18,6 +18,13 @@
 //             8-byte word. The page was dropped iff that word now reads zero.
 //             A page holding only zeros has no witness: dropping it loses nothing.
 //   intact    sealed, not freed since, and every witness word still non-zero.
+//   thread cache  a thread's bins of free blocks, one per size class up to
+//             64 KiB; allocation and free of cached blocks take no lock.
+//   transfer cache  per class, free blocks passed between thread caches in
+//             batches, under the class lock.
+//   thread tag  1-31, kept in a live block's state byte: which thread
+//             allocated it. A thread sets aside, rather than reuses, small
+//             blocks another thread allocated (passive false sharing).
 #pragma once
 
 #include <atomic>
