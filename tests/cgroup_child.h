@@ -14,6 +14,8 @@
 #include <string>
 #include <type_traits>
 
+#include <doctest/doctest.h>
+
 #include "allocator/dropalloc.h"
 #include "allocator/os/cgroup.h"
 
@@ -80,6 +82,22 @@ cgroup_run<Result> run_in_child_cgroup(const std::string& name, std::uint64_t li
   close(from_child[0]);
   run.state = cg->state();
   return run;
+}
+
+// The checks every test makes of its run: false, with a SKIPPED message, when
+// nothing could run here; otherwise it requires that the child joined the
+// cgroup, exited normally with status 0 and sent its result back.
+template <class Result>
+bool child_ran_cleanly(const cgroup_run<Result>& run) {
+  if (!run.skipped.empty()) {
+    MESSAGE("SKIPPED: " << run.skipped);
+    return false;
+  }
+  REQUIRE_MESSAGE(run.joined, run.why);
+  REQUIRE_MESSAGE(WIFEXITED(run.status), "child killed by signal " << WTERMSIG(run.status));
+  REQUIRE(WEXITSTATUS(run.status) == 0);
+  REQUIRE(run.got_result);
+  return true;
 }
 
 }  // namespace dropalloc::testing
