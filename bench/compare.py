@@ -53,6 +53,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_common  # noqa: E402  (next to this file, also under bazel run)
+
 MACRO = ["larson", "xmalloc", "cache_scratch", "glibc_simple", "rptest",
          "malloc_large", "mstress", "cfrac_like"]
 MACRO_ABOUT = {
@@ -190,35 +193,11 @@ def parse_result(stdout):
 
 
 def machine():
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    u = platform.uname()
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            mem = "%.0f GiB" % (int(f.readline().split()[1]) / 1048576)
-    except (OSError, ValueError, IndexError):
-        pass
-    versions = {}
-    for pkg in ("libjemalloc2", "libmimalloc2.0", "libc6", "g++"):
-        r = sh(["dpkg-query", "-W", "-f=${Version}", pkg]) if shutil.which("dpkg-query") else None
-        versions[pkg] = r.stdout.strip() if r is not None and r.returncode == 0 else "?"
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "kernel": "%s %s %s" % (u.system, u.release, u.version),
-        "arch": u.machine,
-        "cpu": cpu,
-        "memory": mem,
-        "versions": versions,
-    }
+    f = report_common.machine_facts()
+    u = f.pop("uname")
+    del f["load"]
+    f.update(kernel="%s %s %s" % (u.system, u.release, u.version), arch=u.machine)
+    return f
 
 
 # --- the runs -------------------------------------------------------------------
@@ -611,18 +590,14 @@ def main():
     err = plot(base, cs, workloads, macro, micro)
     report += "\n" + ("Plot: not drawn (%s).\n" % err if err else
                       "Plot: [compare-%s.svg](compare-%s.svg)\n" % (mode_name, mode_name))
-    with open(base + ".md.tmp", "w") as f:
-        f.write(report)
-    os.replace(base + ".md.tmp", base + ".md")
+    report_common.write_atomically(base + ".md", report)
     raw = {"machine": m, "command": command, "reps": args.reps,
            "contenders": [{"name": c.name, "preload": c.preload, "unavailable": c.unavailable,
                            "rejected": c.rejected} for c in cs],
            "macro": {"%s|%s" % k: v for k, v in macro.items()},
            "micro": {"%s|%s" % k: v for k, v in micro.items()},
            "seal_check": seal}
-    with open(base + ".json.tmp", "w") as f:
-        json.dump(raw, f, indent=1)
-    os.replace(base + ".json.tmp", base + ".json")
+    report_common.write_atomically(base + ".json", json.dumps(raw, indent=1))
     print(report)
     log("compare: wrote %s.md, %s.json%s" % (base, base, "" if err else ", %s.svg" % base))
     return 0

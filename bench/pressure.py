@@ -40,16 +40,17 @@ Writes bench/results/pressure-<mode>.{md,json}, -hitrate.svg and -memory.svg
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_common  # noqa: E402  (next to this file, also under bazel run)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 PRELOADS = {"glibc": None, "jemalloc": LIBDIR + "/libjemalloc.so.2", "mimalloc": LIBDIR + "/libmimalloc.so.2"}
@@ -576,29 +577,10 @@ def plot(base, cs, results, args, timeline):
 # --- main ----------------------------------------------------------------------------
 
 def machine():
-    def q(pkg):
-        if not shutil.which("dpkg-query"):
-            return "?"
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], text=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL)
-        return r.stdout.strip() if r.returncode == 0 else "?"
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem = "%.0f GiB" % (int(open("/proc/meminfo").readline().split()[1]) / 1048576)
-    except (OSError, ValueError, IndexError):
-        mem = "?"
-    u = platform.uname()
-    return {"nproc": os.cpu_count(), "cpu": cpu, "mem": mem, "kernel": "%s %s" % (u.release, u.machine),
-            "libc6": q("libc6"), "libjemalloc2": q("libjemalloc2"), "libmimalloc2.0": q("libmimalloc2.0"),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load": " ".join("%.1f" % x for x in os.getloadavg())}
+    f = report_common.machine_facts(("libc6", "libjemalloc2", "libmimalloc2.0"))
+    u = f["uname"]
+    return {"nproc": f["nproc"], "cpu": f["cpu"], "mem": f["memory"], "kernel": "%s %s" % (u.release, u.machine),
+            **f["versions"], "date": f["date"], "load": f["load"]}
 
 
 def find_bindir(args):
@@ -625,15 +607,11 @@ def write_outputs(args, mode, out_dir, cs, results, m, command, timeline, rounds
     err = plot(base, cs, results, args, timeline)
     text += "\n" + ("Plots: not drawn (%s).\n" % err if err else
                     "Plots: [hit rate](pressure-%s-hitrate.svg), [memory](pressure-%s-memory.svg).\n" % (mode, mode))
-    with open(base + ".md.tmp", "w") as f:
-        f.write(text)
-    os.replace(base + ".md.tmp", base + ".md")
+    report_common.write_atomically(base + ".md", text)
     raw = {"machine": m, "command": command, "limit_mib": args.limit_mib, "seconds": args.seconds,
            "rounds": rounds, "cost_note": cost_note, "zipf": args.zipf, "cotenant_share": args.cotenant_share,
            "timeline": timeline, "results": results}
-    with open(base + ".json.tmp", "w") as f:
-        json.dump(raw, f, indent=1)
-    os.replace(base + ".json.tmp", base + ".json")
+    report_common.write_atomically(base + ".json", json.dumps(raw, indent=1))
     print(text)
     log("pressure: wrote %s.md, %s.json%s" % (base, base, "" if err else ", %s-hitrate.svg, %s-memory.svg" % (
         base, base)))
