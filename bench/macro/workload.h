@@ -51,6 +51,19 @@ struct options {
   int threads = 2;
 };
 
+// For programs that hand the rest of their arguments on (Google Benchmark):
+// removes every `flag` from argv and says whether there was one.
+inline bool take_flag(int* argc, char** argv, const char* flag) {
+  bool seen = false;
+  int out = 1;
+  for (int i = 1; i < *argc; ++i) {
+    if (std::strcmp(argv[i], flag) == 0) seen = true;
+    else argv[out++] = argv[i];
+  }
+  *argc = out;
+  return seen;
+}
+
 inline options parse(int argc, char** argv) {
   options o;
   for (int i = 1; i < argc; ++i) {

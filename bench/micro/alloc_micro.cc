@@ -248,12 +248,7 @@ void reg(const std::string& name, F f, A... a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int out = 1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) g_quick = true;
-    else argv[out++] = argv[i];
-  }
-  argc = out;
+  g_quick = bench::take_flag(&argc, argv, "--quick");
 
   const std::string lib = bench::malloc_provider();
   benchmark::AddCustomContext("alloc", bench::allocator_name(lib));

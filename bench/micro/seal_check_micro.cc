@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "allocator/dropalloc.h"
+#include "bench/macro/workload.h"
 
 namespace {
 
@@ -70,12 +71,7 @@ void bm_check(benchmark::State& state, std::size_t n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int out = 1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) g_quick = true;
-    else argv[out++] = argv[i];
-  }
-  argc = out;
+  g_quick = bench::take_flag(&argc, argv, "--quick");
   for (std::size_t n : {64u, 4096u, 65536u, 262144u}) {
     benchmark::RegisterBenchmark(("seal/" + std::to_string(n) + "B").c_str(), bm_seal, n)->UseRealTime();
     benchmark::RegisterBenchmark(("check/" + std::to_string(n) + "B").c_str(), bm_check, n)->UseRealTime();
