@@ -169,7 +169,7 @@ class regenerable {
     access_outcome local;
     access_outcome& o = out != nullptr ? *out : local;
     return detail::access_loop<R>(
-        mu_, epoch_, options_.max_builds, [&] { return obj_ != nullptr && arena_->intact(); },
+        mu_, epoch_, options_.max_builds, [&] { return intact_locked(); },
         [&] { return f(std::as_const(*obj_)); }, [&] { rebuild_locked(build, o); });
   }
 
@@ -183,7 +183,7 @@ class regenerable {
   // Whether an object is held and still intact (a hint: it can go any time).
   bool intact() {
     std::shared_lock lock(mu_);
-    return obj_ != nullptr && arena_->intact();
+    return intact_locked();
   }
   // Droppable bytes held by the object's arena.
   std::size_t bytes() const {
@@ -196,6 +196,8 @@ class regenerable {
   }
 
  private:
+  bool intact_locked() { return obj_ != nullptr && arena_->intact(); }
+
   void abandon_locked() noexcept {
     obj_ = nullptr;
     arena_.reset();

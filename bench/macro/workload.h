@@ -115,19 +115,23 @@ inline std::string mapped_allocators() {
   return out.empty() ? "-" : out;
 }
 
-// Peak resident set of this program image in KiB (VmHWM). Unlike the
-// rusage of a child, it does not include the spawning process's pages.
-inline long peak_rss_kib() {
+// A "<key> <n> kB" line of /proc/self/status, in KiB; -1 if absent.
+inline long status_kib(const char* key) {
   FILE* f = std::fopen("/proc/self/status", "r");
   if (f == nullptr) return -1;
   char line[256];
   long kib = -1;
+  const std::size_t n = std::strlen(key);
   while (std::fgets(line, sizeof line, f) != nullptr) {
-    if (std::strncmp(line, "VmHWM:", 6) == 0) kib = std::atol(line + 6);
+    if (std::strncmp(line, key, n) == 0) kib = std::atol(line + n);
   }
   std::fclose(f);
   return kib;
 }
+
+// Peak resident set of this program image in KiB (VmHWM). Unlike the
+// rusage of a child, it does not include the spawning process's pages.
+inline long peak_rss_kib() { return status_kib("VmHWM:"); }
 
 class timer {
  public:

@@ -218,17 +218,7 @@ using bench::allocator_name;
 using bench::malloc_provider;
 using bench::mapped_allocators;
 
-inline long rss_kib() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (f == nullptr) return -1;
-  char line[256];
-  long kib = -1;
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    if (std::strncmp(line, "VmRSS:", 6) == 0) kib = std::atol(line + 6);
-  }
-  std::fclose(f);
-  return kib;
-}
+inline long rss_kib() { return bench::status_kib("VmRSS:"); }
 
 inline void wait_for_go() {
   char go;
