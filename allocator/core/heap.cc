@@ -478,25 +478,21 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
     limit = cap;
     bin.limit.store(limit, std::memory_order_relaxed);
   }
-  const std::uint8_t tag = st & state::kTagMask;
-  if (tag != (t_current.live_state & state::kTagMask) && blocks_share_lines(s->block_size)) {
-    // Another thread allocated it: keep it from this thread's allocations.
-    if (n >= limit) {
-      std::uint32_t half = cap / 2;
-      give_back(s->cls, bin.items + (n - half), half);
-      n -= half;
-      bin.count.store(n, std::memory_order_relaxed);
-    }
-    bin.items[limit - 1] = b;
-    bin.limit.store(limit - 1, std::memory_order_relaxed);
-    return;
-  }
   if (n >= limit) {
-    // Full: hand the top half back. Keeping the most recently freed (warmest)
-    // blocks instead would cost moving the rest down on every flush.
+    // Full of this thread's own: hand the top half back. Keeping the most
+    // recently freed (warmest) blocks instead would cost moving the rest down
+    // on every flush.
     std::uint32_t half = cap / 2;
     give_back(s->cls, bin.items + (n - half), half);
     n -= half;
+    bin.count.store(n, std::memory_order_relaxed);
+  }
+  const std::uint8_t tag = st & state::kTagMask;
+  if (tag != (t_current.live_state & state::kTagMask) && blocks_share_lines(s->block_size)) {
+    // Another thread allocated it: keep it from this thread's allocations.
+    bin.items[limit - 1] = b;
+    bin.limit.store(limit - 1, std::memory_order_relaxed);
+    return;
   }
   bin.items[n] = b;
   bin.count.store(n + 1, std::memory_order_relaxed);

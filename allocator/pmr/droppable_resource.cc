@@ -34,8 +34,7 @@ void* droppable_resource::do_allocate(std::size_t bytes, std::size_t alignment) 
 }
 
 void* droppable_resource::allocate_or_throw(std::size_t bytes, std::size_t alignment) {
-  heap_.make_current();
-  if (void* p = heap_.allocate_cached(bytes, alignment)) return p;
+  heap_.make_current();  // then allocate() below starts with the fast path
   core::alloc_error err = core::alloc_error::none;
   void* p = heap_.allocate(bytes, alignment, &err);
   if (p == nullptr) throw allocation_error(bytes, alignment, err);
@@ -55,8 +54,7 @@ void droppable_resource::do_deallocate(void* p, [[maybe_unused]] std::size_t byt
 }
 
 void droppable_resource::deallocate_slow(void* p) noexcept {
-  heap_.make_current();
-  if (heap_.deallocate_cached(p)) return;
+  heap_.make_current();  // then deallocate() starts with the fast path
   heap_.deallocate(p);
 }
 

@@ -149,10 +149,8 @@ core::heap* init_general() noexcept {
 }
 
 void* alloc_slow(std::size_t bytes, std::size_t alignment) noexcept {
-  if (core::heap* h = g_general.load(std::memory_order_acquire); h != nullptr && g_droppable == nullptr) {
-    h->make_current();  // then the fast path serves it (see heap::make_current)
-    if (void* p = h->allocate_cached(bytes, alignment)) return p;
-  }
+  // Then alloc()'s heap starts with the fast path (see heap::make_current).
+  if (core::heap* h = g_general.load(std::memory_order_acquire)) h->make_current();
   return alloc(bytes, alignment);
 }
 

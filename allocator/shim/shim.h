@@ -96,8 +96,7 @@ inline void release(void* p) noexcept {
   if (DROPALLOC_UNLIKELY(s == nullptr)) return release_foreign(p);
   core::heap* h = s->owner;
   if (DROPALLOC_UNLIKELY(h != g_droppable || h == nullptr)) h = general();
-  h->make_current();  // then the fast path serves it (see heap::make_current)
-  if (h->deallocate_cached(p)) return;
+  h->make_current();  // then deallocate() starts with the fast path (see heap::make_current)
   h->deallocate(p);
 }
 
