@@ -52,7 +52,7 @@ shadow_block* shadow::add(block_ref ref, std::size_t usable, std::size_t request
                           std::size_t align) {
   auto b = std::make_unique<shadow_block>();
   b->ptr = static_cast<std::byte*>(ref.ptr);
-  b->gen = ref.gen;
+  b->gen = ref.generation;
   b->usable = usable;
   b->requested = requested;
   b->align = align;

@@ -55,6 +55,11 @@ struct mt_context {
   // Allocation and free do not take it: they may race seal_all.
   std::shared_mutex seal_lock;
   std::atomic<std::uint64_t> epoch{0};  // seal_all calls begun, bumped under the exclusive lock
+  // Plain writes into blocks must not overlap the library's atomic reads of
+  // the same words (check, check_all) in other threads: a data race in C++
+  // terms. Writers hold it shared; threads that check others' blocks hold it
+  // alone. Frees, allocations, trims, seals and drops still race the checks.
+  std::shared_mutex write_lock;
   struct slot {
     std::mutex m;
     block_ref ref;
@@ -129,7 +134,5 @@ class runner {
   bool droppable_;
   std::deque<std::string> recent_;  // the last operations, for failure reports
 };
-
-const char* state_name(block_state s);
 
 }  // namespace model
