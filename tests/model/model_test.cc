@@ -8,6 +8,8 @@
 //                  in every failure. The single-threaded case replays exactly
 //                  from it; the threaded ones replay their operation choices
 //                  but not the interleaving.
+//   MODEL_KEEP_GOING=1  diagnosis: go on after an oracle fired and report
+//                  every oracle that fires (first report of each, with counts)
 //   bazel test //tests/model:model_test --test_env=MODEL_SECONDS=600 --test_env=MODEL_SEED=42
 #include <doctest/doctest.h>
 
@@ -41,6 +43,14 @@ std::uint64_t base_seed() {
   return seed;
 }
 
+bool keep_going() {
+  const char* s = std::getenv("MODEL_KEEP_GOING");
+  return s != nullptr && *s == '1';
+}
+
+// Whether a run should stop early because an oracle fired.
+bool stop_on(const model::failure_log& log) { return log.any() && !keep_going(); }
+
 clock_type::time_point deadline(double share) {
   return clock_type::now() + std::chrono::microseconds(static_cast<long long>(budget_seconds() * share * 1e6));
 }
@@ -51,8 +61,9 @@ std::uint64_t mix(std::uint64_t seed, std::uint64_t k) {
 }
 
 void announce(const char* what) {
-  std::fprintf(stderr, "[model] %s: MODEL_SEED=%llu MODEL_SECONDS=%g\n", what,
-               static_cast<unsigned long long>(base_seed()), budget_seconds());
+  std::fprintf(stderr, "[model] %s: MODEL_SEED=%llu MODEL_SECONDS=%g%s\n", what,
+               static_cast<unsigned long long>(base_seed()), budget_seconds(),
+               keep_going() ? " MODEL_KEEP_GOING=1" : "");
 }
 
 void report(const model::failure_log& log) {
@@ -75,14 +86,16 @@ TEST_CASE("single-threaded random sequences keep the promise") {
   model::failure_log log;
   auto end = deadline(0.40);
   std::uint64_t ops = 0;
-  for (std::uint64_t round = 0; clock_type::now() < end && !log.any(); ++round) {
+  for (std::uint64_t round = 0; clock_type::now() < end && !stop_on(log); ++round) {
     std::uint64_t seed = mix(base_seed(), round);
     dropalloc::resource_options o;
     o.thread_cache = (seed & 1) != 0;
     o.empty_arena_decay_ms = (seed & 2) != 0 ? 0 : 1000;
     dropalloc::droppable_resource res(o);
     model::generation_registry gens;
-    model::runner run(res, gens, log, seed, model::runner_options{});
+    model::runner_options ro;
+    ro.keep_going = keep_going();
+    model::runner run(res, gens, log, seed, ro);
     for (int i = 0; i < 4000 && clock_type::now() < end && !run.failed(); ++i) run.step();
     if (!run.failed()) run.free_all();
     ops += run.ops();
@@ -110,7 +123,7 @@ TEST_CASE("multi-threaded owners, checkers and a sweeper keep the promise") {
   model::mt_context ctx(kOwners * kSlotsEach);
   auto end = deadline(0.30);
   std::atomic<bool> stop{false};
-  auto done = [&] { return stop.load(std::memory_order_relaxed) || log.any() || clock_type::now() >= end; };
+  auto done = [&] { return stop.load(std::memory_order_relaxed) || stop_on(log) || clock_type::now() >= end; };
 
   std::vector<std::thread> threads;
   std::atomic<std::uint64_t> owner_ops{0}, checks{0}, sweeps{0};
@@ -124,14 +137,15 @@ TEST_CASE("multi-threaded owners, checkers and a sweeper keep the promise") {
       ro.max_live = 48;
       ro.max_live_bytes = std::size_t{6} << 20;
       ro.fork_allowed = false;
+      ro.keep_going = keep_going();
       model::runner run(res, gens, log, mix(base_seed(), 1000 + static_cast<std::uint64_t>(t)), ro);
       while (!done()) run.step();
       if (!run.failed()) run.free_all();
       owner_ops += run.ops();
     });
   }
-  auto checker_fail = [&](const std::string& what) {
-    log.add("ORACLE " + what + " (checker thread, seed=" + std::to_string(base_seed()) + ")");
+  auto checker_fail = [&](const std::string& oracle, const std::string& what) {
+    log.add(oracle, "ORACLE " + oracle + " fired (checker thread, seed=" + std::to_string(base_seed()) + "): " + what);
   };
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&, t] {
@@ -153,14 +167,15 @@ TEST_CASE("multi-threaded owners, checkers and a sweeper keep the promise") {
         }
         ++checks;
         if (!valid(s) || s == block_state::foreign) {
-          checker_fail("checker-issued-handle-answer: check(" + std::to_string(reinterpret_cast<std::uintptr_t>(ref.ptr)) +
-                       ", " + std::to_string(ref.generation) + ") said " + model::name(s));
+          checker_fail("checker-issued-handle-answer",
+                       "check(" + std::to_string(reinterpret_cast<std::uintptr_t>(ref.ptr)) + ", " +
+                           std::to_string(ref.generation) + ") of a handle the owner was given said " + model::name(s));
         }
         if (freed && s != block_state::stale) {
-          checker_fail("checker-freed-handle-not-stale: handle freed before the check, check said " + model::name(s));
+          checker_fail("checker-freed-handle-not-stale", "handle freed before the check, check said " + model::name(s));
         }
         if (r.chance(5) && res.check(nullptr, ref.generation) != block_state::foreign) {
-          checker_fail("nullptr-not-foreign (checker)");
+          checker_fail("nullptr-not-foreign", "check(nullptr, " + std::to_string(ref.generation) + ") not foreign");
         }
       }
     });
@@ -213,7 +228,7 @@ TEST_CASE("write_and_seal against concurrent drops") {
   model::rng r(mix(base_seed(), 3001));
   std::vector<std::uint8_t> src(kBytes), seen(kBytes);
   std::uint64_t rounds = 0, intact = 0, dropped = 0;
-  while (clock_type::now() < end && !log.any()) {
+  while (clock_type::now() < end && !stop_on(log)) {
     ++rounds;
     for (auto& v : src) v = static_cast<std::uint8_t>(r.next() | 1);  // no zero byte: every page has data
     block_state s = res.write_and_seal(b.ptr, src.data(), kBytes);
@@ -222,19 +237,19 @@ TEST_CASE("write_and_seal against concurrent drops") {
       std::memcpy(seen.data(), b.ptr, kBytes);
       block_state again = res.check(b.ptr, b.generation);
       if (again == block_state::intact && std::memcmp(seen.data(), src.data(), kBytes) != 0) {
-        log.add("ORACLE write_and_seal-intact-but-bytes-differ fired: seed=" + std::to_string(base_seed()) +
+        log.add("write_and_seal-intact-but-bytes-differ", "ORACLE write_and_seal-intact-but-bytes-differ fired: seed=" + std::to_string(base_seed()) +
                 " round " + std::to_string(rounds) + ": read after write_and_seal differs from src, check says intact");
       }
     } else if (s == block_state::dropped) {
       ++dropped;
       block_state again = res.check(b.ptr, b.generation);
       if (again != block_state::dropped) {
-        log.add("ORACLE write_and_seal-left-block-not-dropped fired: seed=" + std::to_string(base_seed()) +
+        log.add("write_and_seal-left-block-not-dropped", "ORACLE write_and_seal-left-block-not-dropped fired: seed=" + std::to_string(base_seed()) +
                 " round " + std::to_string(rounds) + ": write_and_seal said dropped, then check said " +
                 model::name(again));
       }
     } else {
-      log.add("ORACLE write_and_seal-answer fired: said " + model::name(s) + " for a live block of ours");
+      log.add("write_and_seal-answer", "ORACLE write_and_seal-answer fired: said " + model::name(s) + " for a live block of ours");
     }
   }
   stop = true;
@@ -257,9 +272,15 @@ TEST_CASE("check() of handles whose arenas are being unmapped") {
   o.empty_arena_decay_ms = 0;
   dropalloc::droppable_resource res(o);
   auto end = deadline(0.20);
-  std::mutex m;
-  block_ref published;
-  bool freed = true;
+  // The published handle, in a seqlock: the checkers must not slow the owner
+  // down (a mutex they hammer would starve it), and must never take a torn
+  // (pointer, generation) pair for a handle.
+  struct {
+    std::atomic<std::uint64_t> seq{0};  // odd while the owner rewrites it
+    std::atomic<void*> ptr{nullptr};
+    std::atomic<std::uint64_t> gen{0};
+    std::atomic<bool> freed{true};
+  } pub;
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> checks{0}, cycles{0};
   std::thread owner([&] {
@@ -267,17 +288,14 @@ TEST_CASE("check() of handles whose arenas are being unmapped") {
     static constexpr std::size_t kSizes[] = {20000, 20000, 300000, 2u << 20};
     while (!stop.load(std::memory_order_relaxed)) {
       block_ref b = res.allocate_block(kSizes[r.below(4)]);
-      {
-        std::lock_guard<std::mutex> g(m);
-        published = b;
-        freed = false;
-      }
+      pub.seq.fetch_add(1, std::memory_order_acq_rel);
+      pub.ptr.store(b.ptr, std::memory_order_relaxed);
+      pub.gen.store(b.generation, std::memory_order_relaxed);
+      pub.freed.store(false, std::memory_order_relaxed);
+      pub.seq.fetch_add(1, std::memory_order_acq_rel);
       if (r.chance(50)) res.seal(b.ptr);
       res.deallocate(b.ptr, 20000, alignof(std::max_align_t));
-      {
-        std::lock_guard<std::mutex> g(m);
-        freed = true;
-      }
+      pub.freed.store(true, std::memory_order_release);  // after the free: checks from now on see stale
       res.trim();
       ++cycles;
     }
@@ -286,22 +304,19 @@ TEST_CASE("check() of handles whose arenas are being unmapped") {
   for (int t = 0; t < 2; ++t) {
     checkers.emplace_back([&] {
       while (!stop.load(std::memory_order_relaxed)) {
-        block_ref h;
-        bool was_freed;
-        {
-          std::lock_guard<std::mutex> g(m);
-          h = published;
-          was_freed = freed;
-        }
-        if (h.ptr == nullptr) continue;
-        // Checked again without the lock, so the free and the unmap race it.
+        std::uint64_t s1 = pub.seq.load(std::memory_order_acquire);
+        block_ref h{pub.ptr.load(std::memory_order_relaxed), pub.gen.load(std::memory_order_relaxed)};
+        if ((s1 & 1) != 0 || pub.seq.load(std::memory_order_acquire) != s1 || h.ptr == nullptr) continue;
+        // Checked again and again, so the free and the unmap race it.
         for (int i = 0; i < 16; ++i) {
+          bool was_freed = pub.freed.load(std::memory_order_acquire) && pub.seq.load(std::memory_order_acquire) == s1;
           block_state s = res.check(h.ptr, h.generation);
           ++checks;
           if (!valid(s) || s == block_state::foreign || (was_freed && s != block_state::stale)) {
-            log.add("ORACLE check-during-unmap fired: seed=" + std::to_string(base_seed()) + ": check said " +
-                    model::name(s) + (was_freed ? " for a freed handle" : ""));
-            stop = true;
+            log.add("check-during-unmap", "ORACLE check-during-unmap fired: seed=" + std::to_string(base_seed()) +
+                                              ": check of a handle the owner was given said " + model::name(s) +
+                                              (was_freed ? " after it was freed" : ""));
+            if (!keep_going()) stop = true;
           }
         }
       }

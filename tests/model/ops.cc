@@ -29,16 +29,21 @@ long first_diff(const std::uint8_t* a, const std::uint8_t* b, std::size_t n) {
 
 }  // namespace
 
-void failure_log::add(const std::string& msg) {
+void failure_log::add(const std::string& oracle, const std::string& msg) {
   std::lock_guard<std::mutex> g(m_);
-  if (msgs_.size() < 20) msgs_.push_back(msg);
+  auto [it, fresh] = by_oracle_.try_emplace(oracle, msg, 0);
+  ++it->second.second;
+  if (fresh) order_.push_back(oracle);
   any_.store(true, std::memory_order_release);
 }
 
 std::string failure_log::all() const {
   std::lock_guard<std::mutex> g(m_);
   std::string out;
-  for (const auto& m : msgs_) out += m + "\n";
+  for (const auto& o : order_) {
+    const auto& [msg, n] = by_oracle_.at(o);
+    out += msg + "\n  (oracle " + o + " fired " + std::to_string(n) + " time(s))\n";
+  }
   return out;
 }
 
@@ -66,8 +71,8 @@ void runner::expect(bool ok, const char* oracle, const std::string& detail) {
                     " thread=" + std::to_string(opt_.thread_id) + " op=" + std::to_string(op_no_) +
                     "\n  " + detail + "\n  recent operations (oldest first):";
   for (const auto& r : recent_) msg += "\n    " + r;
-  log_.add(msg);
-  failed_ = true;
+  log_.add(oracle, msg);
+  if (!opt_.keep_going) failed_ = true;
 }
 
 // Memory must hold what the model says: nothing but the owner's writes and

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -34,16 +35,18 @@ class rng {
   std::uint64_t s_;
 };
 
-// Oracle failures of every thread. The first one is what a reader needs.
+// Oracle failures of every thread: the first report of each oracle in full,
+// and how often each fired (with MODEL_KEEP_GOING runs go on after a failure).
 class failure_log {
  public:
-  void add(const std::string& msg);
+  void add(const std::string& oracle, const std::string& msg);
   bool any() const { return any_.load(std::memory_order_acquire); }
   std::string all() const;
 
  private:
   mutable std::mutex m_;
-  std::vector<std::string> msgs_;
+  std::vector<std::string> order_;
+  std::map<std::string, std::pair<std::string, std::uint64_t>> by_oracle_;
   std::atomic<bool> any_{false};
 };
 
@@ -77,6 +80,9 @@ struct runner_options {
   std::size_t max_live = 160;
   std::size_t max_live_bytes = std::size_t{24} << 20;
   bool fork_allowed = true;
+  // Diagnosis: keep running after an oracle fired (the model then follows the
+  // library's answer where it can), to see which other oracles fire too.
+  bool keep_going = false;
 };
 
 class runner {
