@@ -453,6 +453,15 @@ void runner::op_stale_probe() {
   block_state s = res_.check(h.ptr, h.generation);
   expect(s == block_state::stale, "freed-handle-not-stale",
          "freed " + hex(h.ptr) + " gen " + std::to_string(h.generation) + ": check said " + name(s));
+  // write_and_seal of a freed block: nothing to write into. Only where no block
+  // of ours holds the address now (in threaded runs another owner may).
+  if (!single() || m_.containing(reinterpret_cast<std::uintptr_t>(h.ptr)) != nullptr) return;
+  std::uint8_t src[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  s = res_.write_and_seal(h.ptr, src, sizeof src);
+  // stale while its arena is mapped; once trim or the decay unmapped it the
+  // address is simply not ours, so foreign is allowed too.
+  expect(s == block_state::stale || s == block_state::foreign, "write_and_seal-freed-block",
+         "write_and_seal(freed " + hex(h.ptr) + ") said " + name(s));
 }
 
 void runner::op_foreign_probe() {
