@@ -49,8 +49,7 @@ std::string failure_log::all() const {
 
 runner::runner(dropalloc::droppable_resource& res, generation_registry& gens, failure_log& log,
                std::uint64_t seed, runner_options opt)
-    : res_(res), gens_(gens), log_(log), seed_(seed), opt_(opt), r_(seed),
-      droppable_(res.stats().droppable) {
+    : res_(res), gens_(gens), log_(log), seed_(seed), opt_(opt), r_(seed) {
   m_.others_check = !single();
 }
 
@@ -511,6 +510,8 @@ void runner::free_all() {
 // through a pipe and its exit status.
 void runner::op_fork() {
   note("fork");
+  // Asked here, in single-threaded runs only: stats() is for quiet moments.
+  droppable_ = res_.stats().droppable;
   int fds[2];
   if (pipe(fds) != 0) return;
   pid_t pid = fork();

@@ -137,7 +137,7 @@ class runner {
   shadow m_;
   std::uint64_t op_no_ = 0;
   bool failed_ = false;
-  bool droppable_;
+  bool droppable_ = true;  // arenas are MAP_DROPPABLE (a forked child sees zeros)
   std::deque<std::string> recent_;  // the last operations, for failure reports
 };
 
