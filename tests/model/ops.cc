@@ -8,6 +8,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <stdexcept>
+#include <thread>
 
 namespace model {
 
@@ -21,6 +22,7 @@ std::string hex(const void* p) {
 
 // First differing offset of two byte ranges, or -1.
 long first_diff(const std::uint8_t* a, const std::uint8_t* b, std::size_t n) {
+  if (std::memcmp(a, b, n) == 0) return -1;  // the common case, fast even under sanitizers
   for (std::size_t i = 0; i < n; ++i) {
     if (a[i] != b[i]) return static_cast<long>(i);
   }
@@ -108,9 +110,9 @@ void runner::fill(std::vector<std::uint8_t>& v) {
     return;
   }
   std::uint64_t x = r_.next() | 1;
-  for (std::size_t i = 0; i < n; ++i) {
+  for (std::size_t i = 0; i < n; i += 8) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;  // xorshift: cheap bytes for MiB writes
-    v[i] = static_cast<std::uint8_t>(x);
+    std::memcpy(v.data() + i, &x, std::min<std::size_t>(8, n - i));
   }
   if (mode <= 3 && n > 0) {  // zero prefix up to the whole first pages
     std::size_t z = r_.below(std::min<std::size_t>(n, 3 * kPage) + 1);
@@ -171,6 +173,15 @@ void runner::unpublish(shadow_block* b) {
   slot.freed = true;  // deallocate has returned: checkers must now see stale
 }
 
+// The shared side of the seal_all lock. glibc's rwlock prefers readers, and
+// the owners hold it nearly all the time: without this a sweeper waiting for
+// it would hardly ever get in, and seal_all would race the owners too rarely.
+std::shared_lock<std::shared_mutex> runner::owner_lock() {
+  if (single()) return {};
+  while (opt_.mt->sweeper_waiting.load(std::memory_order_acquire)) std::this_thread::yield();
+  return std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+}
+
 // ---- operations -------------------------------------------------------------------
 
 void runner::step() {
@@ -229,7 +240,7 @@ void runner::op_allocate() {
   // Multi-threaded: a seal_all racing the allocation may have sealed the new
   // block with whatever its last life left in it. Under the shared lock
   // (no seal_all now) memory is stable: take it as the model's bytes and ask.
-  std::shared_lock<std::shared_mutex> lk(opt_.mt->seal_lock);
+  auto lk = owner_lock();
   shadow_block* b = m_.add(ref, usable, size, align);
   b->synced_epoch = opt_.mt->epoch.load(std::memory_order_acquire);
   block_state s = res_.check(b->ptr, b->gen);
@@ -246,8 +257,8 @@ void runner::op_write(shadow_block* b) {
   std::size_t len = full ? b->usable : 1 + r_.below(std::min<std::size_t>(b->usable - off, 3 * kPage));
   std::vector<std::uint8_t> data(len);
   fill(data);
-  std::shared_lock<std::shared_mutex> lk, wlk;
-  if (!single()) lk = std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+  auto lk = owner_lock();
+  std::shared_lock<std::shared_mutex> wlk;
   if (!single()) wlk = std::shared_lock<std::shared_mutex>(opt_.mt->write_lock);
   sync(b);
   note("write " + where(*b) + " [" + std::to_string(off) + ", +" + std::to_string(len) + ")");
@@ -270,8 +281,7 @@ void runner::op_write(shadow_block* b) {
 }
 
 void runner::op_seal(shadow_block* b) {
-  std::shared_lock<std::shared_mutex> lk;
-  if (!single()) lk = std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+  auto lk = owner_lock();
   sync(b);
   note("seal " + where(*b));
   answers want = m_.expect_seal(*b);
@@ -283,8 +293,8 @@ void runner::op_seal(shadow_block* b) {
 }
 
 void runner::op_write_and_seal(shadow_block* b) {
-  std::shared_lock<std::shared_mutex> lk, wlk;
-  if (!single()) lk = std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+  auto lk = owner_lock();
+  std::shared_lock<std::shared_mutex> wlk;
   if (!single()) wlk = std::shared_lock<std::shared_mutex>(opt_.mt->write_lock);
   sync(b);
   bool too_long = r_.chance(4);
@@ -319,8 +329,7 @@ void runner::op_write_and_seal(shadow_block* b) {
 }
 
 void runner::op_drop(shadow_block* b) {
-  std::shared_lock<std::shared_mutex> lk;
-  if (!single()) lk = std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+  auto lk = owner_lock();
   sync(b);
   std::size_t drops = 1 + r_.below(std::min<std::size_t>(b->pages(), 3));
   for (std::size_t i = 0; i < drops; ++i) {
@@ -335,8 +344,7 @@ void runner::op_drop(shadow_block* b) {
 // the copy), then checks it: the safe read protocol. If the check says intact,
 // what was read must be what was sealed.
 void runner::op_check(shadow_block* b) {
-  std::shared_lock<std::shared_mutex> lk;
-  if (!single()) lk = std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+  auto lk = owner_lock();
   sync(b);
   note("copy out and check " + where(*b));
   std::vector<std::uint8_t> copy(b->usable);
@@ -369,8 +377,7 @@ void runner::op_free(shadow_block* b) {
   std::size_t requested = b->requested, align = b->align;
   {
     // Frees take no lock: they may race a seal_all on purpose.
-    std::shared_lock<std::shared_mutex> lk;
-    if (!single()) lk = std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+    auto lk = owner_lock();
     sync(b);
     compare_memory(*b, "memory-differs-before-free");
   }
@@ -481,8 +488,7 @@ void runner::op_foreign_probe() {
          "drop_for_testing(&local) did not refuse");
   shadow_block* b = pick();
   if (b == nullptr || b->usable < 2) return;
-  std::shared_lock<std::shared_mutex> lk;
-  if (!single()) lk = std::shared_lock<std::shared_mutex>(opt_.mt->seal_lock);
+  auto lk = owner_lock();
   sync(b);
   std::byte* inner = b->ptr + 1 + r_.below(b->usable - 1);
   s = res_.check(inner, 0);

@@ -58,6 +58,7 @@ struct mt_context {
   // Allocation and free do not take it: they may race seal_all.
   std::shared_mutex seal_lock;
   std::atomic<std::uint64_t> epoch{0};  // seal_all calls begun, bumped under the exclusive lock
+  std::atomic<bool> sweeper_waiting{false};  // owners hold back so the sweeper gets the lock
   // Plain writes into blocks must not overlap the library's atomic reads of
   // the same words (check, check_all) in other threads: a data race in C++
   // terms. Writers hold it shared; threads that check others' blocks hold it
@@ -104,7 +105,8 @@ class runner {
   bool droppable_page(const shadow_block& b, std::uintptr_t page) const;
   std::uintptr_t pick_page(const shadow_block& b);
   void force_drop(std::uintptr_t page);
-  void sync(shadow_block* b);  // applies seal_all runs the owner has not seen yet
+  void sync(shadow_block* b);
+  std::shared_lock<std::shared_mutex> owner_lock();  // empty in single-threaded runs  // applies seal_all runs the owner has not seen yet
 
   void op_allocate();
   void op_write(shadow_block* b);
