@@ -75,6 +75,33 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 // The state byte is what allocate and free touch: one byte per block keeps the
 // hot metadata dense (8 blocks' states per cache line would cost a miss per
 // allocation in batch workloads).
+//
+// The block state machine (bits 0-1 of the state byte). Every transition is
+// below; nothing else changes a block's state. Each is tested in
+// tests/block_state_test.cc.
+//
+//   free ----allocate----> live
+//   live, sealed, dropped ----free----> free       generation + 1 if observed
+//   live ----seal / seal_all----> sealed           witnesses from the contents now
+//   dropped ----seal----> sealed                   the owner rewrote it
+//   sealed ----seal----> sealed                    re-seal after a write, but only
+//                                                  if no witness word reads zero;
+//   sealed ----seal----> dropped                   otherwise (the old seal is
+//                                                  settled first: a lost page never
+//                                                  becomes intact by a re-seal)
+//   sealed ----check finds a zero witness----> dropped   (sticky)
+//   sealed, live ----write_and_seal fails----> dropped   (mark_dropped)
+//   seal_all never touches sealed or dropped blocks.
+//   drop (kernel)   changes contents, not states: check() turns sealed into
+//                   dropped when it sees it.
+//   fork            the child's droppable arenas read as zeros: sealed blocks
+//                   with data read dropped there; states are inherited.
+//   trim / decay    unmap arenas with no live block (no state changes); handles
+//                   into them read stale, since unmapping raises the process's
+//                   generation floor above every generation the arena used.
+// During a re-seal the state is live for a moment (a concurrent check answers
+// `unsealed` rather than trust half-written witnesses). Sealers of one block
+// are serialised by a lock; allocate, free and check take none.
 namespace state {
 inline constexpr std::uint8_t kFree = 0, kLive = 1, kSealed = 2, kDropped = 3;
 inline constexpr std::uint8_t kMask = 3;
