@@ -75,6 +75,33 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 // The state byte is what allocate and free touch: one byte per block keeps the
 // hot metadata dense (8 blocks' states per cache line would cost a miss per
 // allocation in batch workloads).
+//
+// The block state machine (bits 0-1 of the state byte). Every transition is
+// below; nothing else changes a block's state. Each is tested in
+// tests/block_state_test.cc.
+//
+//   free ----allocate----> live
+//   live, sealed, dropped ----free----> free       generation + 1 if observed
+//   live ----seal / seal_all----> sealed           witnesses from the contents now
+//   dropped ----seal----> sealed                   the owner rewrote it
+//   sealed ----seal----> sealed                    re-seal after a write, but only
+//                                                  if no witness word reads zero;
+//   sealed ----seal----> dropped                   otherwise (the old seal is
+//                                                  settled first: a lost page never
+//                                                  becomes intact by a re-seal)
+//   sealed ----check finds a zero witness----> dropped   (sticky)
+//   sealed, live ----write_and_seal fails----> dropped   (mark_dropped)
+//   seal_all never touches sealed or dropped blocks.
+//   drop (kernel)   changes contents, not states: check() turns sealed into
+//                   dropped when it sees it.
+//   fork            the child's droppable arenas read as zeros: sealed blocks
+//                   with data read dropped there; states are inherited.
+//   trim / decay    unmap arenas with no live block (no state changes); handles
+//                   into them read stale, since unmapping raises the process's
+//                   generation floor above every generation the arena used.
+// During a re-seal the state is live for a moment (a concurrent check answers
+// `unsealed` rather than trust half-written witnesses). Sealers of one block
+// are serialised by a lock; allocate, free and check take none.
 namespace state {
 inline constexpr std::uint8_t kFree = 0, kLive = 1, kSealed = 2, kDropped = 3;
 inline constexpr std::uint8_t kMask = 3;
@@ -97,8 +124,13 @@ inline constexpr std::uint32_t kTags = 31;
 constexpr bool blocks_share_lines(std::uint64_t block_size) { return block_size % 64 != 0; }
 
 // The meta word, touched only for observed blocks (by free, seal and check):
-//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none
+//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none;
+//              multi-page and large blocks: a count of seals, so that every
+//              seal changes the word (check() re-reads it to know that the
+//              per-page witnesses it read all belong to one seal)
 //   bits 12-63 generation, counted from the arena's gen_base
+// Written only by compare-and-exchange (seal) and by bump_generation (free),
+// so neither can undo the other.
 namespace meta {
 inline constexpr int kWitnessShift = 2;
 inline constexpr std::uint64_t kWitnessMask = 0x3ffull << kWitnessShift;
@@ -108,6 +140,9 @@ constexpr std::uint64_t gen(std::uint64_t m) { return m >> kGenShift; }
 constexpr std::uint64_t witness(std::uint64_t m) { return (m & kWitnessMask) >> kWitnessShift; }
 constexpr std::uint64_t make(std::uint64_t gen, std::uint64_t witness) {
   return (gen << kGenShift) | (witness << kWitnessShift);
+}
+constexpr std::uint64_t next_seal_count(std::uint64_t m) {
+  return (witness(m) + 1) & (kWitnessMask >> kWitnessShift);
 }
 static_assert(kMaxSmallSize / 8 < (kWitnessMask >> kWitnessShift), "witness index must fit");
 }  // namespace meta

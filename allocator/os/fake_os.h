@@ -80,8 +80,12 @@ class fake_os final : public os_interface {
     ++metadata_unmaps;
     munmap(p, bytes);
   }
-  int seal_pages(void*, std::size_t) noexcept override {
+  // Zero the pages being sealed, as a kernel drop right after the witnesses
+  // were recorded would: for tests of what a seal reports then.
+  std::atomic<bool> drop_on_seal{false};
+  int seal_pages(void* p, std::size_t bytes) noexcept override {
     ++seals;
+    if (drop_on_seal.load()) return drop_pages(p, bytes);
     return 0;
   }
   int drop_pages(void* p, std::size_t bytes) noexcept override {
