@@ -1,9 +1,10 @@
-// dropalloc::object_arena: the private arena of one regenerable object.
+// dropalloc::object_arena: a private arena abandoned as a whole.
 //
-// A bump allocator over chunks taken from a shared droppable_resource. The
-// object and everything it allocates live in these chunks; when any of it is
-// dropped, the arena gives every chunk back at once and the object is simply
-// forgotten (its destructor never runs, its pointers may read as zeros).
+// A bump allocator over chunks taken from a shared droppable_resource. An
+// object and everything it allocates can live in these chunks; when any of it
+// is dropped, the arena gives every chunk back at once and the object is
+// simply forgotten (its destructor never runs, its pointers may read as
+// zeros). Alignment is of the address handed out, whatever the chunk's.
 //
 // Why chunks from a shared resource rather than one droppable_resource per
 // object: a resource maps a 4 MiB arena (and its metadata) for every size
