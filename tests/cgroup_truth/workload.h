@@ -17,7 +17,7 @@ struct workload_options {
   int threads = 2;
   std::size_t slots_per_thread = 49152; // the working set: ~100 MB a thread
   std::size_t steps_per_round = 20000;  // fresh blocks per thread between cross-checks
-  std::size_t seal_all_batch = 64;      // blocks written before each seal_all()
+  std::size_t seal_all_batch = 1024;    // blocks written before each seal_all(), which visits them all
   std::size_t cross_checks = 4096;      // another thread's blocks checked per round
 };
 
