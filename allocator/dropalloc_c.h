@@ -82,9 +82,13 @@ dropalloc_block dropalloc_alloc(dropalloc_resource* r, size_t bytes, size_t alig
 void dropalloc_free(dropalloc_resource* r, void* p);
 
 /* Declares the block fully written: records witnesses and lets the kernel drop
- * its pages oldest first. Returns the state right after sealing. */
+ * its pages oldest first. Returns the state right after sealing. A sealed
+ * block that lost a page since its seal is not resealed: it becomes (and the
+ * call returns) DROPPED; rewrite it and seal again. */
 dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p);
-/* Seals every live block of the resource; returns how many. */
+/* Seals every live block of the resource that is not sealed yet (sealed and
+ * dropped blocks keep their state); returns how many. Call it when no thread is
+ * still writing an unsealed block of the resource. */
 size_t dropalloc_seal_all(dropalloc_resource* r);
 /* Whether (p, generation) is still whole. No system call. */
 dropalloc_state dropalloc_check(dropalloc_resource* r, const void* p, uint64_t generation);

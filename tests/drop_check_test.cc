@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "allocator/dropalloc.h"
@@ -208,7 +209,7 @@ TEST_CASE("random drops: the intact answer matches the truth for every block") {
   }
 }
 
-TEST_CASE("seal_all seals every live block with one pass") {
+TEST_CASE("seal_all seals every unsealed live block with one pass") {
   droppable_resource res;
   std::pmr::vector<std::pmr::string> v(&res);
   for (int i = 0; i < 1000; ++i) v.emplace_back(200, static_cast<char>('a' + i % 26));
@@ -250,9 +251,12 @@ TEST_CASE("write_and_seal copies, seals and verifies") {
   CHECK(res.write_and_seal(b.ptr, src.data(), src.size()) == block_state::intact);
   CHECK(res.is_intact(b));
   // Too long for the block, or not a block: refused, nothing written.
-  CHECK(res.write_and_seal(b.ptr, src.data(), res.usable_size(b.ptr) + 1) != block_state::intact);
+  std::vector<unsigned char> longer(res.usable_size(b.ptr) + 1, 7);
+  CHECK_THROWS_AS(res.write_and_seal(b.ptr, longer.data(), longer.size()), std::length_error);
+  CHECK(res.is_intact(b));
   int local = 0;
-  CHECK(res.write_and_seal(&local, src.data(), 4) != block_state::intact);
+  CHECK(res.write_and_seal(&local, src.data(), 4) == block_state::foreign);
+  CHECK(res.write_and_seal(nullptr, src.data(), 4) == block_state::foreign);
   CHECK(local == 0);
   res.deallocate(b.ptr, src.size());
 }

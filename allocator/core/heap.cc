@@ -3,6 +3,7 @@
 // in thread_cache.cc, sealing and the drop check in seal_check.cc.
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
+#include "allocator/core/grace.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -119,10 +120,13 @@ heap::~heap() {
     }
   }
   std::lock_guard<std::mutex> guard(segments_lock_);
+  // One grace period for all: unregister every arena, wait, then unmap.
+  for (segment* s = all_; s != nullptr; s = s->all_next) unregister_segment(s);
+  wait_for_readers();
   while (all_ != nullptr) {
     segment* s = all_;
     all_ = s->all_next;
-    destroy_segment(*os_, s);
+    unmap_segment(*os_, s);
   }
 }
 
@@ -419,8 +423,8 @@ void heap::trim() noexcept {
   // The calling thread's cached blocks first (other threads' caches are
   // theirs to touch): they keep their arenas from counting as empty.
   tc_table* t = t_cache_table;
-  tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_] : nullptr;
-  if (mine != nullptr && mine->heap_id == id_) give_back_cache(mine);
+  tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_].load(std::memory_order_relaxed) : nullptr;
+  if (mine != nullptr && mine->heap_id.load(std::memory_order_relaxed) == id_) give_back_cache(mine);
   release_large_cache(true);
   std::uint64_t now = now_ms();
   for (auto& c : classes_) {
@@ -433,13 +437,20 @@ void heap::trim() noexcept {
 // ---- free slow path ------------------------------------------------------------
 
 void heap::deallocate_checked(void* p) noexcept {
-  segment* s = segment_of(p);
+  segment* s;
   std::uint32_t idx;
-  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) {
-    return report_misuse("not a block of this resource", p);
-  }
-  if (s->state[idx].load(std::memory_order_relaxed) == state::kFree) {
-    return report_misuse("double free", p);
+  {
+    // A double free may name an arena that is being unmapped: validate in a
+    // read section. A live block's arena cannot go away under its owner, so
+    // the free itself needs none (and may unmap, which a section must not).
+    read_section reading;
+    s = segment_of(p);
+    if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) {
+      return report_misuse("not a block of this resource", p);
+    }
+    if ((s->state[idx].load(std::memory_order_relaxed) & state::kMask) == state::kFree) {
+      return report_misuse("double free", p);
+    }
   }
   deallocate_slow(s, idx, p);
 }
@@ -454,8 +465,7 @@ void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
     }
     // The mapping may be reused at the same address: outstanding handles must
     // go stale, as for any block.
-    auto& word = s->meta[0];
-    word.store(meta::make(meta::gen(word.load(std::memory_order_relaxed)) + 1, 0), std::memory_order_release);
+    bump_generation(s->meta[0]);
     if (cache_large(s)) return;
     unlink_all(s);
     destroy_segment(*os_, s);
@@ -514,11 +524,12 @@ void heap::report_misuse(const char* what, const void* p) noexcept {
 }
 
 bool heap::sized_free_matches(const void* p, std::size_t bytes, std::size_t alignment) noexcept {
+  read_section reading;
   segment* s = segment_of(p);
   std::uint32_t idx;
   // Not a live block of ours: deallocate() itself refuses and reports that.
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx) ||
-      s->state[idx].load(std::memory_order_acquire) == state::kFree) {
+      (s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kFree) {
     return true;
   }
   std::size_t usable = s->cls == kLargeClass ? s->span : s->block_size;
@@ -538,29 +549,39 @@ bool heap::sized_free_matches(const void* p, std::size_t bytes, std::size_t alig
 
 // ---- queries ---------------------------------------------------------------------
 
+// Every query below finds the segment without a lock: a read section keeps
+// it mapped while we look (core/grace.h).
+
 bool heap::owns(const void* p) const noexcept {
+  read_section reading;
   segment* s = segment_of(p);
   std::uint32_t idx;
   return s != nullptr && s->owner == this && block_index(s, p, &idx);
 }
 
 std::uint64_t heap::generation(const void* p) const noexcept {
+  read_section reading;
   segment* s = segment_of(p);
   std::uint32_t idx;
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
   auto& sb = s->state[idx];
   std::uint8_t st = sb.load(std::memory_order_acquire);
-  if (st == state::kFree) return 0;
-  // From now on a handle to this life may exist: its free must bump the generation.
-  if ((st & state::kObserved) == 0) sb.fetch_or(state::kObserved, std::memory_order_acq_rel);
+  // From now on a handle to this life may exist: its free must bump the
+  // generation. Compare-and-exchange, so that a free racing us is never
+  // turned into a "free but observed" state that a second free would pass.
+  while ((st & state::kMask) != state::kFree && (st & state::kObserved) == 0) {
+    sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved), std::memory_order_acq_rel);
+  }
+  if ((st & state::kMask) == state::kFree) return 0;
   return s->generation_of(s->meta[idx].load(std::memory_order_acquire));
 }
 
 std::size_t heap::usable_size(const void* p) const noexcept {
+  read_section reading;
   segment* s = segment_of(p);
   std::uint32_t idx;
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
-  if (s->state[idx].load(std::memory_order_acquire) == state::kFree) return 0;
+  if ((s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kFree) return 0;
   return s->cls == kLargeClass ? s->span : s->block_size;
 }
 
@@ -573,8 +594,8 @@ resource_stats heap::stats() const noexcept {
     registry_t& r = registry();
     std::lock_guard<std::mutex> guard(r.lock);
     for (tc_table* t = r.tables; t != nullptr; t = t->next) {
-      tc_heap_cache* c = t->caches[slot_];
-      if (c == nullptr || c->heap_id != id_) continue;
+      tc_heap_cache* c = t->caches[slot_].load(std::memory_order_relaxed);
+      if (c == nullptr || c->heap_id.load(std::memory_order_relaxed) != id_) continue;
       for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
         cached_blocks[cls] += c->bins[cls].count.load(std::memory_order_relaxed) + kBinCapacity[cls] -
                               c->bins[cls].limit.load(std::memory_order_relaxed);

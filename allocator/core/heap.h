@@ -73,8 +73,16 @@ class heap {
   // block at p cannot hold `bytes` or is not aligned to `alignment`.
   bool sized_free_matches(const void* p, std::size_t bytes, std::size_t alignment) noexcept;
 
+  // The transitions of the block state machine (core/types.h, namespace
+  // state). seal: live, sealed or dropped -> sealed, except that a sealed
+  // block that lost a page since its seal becomes dropped (returned) instead.
   block_state seal(void* p) noexcept;
-  std::size_t seal_all() noexcept;  // seals every live block; returns how many
+  // Seals every live, unsealed block; leaves sealed and dropped ones alone.
+  // Returns how many it sealed.
+  std::size_t seal_all() noexcept;
+  // Sealed or live -> dropped, for callers that found the contents wrong
+  // (write_and_seal). 0, ESTALE (freed since) or EINVAL (not our block).
+  int mark_dropped(void* p, std::uint64_t generation) noexcept;
   block_state check(const void* p, std::uint64_t generation) noexcept;
   sweep_result check_all() noexcept;
 
@@ -124,7 +132,9 @@ class heap {
   void link_all(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
-  bool seal_witnesses(segment* s, std::uint32_t idx) noexcept;
+  enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live };
+  seal_outcome seal_block(segment* s, std::uint32_t idx, bool only_live) noexcept;
+  static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 
   static void retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept;
 
@@ -169,14 +179,19 @@ void postfork_all() noexcept;
 
 // ---- fast paths ------------------------------------------------------------
 
+// Moves a block to its next generation, atomically with respect to a sealer
+// that exchanges the same word (a lost update could bring a generation back).
+DROPALLOC_ALWAYS_INLINE void bump_generation(std::atomic<std::uint64_t>& word) noexcept {
+  std::uint64_t m = word.load(std::memory_order_relaxed);
+  while (!word.compare_exchange_weak(m, meta::make(meta::gen(m) + 1, 0), std::memory_order_acq_rel,
+                                     std::memory_order_relaxed)) {
+  }
+}
+
 // Marks a block free. If a generation of it was handed out, a new one makes
 // every outstanding (pointer, generation) stale.
 DROPALLOC_ALWAYS_INLINE void heap::retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept {
-  if ((st & state::kObserved) != 0) {
-    auto& word = s->meta[idx];
-    word.store(meta::make(meta::gen(word.load(std::memory_order_relaxed)) + 1, 0),
-               std::memory_order_release);
-  }
+  if ((st & state::kObserved) != 0) bump_generation(s->meta[idx]);
   s->state[idx].store(state::kFree, std::memory_order_release);
 }
 

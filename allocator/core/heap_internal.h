@@ -22,7 +22,12 @@ struct registry_t {
   std::uint32_t next_shared_tag = 0;
 };
 
-registry_t& registry();  // constant-initialised, never destroyed before use ends
+registry_t& registry();
+
+// The locks that serialise sealers of one block (seal_check.cc), all taken
+// around fork().
+void lock_seal_stripes() noexcept;
+void unlock_seal_stripes() noexcept;  // constant-initialised, never destroyed before use ends
 
 // `live` and `bump` change under the class lock but are read without it by
 // stats, seal_all and check_all: single-writer atomic stores keep that defined.

@@ -5,6 +5,7 @@
 
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
+#include "allocator/core/grace.h"
 
 namespace dropalloc::core {
 
@@ -46,37 +47,114 @@ inline std::size_t block_stride(const segment* s) {
 }  // namespace
 
 // ---- seal and check ----------------------------------------------------------------
+//
+// The block state machine is written out in core/types.h (namespace state).
+// Sealers of one block are serialised by its seal lock; check() takes none and
+// validates what it read instead: it trusts witnesses only if the block's
+// state byte and meta word were the same before and after reading them, and
+// every seal changes the meta word (small blocks: the witness is in it;
+// multi-page blocks: a seal counter is).
 
-// Records the witnesses of block idx (read from its current contents) and
-// marks it sealed. Returns false if the block was free (or freed meanwhile).
-bool heap::seal_witnesses(segment* s, std::uint32_t idx) noexcept {
-  auto& sb = s->state[idx];
-  std::uint8_t st = sb.load(std::memory_order_acquire);
-  if (st == state::kFree) return false;
-  auto& word = s->meta[idx];
-  std::uint64_t gen = meta::gen(word.load(std::memory_order_relaxed));
+namespace {
+
+constexpr std::size_t kSealStripes = 64;
+std::mutex g_seal_locks[kSealStripes];
+
+std::mutex& seal_lock_for(const void* block) {
+  auto a = reinterpret_cast<std::uintptr_t>(block);
+  return g_seal_locks[(a >> 6 ^ a >> 12 ^ a >> 22) % kSealStripes];
+}
+
+}  // namespace
+
+void internal::lock_seal_stripes() noexcept {
+  for (auto& m : g_seal_locks) m.lock();
+}
+void internal::unlock_seal_stripes() noexcept {
+  for (auto& m : g_seal_locks) m.unlock();
+}
+
+// Whether a page holding data was lost since the seal whose meta word is m.
+bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept {
   const std::byte* start = block_start(s, idx);
   if (s->per_page != 0) {
-    word.store(meta::make(gen, first_nonzero_word(start, s->block_size)), std::memory_order_release);
+    std::uint64_t w = meta::witness(m);
+    return w != 0 && load_word(start + (w - 1) * 8) == 0;
+  }
+  std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
+  for (std::size_t k = 0; k < s->pages_per_block; ++k) {
+    std::uint16_t w = s->page_witness[first + k].load(std::memory_order_relaxed);
+    if (w != 0 && load_word(start + k * kPage + (w - 1u) * 8u) == 0) return true;
+  }
+  return false;
+}
+
+// Seals block idx: the transitions live -> sealed, dropped -> sealed and
+// sealed -> sealed (re-seal) of the state machine in core/types.h. A sealed
+// block whose old seal lost a page becomes dropped instead, so no seal can
+// turn a lost page into intact. With only_live (seal_all), sealed and dropped
+// blocks are left as they are.
+heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, bool only_live) noexcept {
+  auto& sb = s->state[idx];
+  auto& word = s->meta[idx];
+  std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
+  std::uint8_t st = sb.load(std::memory_order_acquire);
+  // Observed first: from now on a free of this block takes the slow path and
+  // moves the generation, which the meta-word exchange below would notice.
+  while ((st & state::kMask) != state::kFree && (st & state::kObserved) == 0) {
+    if (sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved),
+                                 std::memory_order_acq_rel)) {
+      st |= state::kObserved;
+    }
+  }
+  const std::uint8_t kind = st & state::kMask;
+  if (kind == state::kFree) return seal_outcome::not_live;
+  if (only_live && kind != state::kLive) return seal_outcome::skipped;
+  std::uint64_t m = word.load(std::memory_order_acquire);
+  if (kind == state::kSealed && witnesses_lost(s, idx, m)) {
+    // Settle the old seal first: the loss is the answer.
+    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
+    if (!sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) return seal_outcome::not_live;
+    drops_detected_.fetch_add(1, std::memory_order_relaxed);
+    return seal_outcome::lost;
+  }
+  if (kind != state::kLive) {
+    // Unsealed while the witnesses change: a concurrent check() answers
+    // `unsealed` rather than trusting half-written witnesses.
+    std::uint8_t live = static_cast<std::uint8_t>((st & ~state::kMask) | state::kLive);
+    if (!sb.compare_exchange_strong(st, live, std::memory_order_acq_rel)) return seal_outcome::not_live;
+    st = live;
+  }
+  const std::byte* start = block_start(s, idx);
+  std::uint64_t sealed_m;
+  if (s->per_page != 0) {
+    sealed_m = meta::make(meta::gen(m), first_nonzero_word(start, s->block_size));
   } else {
     std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
     for (std::size_t k = 0; k < s->pages_per_block; ++k) {
       auto w = static_cast<std::uint16_t>(first_nonzero_word(start + k * kPage, kPage));
       s->page_witness[first + k].store(w, std::memory_order_relaxed);
     }
-    word.store(meta::make(gen, 0), std::memory_order_release);
+    sealed_m = meta::make(meta::gen(m), meta::next_seal_count(m));
   }
-  // The release publishes the witnesses together with the sealed state.
-  return sb.compare_exchange_strong(
-      st, static_cast<std::uint8_t>((st & state::kTagMask) | state::kSealed | state::kObserved),
-      std::memory_order_acq_rel);
+  // Fails if the block was freed meanwhile (the generation moved).
+  if (!word.compare_exchange_strong(m, sealed_m, std::memory_order_acq_rel)) return seal_outcome::not_live;
+  std::uint8_t sealed = static_cast<std::uint8_t>((st & ~state::kMask) | state::kSealed);
+  if (!sb.compare_exchange_strong(st, sealed, std::memory_order_acq_rel)) return seal_outcome::not_live;
+  return seal_outcome::sealed;
 }
 
 block_state heap::seal(void* p) noexcept {
+  if (p == nullptr) return block_state::foreign;
+  read_section reading;
   segment* s = segment_of(p);
   std::uint32_t idx;
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
-  if (!seal_witnesses(s, idx)) return block_state::stale;
+  switch (seal_block(s, idx, /*only_live=*/false)) {
+    case seal_outcome::sealed: break;
+    case seal_outcome::lost: return block_state::dropped;
+    default: return block_state::stale;
+  }
   // Small blocks share their page with others; sealing the whole page is
   // harmless (a later write to any block on it un-seals it again).
   std::byte* from = s->base + (static_cast<std::byte*>(p) - s->base) / kPage * kPage;
@@ -86,23 +164,53 @@ block_state heap::seal(void* p) noexcept {
   return check(p, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
 }
 
+int heap::mark_dropped(void* p, std::uint64_t generation) noexcept {
+  if (p == nullptr) return EINVAL;
+  read_section reading;
+  segment* s = segment_of(p);
+  std::uint32_t idx;
+  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return EINVAL;
+  auto& sb = s->state[idx];
+  std::lock_guard<std::mutex> guard(seal_lock_for(p));
+  std::uint8_t st = sb.load(std::memory_order_acquire);
+  for (;;) {
+    std::uint8_t kind = st & state::kMask;
+    if (kind == state::kFree || s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != generation) {
+      return ESTALE;
+    }
+    if (kind == state::kDropped) return 0;
+    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped | state::kObserved);
+    if (sb.compare_exchange_weak(st, dropped, std::memory_order_acq_rel)) return 0;
+  }
+}
+
 std::size_t heap::seal_all() noexcept {
   std::size_t sealed = 0;
   std::lock_guard<std::mutex> guard(segments_lock_);
   for (segment* s = all_; s != nullptr; s = s->all_next) {
-    std::uint32_t used = 0;
+    const std::size_t stride = block_stride(s);
+    // Advise only the pages of blocks this call sealed, one call per run of
+    // them: advising a page again that was read since its seal would clear
+    // its referenced bit and make the kernel drop it early.
+    std::byte* run_from = nullptr;
+    std::byte* run_to = nullptr;
     std::uint32_t bump = read_counter(&s->bump);
     for (std::uint32_t i = 0; i < bump; ++i) {
-      if (s->state[i].load(std::memory_order_relaxed) == state::kFree) continue;
-      if (seal_witnesses(s, i)) {
-        ++sealed;
-        used = i + 1;
+      if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
+      if (seal_block(s, i, /*only_live=*/true) != seal_outcome::sealed) continue;
+      ++sealed;
+      std::byte* start = block_start(s, i);
+      std::byte* from = s->base + (start - s->base) / kPage * kPage;
+      std::byte* to = s->base + (start + stride - s->base + kPage - 1) / kPage * kPage;
+      if (run_to != nullptr && from <= run_to) {
+        if (to > run_to) run_to = to;
+        continue;
       }
+      if (run_to != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
+      run_from = from;
+      run_to = to;
     }
-    if (used != 0) {
-      std::byte* end = block_start(s, used - 1) + block_stride(s);
-      os_->seal_pages(s->base, static_cast<std::size_t>((end - s->base + kPage - 1) / kPage * kPage));
-    }
+    if (run_to != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
   }
   return sealed;
 }
@@ -111,50 +219,47 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   // Orders the caller's reads of the block before the witness reads below:
   // the safe read protocol is read, then check.
   load_fence();
-  segment* s = segment_of(p);
-  if (s == nullptr) return block_state::stale;
-  std::uint32_t idx;
-  if (s->owner != this || !block_index(s, p, &idx)) {
-    // A generation from before this arena existed (the floor is process-wide):
-    // the handle named a block of an arena since unmapped, whose addresses
-    // this one, of any heap, reuses.
-    return generation != 0 && generation < s->gen_base ? block_state::stale : block_state::foreign;
-  }
-  auto& sb = s->state[idx];
-  auto& word = s->meta[idx];
-  std::uint8_t st = sb.load(std::memory_order_acquire);
-  std::uint64_t m = word.load(std::memory_order_acquire);
-  std::uint8_t kind = st & state::kMask;
-  if (kind == state::kFree || s->generation_of(m) != generation) return block_state::stale;
-  if (kind == state::kLive) return block_state::unsealed;
-  if (kind == state::kDropped) return block_state::dropped;
-  const std::byte* start = block_start(s, idx);
-  bool lost = false;
-  if (s->per_page != 0) {
-    std::uint64_t w = meta::witness(m);
-    lost = w != 0 && load_word(start + (w - 1) * 8) == 0;
-  } else {
-    std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
-    for (std::size_t k = 0; k < s->pages_per_block && !lost; ++k) {
-      std::uint16_t w = s->page_witness[first + k].load(std::memory_order_relaxed);
-      lost = w != 0 && load_word(start + k * kPage + (w - 1u) * 8u) == 0;
+  if (p == nullptr) return block_state::foreign;
+  read_section reading;
+  for (;;) {
+    segment* s = segment_of(p);
+    if (s == nullptr) {
+      // Not in any arena now. A generation the process issued names a block
+      // whose arena has gone back to the OS since: stale. Anything else was
+      // never ours.
+      return generation != 0 && generation < next_gen_base() ? block_state::stale : block_state::foreign;
     }
-  }
-  if (lost) {
-    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
-    if (word.load(std::memory_order_acquire) == m &&
-        sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) {
-      drops_detected_.fetch_add(1, std::memory_order_relaxed);
-      return block_state::dropped;
+    std::uint32_t idx;
+    if (s->owner != this || !block_index(s, p, &idx)) {
+      // A generation from before this arena existed (the floor is process-wide):
+      // the handle named a block of an arena since unmapped, whose addresses
+      // this one, of any heap, reuses.
+      return generation != 0 && generation < s->gen_base ? block_state::stale : block_state::foreign;
     }
-    return check(p, generation);  // freed or resealed meanwhile: answer afresh
+    auto& sb = s->state[idx];
+    auto& word = s->meta[idx];
+    std::uint8_t st = sb.load(std::memory_order_acquire);
+    std::uint64_t m = word.load(std::memory_order_acquire);
+    std::uint8_t kind = st & state::kMask;
+    if (kind == state::kFree || s->generation_of(m) != generation) return block_state::stale;
+    if (kind == state::kLive) return block_state::unsealed;
+    if (kind == state::kDropped) return block_state::dropped;
+    bool lost = witnesses_lost(s, idx, m);
+    load_fence();  // the witness reads above happen before the re-reads below
+    if (lost) {
+      std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
+      if (word.load(std::memory_order_acquire) == m &&
+          sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) {
+        drops_detected_.fetch_add(1, std::memory_order_relaxed);
+        return block_state::dropped;
+      }
+      continue;  // freed or resealed meanwhile: answer afresh
+    }
+    // Witnesses read while state and meta word stayed put belong to this seal
+    // (every seal and every free of an observed block changes the meta word).
+    if (sb.load(std::memory_order_acquire) != st || word.load(std::memory_order_acquire) != m) continue;
+    return block_state::intact;
   }
-  // Witnesses read while state and meta word stayed put belong to this seal
-  // (every free of an observed block changes the meta word).
-  if (sb.load(std::memory_order_acquire) != st || word.load(std::memory_order_acquire) != m) {
-    return check(p, generation);
-  }
-  return block_state::intact;
 }
 
 sweep_result heap::check_all() noexcept {
@@ -163,7 +268,7 @@ sweep_result heap::check_all() noexcept {
   for (segment* s = all_; s != nullptr; s = s->all_next) {
     std::uint32_t bump = read_counter(&s->bump);
     for (std::uint32_t i = 0; i < bump; ++i) {
-      if (s->state[i].load(std::memory_order_acquire) == state::kFree) continue;
+      if ((s->state[i].load(std::memory_order_acquire) & state::kMask) == state::kFree) continue;
       switch (check(block_start(s, i), s->generation_of(s->meta[i].load(std::memory_order_acquire)))) {
         case block_state::intact: ++r.intact; break;
         case block_state::unsealed: ++r.unsealed; break;
@@ -176,6 +281,7 @@ sweep_result heap::check_all() noexcept {
 }
 
 int heap::drop_for_testing(void* p, std::size_t bytes) noexcept {
+  read_section reading;  // the arenas stay mapped until the pages are zeroed
   // Only pages of our own arenas: zeroing anyone else's memory would corrupt it.
   auto first = reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{kPage} - 1);
   auto end = reinterpret_cast<std::uintptr_t>(p) + (bytes == 0 ? 1 : bytes);

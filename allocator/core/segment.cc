@@ -1,5 +1,7 @@
 #include "allocator/core/segment.h"
 
+#include "allocator/core/grace.h"
+
 #include <errno.h>
 
 #include <mutex>
@@ -136,7 +138,7 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std:
   return s;
 }
 
-void destroy_segment(os::os_interface& os, segment* s) {
+void unregister_segment(segment* s) {
   std::uint64_t max_gen = 0;
   for (std::uint32_t i = 0; i < s->capacity; ++i) {
     std::uint64_t g = meta::gen(s->meta[i].load(std::memory_order_relaxed));
@@ -147,8 +149,17 @@ void destroy_segment(os::os_interface& os, segment* s) {
   while (cur < floor && !g_gen_floor.compare_exchange_weak(cur, floor, std::memory_order_acq_rel)) {
   }
   set_map(g_segment_map.load(std::memory_order_acquire), s, nullptr);
+}
+
+void unmap_segment(os::os_interface& os, segment* s) {
   os.unmap_arena(s->base, s->span);
   os.unmap_metadata(s->meta_base, s->meta_bytes);
+}
+
+void destroy_segment(os::os_interface& os, segment* s) {
+  unregister_segment(s);
+  wait_for_readers();
+  unmap_segment(os, s);
 }
 
 }  // namespace dropalloc::core

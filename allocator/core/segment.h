@@ -71,8 +71,13 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes,
                       std::size_t alignment, int* err);
 
 // Unregisters and unmaps the arena and its metadata, first raising the global
-// generation floor above every generation the segment used.
+// generation floor above every generation the segment used, and waiting for a
+// grace period in between (core/grace.h): no lock-free reader still holds it.
 void destroy_segment(os::os_interface& os, segment* s);
+// The two halves, for callers that destroy many segments under one grace
+// period: unregister each, wait_for_readers() once, then unmap each.
+void unregister_segment(segment* s);
+void unmap_segment(os::os_interface& os, segment* s);
 
 // Guards the lazy creation of the segment map (held across fork).
 std::mutex& segment_map_init_lock();

@@ -7,6 +7,7 @@
 
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
+#include "allocator/core/grace.h"
 
 namespace dropalloc::core {
 
@@ -60,11 +61,11 @@ void flush_thread_caches(tc_table* t) noexcept {
   registry_t& r = registry();
   std::lock_guard<std::mutex> guard(r.lock);
   for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
-    tc_heap_cache* c = t->caches[slot];
+    tc_heap_cache* c = t->caches[slot].load(std::memory_order_relaxed);
     if (c == nullptr) continue;
-    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id) r.heaps[slot]->give_back_cache(c);
+    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id.load(std::memory_order_relaxed)) r.heaps[slot]->give_back_cache(c);
     os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
-    t->caches[slot] = nullptr;
+    t->caches[slot].store(nullptr, std::memory_order_relaxed);
   }
   if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
   if (t->next != nullptr) t->next->prev = t->prev;
@@ -127,20 +128,20 @@ tc_heap_cache* heap::thread_cache() noexcept {
     t_flusher.table = t;  // first use registers the exit handler
     t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
   }
-  tc_heap_cache* c = t->caches[slot_];
+  tc_heap_cache* c = t->caches[slot_].load(std::memory_order_relaxed);
   if (c == nullptr) {
     int err = 0;
     c = static_cast<tc_heap_cache*>(os::system_os().map_metadata(sizeof(tc_heap_cache), &err));
     if (c == nullptr) return nullptr;
-    t->caches[slot_] = c;
+    t->caches[slot_].store(c, std::memory_order_relaxed);
   }
-  if (c->heap_id != id_) {
+  if (c->heap_id.load(std::memory_order_relaxed) != id_) {
     // Left by a heap that no longer exists: its arenas are gone, forget them.
     for (std::uint32_t cls = 0; cls < kNumCachedClasses; ++cls) {
       c->bins[cls].count.store(0, std::memory_order_relaxed);
       c->bins[cls].limit.store(kBinCapacity[cls], std::memory_order_relaxed);
     }
-    c->heap_id = id_;
+    c->heap_id.store(id_, std::memory_order_relaxed);
   }
   if (t_current.heap_id != id_) {
     t_current.other_heap_id = t_current.heap_id;
@@ -164,17 +165,22 @@ void heap::unlock_all() noexcept {
 }
 
 // Lock order everywhere: registry, then class locks, then a heap's segments
-// lock, then the segment-map initialisation lock.
+// lock, then the readers' overflow lock, then the seal locks, then the
+// segment-map initialisation lock.
 void prefork_all() noexcept {
   registry_t& r = registry();
   r.lock.lock();
   for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->lock_all();
+  lock_readers_for_fork();
+  internal::lock_seal_stripes();
   segment_map_init_lock().lock();
 }
 
 void postfork_all() noexcept {
   registry_t& r = registry();
   segment_map_init_lock().unlock();
+  internal::unlock_seal_stripes();
+  unlock_readers_after_fork();
   for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->unlock_all();
   r.lock.unlock();
 }
@@ -184,6 +190,7 @@ namespace {
 // would hold their blocks, and their tags, for good. Hand them back.
 void postfork_child() noexcept {
   postfork_all();
+  reset_readers_after_fork();
   registry_t& r = registry();
   tc_table* mine = t_cache_table;
   for (;;) {

@@ -68,13 +68,15 @@ struct tc_bin {
   cached_block items[kBinSlots];
 };
 
+// heap_id and tc_table::caches are written by the owning thread and read by
+// other threads' stats() under the registry lock: atomics, relaxed.
 struct tc_heap_cache {
-  std::uint64_t heap_id;  // the heap the bins belong to; 0 = none
+  std::atomic<std::uint64_t> heap_id;  // the heap the bins belong to; 0 = none
   tc_bin bins[kNumCachedClasses];
 };
 
 struct tc_table {
-  tc_heap_cache* caches[kMaxCachedHeaps];  // by heap slot, mapped on first use
+  std::atomic<tc_heap_cache*> caches[kMaxCachedHeaps];  // by heap slot, mapped on first use
   tc_table* next;                          // all tables (guarded by the registry lock)
   tc_table* prev;
   bool exiting;  // the thread is running its exit handlers: use no cache

@@ -97,8 +97,13 @@ inline constexpr std::uint32_t kTags = 31;
 constexpr bool blocks_share_lines(std::uint64_t block_size) { return block_size % 64 != 0; }
 
 // The meta word, touched only for observed blocks (by free, seal and check):
-//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none
+//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none;
+//              multi-page and large blocks: a count of seals, so that every
+//              seal changes the word (check() re-reads it to know that the
+//              per-page witnesses it read all belong to one seal)
 //   bits 12-63 generation, counted from the arena's gen_base
+// Written only by compare-and-exchange (seal) and by bump_generation (free),
+// so neither can undo the other.
 namespace meta {
 inline constexpr int kWitnessShift = 2;
 inline constexpr std::uint64_t kWitnessMask = 0x3ffull << kWitnessShift;
@@ -108,6 +113,9 @@ constexpr std::uint64_t gen(std::uint64_t m) { return m >> kGenShift; }
 constexpr std::uint64_t witness(std::uint64_t m) { return (m & kWitnessMask) >> kWitnessShift; }
 constexpr std::uint64_t make(std::uint64_t gen, std::uint64_t witness) {
   return (gen << kGenShift) | (witness << kWitnessShift);
+}
+constexpr std::uint64_t next_seal_count(std::uint64_t m) {
+  return (witness(m) + 1) & (kWitnessMask >> kWitnessShift);
 }
 static_assert(kMaxSmallSize / 8 < (kWitnessMask >> kWitnessShift), "witness index must fit");
 }  // namespace meta

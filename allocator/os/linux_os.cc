@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -295,6 +296,24 @@ os_interface& instance() noexcept {
 os_interface& system_os() noexcept { return instance<linux_os::mode::automatic>(); }
 os_interface& fallback_os() noexcept { return instance<linux_os::mode::fallback>(); }
 os_interface& ordinary_os() noexcept { return instance<linux_os::mode::ordinary>(); }
+
+namespace {
+// Constants of <linux/membarrier.h>, spelled out: the header is not needed for
+// two numbers, and older headers lack the expedited commands.
+constexpr int kMembarrierQuery = 0;
+constexpr int kMembarrierPrivateExpedited = 1 << 3;
+constexpr int kMembarrierRegisterPrivateExpedited = 1 << 4;
+
+long membarrier(int cmd) { return syscall(SYS_membarrier, cmd, 0u, 0); }
+}  // namespace
+
+bool register_process_barrier() noexcept {
+  long supported = membarrier(kMembarrierQuery);
+  if (supported < 0 || (supported & kMembarrierPrivateExpedited) == 0) return false;
+  return membarrier(kMembarrierRegisterPrivateExpedited) == 0;
+}
+
+int process_barrier() noexcept { return membarrier(kMembarrierPrivateExpedited) == 0 ? 0 : errno; }
 
 }  // namespace os
 }  // namespace dropalloc

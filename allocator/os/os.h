@@ -75,5 +75,19 @@ os_interface& fallback_os() noexcept;
 // be reclaimed under a program that cannot survive that.
 os_interface& ordinary_os() noexcept;
 
+// ---- process-wide memory barrier ----------------------------------------------
+// Lets lock-free readers pay nothing for the rare writer that must know they
+// are gone (the core's grace periods before unmapping metadata).
+//
+// Registers the process for membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+// (Linux 4.14+). Returns true if process_barrier() will work; then a reader's
+// plain store followed by a compiler barrier is ordered against a writer that
+// calls process_barrier() between its store and its loads. A forked child is
+// not registered: call it again there.
+bool register_process_barrier() noexcept;
+// Makes every running thread of the process execute a full memory barrier
+// before it returns. Returns 0 or an errno value (EPERM: not registered).
+int process_barrier() noexcept;
+
 }  // namespace os
 }  // namespace dropalloc

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 
 namespace dropalloc {
 
@@ -63,15 +64,32 @@ block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alig
   return block_ref{p, heap_.generation(p)};
 }
 
-block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n) noexcept {
-  if (n > heap_.usable_size(p)) return block_state::foreign;  // not a block that holds n bytes
+block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n) {
+  // Validate before writing: a freed or foreign block must not be written to.
+  std::size_t usable = heap_.usable_size(p);
+  if (usable == 0) return p != nullptr && heap_.owns(p) ? block_state::stale : block_state::foreign;
+  if (n > usable) {
+    char what[160];
+    snprintf(what, sizeof what, "dropalloc: write_and_seal of %zu bytes into a block of %zu usable bytes", n,
+             usable);
+    throw std::length_error(what);
+  }
+  const std::uint64_t generation = heap_.generation(p);
   std::memcpy(p, src, n);
   block_state s = heap_.seal(p);
-  if (s != block_state::intact) return s;
-  // Everything read back after the witnesses were recorded: from here on any
-  // loss of a non-zero page shows in check().
-  if (std::memcmp(p, src, n) != 0) return block_state::dropped;
-  return heap_.check(p, heap_.generation(p));
+  // A re-seal first settles the old seal: `dropped` can mean a page was lost
+  // before our copy. Every byte was just rewritten, so seal again (dropped ->
+  // sealed) and let the comparison below decide.
+  if (s == block_state::dropped) s = heap_.seal(p);
+  if (s == block_state::stale || s == block_state::foreign) return s;
+  // Read back after the witnesses were recorded: a page lost before or during
+  // the seal shows as a difference here, one lost later in check().
+  if (s == block_state::intact && std::memcmp(p, src, n) == 0) {
+    s = heap_.check(p, generation);
+    if (s == block_state::intact || s == block_state::stale) return s;
+  }
+  // Whatever went wrong, the block must not read intact later.
+  return heap_.mark_dropped(p, generation) == 0 ? block_state::dropped : block_state::stale;
 }
 
 }  // namespace dropalloc

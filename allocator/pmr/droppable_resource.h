@@ -62,25 +62,44 @@ class droppable_resource final : public std::pmr::memory_resource {
   // The generation of a live block (0 if p is not a live block of ours).
   std::uint64_t generation(const void* p) const noexcept { return heap_.generation(p); }
 
-  // Declares the block fully written: records a witness word per page and
-  // advises the kernel (MADV_FREE) so that under pressure it drops sealed pages
-  // oldest first instead of everything at once. Writing to the block after
-  // sealing requires sealing again. Returns the state right after sealing:
-  // `dropped` means a page was lost while it was being written or sealed.
+  // Declares the block fully written: records a witness word per page (in
+  // ordinary memory) and advises the kernel (MADV_FREE) so that under pressure
+  // it drops sealed pages oldest first instead of everything at once. From
+  // then on `intact` means the block holds exactly what it held when seal()
+  // read it. A page dropped *before* the seal, while you were still writing,
+  // reads as zeros and is sealed as zeros: seal() cannot see that; use
+  // write_and_seal() or verify a checksum of your own after sealing.
+  // Transitions (core/types.h): live -> sealed; dropped -> sealed (you
+  // rewrote it); sealed -> sealed (re-seal after a write), except that a
+  // sealed block whose witness word reads zero becomes `dropped` instead and
+  // seal() returns `dropped`: a page was lost since the seal (or your write
+  // put a zero over the witness word; the two look alike): rewrite it, then
+  // seal again. So no re-seal can turn a lost page into `intact`. Returns the check
+  // right after sealing: intact, dropped (a page went meanwhile), stale (not a
+  // live block) or foreign (not ours).
   block_state seal(void* p) noexcept { return heap_.seal(p); }
   // Copies n bytes from ordinary memory into the block at p, seals it, then
-  // compares the block with src. seal() can only vouch for what it reads, so
-  // a page dropped while the block was being written would otherwise pass as
-  // intact if it held zeros by then; comparing after sealing closes that
-  // window. Returns intact, or dropped (write again) if any page was lost.
-  block_state write_and_seal(void* p, const void* src, std::size_t n) noexcept;
-  // Seals every live block of this resource, with one madvise per arena.
+  // compares the block with src and checks it: returns `intact` only if the
+  // block holds exactly those bytes, which covers the time before the seal
+  // too. Any other outcome leaves the block `dropped` (write again), so a
+  // later check() never says intact. `stale` / `foreign`: p is not a live
+  // block of this resource, nothing was written. Throws std::length_error if
+  // n exceeds usable_size(p), writing nothing.
+  block_state write_and_seal(void* p, const void* src, std::size_t n);
+  // Seals every live block of this resource that is not sealed yet, with one
+  // madvise per run of pages. Sealed and dropped blocks are left alone (a
+  // dropped block stays dropped). Call it when no thread is still writing an
+  // unsealed block of this resource: it seals what each block holds at that
+  // moment. Returns how many blocks it sealed.
   std::size_t seal_all() noexcept { return heap_.seal_all(); }
 
   // Whether (p, generation) is still whole: a few loads per page, no system
   // call. Safe read protocol: check, read what you need, check again; only if
   // the second check says `intact` is what you read valid (a page can be
   // dropped while you read it). A `dropped` answer is sticky until resealed.
+  // Never crashes: any pointer may be asked about, also one whose arena is
+  // being returned to the OS by another thread. nullptr and pointers that were
+  // never blocks with that generation read `foreign`.
   block_state check(const void* p, std::uint64_t generation) noexcept {
     return heap_.check(p, generation);
   }

@@ -1,0 +1,123 @@
+#include "allocator/core/grace.h"
+
+#include <sched.h>
+
+#include <mutex>
+
+#include "allocator/os/os.h"
+
+namespace dropalloc::core {
+namespace grace_internal {
+
+std::atomic<std::uint64_t> g_epoch{1};
+std::atomic<bool> g_asymmetric{false};
+__thread reader_slot* t_slot __attribute__((tls_model("initial-exec"))) = nullptr;
+
+namespace {
+
+// Enough for every thread of any realistic program; a thread that finds none
+// free reads under g_overflow_lock instead (slower, still correct).
+constexpr std::uint32_t kSlots = 1024;
+reader_slot g_slots[kSlots];
+std::atomic<std::uint32_t> g_slots_used{0};  // slots [0, used) were ever taken
+std::mutex g_overflow_lock;
+
+// TSan does not know that a process barrier orders other threads' plain
+// stores, so sanitized builds take the always-correct symmetric path.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kMayUseProcessBarrier = false;
+#else
+constexpr bool kMayUseProcessBarrier = true;
+#endif
+
+__attribute__((constructor)) void choose_barrier() {
+  g_asymmetric.store(kMayUseProcessBarrier && os::register_process_barrier(), std::memory_order_relaxed);
+}
+
+__thread bool t_exited = false;
+
+// Gives the slot back when the thread exits.
+struct slot_releaser {
+  reader_slot* slot = nullptr;
+  ~slot_releaser() {
+    t_exited = true;
+    t_slot = nullptr;
+    if (slot != nullptr) slot->taken.store(false, std::memory_order_release);
+  }
+};
+thread_local slot_releaser t_releaser;
+
+}  // namespace
+
+reader_slot* claim_slot() noexcept {
+  if (t_exited) return nullptr;
+  std::uint32_t used = g_slots_used.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < kSlots; ++i) {
+    reader_slot& s = g_slots[i];
+    bool expected = false;
+    if (s.taken.load(std::memory_order_relaxed) ||
+        !s.taken.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
+      continue;
+    }
+    while (used < i + 1 && !g_slots_used.compare_exchange_weak(used, i + 1, std::memory_order_acq_rel)) {
+    }
+    t_slot = &s;
+    t_releaser.slot = &s;
+    return &s;
+  }
+  return nullptr;
+}
+
+__thread int t_overflow_depth __attribute__((tls_model("initial-exec"))) = 0;
+
+// Readers without a slot hold this lock for their whole read section, and a
+// grace period takes it once: it waits out those readers and no new one can
+// start until it is done.
+void enter_overflow() noexcept {
+  if (t_overflow_depth++ == 0) g_overflow_lock.lock();
+}
+void leave_overflow() noexcept {
+  if (--t_overflow_depth == 0) g_overflow_lock.unlock();
+}
+
+}  // namespace grace_internal
+
+using namespace grace_internal;
+
+void wait_for_readers() noexcept {
+  // Sections that load the new epoch began after the caller's map removal
+  // (the acquire in read_section pairs with this release).
+  std::uint64_t target = g_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
+  if (g_asymmetric.load(std::memory_order_relaxed)) os::process_barrier();
+  std::uint32_t used = g_slots_used.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < used; ++i) {
+    if (&g_slots[i] == t_slot) continue;  // a caller inside a section never waits for itself
+    for (int spins = 0;; ++spins) {
+      std::uint64_t e = g_slots[i].epoch.load(std::memory_order_acquire);
+      if (e == 0 || e >= target) break;
+      // Read sections are a few dozen loads; a reader still inside one was
+      // preempted: let it run.
+      if (spins > 64) sched_yield();
+    }
+  }
+  if (t_overflow_depth == 0) std::lock_guard<std::mutex> wait_out_overflow_readers(g_overflow_lock);
+}
+
+void lock_readers_for_fork() noexcept { g_overflow_lock.lock(); }
+void unlock_readers_after_fork() noexcept { g_overflow_lock.unlock(); }
+
+void reset_readers_after_fork() noexcept {
+  reader_slot* mine = t_slot;
+  for (std::uint32_t i = 0; i < kSlots; ++i) {
+    if (&g_slots[i] == mine) continue;
+    g_slots[i].epoch.store(0, std::memory_order_relaxed);
+    g_slots[i].taken.store(false, std::memory_order_relaxed);
+  }
+  // A child is not registered for the process barrier; with one thread, the
+  // switch of mode cannot race a reader.
+  if (g_asymmetric.load(std::memory_order_relaxed) && !os::register_process_barrier()) {
+    g_asymmetric.store(false, std::memory_order_relaxed);
+  }
+}
+
+}  // namespace dropalloc::core
