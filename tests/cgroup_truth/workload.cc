@@ -107,9 +107,10 @@ class worker {
       if (pending_.size() >= o_.seal_all_batch) flush_batch();
       return;
     }
-    // A dropped block of the seal_all() path is resealed by seal(): seal_all()
-    // is for blocks never sealed.
-    settle(i, when, res.seal(s.ptr), true);
+    // A fresh block is sealed by seal(). A dropped one, rewritten whole just
+    // now, by seal_rewritten(): seal() and seal_all() leave dropped blocks
+    // dropped.
+    settle(i, when, when == after_seal ? res.seal(s.ptr) : res.seal_rewritten(s.ptr), true);
   }
 
   void flush_batch() {
