@@ -10,7 +10,7 @@
  *   dropalloc_seal(r, b.ptr);                  written: seal it
  *   ... later: read, then check ...
  *   use(b.ptr);
- *   if (!dropalloc_is_intact(r, b)) { fill(b.ptr); dropalloc_seal(r, b.ptr); }
+ *   if (!dropalloc_is_intact(r, b)) { fill(b.ptr); dropalloc_seal_rewritten(r, b.ptr); }
  *   dropalloc_free(r, b.ptr);
  *   dropalloc_destroy(r);
  *
@@ -86,6 +86,10 @@ void dropalloc_free(dropalloc_resource* r, void* p);
  * block that lost a page since its seal is not resealed: it becomes (and the
  * call returns) DROPPED; rewrite it and seal again. */
 dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p);
+/* dropalloc_seal for a block rewritten entirely since it was found DROPPED:
+ * also takes a dropped block back to sealed. It vouches for what it reads, so
+ * call it only once every byte was written again. NULL r: FOREIGN. */
+dropalloc_state dropalloc_seal_rewritten(dropalloc_resource* r, void* p);
 /* Seals every live block of the resource that is not sealed yet (sealed and
  * dropped blocks keep their state); returns how many. Call it when no thread is
  * still writing an unsealed block of the resource. */

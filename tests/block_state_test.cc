@@ -151,15 +151,23 @@ TEST_CASE("sealed -> sealed: a re-seal after a write vouches for the new content
   }
 }
 
-TEST_CASE("dropped -> sealed: the owner rewrites and seals again") {
+TEST_CASE("dropped -> sealed only by write_and_seal; seal() and seal_all() leave it dropped") {
+  // Whoever saw the loss (here: a check the owner did not make), a seal by an
+  // owner who rewrote only part of the block must not certify the rest.
   droppable_resource res;
   for (std::size_t size : kSizes) {
     block_ref b = sealed_block(res, size, 13);
     res.drop_for_testing(b.ptr, size);
     REQUIRE(res.check(b.ptr, b.generation) == block_state::dropped);
-    fill(b.ptr, size, 14);
-    CHECK(res.seal(b.ptr) == block_state::intact);
+    fill(b.ptr, size / 2, 14);  // a partial rewrite
+    CHECK(res.seal(b.ptr) == block_state::dropped);
+    CHECK(res.seal_all() == 0);
+    CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
+    std::vector<unsigned char> src(size);
+    fill(src.data(), size, 14);
+    CHECK(res.write_and_seal(b.ptr, src.data(), size) == block_state::intact);
     CHECK(res.check(b.ptr, b.generation) == block_state::intact);
+    CHECK(std::memcmp(b.ptr, src.data(), size) == 0);
     res.deallocate(b.ptr, size);
   }
 }

@@ -1,5 +1,5 @@
-// Regenerable objects: built in a private arena, visited under the safe read
-// protocol, abandoned and rebuilt when any page of them is dropped.
+// Regenerable values: stored as flat bytes in one droppable block, read by
+// copying out and checking, rebuilt when any page of them is dropped.
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -56,7 +56,19 @@ index_t build_index(std::pmr::memory_resource* mr, int n) {
   return m;
 }
 
-std::uintptr_t page_of(const void* p) { return reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{4095}; }
+// Options whose test hook remembers where the value's block is once stored.
+struct block_spy {
+  std::byte* block = nullptr;
+  std::size_t size = 0;
+  dropalloc::regenerable_options options(int max_builds = 4) {
+    dropalloc::regenerable_options o;
+    o.max_builds = max_builds;
+    o.on_step = [this](dropalloc::value_step s, std::byte* b, std::size_t n, std::size_t) {
+      if (s == dropalloc::value_step::compared) block = b, size = n;
+    };
+    return o;
+  }
+};
 
 }  // namespace
 
@@ -75,31 +87,26 @@ TEST_CASE("a regenerable object is built once and served while intact") {
   CHECK(res.stats().blocks_live >= 1);
 }
 
-TEST_CASE("dropping any single page of the object or its nested allocations forces a rebuild") {
+TEST_CASE("dropping any single page of the stored value forces a rebuild") {
   droppable_resource res;
   int builds = 0;
-  regenerable<words_t> r(res, [&](std::pmr::memory_resource* mr) {
-    ++builds;
-    return build_words(mr, 2, 300);
-  });
-  // Collect every page the object touches: its element array and string buffers.
-  auto pages = r.visit([](const words_t& v) {
-    std::vector<std::uintptr_t> out{page_of(&v), page_of(v.data())};
-    for (const auto& s : v) out.push_back(page_of(s.data()));
-    return out;
-  });
+  block_spy spy;
+  regenerable<words_t> r(
+      res,
+      [&](std::pmr::memory_resource* mr) {
+        ++builds;
+        return build_words(mr, 2, 300);
+      },
+      spy.options());
+  CHECK(r.visit([](const words_t& v) { return words_ok(v, 2, 300); }));
+  REQUIRE(spy.size > 3 * 4096);  // several pages
   int expected_builds = 1;
-  for (std::size_t i = 0; i < pages.size(); i += 7) {
-    REQUIRE(res.drop_for_testing(reinterpret_cast<void*>(pages[i]), 1) == 0);
+  for (std::size_t page = 0; page < spy.size; page += 4096) {
+    REQUIRE(res.drop_for_testing(spy.block + page, 1) == 0);
     CHECK_FALSE(r.intact());
     CHECK(r.visit([](const words_t& v) { return words_ok(v, 2, 300); }));
     ++expected_builds;
     CHECK(builds == expected_builds);
-    pages = r.visit([](const words_t& v) {
-      std::vector<std::uintptr_t> out{page_of(&v), page_of(v.data())};
-      for (const auto& s : v) out.push_back(page_of(s.data()));
-      return out;
-    });
   }
   CHECK(r.stats().drops == static_cast<std::uint64_t>(expected_builds - 1));
 }
@@ -126,40 +133,27 @@ TEST_CASE("nested pmr maps survive whole-resource drops by being rebuilt") {
   CHECK(r.stats().drops == 19);
 }
 
-// A pmr-aware type whose copy into the arena runs a hook: the one moment
-// between writing droppable memory and sealing it that a test can reach.
-struct hooked {
-  using allocator_type = std::pmr::polymorphic_allocator<>;
-  static inline std::function<void(const words_t&)> on_copy;
-  words_t words;
-  explicit hooked(allocator_type a = {}) : words(a) {}
-  hooked(const hooked& o, allocator_type a) : words(o.words, a) {
-    if (on_copy) on_copy(words);
-  }
-  hooked(hooked&& o) noexcept = default;
-};
-
-TEST_CASE("a page lost before sealing is caught: canary pages and big allocations alike") {
+TEST_CASE("a page lost before the compare is caught, and the same bytes are copied again") {
   droppable_resource res;
-  for (int where = 0; where < 2; ++where) {
-    CAPTURE(where);
-    int copies = 0;
-    hooked::on_copy = [&](const words_t& w) {
-      if (copies++ != 0) return;
-      // The whole page goes before seal() reads it: no witness could see that.
-      if (where == 0) res.drop_for_testing(const_cast<char*>(w[150].data()), 1);  // a bumped page
-      if (where == 1) res.drop_for_testing(const_cast<std::pmr::string*>(w.data()) + 100, 1);  // 6 KiB array
+  for (auto when : {dropalloc::value_step::written, dropalloc::value_step::sealed}) {
+    dropalloc::regenerable_options opts;
+    int dropped = 0;
+    opts.on_step = [&](dropalloc::value_step s, std::byte* block, std::size_t, std::size_t) {
+      // The whole page goes before the seal, or right after it.
+      if (s == when && dropped++ == 0) res.drop_for_testing(block + 4096, 1);
     };
-    regenerable<hooked> r(res, [](std::pmr::memory_resource* mr) {
-      hooked h(mr);
-      h.words = build_words(mr, 3, 200);
-      return h;
-    });
-    CHECK(r.visit([](const hooked& h) { return words_ok(h.words, 3, 200); }));
-    CHECK(copies == 2);
+    int builds = 0;
+    regenerable<words_t> r(
+        res,
+        [&](std::pmr::memory_resource* mr) {
+          ++builds;
+          return build_words(mr, 3, 200);
+        },
+        opts);
+    CHECK(r.visit([](const words_t& v) { return words_ok(v, 3, 200); }));
+    CHECK(builds == 1);
     CHECK(r.stats().drops == 1);
   }
-  hooked::on_copy = nullptr;
 }
 
 TEST_CASE("a throwing builder leaves no object and no memory behind") {
@@ -184,6 +178,11 @@ TEST_CASE("a value lost on every build ends in a clear error, not a loop") {
   dropalloc::regenerable_options opts;
   opts.max_builds = 3;
   int builds = 0;
+  // Every read loses the value between the copy and the check.
+  bool lose = true;
+  opts.on_step = [&](dropalloc::value_step s, std::byte* block, std::size_t, std::size_t) {
+    if (lose && s == dropalloc::value_step::copied_out) res.drop_for_testing(block, 1);
+  };
   regenerable<words_t> r(
       res,
       [&](std::pmr::memory_resource* mr) {
@@ -191,17 +190,13 @@ TEST_CASE("a value lost on every build ends in a clear error, not a loop") {
         return build_words(mr, 5, 50);
       },
       opts);
-  // The visitor itself loses the object every time (as if memory were scarce).
-  CHECK_THROWS_AS(r.visit([&](const words_t& v) {
-    res.drop_all_for_testing();
-    return v.size();
-  }),
-                  dropalloc::regenerate_error);
+  CHECK_THROWS_AS(r.visit([&](const words_t& v) { return v.size(); }), dropalloc::regenerate_error);
+  lose = false;
   CHECK(builds == 3);
   CHECK(r.visit([](const words_t& v) { return words_ok(v, 5, 50); }));
 }
 
-TEST_CASE("the object ends up wholly in the arena even if the builder ignores the resource") {
+TEST_CASE("the value is stored in the resource even if the builder ignores the resource it gets") {
   droppable_resource res;
   regenerable<words_t> r(res, [](std::pmr::memory_resource*) {
     words_t v;  // default resource: ordinary memory
@@ -209,7 +204,7 @@ TEST_CASE("the object ends up wholly in the arena even if the builder ignores th
     return v;
   });
   CHECK(r.visit([&](const words_t& v) { return words_ok(v, 6, 100) && v.get_allocator().resource() != nullptr; }));
-  CHECK(res.stats().blocks_live > 0);
+  CHECK(res.stats().blocks_live == 1);
   r.reset();
   CHECK(res.stats().blocks_live == 0);
 }
@@ -228,20 +223,22 @@ TEST_CASE("plain types work too, and void visitors") {
 TEST_CASE("many drop/rebuild cycles leak nothing") {
   droppable_resource res;
   int seed = 0;
-  regenerable<words_t> r(res, [&](std::pmr::memory_resource* mr) { return build_words(mr, seed, 20); });
+  block_spy spy;
+  regenerable<words_t> r(res, [&](std::pmr::memory_resource* mr) { return build_words(mr, seed, 20); },
+                         spy.options());
   auto warm = res.stats();
   (void)warm;
   std::uint64_t peak_live = 0, peak_mapped = 0;
   int wrong = 0;
   for (int i = 0; i < kCycles; ++i) {
     seed = i;
-    auto where = r.visit([&](const words_t& v) {
+    r.visit([&](const words_t& v) {
       if (!words_ok(v, i, 20)) ++wrong;
-      return page_of(v[static_cast<std::size_t>(i % 20)].data());
     });
+    std::byte* where = spy.block + (i % 2) * (spy.size / 2);
     // Alternate the ways an object gets lost: one page, everything, reset.
     if (i % 3 == 0) {
-      res.drop_for_testing(reinterpret_cast<void*>(where), 1);
+      res.drop_for_testing(where, 1);
     } else if (i % 3 == 1) {
       r.reset();
     } else {
@@ -255,7 +252,7 @@ TEST_CASE("many drop/rebuild cycles leak nothing") {
   }
   CHECK(wrong == 0);
   CHECK(r.stats().builds == static_cast<std::uint64_t>(kCycles));
-  // One object at a time: a handful of chunks, a handful of arenas.
+  // One value at a time: one block, a handful of arenas.
   CHECK(peak_live <= 8);
   CHECK(peak_mapped <= (64ull << 20));
   r.reset();
@@ -264,7 +261,8 @@ TEST_CASE("many drop/rebuild cycles leak nothing") {
 
 TEST_CASE("byte values: copied in, verified, rebuilt when dropped") {
   droppable_resource res;
-  dropalloc::regenerable_bytes r(res);
+  block_spy spy;
+  dropalloc::regenerable_bytes r(res, spy.options());
   int builds = 0;
   auto build = [&] {
     ++builds;
@@ -276,8 +274,7 @@ TEST_CASE("byte values: copied in, verified, rebuilt when dropped") {
   CHECK(first.size() == 20000);
   CHECK(r.get(build) == first);
   CHECK(builds == 1);
-  auto addr = r.visit_with(build, [](std::string_view v) { return reinterpret_cast<std::uintptr_t>(v.data()); });
-  res.drop_for_testing(reinterpret_cast<void*>(addr + 8192), 1);
+  res.drop_for_testing(spy.block + 8192, 1);
   CHECK_FALSE(r.intact());
   CHECK(r.get(build) == first);
   CHECK(builds == 2);

@@ -74,9 +74,11 @@ TEST_CASE("dropping one page of a one-page block is detected") {
     res.drop_for_testing(b.ptr, size);
     CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
     CHECK(res.check(b.ptr, b.generation) == block_state::dropped);  // sticky
-    // Rewritten and resealed, it is whole again.
+    // A repeated seal() does not revive it; rewritten and sealed as such, it
+    // is whole again.
+    CHECK(res.seal(b.ptr) == block_state::dropped);
     fill(b.ptr, size, 8);
-    CHECK(res.seal(b.ptr) == block_state::intact);
+    CHECK(res.seal_rewritten(b.ptr) == block_state::intact);
     CHECK(res.is_intact(b));
     res.deallocate(b.ptr, size);
   }

@@ -1,10 +1,11 @@
 // dropalloc::cache: a thread-safe cache whose values live in droppable memory.
 //
 // Keys, the index and the LRU lists are in ordinary memory; values (byte
-// strings, or objects built in private arenas) are in droppable memory. An
-// access returns what the visitor computed from an intact value, building or
-// rebuilding it first when needed; concurrent accesses to a missing or lost
-// value build it once.
+// strings, or objects kept as flat bytes: see regenerable.h) are in droppable
+// memory. An access copies the value out, checks it, and returns what the
+// visitor computed from that private copy, building or rebuilding the value
+// first when needed; concurrent accesses to a missing or lost value build it
+// once. Visitors never touch droppable memory.
 //
 //   dropalloc::cache<std::string> blocks;                 // byte values
 //   std::string page = blocks.get("k", [] { return decompress("k"); });
@@ -85,24 +86,7 @@ class cache {
   template <class Build, class Visit>
   auto get_or_build(const Key& key, Build&& build, Visit&& visit,
                     rebuild_cost cost = rebuild_cost::normal) {
-    using R = std::invoke_result_t<Visit&, view_type>;
-    std::shared_ptr<entry> e = find_or_insert(key, cost);
-    access_outcome o;
-    try {
-      if constexpr (std::is_void_v<R>) {
-        e->slot.visit_with(build, visit, &o);
-        account(e, o);
-      } else {
-        R r = e->slot.visit_with(build, visit, &o);
-        account(e, o);
-        return r;
-      }
-    } catch (...) {
-      build_failures_.fetch_add(1, std::memory_order_relaxed);
-      account(e, o);
-      if (!e->slot.intact()) erase_entry(e);  // leave no half-built entry behind
-      throw;
-    }
+    return access(key, cost, [&](slot_type& slot, access_outcome* o) { return slot.visit_with(build, visit, o); });
   }
 
   // Byte values: a copy of the intact bytes.
@@ -110,8 +94,7 @@ class cache {
   std::string get(const Key& key, Build&& build, rebuild_cost cost = rebuild_cost::normal)
     requires kBytes
   {
-    return get_or_build(key, std::forward<Build>(build),
-                        [](std::string_view v) { return std::string(v); }, cost);
+    return access(key, cost, [&](slot_type& slot, access_outcome* o) { return slot.get(build, o); });
   }
 
   // Changes the rebuild cost hint of an entry; false if absent.
@@ -191,6 +174,28 @@ class cache {
     bool indexed = false;
   };
 
+  template <class Run>
+  auto access(const Key& key, rebuild_cost cost, Run&& run) {
+    std::shared_ptr<entry> e = find_or_insert(key, cost);
+    access_outcome o;
+    try {
+      if constexpr (std::is_void_v<decltype(run(e->slot, &o))>) {
+        run(e->slot, &o);
+        account(e, o);
+      } else {
+        auto r = run(e->slot, &o);
+        account(e, o);
+        return r;
+      }
+    } catch (...) {
+      // account() counts the builder calls that threw (not a visitor that
+      // threw) as failures, and such an access as a miss, never a hit.
+      account(e, o);
+      if (!e->slot.intact()) erase_entry(e);  // leave no half-built entry behind
+      throw;
+    }
+  }
+
   std::shared_ptr<entry> find_or_insert(const Key& key, rebuild_cost cost) {
     std::lock_guard lock(mu_);
     auto it = index_.find(key);
@@ -247,8 +252,10 @@ class cache {
   }
 
   void account(const std::shared_ptr<entry>& e, const access_outcome& o) {
-    (o.builds == 0 ? hits_ : misses_).fetch_add(1, std::memory_order_relaxed);
+    // A hit is an access served without calling a builder.
+    (o.builds == 0 && o.build_failures == 0 ? hits_ : misses_).fetch_add(1, std::memory_order_relaxed);
     builds_.fetch_add(o.builds, std::memory_order_relaxed);
+    build_failures_.fetch_add(o.build_failures, std::memory_order_relaxed);
     drops_.fetch_add(o.drops, std::memory_order_relaxed);
     rebuilds_.fetch_add(o.builds < o.drops ? o.builds : o.drops, std::memory_order_relaxed);
     build_ns_.fetch_add(o.build_ns, std::memory_order_relaxed);

@@ -1,9 +1,10 @@
-// dropalloc::object_arena: the private arena of one regenerable object.
+// dropalloc::object_arena: a private arena abandoned as a whole.
 //
-// A bump allocator over chunks taken from a shared droppable_resource. The
-// object and everything it allocates live in these chunks; when any of it is
-// dropped, the arena gives every chunk back at once and the object is simply
-// forgotten (its destructor never runs, its pointers may read as zeros).
+// A bump allocator over chunks taken from a shared droppable_resource. An
+// object and everything it allocates can live in these chunks; when any of it
+// is dropped, the arena gives every chunk back at once and the object is
+// simply forgotten (its destructor never runs, its pointers may read as
+// zeros). Alignment is of the address handed out, whatever the chunk's.
 //
 // Why chunks from a shared resource rather than one droppable_resource per
 // object: a resource maps a 4 MiB arena (and its metadata) for every size
@@ -21,6 +22,13 @@
 // page dropped and not written again since reads as not resident. A page
 // dropped and then partly rewritten by the builder before sealing is the one
 // loss this cannot see.
+//
+// Reading what an object_arena holds after a page may have dropped is only
+// safe for flat data read by copying it out and then checking intact(): a
+// pointer-based object (a vector of strings, a map) in these chunks can make
+// its reader or its destructor follow a zeroed pointer. The cache layer no
+// longer keeps objects here (see regenerable.h); the arena is for scratch
+// objects that are written, sealed, and abandoned as a whole with release().
 //
 // Single owner: one thread builds; after seal(), any number of threads may call
 // intact() concurrently. Not a general-purpose resource: deallocate() only
@@ -106,7 +114,9 @@ class object_arena final : public std::pmr::memory_resource {
     std::size_t align = std::max<std::size_t>(alignment, 8);
     if (bytes + align <= kPageBytes) {
       // A block of at most a page never straddles one: a canary in front covers it.
-      chunk& c = add_chunk(bytes + align, /*bumped=*/false);
+      // The chunk itself is aligned to `align`, so that the caller's part,
+      // `align` bytes in, is too.
+      chunk& c = add_chunk(bytes + align, /*bumped=*/false, align);
       c.canaries = true;
       store_canary(c.ref.ptr);
       c.data = static_cast<std::byte*>(c.ref.ptr) + align;
@@ -199,9 +209,12 @@ class object_arena final : public std::pmr::memory_resource {
   // page-aligned, smaller ones never straddle a page.
   void* bump(std::size_t bytes, std::size_t alignment) noexcept {
     if (cur_ == nullptr) return nullptr;
+    // Alignment is of the address, not of the offset: a chunk is only as
+    // aligned as its size class makes it (8 bytes at least).
+    const auto base = reinterpret_cast<std::uintptr_t>(cur_);
     std::size_t off = used_;
     for (;;) {
-      off = (off + alignment - 1) & ~(alignment - 1);
+      off = static_cast<std::size_t>(((base + off + alignment - 1) & ~(std::uintptr_t{alignment} - 1)) - base);
       if (off % kPageBytes == 0) {
         if (off >= cap_) return nullptr;
         store_canary(cur_ + off);  // first use of this page

@@ -74,9 +74,13 @@ class heap {
   bool sized_free_matches(const void* p, std::size_t bytes, std::size_t alignment) noexcept;
 
   // The transitions of the block state machine (core/types.h, namespace
-  // state). seal: live, sealed or dropped -> sealed, except that a sealed
-  // block that lost a page since its seal becomes dropped (returned) instead.
+  // state). seal: live or sealed -> sealed, except that a sealed block that
+  // lost a page since its seal becomes dropped (returned) instead; a dropped
+  // block stays dropped.
   block_state seal(void* p) noexcept;
+  // seal() that also takes a dropped block back to sealed: only for callers
+  // that rewrote every byte and compare afterwards (write_and_seal).
+  block_state seal_rewritten(void* p) noexcept;
   // Seals every live, unsealed block; leaves sealed and dropped ones alone.
   // Returns how many it sealed.
   std::size_t seal_all() noexcept;
@@ -133,7 +137,9 @@ class heap {
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
   enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live };
-  seal_outcome seal_block(segment* s, std::uint32_t idx, bool only_live) noexcept;
+  enum class seal_from : std::uint8_t { live_only, any_but_dropped, rewritten };
+  seal_outcome seal_block(segment* s, std::uint32_t idx, seal_from from) noexcept;
+  block_state seal(void* p, seal_from from) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 
   static void retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept;

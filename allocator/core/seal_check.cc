@@ -89,12 +89,12 @@ bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) 
   return false;
 }
 
-// Seals block idx: the transitions live -> sealed, dropped -> sealed and
-// sealed -> sealed (re-seal) of the state machine in core/types.h. A sealed
-// block whose old seal lost a page becomes dropped instead, so no seal can
-// turn a lost page into intact. With only_live (seal_all), sealed and dropped
-// blocks are left as they are.
-heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, bool only_live) noexcept {
+// Seals block idx: the transitions live -> sealed, sealed -> sealed (re-seal)
+// and, for write_and_seal only, dropped -> sealed, of the state machine in
+// core/types.h. A sealed block whose old seal lost a page becomes dropped
+// instead, so no seal can turn a lost page into intact. seal_all passes
+// live_only: sealed and dropped blocks are left as they are.
+heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from from) noexcept {
   auto& sb = s->state[idx];
   auto& word = s->meta[idx];
   std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
@@ -109,7 +109,9 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, bool only_liv
   }
   const std::uint8_t kind = st & state::kMask;
   if (kind == state::kFree) return seal_outcome::not_live;
-  if (only_live && kind != state::kLive) return seal_outcome::skipped;
+  if (from == seal_from::live_only && kind != state::kLive) return seal_outcome::skipped;
+  // A dropped block lost data: only a verified rewrite may seal it again.
+  if (kind == state::kDropped && from != seal_from::rewritten) return seal_outcome::lost;
   std::uint64_t m = word.load(std::memory_order_acquire);
   if (kind == state::kSealed && witnesses_lost(s, idx, m)) {
     // Settle the old seal first: the loss is the answer.
@@ -144,22 +146,25 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, bool only_liv
   return seal_outcome::sealed;
 }
 
-block_state heap::seal(void* p) noexcept {
+block_state heap::seal(void* p) noexcept { return seal(p, seal_from::any_but_dropped); }
+block_state heap::seal_rewritten(void* p) noexcept { return seal(p, seal_from::rewritten); }
+
+block_state heap::seal(void* p, seal_from from) noexcept {
   if (p == nullptr) return block_state::foreign;
   read_section reading;
   segment* s = segment_of(p);
   std::uint32_t idx;
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
-  switch (seal_block(s, idx, /*only_live=*/false)) {
+  switch (seal_block(s, idx, from)) {
     case seal_outcome::sealed: break;
     case seal_outcome::lost: return block_state::dropped;
     default: return block_state::stale;
   }
   // Small blocks share their page with others; sealing the whole page is
   // harmless (a later write to any block on it un-seals it again).
-  std::byte* from = s->base + (static_cast<std::byte*>(p) - s->base) / kPage * kPage;
+  std::byte* first_page = s->base + (static_cast<std::byte*>(p) - s->base) / kPage * kPage;
   std::size_t len = s->per_page != 0 ? kPage : block_stride(s);
-  os_->seal_pages(from, len);
+  os_->seal_pages(first_page, len);
   // A page may have gone while we read it or before the advice: look again.
   return check(p, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
 }
@@ -197,7 +202,7 @@ std::size_t heap::seal_all() noexcept {
     std::uint32_t bump = read_counter(&s->bump);
     for (std::uint32_t i = 0; i < bump; ++i) {
       if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
-      if (seal_block(s, i, /*only_live=*/true) != seal_outcome::sealed) continue;
+      if (seal_block(s, i, seal_from::live_only) != seal_outcome::sealed) continue;
       ++sealed;
       std::byte* start = block_start(s, i);
       std::byte* from = s->base + (start - s->base) / kPage * kPage;

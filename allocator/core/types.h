@@ -83,7 +83,8 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //   free ----allocate----> live
 //   live, sealed, dropped ----free----> free       generation + 1 if observed
 //   live ----seal / seal_all----> sealed           witnesses from the contents now
-//   dropped ----seal----> sealed                   the owner rewrote it
+//   dropped ----write_and_seal----> sealed         a verified full rewrite; seal()
+//                                                  and seal_all() leave it dropped
 //   sealed ----seal----> sealed                    re-seal after a write, but only
 //                                                  if no witness word reads zero;
 //   sealed ----seal----> dropped                   otherwise (the old seal is

@@ -77,10 +77,11 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
   const std::uint64_t generation = heap_.generation(p);
   std::memcpy(p, src, n);
   block_state s = heap_.seal(p);
-  // A re-seal first settles the old seal: `dropped` can mean a page was lost
-  // before our copy. Every byte was just rewritten, so seal again (dropped ->
-  // sealed) and let the comparison below decide.
-  if (s == block_state::dropped) s = heap_.seal(p);
+  // A re-seal first settles the old seal, and a dropped block stays dropped
+  // for seal(): `dropped` can mean a page was lost before our copy. Every byte
+  // was just rewritten, so seal it as rewritten and let the comparison below
+  // decide.
+  if (s == block_state::dropped) s = heap_.seal_rewritten(p);
   if (s == block_state::stale || s == block_state::foreign) return s;
   // Read back after the witnesses were recorded: a page lost before or during
   // the seal shows as a difference here, one lost later in check().

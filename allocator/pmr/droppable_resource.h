@@ -69,19 +69,28 @@ class droppable_resource final : public std::pmr::memory_resource {
   // read it. A page dropped *before* the seal, while you were still writing,
   // reads as zeros and is sealed as zeros: seal() cannot see that; use
   // write_and_seal() or verify a checksum of your own after sealing.
-  // Transitions (core/types.h): live -> sealed; dropped -> sealed (you
-  // rewrote it); sealed -> sealed (re-seal after a write), except that a
-  // sealed block whose witness word reads zero becomes `dropped` instead and
-  // seal() returns `dropped`: a page was lost since the seal (or your write
-  // put a zero over the witness word; the two look alike): rewrite it, then
-  // seal again. So no re-seal can turn a lost page into `intact`. Returns the check
+  // Transitions (core/types.h): live -> sealed; sealed -> sealed (re-seal
+  // after a write), except that a sealed block whose witness word reads zero
+  // becomes `dropped` instead and seal() returns `dropped` (a page was lost
+  // since the seal, or your write put a zero over the witness word; the two
+  // look alike). A dropped block stays dropped for seal(): whoever learnt of
+  // the loss (any thread's check()), a call that may be a mere repeat must not
+  // revive it. Use write_and_seal(), seal_rewritten() after rewriting all of
+  // it, or free it and allocate a new one. So no seal() can turn a lost page
+  // into `intact`. Returns the check
   // right after sealing: intact, dropped (a page went meanwhile), stale (not a
   // live block) or foreign (not ours).
   block_state seal(void* p) noexcept { return heap_.seal(p); }
+  // seal() for a block you have rewritten *entirely* since it was found
+  // dropped: it also takes a dropped block back to sealed. It vouches for what
+  // it reads, as seal() does; a byte you did not rewrite would be certified as
+  // it reads now (zeros), so prefer write_and_seal(), which verifies.
+  block_state seal_rewritten(void* p) noexcept { return heap_.seal_rewritten(p); }
   // Copies n bytes from ordinary memory into the block at p, seals it, then
   // compares the block with src and checks it: returns `intact` only if the
   // block holds exactly those bytes, which covers the time before the seal
-  // too. Any other outcome leaves the block `dropped` (write again), so a
+  // too; it also revives a dropped block. Any other outcome leaves the block
+  // `dropped` (write again), so a
   // later check() never says intact. `stale` / `foreign`: p is not a live
   // block of this resource, nothing was written. Throws std::length_error if
   // n exceeds usable_size(p), writing nothing.

@@ -69,6 +69,11 @@ DROPALLOC_EXPORT dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p) 
   return to_c(r->heap.seal(p));
 }
 
+DROPALLOC_EXPORT dropalloc_state dropalloc_seal_rewritten(dropalloc_resource* r, void* p) {
+  if (r == nullptr) return DROPALLOC_FOREIGN;
+  return to_c(r->heap.seal_rewritten(p));
+}
+
 DROPALLOC_EXPORT size_t dropalloc_seal_all(dropalloc_resource* r) { return r->heap.seal_all(); }
 
 DROPALLOC_EXPORT dropalloc_state dropalloc_check(dropalloc_resource* r, const void* p, uint64_t generation) {

@@ -61,8 +61,8 @@ class sealed_cache {
           if (expected_[key] == 0) expected_[key] = pressure::checksum(v);
           return v;
         },
-        // Runs on intact bytes; counts only if the check after it still says
-        // intact (otherwise the cache rebuilds and runs it again).
+        // Runs on a private copy of the bytes, taken and then checked intact
+        // before the visitor sees it.
         [](std::string_view v) { return pressure::checksum(v); });
     *hit = !built;
     return sum;

@@ -113,6 +113,10 @@ struct model {
   // everything else seals, and nothing drops meanwhile.
   void seal_one(block& b) {
     dropalloc::block_state s = res->seal(b.ptr);
+    if (b.marked_dropped) {  // dropped stays dropped until write_and_seal or free
+      FUZZ_ASSERT(s == dropalloc::block_state::dropped);
+      return;
+    }
     if (b.ever_sealed && (b.touched_by_drop || b.written_since_seal) && !b.marked_dropped) {
       FUZZ_ASSERT(s == dropalloc::block_state::intact || s == dropalloc::block_state::dropped);
       if (s == dropalloc::block_state::dropped) {

@@ -10,6 +10,7 @@
 
 // The README's snippets are fragments: some values they compute are not used.
 #pragma GCC diagnostic ignored "-Wunused-variable"
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
 
 // Fills a 64 KiB block with non-zero bytes, as a decoder would.
 inline void decode_into(void* p) { std::memset(p, 0x5a, 64 * 1024); }

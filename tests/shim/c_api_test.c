@@ -21,6 +21,7 @@ API(void, dropalloc_destroy, (dropalloc_resource*))
 API(dropalloc_block, dropalloc_alloc, (dropalloc_resource*, size_t, size_t))
 API(void, dropalloc_free, (dropalloc_resource*, void*))
 API(dropalloc_state, dropalloc_seal, (dropalloc_resource*, void*))
+API(dropalloc_state, dropalloc_seal_rewritten, (dropalloc_resource*, void*))
 API(size_t, dropalloc_seal_all, (dropalloc_resource*))
 API(dropalloc_state, dropalloc_check, (dropalloc_resource*, const void*, uint64_t))
 API(int, dropalloc_is_intact, (dropalloc_resource*, dropalloc_block))
@@ -43,7 +44,7 @@ static void load(const char* path) {
   *(void**)(&p_##name) = dlsym(lib, #name);          \
   CHECK(p_##name != NULL);
   LOAD(dropalloc_create) LOAD(dropalloc_destroy) LOAD(dropalloc_alloc) LOAD(dropalloc_free)
-  LOAD(dropalloc_seal) LOAD(dropalloc_seal_all) LOAD(dropalloc_check) LOAD(dropalloc_is_intact)
+  LOAD(dropalloc_seal) LOAD(dropalloc_seal_rewritten) LOAD(dropalloc_seal_all) LOAD(dropalloc_check) LOAD(dropalloc_is_intact)
   LOAD(dropalloc_generation) LOAD(dropalloc_usable_size) LOAD(dropalloc_get_stats)
   LOAD(dropalloc_trim) LOAD(dropalloc_drop_for_testing) LOAD(dropalloc_state_name)
   LOAD(dropalloc_shim_active) LOAD(dropalloc_malloc_stats)
@@ -68,7 +69,10 @@ static void test_lifecycle(unsigned flags) {
   CHECK(CALL(dropalloc_drop_for_testing)(r, (char*)b.ptr + 4096, 4096) == 0);
   CHECK(CALL(dropalloc_check)(r, b.ptr, b.generation) == DROPALLOC_DROPPED);
   memset(b.ptr, 0x5a, 3 * 4096);
-  CHECK(CALL(dropalloc_seal)(r, b.ptr) == DROPALLOC_INTACT);
+  /* A repeated seal does not revive it; a seal of the rewritten block does. */
+  CHECK(CALL(dropalloc_seal)(r, b.ptr) == DROPALLOC_DROPPED);
+  CHECK(CALL(dropalloc_seal_rewritten)(r, b.ptr) == DROPALLOC_INTACT);
+  CHECK(CALL(dropalloc_seal_rewritten)(NULL, b.ptr) == DROPALLOC_FOREIGN);
 
   /* Memory that is not the resource's is refused, not zeroed. */
   int local = 1;
