@@ -85,8 +85,10 @@ void shadow::remove(shadow_block* b) {
 void shadow::write(shadow_block* b, std::size_t off, const std::uint8_t* src, std::size_t n) {
   if (n == 0) return;
   std::memcpy(b->bytes.data() + off, src, n);
-  if (b->st != life::sealed) return;  // live stays live; dropped stays dropped until resealed
-  b->dirty = true;
+  if (b->st == life::live) return;
+  // Sealed: the owner owes a reseal. Sealed or dropped: the pages written
+  // hold the owner's bytes again, whatever was lost there.
+  if (b->st == life::sealed) b->dirty = true;
   std::size_t first = (b->addr() + off) / kPage - b->addr() / kPage;
   std::size_t last = (b->addr() + off + n - 1) / kPage - b->addr() / kPage;
   for (std::size_t k = first; k <= last; ++k) {
@@ -108,7 +110,7 @@ void shadow::drop_page(std::uintptr_t page) {
     std::size_t from = lo - b->addr(), to = hi - b->addr();
     std::fill(b->bytes.begin() + static_cast<std::ptrdiff_t>(from),
               b->bytes.begin() + static_cast<std::ptrdiff_t>(to), std::uint8_t{0});
-    if (b->st == life::sealed) {
+    if (b->st != life::live) {
       // Data was lost only if the seal vouched for a non-zero byte here: an
       // all-zero stretch reads the same after the drop.
       bool had_data = std::any_of(b->sealed.begin() + static_cast<std::ptrdiff_t>(from),
@@ -144,30 +146,51 @@ void shadow::saw_check(shadow_block* b, block_state got) {
 
 answers shadow::expect_seal(const shadow_block& b) const {
   switch (b.st) {
-    case life::live:     // seals what it holds now
-    case life::dropped:  // the owner was told and rewrote (or accepts zeros)
+    case life::live:  // seals what it holds now
       return only(block_state::intact);
-    case life::sealed: {
-      answers a = 0;
-      if (b.any_lost(kLost)) {
-        // Settles the old seal first: a lost page never becomes intact by a
-        // re-seal, unless someone else's check already moved the block to
-        // dropped (see others_check).
-        a = only(block_state::dropped);
-        if (others_check) a |= only(block_state::intact);
-        return a;
-      }
-      // Written since: a rewritten lost page or an owner's zero over a
-      // witness is indistinguishable from a loss; both answers are allowed.
+    case life::dropped:
+      // Stays dropped: whoever learnt of the loss (any thread's check), a
+      // seal() that may be a mere repeat must not revive it.
+      return only(block_state::dropped);
+    case life::sealed:
+      // Settles the old seal first: a lost page never becomes intact by a re-seal.
+      if (b.any_lost(kLost)) return only(block_state::dropped);
+      // Written since: a rewritten lost page, or an owner's zero over a
+      // witness word, reads as a loss; a rewritten page may also hide one.
       if (b.dirty) return only(block_state::intact) | only(block_state::dropped);
       return only(block_state::intact);
-    }
   }
   return 0;
 }
 
+answers shadow::expect_write_and_seal(const shadow_block& b, std::size_t n) const {
+  if (b.st == life::live) return only(block_state::intact);
+  // Which lost pages the copy of [0, n) rewrites.
+  std::vector<std::uint8_t> lost = b.lost;
+  if (n > 0) {
+    std::size_t last = (b.addr() + n - 1) / kPage - b.addr() / kPage;
+    for (std::size_t k = 0; k <= last; ++k) {
+      if (lost[k] == kLost) lost[k] = kLostRewritten;
+    }
+  }
+  // A page that lost what the seal vouched for and that nobody rewrote: the
+  // block does not hold what its owner sealed there, so intact would certify
+  // the zeros. Only a rewrite of it may revive the block.
+  if (std::find(lost.begin(), lost.end(), kLost) != lost.end()) return only(block_state::dropped);
+  bool rewritten = std::find(lost.begin(), lost.end(), kLostRewritten) != lost.end();
+  if (b.st == life::dropped) {
+    // A verified full rewrite revives it. A shorter one after the owner
+    // rewrote every lost page itself holds the owner's bytes: either answer.
+    return n == b.usable ? only(block_state::intact) : only(block_state::intact) | only(block_state::dropped);
+  }
+  // Sealed, nothing lost that was not rewritten since.
+  if (b.dirty || rewritten) return only(block_state::intact) | only(block_state::dropped);
+  return only(block_state::intact);
+}
+
 void shadow::saw_seal(shadow_block* b, block_state got) {
   if (got == block_state::intact) {
+    // A new seal: it vouches for what the block holds now.
     b->st = life::sealed;
     b->sealed = b->bytes;
     b->dirty = false;

@@ -54,8 +54,10 @@ struct shadow_block {
   life st = life::live;
   bool dirty = false;  // written since its seal: the owner owes a reseal
   // Per page the block touches: kWhole, kLost (sealed data there was dropped
-  // and nobody wrote the page since: any check can see it), kLostRewritten
-  // (dropped, then the owner wrote into the page: the loss may be invisible).
+  // and nobody wrote the page since: any check can see it, and the bytes the
+  // seal vouched for are gone), kLostRewritten (dropped, then the owner wrote
+  // into the page: the loss may be invisible). Kept while the block is
+  // dropped too: only a rewrite of every lost page may revive it.
   std::vector<std::uint8_t> lost;
   std::uint64_t synced_epoch = 0;  // multi-threaded runs: seal_all epoch last seen
   int slot = -1;                   // multi-threaded runs: where it is published
@@ -83,13 +85,6 @@ class generation_registry {
 
 class shadow {
  public:
-  // Other threads may check() this owner's blocks. A check that finds a loss
-  // moves the block to `dropped` in the library; the owner's later seal() then
-  // starts from `dropped` and re-records (the promise's dropped -> sealed
-  // edge). So with outside checkers, seal() of a sealed block that lost a page
-  // may answer intact (vouching for the zeros it now holds) or dropped.
-  bool others_check = false;
-
   std::vector<std::unique_ptr<shadow_block>> live;
   std::vector<block_ref> freed;  // handles freed by this owner (bounded)
 
@@ -112,6 +107,8 @@ class shadow {
 
   answers expect_seal(const shadow_block& b) const;
   void saw_seal(shadow_block* b, block_state got);
+  // write_and_seal(p, src, n), asked BEFORE write() applies the copy.
+  answers expect_write_and_seal(const shadow_block& b, std::size_t n) const;
 
   // seal_all(): seals exactly the live blocks with what they hold; returns how many.
   std::size_t seal_all();

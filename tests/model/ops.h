@@ -111,6 +111,7 @@ class runner {
   void op_allocate();
   void op_write(shadow_block* b);
   void op_seal(shadow_block* b);
+  void op_rewrite_dropped(shadow_block* b);
   void op_write_and_seal(shadow_block* b);
   void op_drop(shadow_block* b);
   void op_check(shadow_block* b);
