@@ -355,5 +355,11 @@ TEST_CASE("write_and_seal of a prefix does not make a lost later page intact") {
   CHECK_MESSAGE(s == block_state::dropped, "write_and_seal said " << model::name(s));
   s = res.check(b.ptr, b.generation);
   CHECK_MESSAGE(s == block_state::dropped, "check said " << model::name(s) << " with the last page lost");
+  // A second prefix does not reach the lost page either; a full rewrite does.
+  s = res.write_and_seal(b.ptr, prefix.data(), prefix.size());
+  CHECK_MESSAGE(s == block_state::dropped, "second prefix write_and_seal said " << model::name(s));
+  CHECK(res.write_and_seal(b.ptr, all.data(), kBytes) == block_state::intact);
+  CHECK(res.check(b.ptr, b.generation) == block_state::intact);
+  CHECK(std::memcmp(b.ptr, all.data(), kBytes) == 0);
   res.deallocate(b.ptr, kBytes, model::kPage);
 }
