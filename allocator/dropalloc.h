@@ -5,12 +5,18 @@
 // call, whether your data is still whole, so you can rebuild what was lost.
 //
 //   dropalloc::droppable_resource res;
-//   std::pmr::vector<int> v(&res);            // any std::pmr container
 //   auto b = res.allocate_block(4096);         // a block and its generation
-//   fill(b.ptr);  res.seal(b.ptr);             // written: seal it
+//   res.write_and_seal(b.ptr, src, 4096);      // copy in, seal, verify
 //   ... later ...
-//   use(b.ptr);                                // read, then check:
+//   memcpy(dst, b.ptr, 4096);                  // copy out, then check:
 //   if (!res.is_intact(b)) rebuild();          // a page was dropped meanwhile
+//
+//   dropalloc::regenerable<std::pmr::vector<std::pmr::string>> v(res, build);
+//   v.visit([](const auto& names) { ... });    // a checked private copy
+//
+// Never walk or destroy a pointer-based container whose memory came from a
+// droppable_resource once its pages may have dropped (README, "What is unsafe
+// after a drop").
 #pragma once
 
 #include "allocator/cache/cache.h"

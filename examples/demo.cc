@@ -1,10 +1,14 @@
 // dropalloc demo: keep regenerable data in droppable memory, lose some of it
 // the way the kernel would under memory pressure, find exactly what was lost,
-// rebuild it.
+// rebuild it. Only patterns that stay safe after a real drop: blocks written
+// from ordinary memory and read by copying out, then checking; containers
+// kept as regenerable values. Handles and staging buffers live in ordinary
+// memory.
 //
 //   bazel run -c opt //examples:demo
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory_resource>
 #include <string>
 #include <vector>
@@ -13,9 +17,11 @@
 
 namespace {
 
+constexpr std::size_t kTileBytes = 16 * 1024;
+
 // "Decoding" a tile: deterministic bytes we can always produce again.
-void decode_tile(int id, std::pmr::vector<std::uint8_t>& out) {
-  out.resize(16 * 1024);
+void decode_tile(int id, std::vector<std::uint8_t>& out) {
+  out.resize(kTileBytes);
   std::uint32_t x = static_cast<std::uint32_t>(id) * 2654435761u + 1;
   for (auto& b : out) {
     x = x * 1103515245u + 12345u;
@@ -31,33 +37,48 @@ void print_stats(const char* when, const dropalloc::droppable_resource& res) {
               static_cast<unsigned long long>(s.drops_detected));
 }
 
+// Decodes tile i in ordinary memory and writes it into its block; repeats if
+// a page went while it was being written.
+void store_tile(dropalloc::droppable_resource& res, const dropalloc::block_ref& b, int i,
+                std::vector<std::uint8_t>& staging) {
+  decode_tile(i, staging);
+  while (res.write_and_seal(b.ptr, staging.data(), staging.size()) == dropalloc::block_state::dropped) {
+  }
+}
+
+using captions_t = std::pmr::vector<std::pmr::string>;
+
 }  // namespace
 
 int main() {
   dropalloc::droppable_resource res;
   std::printf("backing: %s\n\n", dropalloc::to_string(res.arena_backing()));
 
-  // 1. Fill pmr containers from the droppable resource and seal what we wrote.
+  // 1. Decode tiles into droppable blocks; the handles stay in ordinary memory.
   constexpr int kTiles = 256;
-  // Nested pmr containers: the outer vector hands &res to every inner one.
-  std::pmr::vector<std::pmr::vector<std::uint8_t>> tiles(&res);
-  tiles.resize(kTiles);
-  std::vector<std::uint64_t> generations(kTiles);  // ordinary memory
-  std::pmr::vector<std::pmr::string> captions(&res);
+  std::vector<dropalloc::block_ref> tiles(kTiles);
+  std::vector<std::uint8_t> staging;
   for (int i = 0; i < kTiles; ++i) {
-    decode_tile(i, tiles[i]);
-    res.seal(tiles[i].data());
-    generations[i] = res.generation(tiles[i].data());
-    captions.emplace_back("tile " + std::to_string(i) + " of the demo image, decoded once");
+    tiles[i] = res.allocate_block(kTileBytes);
+    store_tile(res, tiles[i], i, staging);
   }
-  std::printf("decoded %d tiles of 16 KiB and %zu captions\n", kTiles, captions.size());
+  // A container you can rebuild: kept as flat bytes, visited as a private copy.
+  int caption_builds = 0;
+  dropalloc::regenerable<captions_t> captions(res, [&](std::pmr::memory_resource* mr) {
+    ++caption_builds;
+    captions_t v(mr);
+    for (int i = 0; i < kTiles; ++i) v.emplace_back("tile " + std::to_string(i) + " of the demo image, decoded once");
+    return v;
+  });
+  std::size_t n = captions.visit([](const captions_t& v) { return v.size(); });
+  std::printf("decoded %d tiles of 16 KiB and %zu captions\n", kTiles, n);
   print_stats("after decoding:", res);
 
   // 2. Simulate memory pressure: the kernel zeroes some pages. (For real it
-  //    happens under a cgroup limit; tests/cgroup_pressure_test.cc shows it.)
+  //    happens under a cgroup limit; tests/cgroup_truth shows it.)
   int forced = 0;
   for (int i = 0; i < kTiles; i += 9) {
-    res.drop_for_testing(tiles[i].data() + 4096 * (i % 4), 4096);
+    res.drop_for_testing(static_cast<char*>(tiles[i].ptr) + 4096 * (i % 4), 4096);
     ++forced;
   }
   std::printf("\nkernel dropped one page of %d tiles\n", forced);
@@ -65,29 +86,35 @@ int main() {
   // 3. Find exactly what was lost: a few loads per page, no system call.
   std::vector<int> lost;
   for (int i = 0; i < kTiles; ++i) {
-    if (!res.is_intact(tiles[i].data(), generations[i])) lost.push_back(i);
+    if (!res.is_intact(tiles[i])) lost.push_back(i);
   }
   std::printf("check found %zu tiles damaged:", lost.size());
   for (int i : lost) std::printf(" %d", i);
   std::printf("\n");
   print_stats("after the drop:", res);
 
-  // 4. Rebuild only those, then verify everything against a fresh decode.
-  for (int i : lost) {
-    decode_tile(i, tiles[i]);
-    res.seal(tiles[i].data());
-    generations[i] = res.generation(tiles[i].data());
-  }
+  // 4. Rebuild only those, then verify everything against a fresh decode,
+  //    reading each block the safe way: copy out, then check.
+  for (int i : lost) store_tile(res, tiles[i], i, staging);
   int wrong = 0;
-  std::pmr::vector<std::uint8_t> fresh;
+  std::vector<std::uint8_t> fresh, copy(kTileBytes);
   for (int i = 0; i < kTiles; ++i) {
     decode_tile(i, fresh);
-    bool same = fresh == tiles[i];
-    // Safe read protocol: what we read counts only if the block is still
-    // intact after reading it.
-    if (!same && res.is_intact(tiles[i].data(), generations[i])) ++wrong;
+    std::memcpy(copy.data(), tiles[i].ptr, kTileBytes);
+    if (res.is_intact(tiles[i]) && copy != fresh) ++wrong;
   }
   std::printf("rebuilt %zu tiles; tiles with wrong contents reported intact: %d\n", lost.size(), wrong);
-  print_stats("after rebuilding:", res);
-  return wrong == 0 && lost.size() == static_cast<std::size_t>(forced) ? 0 : 1;
+
+  // 5. Lose everything at once: the captions notice and rebuild on the next visit.
+  res.drop_all_for_testing();
+  bool whole = captions.intact();
+  n = captions.visit([](const captions_t& v) { return v.size(); });
+  std::printf("after dropping everything: captions intact before the visit: %s; visit saw %zu captions "
+              "(built %d times)\n",
+              whole ? "yes" : "no", n, caption_builds);
+  print_stats("at the end:", res);
+  for (auto& t : tiles) res.deallocate(t.ptr, kTileBytes);
+  bool ok = wrong == 0 && lost.size() == static_cast<std::size_t>(forced) && n == kTiles && !whole &&
+            caption_builds == 2;
+  return ok ? 0 : 1;
 }

@@ -51,9 +51,9 @@ inline std::size_t block_stride(const segment* s) {
 // The block state machine is written out in core/types.h (namespace state).
 // Sealers of one block are serialised by its seal lock; check() takes none and
 // validates what it read instead: it trusts witnesses only if the block's
-// state byte and meta word were the same before and after reading them, and
-// every seal changes the meta word (small blocks: the witness is in it;
-// multi-page blocks: a seal counter is).
+// state byte and meta word were the same before and after reading them (a
+// small block's witness is in its meta word) and, for multi-page blocks, its
+// seal count did not move while it read the per-page witnesses.
 
 namespace {
 
@@ -132,12 +132,15 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   if (s->per_page != 0) {
     sealed_m = meta::make(meta::gen(m), first_nonzero_word(start, s->block_size));
   } else {
+    // Raised before the witnesses change (acq_rel: the stores below stay
+    // after it), so a check that read any of them sees the count move.
+    s->seal_count[idx].fetch_add(1, std::memory_order_acq_rel);
     std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
     for (std::size_t k = 0; k < s->pages_per_block; ++k) {
       auto w = static_cast<std::uint16_t>(first_nonzero_word(start + k * kPage, kPage));
       s->page_witness[first + k].store(w, std::memory_order_relaxed);
     }
-    sealed_m = meta::make(meta::gen(m), meta::next_seal_count(m));
+    sealed_m = meta::make(meta::gen(m), 0);
   }
   // Fails if the block was freed meanwhile (the generation moved).
   if (!word.compare_exchange_strong(m, sealed_m, std::memory_order_acq_rel)) return seal_outcome::not_live;
@@ -243,6 +246,9 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
     }
     auto& sb = s->state[idx];
     auto& word = s->meta[idx];
+    // Read first: a seal that began after this read moves it; one that began
+    // before left the state live until its witnesses were all written.
+    const std::uint32_t count = s->seal_count != nullptr ? s->seal_count[idx].load(std::memory_order_acquire) : 0;
     std::uint8_t st = sb.load(std::memory_order_acquire);
     std::uint64_t m = word.load(std::memory_order_acquire);
     std::uint8_t kind = st & state::kMask;
@@ -251,6 +257,7 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
     if (kind == state::kDropped) return block_state::dropped;
     bool lost = witnesses_lost(s, idx, m);
     load_fence();  // the witness reads above happen before the re-reads below
+    if (s->seal_count != nullptr && s->seal_count[idx].load(std::memory_order_acquire) != count) continue;
     if (lost) {
       std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
       if (word.load(std::memory_order_acquire) == m &&

@@ -58,7 +58,9 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
   std::size_t off_meta = round_up(off_state + capacity, 64);
   std::size_t off_witness = off_meta + capacity * sizeof(std::uint64_t);
   std::size_t witness_count = per_page != 0 ? 0 : std::size_t{capacity} * pages_per_block;
-  std::size_t off_bits = round_up(off_witness + witness_count * sizeof(std::uint16_t), 8);
+  std::size_t off_count = round_up(off_witness + witness_count * sizeof(std::uint16_t), 8);
+  std::size_t count_count = per_page != 0 ? 0 : capacity;
+  std::size_t off_bits = round_up(off_count + count_count * sizeof(std::uint32_t), 8);
   std::size_t bytes = round_up(off_bits + (capacity + 63) / 64 * 8, kPage);
   auto* raw = static_cast<std::byte*>(os.map_metadata(bytes, err));
   if (raw == nullptr) return nullptr;
@@ -82,6 +84,8 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
   s->meta = reinterpret_cast<std::atomic<std::uint64_t>*>(raw + off_meta);
   s->page_witness =
       witness_count != 0 ? reinterpret_cast<std::atomic<std::uint16_t>*>(raw + off_witness) : nullptr;
+  s->seal_count =
+      count_count != 0 ? reinterpret_cast<std::atomic<std::uint32_t>*>(raw + off_count) : nullptr;
   s->free_bits = reinterpret_cast<std::uint64_t*>(raw + off_bits);
   return s;
 }

@@ -125,10 +125,8 @@ inline constexpr std::uint32_t kTags = 31;
 constexpr bool blocks_share_lines(std::uint64_t block_size) { return block_size % 64 != 0; }
 
 // The meta word, touched only for observed blocks (by free, seal and check):
-//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none;
-//              multi-page and large blocks: a count of seals, so that every
-//              seal changes the word (check() re-reads it to know that the
-//              per-page witnesses it read all belong to one seal)
+//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none
+//              (so a small block's witness and generation change together)
 //   bits 12-63 generation, counted from the arena's gen_base
 // Written only by compare-and-exchange (seal) and by bump_generation (free),
 // so neither can undo the other.
@@ -142,9 +140,7 @@ constexpr std::uint64_t witness(std::uint64_t m) { return (m & kWitnessMask) >> 
 constexpr std::uint64_t make(std::uint64_t gen, std::uint64_t witness) {
   return (gen << kGenShift) | (witness << kWitnessShift);
 }
-constexpr std::uint64_t next_seal_count(std::uint64_t m) {
-  return (witness(m) + 1) & (kWitnessMask >> kWitnessShift);
-}
+
 static_assert(kMaxSmallSize / 8 < (kWitnessMask >> kWitnessShift), "witness index must fit");
 }  // namespace meta
 
@@ -170,6 +166,12 @@ struct segment {
   std::atomic<std::uint64_t>* meta;          // [capacity] generation + witness (namespace meta)
   std::atomic<std::uint16_t>* page_witness;  // [capacity * pages_per_block] for multi-page
                                              // and large blocks: 1 + word index, 0 = none
+  std::atomic<std::uint32_t>* seal_count;    // [capacity] for multi-page and large blocks:
+                                             // seals begun. A sealer raises it before it
+                                             // writes page_witness; check() reads it before
+                                             // and after reading witnesses, and trusts them
+                                             // only if it did not move (a sequence lock
+                                             // with one writer at a time: the seal lock)
   std::uint64_t* free_bits;        // [ceil(capacity / 64)]: 1 = free block below `bump`
   std::byte* meta_base;            // the metadata mapping holding this struct (which
                                    // sits a cache-colouring offset into it)

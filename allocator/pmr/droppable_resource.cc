@@ -75,17 +75,20 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
     throw std::length_error(what);
   }
   const std::uint64_t generation = heap_.generation(p);
-  std::memcpy(p, src, n);
+  if (n != 0) std::memcpy(p, src, n);
   block_state s = heap_.seal(p);
-  // A re-seal first settles the old seal, and a dropped block stays dropped
-  // for seal(): `dropped` can mean a page was lost before our copy. Every byte
-  // was just rewritten, so seal it as rewritten and let the comparison below
-  // decide.
-  if (s == block_state::dropped) s = heap_.seal_rewritten(p);
+  if (s == block_state::dropped) {
+    // A re-seal first settles the old seal, and a dropped block stays dropped
+    // for seal(): a page was lost, perhaps past the n bytes just written.
+    // Rewrite the rest too (zeros), so that every byte was written again,
+    // then seal it as rewritten and let the comparison below decide.
+    if (n < usable) std::memset(static_cast<char*>(p) + n, 0, usable - n);
+    s = heap_.seal_rewritten(p);
+  }
   if (s == block_state::stale || s == block_state::foreign) return s;
   // Read back after the witnesses were recorded: a page lost before or during
   // the seal shows as a difference here, one lost later in check().
-  if (s == block_state::intact && std::memcmp(p, src, n) == 0) {
+  if (s == block_state::intact && (n == 0 || std::memcmp(p, src, n) == 0)) {
     s = heap_.check(p, generation);
     if (s == block_state::intact || s == block_state::stale) return s;
   }

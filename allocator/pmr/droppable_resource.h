@@ -89,7 +89,8 @@ class droppable_resource final : public std::pmr::memory_resource {
   // Copies n bytes from ordinary memory into the block at p, seals it, then
   // compares the block with src and checks it: returns `intact` only if the
   // block holds exactly those bytes, which covers the time before the seal
-  // too; it also revives a dropped block. Any other outcome leaves the block
+  // too. It also revives a dropped block; then the bytes after the first n
+  // are zeroed as well (they may have been lost). Any other outcome leaves the block
   // `dropped` (write again), so a
   // later check() never says intact. `stale` / `foreign`: p is not a live
   // block of this resource, nothing was written. Throws std::length_error if
