@@ -1,6 +1,7 @@
 #include "allocator/core/grace.h"
 
 #include <sched.h>
+#include <time.h>
 
 #include <mutex>
 
@@ -88,7 +89,16 @@ void wait_for_readers() noexcept {
   // Sections that load the new epoch began after the caller's map removal
   // (the acquire in read_section pairs with this release).
   std::uint64_t target = g_epoch.fetch_add(1, std::memory_order_seq_cst) + 1;
-  if (g_asymmetric.load(std::memory_order_relaxed)) os::process_barrier();
+  if (g_asymmetric.load(std::memory_order_relaxed) && os::process_barrier() != 0) {
+    // Registered once, refused now (e.g. a seccomp filter installed since).
+    // New sections publish with a full fence from here on. A section that
+    // began before published with a plain store: a store buffer drains in
+    // well under a microsecond, so wait far longer than that for it to show
+    // (the best that can be done without the barrier).
+    g_asymmetric.store(false, std::memory_order_seq_cst);
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, nullptr);
+  }
   std::uint32_t used = g_slots_used.load(std::memory_order_acquire);
   for (std::uint32_t i = 0; i < used; ++i) {
     if (&g_slots[i] == t_slot) continue;  // a caller inside a section never waits for itself

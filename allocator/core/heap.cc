@@ -439,39 +439,38 @@ void heap::trim() noexcept {
 void heap::deallocate_checked(void* p) noexcept {
   segment* s;
   std::uint32_t idx;
+  const char* refused = nullptr;
   {
     // A double free may name an arena that is being unmapped: validate in a
     // read section. A live block's arena cannot go away under its owner, so
     // the free itself needs none (and may unmap, which a section must not).
+    // The report waits until the section is closed: writing to a stderr pipe
+    // nobody drains could block, and an open section holds up every unmap.
     read_section reading;
     s = segment_of(p);
     if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) {
-      return report_misuse("not a block of this resource", p);
-    }
-    if ((s->state[idx].load(std::memory_order_relaxed) & state::kMask) == state::kFree) {
-      return report_misuse("double free", p);
+      refused = "not a block of this resource";
+    } else if ((s->state[idx].load(std::memory_order_relaxed) & state::kMask) == state::kFree) {
+      refused = "double free";
     }
   }
+  if (refused != nullptr) return report_misuse(refused, p);
   deallocate_slow(s, idx, p);
 }
 
 void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
-  std::uint8_t st = s->state[idx].load(std::memory_order_relaxed);
+  const std::uint8_t st = s->state[idx].load(std::memory_order_relaxed);
   if (s->cls == kLargeClass) {
-    // The mapping goes away: let exactly one of two racing frees do it. Its
-    // generations need no bump: destroy_segment raises the global floor.
-    if (st == state::kFree || !s->state[idx].compare_exchange_strong(st, state::kFree)) {
-      return report_misuse("double free", p);
-    }
-    // The mapping may be reused at the same address: outstanding handles must
-    // go stale, as for any block.
-    bump_generation(s->meta[0]);
+    // The mapping goes away or into the large cache: exactly one of two
+    // racing frees does it. retire() moves the generation of an observed
+    // block, so a reuse of the cached mapping reads stale to old handles.
+    if (!retire(s, 0)) return report_misuse("double free", p);
     if (cache_large(s)) return;
     unlink_all(s);
     destroy_segment(*os_, s);
     return;
   }
-  retire(s, idx, st);
+  if (!retire(s, idx)) return report_misuse("double free", p);  // another free won the race
   cached_block b{p, &s->state[idx]};
   tc_heap_cache* c = s->cls < kNumCachedClasses ? thread_cache() : nullptr;
   if (c == nullptr) {
@@ -524,25 +523,27 @@ void heap::report_misuse(const char* what, const void* p) noexcept {
 }
 
 bool heap::sized_free_matches(const void* p, std::size_t bytes, std::size_t alignment) noexcept {
-  read_section reading;
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  // Not a live block of ours: deallocate() itself refuses and reports that.
-  if (s == nullptr || s->owner != this || !block_index(s, p, &idx) ||
-      (s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kFree) {
-    return true;
-  }
-  std::size_t usable = s->cls == kLargeClass ? s->span : s->block_size;
-  auto addr = reinterpret_cast<std::uintptr_t>(p);
-  // What the block guarantees: its class's alignment, or for a mapping of its
-  // own, whatever its address has (at least the requested one).
-  std::size_t align = s->cls == kLargeClass ? static_cast<std::size_t>(addr & (~addr + 1))
-                                            : class_alignment(s->cls);
-  bool pow2 = alignment != 0 && (alignment & (alignment - 1)) == 0;
-  if (bytes <= usable && pow2 && alignment <= align) return true;
   char what[128];
-  snprintf(what, sizeof what, "sized free of %zu bytes aligned to %zu, block holds %zu aligned to %zu",
-           bytes, alignment, usable, align);
+  {
+    read_section reading;  // closed before reporting (see deallocate_checked)
+    segment* s = segment_of(p);
+    std::uint32_t idx;
+    // Not a live block of ours: deallocate() itself refuses and reports that.
+    if (s == nullptr || s->owner != this || !block_index(s, p, &idx) ||
+        (s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kFree) {
+      return true;
+    }
+    std::size_t usable = s->cls == kLargeClass ? s->span : s->block_size;
+    auto addr = reinterpret_cast<std::uintptr_t>(p);
+    // What the block guarantees: its class's alignment, or for a mapping of its
+    // own, whatever its address has (at least the requested one).
+    std::size_t align = s->cls == kLargeClass ? static_cast<std::size_t>(addr & (~addr + 1))
+                                              : class_alignment(s->cls);
+    bool pow2 = alignment != 0 && (alignment & (alignment - 1)) == 0;
+    if (bytes <= usable && pow2 && alignment <= align) return true;
+    snprintf(what, sizeof what, "sized free of %zu bytes aligned to %zu, block holds %zu aligned to %zu",
+             bytes, alignment, usable, align);
+  }
   report_misuse(what, p);
   return false;
 }
@@ -566,14 +567,23 @@ std::uint64_t heap::generation(const void* p) const noexcept {
   if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
   auto& sb = s->state[idx];
   std::uint8_t st = sb.load(std::memory_order_acquire);
-  // From now on a handle to this life may exist: its free must bump the
-  // generation. Compare-and-exchange, so that a free racing us is never
-  // turned into a "free but observed" state that a second free would pass.
-  while ((st & state::kMask) != state::kFree && (st & state::kObserved) == 0) {
-    sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved), std::memory_order_acq_rel);
+  for (;;) {
+    if ((st & state::kMask) == state::kFree) return 0;
+    // From now on a handle to this life may exist: its free must move the
+    // generation. Compare-and-exchange against the free's own (retire), so
+    // exactly one of them goes first.
+    if ((st & state::kObserved) == 0 &&
+        !sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved), std::memory_order_acq_rel)) {
+      continue;
+    }
+    st |= state::kObserved;
+    std::uint64_t m = s->meta[idx].load(std::memory_order_acquire);
+    // Still the same observed life: the generation read belongs to a life
+    // live at this moment (a free that moved it since would show here).
+    std::uint8_t again = sb.load(std::memory_order_acquire);
+    if (again == st) return s->generation_of(m);
+    st = again;
   }
-  if ((st & state::kMask) == state::kFree) return 0;
-  return s->generation_of(s->meta[idx].load(std::memory_order_acquire));
 }
 
 std::size_t heap::usable_size(const void* p) const noexcept {

@@ -142,7 +142,7 @@ class heap {
   block_state seal(void* p, seal_from from) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 
-  static void retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept;
+  static bool retire(segment* s, std::uint32_t idx) noexcept;
 
   friend struct thread_exit_flusher;
   friend void flush_thread_caches(tc_table* t) noexcept;
@@ -194,11 +194,22 @@ DROPALLOC_ALWAYS_INLINE void bump_generation(std::atomic<std::uint64_t>& word) n
   }
 }
 
-// Marks a block free. If a generation of it was handed out, a new one makes
-// every outstanding (pointer, generation) stale.
-DROPALLOC_ALWAYS_INLINE void heap::retire(segment* s, std::uint32_t idx, std::uint8_t st) noexcept {
+// Marks a block free; false if it already was (a double free, perhaps racing
+// ours: exactly one of two frees wins). If a generation of it was handed out,
+// a new one makes every outstanding (pointer, generation) stale. The state
+// changes by compare-and-exchange, so that generation() marking the block
+// observed and this free are ordered: either the free sees the mark and
+// moves the generation, or generation() sees a free block. The generation
+// moves after the block is free (a handle taken meanwhile reads stale) and
+// before anyone can allocate it (it is in no bin yet).
+DROPALLOC_ALWAYS_INLINE bool heap::retire(segment* s, std::uint32_t idx) noexcept {
+  auto& sb = s->state[idx];
+  std::uint8_t st = sb.load(std::memory_order_relaxed);
+  do {
+    if ((st & state::kMask) == state::kFree) return false;
+  } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
   if ((st & state::kObserved) != 0) bump_generation(s->meta[idx]);
-  s->state[idx].store(state::kFree, std::memory_order_release);
+  return true;
 }
 
 DROPALLOC_ALWAYS_INLINE tc_heap_cache* heap::current_cache() const noexcept {
@@ -265,13 +276,24 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // it aside at the top of the bin, to be passed on.
     if ((now & (state::kMask | state::kObserved)) != state::kLive) return false;
     if (blocks_share_lines(block_size)) {
-      st->store(state::kFree, std::memory_order_release);
+      std::uint8_t expected = now;
+      if (DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
+                                                          std::memory_order_relaxed))) {
+        return false;
+      }
       bin.items[limit - 1] = cached_block{p, st};
       bin.limit.store(limit - 1, std::memory_order_relaxed);
       return true;
     }
   }
-  st->store(state::kFree, std::memory_order_release);
+  // Compare-and-exchange, not a store: a racing generation() may have marked
+  // the block observed since we read `now` (then the slow path moves its
+  // generation), and of two racing frees only one may win.
+  std::uint8_t expected = now;
+  if (DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
+                                                      std::memory_order_relaxed))) {
+    return false;
+  }
   bin.items[n] = cached_block{p, st};
   bin.count.store(n + 1, std::memory_order_relaxed);
   return true;

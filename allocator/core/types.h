@@ -102,7 +102,10 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                   generation floor above every generation the arena used.
 // During a re-seal the state is live for a moment (a concurrent check answers
 // `unsealed` rather than trust half-written witnesses). Sealers of one block
-// are serialised by a lock; allocate, free and check take none.
+// are serialised by a lock; allocate, free and check take none. Every change
+// of a live block's state byte is a compare-and-exchange (frees included), so
+// a free, a seal and generation() marking it observed are ordered: of two
+// racing frees one wins, and no observation is lost to a free.
 namespace state {
 inline constexpr std::uint8_t kFree = 0, kLive = 1, kSealed = 2, kDropped = 3;
 inline constexpr std::uint8_t kMask = 3;
