@@ -438,7 +438,7 @@ void heap::trim() noexcept {
 
 void heap::deallocate_checked(void* p) noexcept {
   segment* s;
-  std::uint32_t idx;
+  std::uint32_t idx = 0;
   const char* refused = nullptr;
   {
     // A double free may name an arena that is being unmapped: validate in a
