@@ -16,6 +16,9 @@
  *
  * The rules of the C++ API apply (README.md): seal after writing, check after
  * reading; a page of a sealed block may be dropped (read as zeros) at any time.
+ * A NULL resource is accepted everywhere and does nothing: allocation
+ * returns {NULL, 0} with errno EINVAL, queries answer FOREIGN / 0, frees,
+ * trim and seal_all do nothing, get_stats and drop_for_testing return EINVAL.
  * Every function is thread-safe for a given resource, except
  * dropalloc_destroy, which must not race with any other use of it.
  */

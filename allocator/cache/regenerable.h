@@ -141,6 +141,7 @@ class flat_reader {
     if (v > left_) throw std::length_error("dropalloc: flat value shorter than its encoding says");
     return static_cast<std::size_t>(v);
   }
+  std::size_t left() const { return left_; }
 
  private:
   const std::byte* p_;
@@ -211,9 +212,10 @@ struct flat_codec<std::basic_string<C, Tr, A>> {
   }
   static S decode(flat_reader& r, std::pmr::memory_resource* mr) {
     S s = detail::make_empty<S>(mr);
-    std::size_t bytes = r.get_size();
-    s.resize(bytes / sizeof(C));
-    r.get(s.data(), bytes);
+    std::size_t n = r.get_size();  // characters, as encode() wrote it
+    if (n > r.left() / sizeof(C)) throw std::length_error("dropalloc: flat value shorter than its encoding says");
+    s.resize(n);
+    r.get(s.data(), n * sizeof(C));
     return s;
   }
 };

@@ -439,38 +439,39 @@ void heap::trim() noexcept {
 void heap::deallocate_checked(void* p) noexcept {
   segment* s;
   std::uint32_t idx = 0;
+  std::uint8_t was = 0;
   const char* refused = nullptr;
   {
-    // A double free may name an arena that is being unmapped: validate in a
-    // read section. A live block's arena cannot go away under its owner, so
-    // the free itself needs none (and may unmap, which a section must not).
-    // The report waits until the section is closed: writing to a stderr pipe
+    // A double free may name an arena that another free of the same block is
+    // unmapping: validate and retire inside a read section, so that of two
+    // racing frees the loser never reads unmapped metadata. Once retired here
+    // the block is ours: its arena stays mapped until we give it back, so the
+    // rest needs no section (and may unmap, which a section must not). The
+    // report waits until the section is closed: writing to a stderr pipe
     // nobody drains could block, and an open section holds up every unmap.
     read_section reading;
     s = segment_of(p);
     if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) {
       refused = "not a block of this resource";
-    } else if ((s->state[idx].load(std::memory_order_relaxed) & state::kMask) == state::kFree) {
+    } else if (!retire(s, idx, &was)) {
       refused = "double free";
     }
   }
   if (refused != nullptr) return report_misuse(refused, p);
-  deallocate_slow(s, idx, p);
+  deallocate_retired(s, idx, p, was);
 }
 
-void heap::deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept {
-  const std::uint8_t st = s->state[idx].load(std::memory_order_relaxed);
+// After retire(): the block is free and ours. `st` is its state before.
+void heap::deallocate_retired(segment* s, std::uint32_t idx, void* p, std::uint8_t st) noexcept {
   if (s->cls == kLargeClass) {
-    // The mapping goes away or into the large cache: exactly one of two
-    // racing frees does it. retire() moves the generation of an observed
-    // block, so a reuse of the cached mapping reads stale to old handles.
-    if (!retire(s, 0)) return report_misuse("double free", p);
+    // The mapping goes away or into the large cache. retire() moved the
+    // generation of an observed block, so a reuse of the cached mapping
+    // reads stale to old handles.
     if (cache_large(s)) return;
     unlink_all(s);
     destroy_segment(*os_, s);
     return;
   }
-  if (!retire(s, idx)) return report_misuse("double free", p);  // another free won the race
   cached_block b{p, &s->state[idx]};
   tc_heap_cache* c = s->cls < kNumCachedClasses ? thread_cache() : nullptr;
   if (c == nullptr) {

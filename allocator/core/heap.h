@@ -119,7 +119,7 @@ class heap {
                       alloc_error* err) noexcept;
   void* allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err,
                        bool zero = false) noexcept;
-  void deallocate_slow(segment* s, std::uint32_t idx, void* p) noexcept;
+  void deallocate_retired(segment* s, std::uint32_t idx, void* p, std::uint8_t st) noexcept;
   void deallocate_checked(void* p) noexcept;
   void report_misuse(const char* what, const void* p) noexcept;
   tc_heap_cache* thread_cache() noexcept;
@@ -142,7 +142,7 @@ class heap {
   block_state seal(void* p, seal_from from) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 
-  static bool retire(segment* s, std::uint32_t idx) noexcept;
+  static bool retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;
 
   friend struct thread_exit_flusher;
   friend void flush_thread_caches(tc_table* t) noexcept;
@@ -195,20 +195,27 @@ DROPALLOC_ALWAYS_INLINE void bump_generation(std::atomic<std::uint64_t>& word) n
 }
 
 // Marks a block free; false if it already was (a double free, perhaps racing
-// ours: exactly one of two frees wins). If a generation of it was handed out,
-// a new one makes every outstanding (pointer, generation) stale. The state
-// changes by compare-and-exchange, so that generation() marking the block
-// observed and this free are ordered: either the free sees the mark and
-// moves the generation, or generation() sees a free block. The generation
-// moves after the block is free (a handle taken meanwhile reads stale) and
-// before anyone can allocate it (it is in no bin yet).
-DROPALLOC_ALWAYS_INLINE bool heap::retire(segment* s, std::uint32_t idx) noexcept {
+// ours: exactly one of two frees wins). *was gets the state before. If a
+// generation of it was handed out, a new one makes every outstanding
+// (pointer, generation) stale. The state changes by compare-and-exchange, so
+// that generation() marking the block observed and this free are ordered:
+// either the free sees the mark and moves the generation, or generation()
+// sees a free block. The generation moves after the block is free (a handle
+// taken meanwhile reads stale) and before anyone can allocate it (it is in no
+// bin yet). An observed block is freed under its seal lock: a sealer between
+// its meta-word and state-byte exchanges must not see the block freed and
+// handed out again in between (it would seal the new life over the freed
+// one's witnesses). Only the slow path frees observed blocks.
+bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;
+
+DROPALLOC_ALWAYS_INLINE bool heap::retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept {
   auto& sb = s->state[idx];
   std::uint8_t st = sb.load(std::memory_order_relaxed);
   do {
     if ((st & state::kMask) == state::kFree) return false;
+    if ((st & state::kObserved) != 0) return retire_observed(s, idx, was);
   } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
-  if ((st & state::kObserved) != 0) bump_generation(s->meta[idx]);
+  *was = st;
   return true;
 }
 

@@ -74,6 +74,20 @@ void internal::unlock_seal_stripes() noexcept {
   for (auto& m : g_seal_locks) m.unlock();
 }
 
+bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept {
+  std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
+  auto& sb = s->state[idx];
+  std::uint8_t st = sb.load(std::memory_order_relaxed);
+  do {
+    if ((st & state::kMask) == state::kFree) return false;
+  } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
+  // Unobserved here is possible only if someone cleared the mark, which no
+  // path does; the generation moves whenever it was observed.
+  if ((st & state::kObserved) != 0) bump_generation(s->meta[idx]);
+  *was = st;
+  return true;
+}
+
 // Whether a page holding data was lost since the seal whose meta word is m.
 bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept {
   const std::byte* start = block_start(s, idx);

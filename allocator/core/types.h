@@ -83,8 +83,10 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //   free ----allocate----> live
 //   live, sealed, dropped ----free----> free       generation + 1 if observed
 //   live ----seal / seal_all----> sealed           witnesses from the contents now
-//   dropped ----write_and_seal----> sealed         a verified full rewrite; seal()
-//                                                  and seal_all() leave it dropped
+//   dropped ----write_and_seal----> sealed         a verified full rewrite (bytes
+//                                                  past n zeroed), or seal_rewritten
+//                                                  (the caller rewrote all of it);
+//                                                  seal() and seal_all() leave it dropped
 //   sealed ----seal----> sealed                    re-seal after a write, but only
 //                                                  if no witness word reads zero;
 //   sealed ----seal----> dropped                   otherwise (the old seal is
@@ -105,7 +107,9 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 // are serialised by a lock; allocate, free and check take none. Every change
 // of a live block's state byte is a compare-and-exchange (frees included), so
 // a free, a seal and generation() marking it observed are ordered: of two
-// racing frees one wins, and no observation is lost to a free.
+// racing frees one wins, and no observation is lost to a free. A free of an
+// observed block also takes its seal lock, so it never falls between a
+// sealer's meta-word and state-byte exchanges.
 namespace state {
 inline constexpr std::uint8_t kFree = 0, kLive = 1, kSealed = 2, kDropped = 3;
 inline constexpr std::uint8_t kMask = 3;

@@ -50,6 +50,10 @@ DROPALLOC_EXPORT void dropalloc_destroy(dropalloc_resource* r) { delete r; }
 
 DROPALLOC_EXPORT dropalloc_block dropalloc_alloc(dropalloc_resource* r, size_t bytes, size_t alignment) {
   dropalloc_block b = {nullptr, 0};
+  if (r == nullptr) {
+    errno = EINVAL;
+    return b;
+  }
   if (alignment == 0) alignment = 16;
   dropalloc::core::alloc_error err = dropalloc::core::alloc_error::none;
   b.ptr = r->heap.allocate(bytes, alignment, &err);
@@ -62,10 +66,11 @@ DROPALLOC_EXPORT dropalloc_block dropalloc_alloc(dropalloc_resource* r, size_t b
 }
 
 DROPALLOC_EXPORT void dropalloc_free(dropalloc_resource* r, void* p) {
-  if (p != nullptr) r->heap.deallocate(p);
+  if (r != nullptr && p != nullptr) r->heap.deallocate(p);
 }
 
 DROPALLOC_EXPORT dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p) {
+  if (r == nullptr) return DROPALLOC_FOREIGN;
   return to_c(r->heap.seal(p));
 }
 
@@ -74,22 +79,23 @@ DROPALLOC_EXPORT dropalloc_state dropalloc_seal_rewritten(dropalloc_resource* r,
   return to_c(r->heap.seal_rewritten(p));
 }
 
-DROPALLOC_EXPORT size_t dropalloc_seal_all(dropalloc_resource* r) { return r->heap.seal_all(); }
+DROPALLOC_EXPORT size_t dropalloc_seal_all(dropalloc_resource* r) { return r != nullptr ? r->heap.seal_all() : 0; }
 
 DROPALLOC_EXPORT dropalloc_state dropalloc_check(dropalloc_resource* r, const void* p, uint64_t generation) {
+  if (r == nullptr) return DROPALLOC_FOREIGN;
   return to_c(r->heap.check(p, generation));
 }
 
 DROPALLOC_EXPORT int dropalloc_is_intact(dropalloc_resource* r, dropalloc_block b) {
-  return r->heap.check(b.ptr, b.generation) == dropalloc::block_state::intact ? 1 : 0;
+  return r != nullptr && r->heap.check(b.ptr, b.generation) == dropalloc::block_state::intact ? 1 : 0;
 }
 
 DROPALLOC_EXPORT uint64_t dropalloc_generation(dropalloc_resource* r, const void* p) {
-  return r->heap.generation(p);
+  return r != nullptr ? r->heap.generation(p) : 0;
 }
 
 DROPALLOC_EXPORT size_t dropalloc_usable_size(dropalloc_resource* r, const void* p) {
-  return r->heap.usable_size(p);
+  return r != nullptr ? r->heap.usable_size(p) : 0;
 }
 
 DROPALLOC_EXPORT int dropalloc_get_stats(dropalloc_resource* r, dropalloc_stats* out) {
@@ -98,10 +104,12 @@ DROPALLOC_EXPORT int dropalloc_get_stats(dropalloc_resource* r, dropalloc_stats*
   return 0;
 }
 
-DROPALLOC_EXPORT void dropalloc_trim(dropalloc_resource* r) { r->heap.trim(); }
+DROPALLOC_EXPORT void dropalloc_trim(dropalloc_resource* r) {
+  if (r != nullptr) r->heap.trim();
+}
 
 DROPALLOC_EXPORT int dropalloc_drop_for_testing(dropalloc_resource* r, void* p, size_t bytes) {
-  return r->heap.drop_for_testing(p, bytes);
+  return r != nullptr ? r->heap.drop_for_testing(p, bytes) : EINVAL;
 }
 
 DROPALLOC_EXPORT const char* dropalloc_state_name(dropalloc_state s) {

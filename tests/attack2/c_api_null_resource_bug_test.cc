@@ -1,4 +1,4 @@
-// KNOWN BUG (demonstration; fails while the bug exists).
+// A defect a review found; this test failed while it existed and guards the fix.
 //
 // The C API checks a NULL resource in two functions only
 // (dropalloc_seal_rewritten: FOREIGN; dropalloc_get_stats: EINVAL). The

@@ -1,4 +1,4 @@
-// KNOWN BUG (demonstration; fails while the bug exists).
+// A defect a review found; this test failed while it existed and guards the fix.
 //
 // heap::deallocate_checked() (core/heap.cc:439-459) validates the pointer
 // inside a read section, closes the section, and only then calls

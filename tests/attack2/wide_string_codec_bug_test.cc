@@ -1,4 +1,4 @@
-// KNOWN BUG (demonstration; fails while the bug exists).
+// A defect a review found; this test failed while it existed and guards the fix.
 //
 // flat_codec<std::basic_string<C>> encodes the string's length in
 // characters (put_size(s.size())) followed by size() * sizeof(C) bytes, but

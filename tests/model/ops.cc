@@ -22,7 +22,7 @@ std::string hex(const void* p) {
 
 // First differing offset of two byte ranges, or -1.
 long first_diff(const std::uint8_t* a, const std::uint8_t* b, std::size_t n) {
-  if (std::memcmp(a, b, n) == 0) return -1;  // the common case, fast even under sanitizers
+  if (n == 0 || std::memcmp(a, b, n) == 0) return -1;  // the common case, fast even under sanitizers
   for (std::size_t i = 0; i < n; ++i) {
     if (a[i] != b[i]) return static_cast<long>(i);
   }
