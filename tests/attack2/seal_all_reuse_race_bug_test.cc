@@ -118,7 +118,8 @@ static void race(bool all) {
     owner_done.store(true);
   });
   for (int i = 0; i < 200 && !owner_done.load(); ++i) usleep(1000);
-  MESSAGE(std::string("the owner's free and reallocation ") + (owner_done.load() ? "got in between" : "waited for the sealer"));
+  const std::string owner_outcome = owner_done.load() ? "got in between" : "waited for the sealer";
+  MESSAGE("the owner's free and reallocation " << owner_outcome);
   g_resume.store(1);
   owner.join();
   sealer.join();
