@@ -423,7 +423,7 @@ void heap::trim() noexcept {
   // The calling thread's cached blocks first (other threads' caches are
   // theirs to touch): they keep their arenas from counting as empty.
   tc_table* t = t_cache_table;
-  tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_].load(std::memory_order_relaxed) : nullptr;
+  tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_].load(std::memory_order_acquire) : nullptr;
   if (mine != nullptr && mine->heap_id.load(std::memory_order_relaxed) == id_) give_back_cache(mine);
   release_large_cache(true);
   std::uint64_t now = now_ms();
@@ -605,7 +605,7 @@ resource_stats heap::stats() const noexcept {
     registry_t& r = registry();
     std::lock_guard<std::mutex> guard(r.lock);
     for (tc_table* t = r.tables; t != nullptr; t = t->next) {
-      tc_heap_cache* c = t->caches[slot_].load(std::memory_order_relaxed);
+      tc_heap_cache* c = t->caches[slot_].load(std::memory_order_acquire);
       if (c == nullptr || c->heap_id.load(std::memory_order_relaxed) != id_) continue;
       for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
         cached_blocks[cls] += c->bins[cls].count.load(std::memory_order_relaxed) + kBinCapacity[cls] -

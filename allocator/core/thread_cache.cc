@@ -61,7 +61,7 @@ void flush_thread_caches(tc_table* t) noexcept {
   registry_t& r = registry();
   std::lock_guard<std::mutex> guard(r.lock);
   for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
-    tc_heap_cache* c = t->caches[slot].load(std::memory_order_relaxed);
+    tc_heap_cache* c = t->caches[slot].load(std::memory_order_acquire);
     if (c == nullptr) continue;
     if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id.load(std::memory_order_relaxed)) r.heaps[slot]->give_back_cache(c);
     os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
@@ -133,7 +133,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
     int err = 0;
     c = static_cast<tc_heap_cache*>(os::system_os().map_metadata(sizeof(tc_heap_cache), &err));
     if (c == nullptr) return nullptr;
-    t->caches[slot_].store(c, std::memory_order_relaxed);
+    t->caches[slot_].store(c, std::memory_order_release);  // stats() on another thread reads *c
   }
   if (c->heap_id.load(std::memory_order_relaxed) != id_) {
     // Left by a heap that no longer exists: its arenas are gone, forget them.
