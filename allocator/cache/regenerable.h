@@ -391,6 +391,16 @@ class sealed_block {
     return res.is_intact(ref_);
   }
 
+  // copy_out into fresh scratch storage aligned to `align`: the copy, or
+  // nullptr when nothing is held or the copy is not exactly what was stored.
+  std::unique_ptr<scratch> copy_out_new(droppable_resource& res, std::size_t align,
+                                        const regenerable_options& opt) {
+    if (!held_) return nullptr;
+    auto s = std::make_unique<scratch>(size_, align);
+    if (!copy_out(res, s->data(), opt)) return nullptr;
+    return s;
+  }
+
   bool intact(droppable_resource& res) noexcept {
     return held_ && (size_ == 0 || res.is_intact(ref_));
   }
@@ -544,12 +554,9 @@ class regenerable {
     std::size_t n = 0;
     std::unique_ptr<detail::scratch> copy = detail::access_loop(
         mu_, epoch_, options_.max_builds,
-        [&]() -> std::unique_ptr<detail::scratch> {
-          if (!block_.held()) return nullptr;
+        [&] {
           n = block_.size();
-          auto s = std::make_unique<detail::scratch>(n, alignof(T));
-          if (!block_.copy_out(*res_, s->data(), options_)) return nullptr;
-          return s;
+          return block_.copy_out_new(*res_, alignof(T), options_);
         },
         [&] { rebuild_locked(build, o); });
     if constexpr (kRaw) {
@@ -643,12 +650,9 @@ class regenerable_bytes {
     std::size_t n = 0;
     std::unique_ptr<detail::scratch> copy = detail::access_loop(
         mu_, epoch_, options_.max_builds,
-        [&]() -> std::unique_ptr<detail::scratch> {
-          if (!block_.held()) return nullptr;
+        [&] {
           n = block_.size();
-          auto s = std::make_unique<detail::scratch>(n, 1);
-          if (!block_.copy_out(*res_, s->data(), options_)) return nullptr;
-          return s;
+          return block_.copy_out_new(*res_, 1, options_);
         },
         [&] { rebuild_locked(build, o); });
     return f(std::string_view(reinterpret_cast<const char*>(copy->data()), n));

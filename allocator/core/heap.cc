@@ -450,8 +450,8 @@ void heap::deallocate_checked(void* p) noexcept {
     // report waits until the section is closed: writing to a stderr pipe
     // nobody drains could block, and an open section holds up every unmap.
     read_section reading;
-    s = segment_of(p);
-    if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) {
+    s = find_block(p, &idx);
+    if (s == nullptr) {
       refused = "not a block of this resource";
     } else if (!retire(s, idx, &was)) {
       refused = "double free";
@@ -527,11 +527,10 @@ bool heap::sized_free_matches(const void* p, std::size_t bytes, std::size_t alig
   char what[128];
   {
     read_section reading;  // closed before reporting (see deallocate_checked)
-    segment* s = segment_of(p);
-    std::uint32_t idx;
+    std::uint32_t idx = 0;
+    segment* s = find_block(p, &idx);
     // Not a live block of ours: deallocate() itself refuses and reports that.
-    if (s == nullptr || s->owner != this || !block_index(s, p, &idx) ||
-        (s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kFree) {
+    if (s == nullptr || (s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kFree) {
       return true;
     }
     std::size_t usable = s->cls == kLargeClass ? s->span : s->block_size;
@@ -556,16 +555,15 @@ bool heap::sized_free_matches(const void* p, std::size_t bytes, std::size_t alig
 
 bool heap::owns(const void* p) const noexcept {
   read_section reading;
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  return s != nullptr && s->owner == this && block_index(s, p, &idx);
+  std::uint32_t idx = 0;
+  return find_block(p, &idx) != nullptr;
 }
 
 std::uint64_t heap::generation(const void* p) const noexcept {
   read_section reading;
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
+  std::uint32_t idx = 0;
+  segment* s = find_block(p, &idx);
+  if (s == nullptr) return 0;
   auto& sb = s->state[idx];
   std::uint8_t st = sb.load(std::memory_order_acquire);
   for (;;) {
@@ -589,9 +587,9 @@ std::uint64_t heap::generation(const void* p) const noexcept {
 
 std::size_t heap::usable_size(const void* p) const noexcept {
   read_section reading;
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return 0;
+  std::uint32_t idx = 0;
+  segment* s = find_block(p, &idx);
+  if (s == nullptr) return 0;
   if ((s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kFree) return 0;
   return s->cls == kLargeClass ? s->span : s->block_size;
 }

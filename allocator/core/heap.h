@@ -102,6 +102,13 @@ class heap {
   backing arena_backing() const noexcept { return os_->arena_backing(); }
 
  private:
+  // The arena of this heap and the index of the block that starts at p, or
+  // nullptr: not a block start in one of our arenas. Call inside a read
+  // section (the arena stays mapped while the caller looks at it).
+  segment* find_block(const void* p, std::uint32_t* idx) const noexcept {
+    segment* s = segment_of(p);
+    return s != nullptr && s->owner == this && block_index(s, p, idx) ? s : nullptr;
+  }
   struct alignas(64) class_state {
     std::mutex lock;
     segment* avail = nullptr;  // arenas with free blocks and live blocks
@@ -277,22 +284,11 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
   std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
   if (DROPALLOC_UNLIKELY(n >= limit)) return false;
-  if (DROPALLOC_UNLIKELY(now != t_current.live_state)) {
-    // Live and never observed, but allocated by another thread (see
-    // state::kTagShift). If its class's blocks can share a cache line, set
-    // it aside at the top of the bin, to be passed on.
-    if ((now & (state::kMask | state::kObserved)) != state::kLive) return false;
-    if (blocks_share_lines(block_size)) {
-      std::uint8_t expected = now;
-      if (DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
-                                                          std::memory_order_relaxed))) {
-        return false;
-      }
-      bin.items[limit - 1] = cached_block{p, st};
-      bin.limit.store(limit - 1, std::memory_order_relaxed);
-      return true;
-    }
-  }
+  // Live and never observed (owned by this thread, or by another: see
+  // state::kTagShift). Anything else (observed, sealed, dropped, free) takes
+  // the slow path.
+  const bool other_thread = now != t_current.live_state;
+  if (other_thread && (now & (state::kMask | state::kObserved)) != state::kLive) return false;
   // Compare-and-exchange, not a store: a racing generation() may have marked
   // the block observed since we read `now` (then the slow path moves its
   // generation), and of two racing frees only one may win.
@@ -300,6 +296,13 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   if (DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
                                                       std::memory_order_relaxed))) {
     return false;
+  }
+  if (DROPALLOC_UNLIKELY(other_thread && blocks_share_lines(block_size))) {
+    // Another thread's block whose class's blocks can share a cache line:
+    // set it aside at the top of the bin, to be passed on.
+    bin.items[limit - 1] = cached_block{p, st};
+    bin.limit.store(limit - 1, std::memory_order_relaxed);
+    return true;
   }
   bin.items[n] = cached_block{p, st};
   bin.count.store(n + 1, std::memory_order_relaxed);

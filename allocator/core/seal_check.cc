@@ -169,9 +169,9 @@ block_state heap::seal_rewritten(void* p) noexcept { return seal(p, seal_from::r
 block_state heap::seal(void* p, seal_from from) noexcept {
   if (p == nullptr) return block_state::foreign;
   read_section reading;
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return block_state::foreign;
+  std::uint32_t idx = 0;
+  segment* s = find_block(p, &idx);
+  if (s == nullptr) return block_state::foreign;
   switch (seal_block(s, idx, from)) {
     case seal_outcome::sealed: break;
     case seal_outcome::lost: return block_state::dropped;
@@ -189,9 +189,9 @@ block_state heap::seal(void* p, seal_from from) noexcept {
 int heap::mark_dropped(void* p, std::uint64_t generation) noexcept {
   if (p == nullptr) return EINVAL;
   read_section reading;
-  segment* s = segment_of(p);
-  std::uint32_t idx;
-  if (s == nullptr || s->owner != this || !block_index(s, p, &idx)) return EINVAL;
+  std::uint32_t idx = 0;
+  segment* s = find_block(p, &idx);
+  if (s == nullptr) return EINVAL;
   auto& sb = s->state[idx];
   std::lock_guard<std::mutex> guard(seal_lock_for(p));
   std::uint8_t st = sb.load(std::memory_order_acquire);
@@ -251,7 +251,7 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
       // never ours.
       return generation != 0 && generation < next_gen_base() ? block_state::stale : block_state::foreign;
     }
-    std::uint32_t idx;
+    std::uint32_t idx = 0;
     if (s->owner != this || !block_index(s, p, &idx)) {
       // A generation from before this arena existed (the floor is process-wide):
       // the handle named a block of an arena since unmapped, whose addresses
