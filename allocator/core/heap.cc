@@ -4,6 +4,7 @@
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/grace.h"
+#include "allocator/core/purger.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -42,12 +43,6 @@ const char* to_string(alloc_error e) noexcept {
 
 namespace {
 
-std::uint64_t now_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
-}
-
 std::atomic<std::uint64_t> g_next_heap_id{1};
 
 bool misuse_aborts() {
@@ -58,23 +53,11 @@ bool misuse_aborts() {
   return aborts;
 }
 
-void unlink(segment** head, segment* s) {
-  if (s->prev != nullptr) s->prev->next = s->next; else *head = s->next;
-  if (s->next != nullptr) s->next->prev = s->prev;
-  s->next = s->prev = nullptr;
-  s->list = kListNone;
-}
-
-void push(segment** head, segment* s, std::uint8_t list) {
-  s->prev = nullptr;
-  s->next = *head;
-  if (*head != nullptr) (*head)->prev = s;
-  *head = s;
-  s->list = list;
-}
-
 }  // namespace
 
+using internal::now_ms;
+using internal::push;
+using internal::unlink;
 using internal::read_counter;
 using internal::registry;
 using internal::registry_t;
@@ -271,26 +254,11 @@ bool heap::cache_large(segment* s) noexcept {
     destroy_segment(*os_, c);
   }
   set_counter(&s->live, 0);
+  note_decay_work();
   large_cache_[slot] = s;
   large_cached_ms_[slot] = now;
   large_cache_bytes_ += s->span;
   return true;
-}
-
-std::size_t heap::release_large_cache(bool all) noexcept {
-  std::size_t released = 0;
-  std::lock_guard<std::mutex> guard(segments_lock_);
-  std::uint64_t now = now_ms();
-  for (int i = 0; i < kLargeCacheSlots; ++i) {
-    segment* c = large_cache_[i];
-    if (c == nullptr || (!all && now - large_cached_ms_[i] < options_.empty_arena_decay_ms)) continue;
-    large_cache_[i] = nullptr;
-    large_cache_bytes_ -= c->span;
-    released += c->span;
-    unlink_all_locked(c);
-    destroy_segment(*os_, c);
-  }
-  return released;
 }
 
 std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept {
@@ -360,77 +328,34 @@ void heap::give_back(std::uint32_t cls, const cached_block* items, std::uint32_t
       memcpy(c.transfer + have, items, n * sizeof(cached_block));
       c.transfer_count.store(have + n, std::memory_order_relaxed);
       c.transfer_used_ms = now;
+      note_decay_work();
       return;
     }
   }
   return_to_arenas(c, items, n);
   drain_transfer(c, now, false);
-  release_empty(c, false);
-}
-
-// Blocks unused in the transfer cache for the decay time go back to their
-// arenas, so that arenas can empty and be unmapped.
-void heap::drain_transfer(class_state& c, std::uint64_t now, bool all) noexcept {
-  std::uint32_t have = c.transfer_count.load(std::memory_order_relaxed);
-  if (have == 0 || (!all && now - c.transfer_used_ms < options_.empty_arena_decay_ms)) return;
-  c.transfer_count.store(0, std::memory_order_relaxed);
-  return_to_arenas(c, c.transfer, have);
+  release_empty(c, false, nullptr);
 }
 
 void heap::return_to_arenas(class_state& c, const cached_block* items, std::uint32_t n) noexcept {
+  if (n != 0) note_decay_work();
+  const std::uint64_t now = now_ms();
   for (std::uint32_t i = 0; i < n; ++i) {
     segment* s = segment_of(items[i].ptr);
     std::uint32_t idx = block_index_of(s, items[i].ptr);
     s->free_bits[idx / 64] |= std::uint64_t{1} << (idx % 64);
     ++s->free_count;
     if (idx / 64 < s->scan_word) s->scan_word = idx / 64;
+    if (s->unpurged_since_ms == 0) s->unpurged_since_ms = now;
     bool was_full = s->list == kListNone;
     set_counter(&s->live, s->live - 1);
     if (s->live == 0) {
       if (!was_full) unlink(&c.avail, s);
-      s->empty_since_ns = now_ms();
+      s->empty_since_ms = now;
       push(&c.empty, s, kListEmpty);
     } else if (was_full) {
       push(&c.avail, s, kListAvail);
     }
-  }
-}
-
-// Unmaps empty arenas of a class that stayed empty for the decay time. The
-// newest stays as a spare unless `all` is set.
-void heap::release_empty(class_state& c, bool all) noexcept {
-  if (c.empty == nullptr) return;
-  std::uint64_t now = now_ms();
-  segment* s = all ? c.empty : c.empty->next;
-  while (s != nullptr) {
-    segment* next = s->next;
-    if (all || now - s->empty_since_ns >= options_.empty_arena_decay_ms) {
-      unlink(&c.empty, s);
-      unlink_all(s);
-      destroy_segment(*os_, s);
-    }
-    s = next;
-  }
-  if (!all && c.empty != nullptr && now - c.empty->empty_since_ns >= 10 * options_.empty_arena_decay_ms + 1) {
-    s = c.empty;
-    unlink(&c.empty, s);
-    unlink_all(s);
-    destroy_segment(*os_, s);
-  }
-}
-
-void heap::trim() noexcept {
-  // The calling thread's cached blocks first (other threads' caches are
-  // theirs to touch): they keep their arenas from counting as empty.
-  tc_table* t = t_cache_table;
-  tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_].load(std::memory_order_acquire) : nullptr;
-  if (mine != nullptr && mine->heap_id.load(std::memory_order_relaxed) == id_) give_back_cache(mine);
-  release_large_cache(true);
-  std::uint64_t now = now_ms();
-  for (auto& c : classes_) {
-    std::lock_guard<std::mutex> guard(c.lock);
-    drain_transfer(c, now, true);
-    release_empty(c, true);
   }
 }
 
@@ -459,6 +384,7 @@ void heap::deallocate_checked(void* p) noexcept {
   }
   if (refused != nullptr) return report_misuse(refused, p);
   deallocate_retired(s, idx, p, was);
+  purger::start_if_requested();  // no lock held here (starting a thread allocates)
 }
 
 // After retire(): the block is free and ours. `st` is its state before.

@@ -30,7 +30,13 @@ namespace dropalloc::core {
 struct heap_options {
   os::os_interface* os = nullptr;        // nullptr: os::system_os()
   bool thread_cache = true;              // false: every call takes a class lock
-  std::uint64_t empty_arena_decay_ms = 1000;  // an arena empty this long is unmapped
+  // Free memory unused this long is handed back: empty arenas and cached large
+  // mappings unmapped, pages holding only free blocks released (see decay()).
+  std::uint64_t empty_arena_decay_ms = 1000;
+  // Also hand it back on a clock, from a background thread (core/purger.h),
+  // so that it goes back while the program makes no further call. Without it
+  // decay happens on later frees, and on trim().
+  bool background_decay = false;
 };
 
 enum class alloc_error : std::uint8_t { none, out_of_memory, too_large, bad_alignment };
@@ -94,9 +100,27 @@ class heap {
   // nothing touched) unless every page lies in this heap's arenas.
   int drop_for_testing(void* p, std::size_t bytes) noexcept;
   void drop_all_for_testing() noexcept;
-  // Unmaps empty arenas now, after handing back the calling thread's cached
-  // blocks (other threads' caches keep theirs).
-  void trim() noexcept;
+  // Hands back what stayed unused for the decay time, or everything with
+  // `all`: transfer-cache blocks to their arenas, empty arenas and cached
+  // large mappings to the OS, and the pages of free blocks in partly used
+  // arenas (released: they read as zeros until reused). Returns the bytes
+  // unmapped or released.
+  std::size_t decay(bool all) noexcept;
+  // Changes the decay settings of heap_options. For the heap's creator,
+  // before other threads use it (the malloc shim, once the environment can
+  // be read).
+  void set_decay(std::uint64_t decay_ms, bool background) noexcept {
+    options_.empty_arena_decay_ms = decay_ms;
+    options_.background_decay = background;
+  }
+  // Whether a decay() would find something (or something not yet old enough).
+  bool has_decay_work() const noexcept { return decay_pending_.load(std::memory_order_acquire); }
+  // decay(true), after handing back the calling thread's cached blocks (other
+  // threads' caches keep theirs). Returns the bytes handed back.
+  std::size_t trim() noexcept;
+  // One pass of the background purger over every heap with
+  // options.background_decay. Returns whether any still has decay work.
+  static bool decay_background_heaps() noexcept;
 
   resource_stats stats() const noexcept;
   backing arena_backing() const noexcept { return os_->arena_backing(); }
@@ -138,8 +162,10 @@ class heap {
   std::uint32_t take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept;
   void give_back(std::uint32_t cls, const cached_block* items, std::uint32_t n) noexcept;
   void return_to_arenas(class_state& c, const cached_block* items, std::uint32_t n) noexcept;
-  void drain_transfer(class_state& c, std::uint64_t now, bool all) noexcept;
-  void release_empty(class_state& c, bool all) noexcept;
+  bool drain_transfer(class_state& c, std::uint64_t now, bool all) noexcept;  // true: blocks left
+  std::size_t release_empty(class_state& c, bool all, bool* more) noexcept;
+  std::size_t purge_free_pages(segment* s, std::uint64_t now, bool all, bool* more) noexcept;
+  void note_decay_work() noexcept;
   void link_all(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
@@ -178,7 +204,9 @@ class heap {
   std::size_t large_cache_bytes_ = 0;
   segment* reuse_large(std::size_t span, std::size_t alignment) noexcept;
   bool cache_large(segment* s) noexcept;  // false: not kept, caller unmaps
-  std::size_t release_large_cache(bool all) noexcept;  // returns bytes unmapped
+  // Returns the bytes unmapped; *more set when entries are kept (not yet old).
+  std::size_t release_large_cache(bool all, bool* more = nullptr) noexcept;
+  std::atomic<bool> decay_pending_{false};  // something for decay() to hand back
   std::atomic<std::uint64_t> drops_detected_{0};
   std::atomic<std::uint64_t> misuse_refused_{0};
 };
@@ -259,12 +287,9 @@ DROPALLOC_ALWAYS_INLINE void* heap::allocate(std::size_t bytes, std::size_t alig
 // of misuse) returns false and goes to deallocate_checked, which validates
 // again and reports.
 DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
-  // The map index is masked rather than range-checked: an address outside the
-  // map's range lands on some entry, and the offset check below rejects it.
-  std::atomic<segment*>* map = g_segment_map.load(std::memory_order_acquire);
-  if (DROPALLOC_UNLIKELY(map == nullptr)) return false;
-  segment* s = map[(reinterpret_cast<std::uintptr_t>(p) >> kSegmentShift) & (kMapEntries - 1)].load(
-      std::memory_order_acquire);
+  // The map indices are masked rather than range-checked: an address outside
+  // the map's range lands on some entry, and the offset check below rejects it.
+  segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
   if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
   // Multi-page and large arenas have per_page == 0, so `j >= s->per_page`
   // sends them to the slow path too. Small arenas span exactly kSegmentSize,

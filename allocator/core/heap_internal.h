@@ -2,6 +2,8 @@
 // caches and the seal/check code share.
 #pragma once
 
+#include <time.h>
+
 #include <cstdint>
 #include <mutex>
 
@@ -24,10 +26,33 @@ struct registry_t {
 
 registry_t& registry();
 
+// A coarse monotonic clock for decay times.
+inline std::uint64_t now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
+}
+
 // The locks that serialise sealers of one block (seal_check.cc), all taken
 // around fork().
 void lock_seal_stripes() noexcept;
 void unlock_seal_stripes() noexcept;  // constant-initialised, never destroyed before use ends
+
+// A class's arena lists (avail, empty), guarded by the class lock.
+inline void unlink(segment** head, segment* s) {
+  if (s->prev != nullptr) s->prev->next = s->next; else *head = s->next;
+  if (s->next != nullptr) s->next->prev = s->prev;
+  s->next = s->prev = nullptr;
+  s->list = kListNone;
+}
+
+inline void push(segment** head, segment* s, std::uint8_t list) {
+  s->prev = nullptr;
+  s->next = *head;
+  if (*head != nullptr) (*head)->prev = s;
+  *head = s;
+  s->list = list;
+}
 
 // `live` and `bump` change under the class lock but are read without it by
 // stats, seal_all and check_all: single-writer atomic stores keep that defined.

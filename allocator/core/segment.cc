@@ -9,7 +9,7 @@
 
 namespace dropalloc::core {
 
-std::atomic<std::atomic<segment*>*> g_segment_map{nullptr};
+std::atomic<map_leaf*> g_segment_map[kRootEntries] = {};
 
 namespace {
 
@@ -27,24 +27,32 @@ std::atomic<std::uint64_t> g_gen_floor{1};
 std::atomic<std::uint32_t> g_colour{0};
 constexpr std::uint32_t kColours = kPage / 64;
 
-std::atomic<segment*>* ensure_map(os::os_interface& os, int* err) {
-  std::atomic<segment*>* map = g_segment_map.load(std::memory_order_acquire);
-  if (map != nullptr) return map;
-  std::lock_guard<std::mutex> guard(g_map_init_lock);
-  map = g_segment_map.load(std::memory_order_acquire);
-  if (map == nullptr) {
-    // The table outlives every heap: it is never unmapped.
-    map = static_cast<std::atomic<segment*>*>(
-        os.map_metadata(kMapEntries * sizeof(std::atomic<segment*>), err));
-    if (map != nullptr) g_segment_map.store(map, std::memory_order_release);
+// Maps the leaves that the entries for [base, base + span) live in.
+bool ensure_leaves(os::os_interface& os, const std::byte* base, std::size_t span, int* err) {
+  auto first = reinterpret_cast<std::uintptr_t>(base) >> (kSegmentShift + kLeafBits);
+  auto last = (reinterpret_cast<std::uintptr_t>(base) + span - 1) >> (kSegmentShift + kLeafBits);
+  if (last >= kRootEntries) {  // beyond the 47-bit user address space
+    *err = ENOMEM;
+    return false;
   }
-  return map;
+  for (auto i = first; i <= last; ++i) {
+    if (g_segment_map[i].load(std::memory_order_acquire) != nullptr) continue;
+    std::lock_guard<std::mutex> guard(g_map_init_lock);
+    if (g_segment_map[i].load(std::memory_order_acquire) != nullptr) continue;
+    auto* leaf = static_cast<map_leaf*>(os.map_metadata(sizeof(map_leaf), err));
+    if (leaf == nullptr) return false;
+    g_segment_map[i].store(leaf, std::memory_order_release);
+  }
+  return true;
 }
 
-void set_map(std::atomic<segment*>* map, const segment* s, segment* value) {
+void set_map(const segment* s, segment* value) {
   auto first = reinterpret_cast<std::uintptr_t>(s->base) >> kSegmentShift;
   auto last = (reinterpret_cast<std::uintptr_t>(s->base) + s->span - 1) >> kSegmentShift;
-  for (auto i = first; i <= last; ++i) map[i].store(value, std::memory_order_release);
+  for (auto i = first; i <= last; ++i) {
+    map_leaf* leaf = g_segment_map[i >> kLeafBits].load(std::memory_order_acquire);
+    (*leaf)[i & (kLeafEntries - 1)].store(value, std::memory_order_release);
+  }
 }
 
 constexpr std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
@@ -97,10 +105,12 @@ std::mutex& segment_map_init_lock() { return g_map_init_lock; }
 std::uint64_t next_gen_base() { return g_gen_floor.load(std::memory_order_acquire); }
 
 segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, int* err) {
-  std::atomic<segment*>* map = ensure_map(os, err);
-  if (map == nullptr) return nullptr;
   auto* base = static_cast<std::byte*>(os.map_arena(kSegmentSize, kSegmentSize, err));
   if (base == nullptr) return nullptr;
+  if (!ensure_leaves(os, base, kSegmentSize, err)) {
+    os.unmap_arena(base, kSegmentSize);
+    return nullptr;
+  }
   std::uint32_t size = kSizeClasses[cls].size;
   std::uint32_t per_page = is_small_class(cls) ? static_cast<std::uint32_t>(kPage / size) : 0;
   std::uint32_t ppb = is_small_class(cls) ? 1 : static_cast<std::uint32_t>(size / kPage);
@@ -111,14 +121,12 @@ segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, in
     os.unmap_arena(base, kSegmentSize);
     return nullptr;
   }
-  set_map(map, s, s);
+  set_map(s, s);
   return s;
 }
 
 segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std::size_t alignment,
                       int* err) {
-  std::atomic<segment*>* map = ensure_map(os, err);
-  if (map == nullptr) return nullptr;
   std::size_t span = round_up(bytes == 0 ? 1 : bytes, kPage);
   std::size_t pages = span / kPage;
   if (pages > 0xffffffffu) {
@@ -128,6 +136,10 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std:
   std::size_t align = alignment > kSegmentSize ? alignment : kSegmentSize;
   auto* base = static_cast<std::byte*>(os.map_arena(span, align, err));
   if (base == nullptr) return nullptr;
+  if (!ensure_leaves(os, base, span, err)) {
+    os.unmap_arena(base, span);
+    return nullptr;
+  }
   segment* s = build(os, base, span, owner, kLargeClass,
                      static_cast<std::uint32_t>(span > 0xffffffffu ? 0 : span), 1, 0,
                      static_cast<std::uint32_t>(pages), err);
@@ -138,7 +150,7 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std:
   s->bump = 1;
   s->live = 1;
   s->state[0].store(state::kLive, std::memory_order_relaxed);
-  set_map(map, s, s);
+  set_map(s, s);
   return s;
 }
 
@@ -152,7 +164,7 @@ void unregister_segment(segment* s) {
   std::uint64_t cur = g_gen_floor.load(std::memory_order_relaxed);
   while (cur < floor && !g_gen_floor.compare_exchange_weak(cur, floor, std::memory_order_acq_rel)) {
   }
-  set_map(g_segment_map.load(std::memory_order_acquire), s, nullptr);
+  set_map(s, nullptr);
 }
 
 void unmap_segment(os::os_interface& os, segment* s) {

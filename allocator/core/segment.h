@@ -12,18 +12,33 @@
 namespace dropalloc::core {
 
 // ---- address -> segment ----------------------------------------------------
-// A flat table with one entry per 4 MiB of the 47-bit user address space
-// (256 MiB of reserved, lazily touched ordinary memory).
+// A two-level table with one entry per 4 MiB of the 47-bit user address
+// space. The root is a static array; a leaf, covering 32 GiB, is mapped the
+// first time an arena lands in its range and is never unmapped (lock-free
+// readers may hold it at any time). A process using a few GiB maps one or
+// two 64 KiB leaves, not a 256 MiB flat table.
 inline constexpr int kAddressBits = 47;
-inline constexpr std::size_t kMapEntries = std::size_t{1} << (kAddressBits - kSegmentShift);
+inline constexpr int kLeafBits = 13;
+inline constexpr int kRootBits = kAddressBits - kSegmentShift - kLeafBits;
+inline constexpr std::size_t kLeafEntries = std::size_t{1} << kLeafBits;
+inline constexpr std::size_t kRootEntries = std::size_t{1} << kRootBits;
 
-extern std::atomic<std::atomic<segment*>*> g_segment_map;
+using map_leaf = std::atomic<segment*>[kLeafEntries];
+extern std::atomic<map_leaf*> g_segment_map[kRootEntries];
+
+// The segment holding address a, or nullptr. The masks keep any address,
+// even one beyond 47 bits (rejected by callers' offset checks), in bounds.
+inline segment* segment_at(std::uintptr_t a) {
+  map_leaf* leaf = g_segment_map[(a >> (kSegmentShift + kLeafBits)) & (kRootEntries - 1)].load(
+      std::memory_order_acquire);
+  if (leaf == nullptr) return nullptr;
+  return (*leaf)[(a >> kSegmentShift) & (kLeafEntries - 1)].load(std::memory_order_acquire);
+}
 
 inline segment* segment_of(const void* p) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
-  std::atomic<segment*>* map = g_segment_map.load(std::memory_order_acquire);
-  if ((a >> kAddressBits) != 0 || map == nullptr) return nullptr;
-  return map[a >> kSegmentShift].load(std::memory_order_acquire);
+  if ((a >> kAddressBits) != 0) return nullptr;
+  return segment_at(a);
 }
 
 // Block index of `p` in `s`; false when p is not the start of a block.

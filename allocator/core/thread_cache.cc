@@ -8,6 +8,7 @@
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/grace.h"
+#include "allocator/core/purger.h"
 
 namespace dropalloc::core {
 
@@ -190,6 +191,7 @@ namespace {
 // would hold their blocks, and their tags, for good. Hand them back.
 void postfork_child() noexcept {
   postfork_all();
+  purger::forget_after_fork();
   reset_readers_after_fork();
   registry_t& r = registry();
   tc_table* mine = t_cache_table;

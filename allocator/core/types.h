@@ -191,7 +191,10 @@ struct segment {
                                    // Invariant: live + free_count + (capacity - bump) == capacity
   std::uint32_t scan_word;         // no free bit below this word of free_bits
   std::uint8_t list;               // which class list holds it (segment_list)
-  std::uint64_t empty_since_ns;    // when live last fell to 0
+  std::uint64_t empty_since_ms;    // when live last fell to 0 (milliseconds)
+  std::uint64_t unpurged_since_ms; // when a block first came back to the free bits
+                                   // since their pages were last handed to the OS;
+                                   // 0 = nothing to purge (heap::decay)
   segment* next;                   // class list links
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)

@@ -20,7 +20,8 @@ class fake_os final : public os_interface {
   int fail_errno = ENOMEM;
 
   std::atomic<int> arena_maps{0}, arena_unmaps{0}, metadata_maps{0}, metadata_unmaps{0};
-  std::atomic<int> seals{0}, drops{0};
+  std::atomic<int> seals{0}, drops{0}, releases{0};
+  std::atomic<std::uint64_t> released_bytes{0};
   std::atomic<std::uint64_t> arena_bytes_mapped{0};
   // Map the next arena where the last one was unmapped (if it is the same
   // size), as the kernel often does: for tests of address reuse.
@@ -87,6 +88,11 @@ class fake_os final : public os_interface {
     ++seals;
     if (drop_on_seal.load()) return drop_pages(p, bytes);
     return 0;
+  }
+  int release_pages(void* p, std::size_t bytes) noexcept override {
+    ++releases;
+    released_bytes += bytes;
+    return madvise(p, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
   }
   int drop_pages(void* p, std::size_t bytes) noexcept override {
     ++drops;

@@ -145,6 +145,14 @@ class linux_os final : public os_interface {
     return advise_inner_pages(p, bytes, MADV_FREE);
   }
 
+  int release_pages(void* p, std::size_t bytes) noexcept override {
+    int saved = errno;
+    int rc = madvise(p, bytes, MADV_DONTNEED);
+    int result = rc == 0 ? 0 : errno;
+    errno = saved;
+    return result;
+  }
+
   int drop_pages(void* p, std::size_t bytes) noexcept override {
     // MADV_PAGEOUT zeroes droppable pages at once; MADV_DONTNEED does for any
     // private anonymous page, so it also simulates drops on the fallback.

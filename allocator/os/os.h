@@ -48,6 +48,11 @@ class os_interface {
   // an errno value. A later write to a page un-seals it.
   virtual int seal_pages(void* p, std::size_t bytes) noexcept = 0;
 
+  // Hands the pages of [p, p + bytes) back to the OS now (MADV_DONTNEED): the
+  // range stays mapped, reads as zeros and is faulted in again on the next
+  // write. For pages that hold only free blocks. Returns 0 or an errno value.
+  virtual int release_pages(void* p, std::size_t bytes) noexcept = 0;
+
   // Test hook: zero [p, p + bytes) now, exactly as a kernel drop would.
   virtual int drop_pages(void* p, std::size_t bytes) noexcept = 0;
 

@@ -21,6 +21,7 @@ core::heap_options droppable_resource::heap_options_for(const resource_options& 
                                   : &os::system_os();
   h.thread_cache = options.thread_cache;
   h.empty_arena_decay_ms = options.empty_arena_decay_ms;
+  h.background_decay = options.background_decay;
   return h;
 }
 

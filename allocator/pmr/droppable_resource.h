@@ -24,8 +24,13 @@ struct resource_options {
   // Per-thread caches of free blocks. Turn off for short-lived resources that
   // a single thread uses, e.g. one per cached object.
   bool thread_cache = true;
-  // An arena that has held no block for this long is returned to the OS.
+  // Free memory unused this long goes back to the OS: arenas that hold no
+  // block are unmapped, pages that hold only free blocks released.
   std::uint64_t empty_arena_decay_ms = 1000;
+  // Hand that memory back from a background thread (one per process, shared
+  // by every resource and the malloc shim), even while the program makes no
+  // further call. false: only on later frees and on trim().
+  bool background_decay = true;
   // Tests only: the OS layer to use (nullptr: the real one).
   os::os_interface* os = nullptr;
 };
@@ -124,10 +129,11 @@ class droppable_resource final : public std::pmr::memory_resource {
   bool owns(const void* p) const noexcept { return heap_.owns(p); }
   resource_stats stats() const noexcept { return heap_.stats(); }
   backing arena_backing() const noexcept { return heap_.arena_backing(); }
-  // Returns arenas that hold no block to the OS now instead of after the
-  // decay. Blocks freed on the calling thread count; blocks other threads
-  // freed may still sit in those threads' caches and keep an arena mapped.
-  void trim() noexcept { heap_.trim(); }
+  // Hands free memory back to the OS now instead of after the decay: arenas
+  // that hold no block, cached large mappings, pages holding only free
+  // blocks. Blocks freed on the calling thread count; blocks other threads
+  // freed may still sit in those threads' caches. Returns the bytes handed back.
+  std::size_t trim() noexcept { return heap_.trim(); }
 
   // Tests: zero the pages of [p, p + bytes) now, as a kernel drop would.
   // Returns 0, or EINVAL (touching nothing) unless all of it is our memory.

@@ -68,6 +68,28 @@ bool parse_size(const char* s, const char* end, std::size_t* out) {
   return true;
 }
 
+// DROPALLOC_DECAY_MS (default 1000): how long free memory stays before it
+// goes back to the OS. DROPALLOC_DECAY_THREAD=0: only on later frees and
+// malloc_trim, no background thread (default 1).
+void setup_decay() {
+  std::size_t ms = 1000;
+  const char* v = getenv("DROPALLOC_DECAY_MS");
+  if (v != nullptr && v[0] != '\0' && (!parse_size(v, v + strlen(v), &ms) || ms > 3600u * 1000)) {
+    say("dropalloc: DROPALLOC_DECAY_MS must be a number of milliseconds up to 3600000; using 1000\n");
+    ms = 1000;
+  }
+  bool thread = true;
+  const char* t = getenv("DROPALLOC_DECAY_THREAD");
+  if (t != nullptr && t[0] != '\0') {
+    if (strcmp(t, "0") == 0) {
+      thread = false;
+    } else if (strcmp(t, "1") != 0) {
+      say("dropalloc: DROPALLOC_DECAY_THREAD must be 0 or 1; using 1\n");
+    }
+  }
+  general()->set_decay(ms, thread);
+}
+
 // DROPALLOC_DROPPABLE_RANGE=min-max: the experiment switch.
 void setup_droppable_range() {
   const char* v = getenv("DROPALLOC_DROPPABLE_RANGE");
@@ -110,6 +132,7 @@ __attribute__((constructor)) void shim_start() {
   general();
   g_verbose = env_flag("DROPALLOC_VERBOSE");
   g_stats = env_flag("DROPALLOC_STATS");
+  setup_decay();
   if (dropalloc_shim_active() == 0) {
     // Loaded with dlopen (for the C API) or after libc: malloc is not ours.
     if (g_verbose) say("dropalloc: libdropalloc.so loaded, but the process's malloc is not this shim\n");
@@ -157,8 +180,22 @@ void* alloc_slow(std::size_t bytes, std::size_t alignment) noexcept {
 void* alloc_droppable(std::size_t bytes, std::size_t alignment) noexcept {
   core::alloc_error err;
   void* p = g_droppable->allocate(bytes, alignment, &err);
-  if (p == nullptr) errno = ENOMEM;
+  if (p == nullptr) report_alloc_failure(bytes, err);
   return p;
+}
+
+void report_alloc_failure(std::size_t bytes, core::alloc_error err) noexcept {
+  static std::atomic<bool> reported{false};
+  if (g_verbose && err != core::alloc_error::bad_alignment && !reported.exchange(true)) {
+    char line[256];
+    snprintf(line, sizeof line,
+             "dropalloc: an allocation of %zu bytes failed: %s%s (further failures are not reported)\n", bytes,
+             to_string(err),
+             err == core::alloc_error::out_of_memory ? " (an address-space limit such as ulimit -v, or memory exhausted)"
+                                                      : "");
+    say(line);
+  }
+  errno = ENOMEM;
 }
 
 // Memory that is in no arena of this process: handed out by the dynamic
@@ -314,6 +351,14 @@ DROPALLOC_EXPORT void* pvalloc(size_t bytes) {
 }
 
 DROPALLOC_EXPORT size_t malloc_usable_size(void* p) { return p == nullptr ? 0 : usable(p); }
+
+// glibc's contract: 1 if memory was handed back to the OS, else 0. The pad
+// (memory to keep at the top of glibc's heap) has no meaning here.
+DROPALLOC_EXPORT int malloc_trim(size_t) {
+  std::size_t released = dropalloc::shim::general()->trim();
+  if (dropalloc::shim::g_droppable != nullptr) released += dropalloc::shim::g_droppable->trim();
+  return released != 0 ? 1 : 0;
+}
 
 // C23: the size is a hint we do not need (the block knows its size).
 DROPALLOC_EXPORT void free_sized(void* p, size_t) { free(p); }

@@ -40,6 +40,8 @@ core::heap* init_general() noexcept DROPALLOC_HIDDEN;
 void* alloc_slow(std::size_t bytes, std::size_t alignment) noexcept DROPALLOC_HIDDEN;
 void* alloc_droppable(std::size_t bytes, std::size_t alignment) noexcept DROPALLOC_HIDDEN;
 void release_foreign(void* p) noexcept DROPALLOC_HIDDEN;
+// Sets errno to ENOMEM; with DROPALLOC_VERBOSE=1 the first failure also says why.
+void report_alloc_failure(std::size_t bytes, core::alloc_error err) noexcept DROPALLOC_HIDDEN;
 
 inline core::heap* general() noexcept {
   core::heap* h = g_general.load(std::memory_order_acquire);
@@ -69,7 +71,7 @@ inline void* alloc(std::size_t bytes, std::size_t alignment) noexcept {
   }
   core::alloc_error err;
   void* p = general()->allocate(bytes, alignment, &err);
-  if (DROPALLOC_UNLIKELY(p == nullptr)) errno = ENOMEM;
+  if (DROPALLOC_UNLIKELY(p == nullptr)) report_alloc_failure(bytes, err);
   return p;
 }
 
@@ -83,7 +85,7 @@ inline void* alloc_zeroed(std::size_t bytes, std::size_t alignment) noexcept {
   }
   core::alloc_error err;
   void* p = general()->allocate_zeroed(bytes, alignment, &err);
-  if (DROPALLOC_UNLIKELY(p == nullptr)) errno = ENOMEM;
+  if (DROPALLOC_UNLIKELY(p == nullptr)) report_alloc_failure(bytes, err);
   return p;
 }
 

@@ -68,6 +68,9 @@ class failing_os final : public dropalloc::os::os_interface {
   int drop_pages(void* p, std::size_t bytes) noexcept override {
     return fail_now() ? fail_errno : inner.drop_pages(p, bytes);
   }
+  int release_pages(void* p, std::size_t bytes) noexcept override {
+    return fail_now() ? fail_errno : inner.release_pages(p, bytes);
+  }
   std::size_t resident_bytes(const void* p, std::size_t bytes) noexcept override {
     return inner.resident_bytes(p, bytes);
   }

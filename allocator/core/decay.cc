@@ -1,0 +1,182 @@
+// Handing memory back: blocks idle in transfer caches go back to their
+// arenas, empty arenas and cached large mappings are unmapped, and the pages
+// of free blocks in partly used arenas are released (MADV_DONTNEED), each
+// once it stayed unused for the decay time. decay() runs on later operations,
+// on the background purger's clock (core/purger.h) and, with `all`, on trim().
+#include "allocator/core/grace.h"
+#include "allocator/core/heap.h"
+#include "allocator/core/heap_internal.h"
+#include "allocator/core/purger.h"
+
+namespace dropalloc::core {
+
+using internal::now_ms;
+using internal::read_counter;
+using internal::unlink;
+
+namespace {
+
+// Whether bits [first, first + count) of `bits` are all set.
+bool all_set(const std::uint64_t* bits, std::uint32_t first, std::uint32_t count) {
+  while (count != 0) {
+    std::uint32_t in_word = first % 64;
+    std::uint32_t n = count < 64 - in_word ? count : 64 - in_word;
+    std::uint64_t mask = (n == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << n) - 1)) << in_word;
+    if ((bits[first / 64] & mask) != mask) return false;
+    first += n;
+    count -= n;
+  }
+  return true;
+}
+
+}  // namespace
+
+void heap::note_decay_work() noexcept {
+  if (decay_pending_.load(std::memory_order_relaxed) || decay_pending_.exchange(true, std::memory_order_acq_rel)) {
+    return;
+  }
+  if (options_.background_decay) purger::request(options_.empty_arena_decay_ms / 4);
+}
+
+std::size_t heap::release_large_cache(bool all, bool* more) noexcept {
+  std::size_t released = 0;
+  std::lock_guard<std::mutex> guard(segments_lock_);
+  std::uint64_t now = now_ms();
+  for (int i = 0; i < kLargeCacheSlots; ++i) {
+    segment* c = large_cache_[i];
+    if (c == nullptr) continue;
+    if (!all && now - large_cached_ms_[i] < options_.empty_arena_decay_ms) {
+      if (more != nullptr) *more = true;
+      continue;
+    }
+    large_cache_[i] = nullptr;
+    large_cache_bytes_ -= c->span;
+    released += c->span;
+    unlink_all_locked(c);
+    destroy_segment(*os_, c);
+  }
+  return released;
+}
+
+// Blocks unused in the transfer cache for the decay time go back to their
+// arenas, so that arenas can empty and be unmapped.
+bool heap::drain_transfer(class_state& c, std::uint64_t now, bool all) noexcept {
+  std::uint32_t have = c.transfer_count.load(std::memory_order_relaxed);
+  if (have == 0) return false;
+  if (!all && now - c.transfer_used_ms < options_.empty_arena_decay_ms) return true;
+  c.transfer_count.store(0, std::memory_order_relaxed);
+  return_to_arenas(c, c.transfer, have);
+  return false;
+}
+
+// Unmaps empty arenas of a class that stayed empty for the decay time. The
+// newest stays as a spare (its pages released by purge_free_pages) for ten
+// decay times, unless `all` is set. Returns the bytes unmapped; *more is set
+// when an empty arena is left.
+std::size_t heap::release_empty(class_state& c, bool all, bool* more) noexcept {
+  if (c.empty == nullptr) return 0;
+  std::size_t released = 0;
+  std::uint64_t now = now_ms();
+  segment* s = all ? c.empty : c.empty->next;
+  while (s != nullptr) {
+    segment* next = s->next;
+    if (all || now - s->empty_since_ms >= options_.empty_arena_decay_ms) {
+      unlink(&c.empty, s);
+      unlink_all(s);
+      released += s->span;
+      destroy_segment(*os_, s);
+    }
+    s = next;
+  }
+  if (!all && c.empty != nullptr && now - c.empty->empty_since_ms >= 10 * options_.empty_arena_decay_ms + 1) {
+    s = c.empty;
+    unlink(&c.empty, s);
+    unlink_all(s);
+    released += s->span;
+    destroy_segment(*os_, s);
+  }
+  if (c.empty != nullptr && more != nullptr) *more = true;
+  return released;
+}
+
+// Releases runs of pages that hold only free blocks (blocks in the free bits,
+// or never handed out) once the first of them came back a decay time ago.
+// Under the class lock: no block on such a page is live or in any cache, so
+// nobody can be writing it, and a stale handle to one of its blocks reads
+// `stale` from its state byte, whatever the page holds.
+std::size_t heap::purge_free_pages(segment* s, std::uint64_t now, bool all, bool* more) noexcept {
+  if (s->unpurged_since_ms == 0) return 0;
+  if (!all && now - s->unpurged_since_ms < options_.empty_arena_decay_ms) {
+    *more = true;
+    return 0;
+  }
+  s->unpurged_since_ms = 0;
+  const std::uint32_t bump = read_counter(&s->bump);
+  // Pages below the bump pointer's page: the only ones ever touched.
+  std::uint32_t pages;
+  if (s->per_page != 0) {
+    pages = (bump + s->per_page - 1) / s->per_page;
+  } else {
+    pages = bump * s->pages_per_block;
+  }
+  auto page_free = [&](std::uint32_t page) {
+    if (s->per_page != 0) {
+      std::uint32_t first = page * s->per_page;
+      std::uint32_t handed = first >= bump ? 0 : (bump - first < s->per_page ? bump - first : s->per_page);
+      return all_set(s->free_bits, first, handed);
+    }
+    std::uint32_t idx = page / s->pages_per_block;
+    return idx >= bump || ((s->free_bits[idx / 64] >> (idx % 64)) & 1) != 0;
+  };
+  std::size_t released = 0;
+  std::uint32_t run = pages;  // start of the current run of free pages, `pages` = none
+  for (std::uint32_t page = 0; page <= pages; ++page) {
+    bool free = page < pages && page_free(page);
+    if (free && run == pages) run = page;
+    if (!free && run != pages) {
+      std::size_t bytes = std::size_t{page - run} * kPage;
+      if (os_->release_pages(s->base + std::size_t{run} * kPage, bytes) == 0) released += bytes;
+      run = pages;
+    }
+  }
+  return released;
+}
+
+std::size_t heap::decay(bool all) noexcept {
+  decay_pending_.store(false, std::memory_order_release);
+  bool more = false;
+  std::size_t released = release_large_cache(all, &more);
+  std::uint64_t now = now_ms();
+  for (auto& c : classes_) {
+    std::lock_guard<std::mutex> guard(c.lock);
+    more = drain_transfer(c, now, all) || more;
+    released += release_empty(c, all, &more);
+    for (segment* s = c.avail; s != nullptr; s = s->next) released += purge_free_pages(s, now, all, &more);
+    for (segment* s = c.empty; s != nullptr; s = s->next) released += purge_free_pages(s, now, all, &more);
+  }
+  if (more) decay_pending_.store(true, std::memory_order_release);
+  return released;
+}
+
+std::size_t heap::trim() noexcept {
+  // The calling thread's cached blocks first (other threads' caches are
+  // theirs to touch): they keep their arenas from counting as empty.
+  tc_table* t = t_cache_table;
+  tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_].load(std::memory_order_acquire) : nullptr;
+  if (mine != nullptr && mine->heap_id.load(std::memory_order_relaxed) == id_) give_back_cache(mine);
+  return decay(true);
+}
+
+bool heap::decay_background_heaps() noexcept {
+  internal::registry_t& r = internal::registry();
+  std::lock_guard<std::mutex> guard(r.lock);  // heaps cannot go away meanwhile
+  bool more = false;
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) {
+    if (!h->options_.background_decay || !h->decay_pending_.load(std::memory_order_acquire)) continue;
+    h->decay(false);
+    more = more || h->decay_pending_.load(std::memory_order_acquire);
+  }
+  return more;
+}
+
+}  // namespace dropalloc::core
