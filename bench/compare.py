@@ -532,12 +532,7 @@ set title 'Micro-benchmarks: ns per operation, ratio to mimalloc'
 plot for [i=2:{na}] '{dat}' index 2 using i:xtic(1) title columnheader(i)
 unset multiplot
 """.format(out=path_base + ".svg.tmp", dat=dat, nm=n_macro + 1, na=n_all + 1)
-    r = subprocess.run([gp], input=script, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    os.unlink(dat)
-    if r.returncode != 0 or not os.path.isfile(path_base + ".svg.tmp"):
-        return "gnuplot failed: " + r.stdout.strip()[-300:]
-    os.replace(path_base + ".svg.tmp", path_base + ".svg")
-    return None
+    return report_common.run_gnuplot(gp, script, path_base + ".svg", dat)
 
 
 # --- main ----------------------------------------------------------------------------
