@@ -116,12 +116,16 @@ def find_shim(args):
         return None, "--no-build-shim given"
     log("compare: building %s (bazel build -c opt) ..." % SHIM_TARGET)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFILES", "BUILD_", "TEST_"))}
-    r = sh(["bazel", "build", "-c", "opt", SHIM_TARGET], cwd=ws, env=env)
+    # The Bazel that runs this script (its output base holds the runfiles), so that
+    # a `bazel --output_base=... run` does not start a second server here.
+    here = os.path.abspath(__file__)
+    bazel = ["bazel"] + (["--output_base=" + here.split("/execroot/", 1)[0]] if "/execroot/" in here else [])
+    r = sh(bazel + ["build", "-c", "opt", SHIM_TARGET], cwd=ws, env=env)
     if r.returncode != 0:
         # Workspace-relative paths: the report is committed.
         return None, "`bazel build -c opt %s` failed: %s" % (
             SHIM_TARGET, first_error(r.stdout).replace(ws.rstrip("/") + "/", ""))
-    info = subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=ws, env=env, text=True,
+    info = subprocess.run(bazel + ["info", "-c", "opt", "bazel-bin"], cwd=ws, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     path = os.path.join(info.stdout.strip().splitlines()[-1] if info.returncode == 0 else
                         os.path.join(ws, "bazel-bin"), "allocator", "libdropalloc.so")
