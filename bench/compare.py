@@ -38,7 +38,17 @@ counts the pages of this Python process at the fork (measured: +200 MiB in the
 parent shows up as +200 MiB in /bin/true's ru_maxrss), so it is kept in the
 JSON only as a cross-check.
 
-Python standard library only; the plot is drawn by gnuplot if it is installed.
+Real programs (bench/realprog.py): sqlite3, perl, python3 and a plain C++
+container program, each run whole under every malloc-level contender with the
+same alternation and repetitions; wall time and ru_maxrss of the whole
+process, taken through bench/measure_exec so that the trap above does not
+apply (checked with /bin/true on every run of this script), and ratios to the
+best of glibc, jemalloc and mimalloc. Also an allocate-touch-free-idle trace
+(bench/macro/idle_rss.c): the resident set after the frees, at the end of an
+idle period and after malloc_trim(0). How each preload is verified there and
+the sizes: realprog.py.
+
+Python standard library only; the plots are drawn by gnuplot if it is installed.
 """
 
 import argparse
@@ -54,6 +64,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import realprog  # noqa: E402
 import report_common  # noqa: E402  (next to this file, also under bazel run)
 
 MACRO = ["larson", "xmalloc", "cache_scratch", "glibc_simple", "rptest",
@@ -116,12 +127,16 @@ def find_shim(args):
         return None, "--no-build-shim given"
     log("compare: building %s (bazel build -c opt) ..." % SHIM_TARGET)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFILES", "BUILD_", "TEST_"))}
-    r = sh(["bazel", "build", "-c", "opt", SHIM_TARGET], cwd=ws, env=env)
+    # The Bazel that runs this script (its output base holds the runfiles), so that
+    # a `bazel --output_base=... run` does not start a second server here.
+    here = os.path.abspath(__file__)
+    bazel = ["bazel"] + (["--output_base=" + here.split("/execroot/", 1)[0]] if "/execroot/" in here else [])
+    r = sh(bazel + ["build", "-c", "opt", SHIM_TARGET], cwd=ws, env=env)
     if r.returncode != 0:
         # Workspace-relative paths: the report is committed.
         return None, "`bazel build -c opt %s` failed: %s" % (
             SHIM_TARGET, first_error(r.stdout).replace(ws.rstrip("/") + "/", ""))
-    info = subprocess.run(["bazel", "info", "-c", "opt", "bazel-bin"], cwd=ws, env=env, text=True,
+    info = subprocess.run(bazel + ["info", "-c", "opt", "bazel-bin"], cwd=ws, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     path = os.path.join(info.stdout.strip().splitlines()[-1] if info.returncode == 0 else
                         os.path.join(ws, "bazel-bin"), "allocator", "libdropalloc.so")
@@ -309,7 +324,7 @@ def fmt_cell(v, ref, unit_fmt):
     return s
 
 
-def build_report(args, cs, m, workloads, macro, micro, seal, command):
+def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
     byname = {c.name: c for c in cs}
     macro_cs = [c for c in cs if c.malloc_level]
     L = []
@@ -372,6 +387,7 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command):
         L.append("")
         L.append("Start-up warning: runs under 0.1 s in %s; treat those ratios with care." % ", ".join(short))
     L.append("")
+    L.extend(realprog.report(real))
 
     # Micro.
     L.append("## Micro-benchmarks: ns per allocate+free pair (containers: per element)")
@@ -532,12 +548,7 @@ set title 'Micro-benchmarks: ns per operation, ratio to mimalloc'
 plot for [i=2:{na}] '{dat}' index 2 using i:xtic(1) title columnheader(i)
 unset multiplot
 """.format(out=path_base + ".svg.tmp", dat=dat, nm=n_macro + 1, na=n_all + 1)
-    r = subprocess.run([gp], input=script, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    os.unlink(dat)
-    if r.returncode != 0 or not os.path.isfile(path_base + ".svg.tmp"):
-        return "gnuplot failed: " + r.stdout.strip()[-300:]
-    os.replace(path_base + ".svg.tmp", path_base + ".svg")
-    return None
+    return report_common.run_gnuplot(gp, script, path_base + ".svg", dat)
 
 
 # --- main ----------------------------------------------------------------------------
@@ -584,22 +595,28 @@ def main():
         log("compare: contender %-16s %s" % (c.name, ("not available: " + c.unavailable) if c.unavailable
                                               else (c.preload or "no preload")))
     workloads, macro, micro, seal = run_all(args, cs, bindir)
+    real = realprog.run(args, cs, bindir, rotate, log)
 
-    report = build_report(args, cs, m, workloads, macro, micro, seal, command)
+    report = build_report(args, cs, m, workloads, macro, micro, seal, command, real)
     base = os.path.join(out_dir, "compare-" + mode_name)
     err = plot(base, cs, workloads, macro, micro)
     report += "\n" + ("Plot: not drawn (%s).\n" % err if err else
                       "Plot: [compare-%s.svg](compare-%s.svg)\n" % (mode_name, mode_name))
+    idle_err = realprog.plot_idle(base, real)
+    report += ("Idle plot: not drawn (%s).\n" % idle_err if idle_err else
+               "Idle plot: [compare-%s-idle.svg](compare-%s-idle.svg)\n" % (mode_name, mode_name))
     report_common.write_atomically(base + ".md", report)
     raw = {"machine": m, "command": command, "reps": args.reps,
            "contenders": [{"name": c.name, "preload": c.preload, "unavailable": c.unavailable,
                            "rejected": c.rejected} for c in cs],
            "macro": {"%s|%s" % k: v for k, v in macro.items()},
            "micro": {"%s|%s" % k: v for k, v in micro.items()},
-           "seal_check": seal}
+           "seal_check": seal,
+           "real_programs": realprog.to_json(real)}
     report_common.write_atomically(base + ".json", json.dumps(raw, indent=1))
     print(report)
-    log("compare: wrote %s.md, %s.json%s" % (base, base, "" if err else ", %s.svg" % base))
+    log("compare: wrote %s.md, %s.json%s%s" % (base, base, "" if err else ", %s.svg" % base,
+                                               "" if idle_err else ", %s-idle.svg" % base))
     return 0
 
 

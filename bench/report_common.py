@@ -50,3 +50,15 @@ def write_atomically(path, text):
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def run_gnuplot(gp, script, svg, dat):
+    """Runs gnuplot (the path gp) on script, which writes svg + ".tmp"; removes
+    the data file dat and moves the plot into place. Returns why no plot was
+    drawn, or None."""
+    r = subprocess.run([gp], input=script, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    os.unlink(dat)
+    if r.returncode != 0 or not os.path.isfile(svg + ".tmp"):
+        return "gnuplot failed: " + r.stdout.strip()[-300:]
+    os.replace(svg + ".tmp", svg)
+    return None
