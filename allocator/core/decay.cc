@@ -84,6 +84,7 @@ std::size_t heap::release_empty(class_state& c, bool all, bool* more) noexcept {
       unlink(&c.empty, s);
       unlink_all(s);
       released += s->span;
+      --c.arenas;
       destroy_segment(*os_, s);
     }
     s = next;
@@ -93,6 +94,7 @@ std::size_t heap::release_empty(class_state& c, bool all, bool* more) noexcept {
     unlink(&c.empty, s);
     unlink_all(s);
     released += s->span;
+    --c.arenas;
     destroy_segment(*os_, s);
   }
   if (c.empty != nullptr && more != nullptr) *more = true;

@@ -280,8 +280,9 @@ std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint3
       if (s != nullptr) {
         unlink(&c.empty, s);
       } else {
-        s = create_segment(*os_, this, cls, err);
+        s = create_segment(*os_, this, cls, arena_span(cls, c.arenas), err);
         if (s == nullptr) break;
+        ++c.arenas;
         link_all(s);
       }
       push(&c.avail, s, kListAvail);

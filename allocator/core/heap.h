@@ -144,6 +144,7 @@ class heap {
     cached_block* transfer = nullptr;
     std::atomic<std::uint32_t> transfer_count{0};  // written under lock, read by stats
     std::uint64_t transfer_used_ms = 0;            // last time a batch went in or out
+    std::uint32_t arenas = 0;                      // mapped arenas of this class (sizes the next)
   };
 
   void* allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
@@ -292,13 +293,13 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
   if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
   // Multi-page and large arenas have per_page == 0, so `j >= s->per_page`
-  // sends them to the slow path too. Small arenas span exactly kSegmentSize,
-  // so an offset inside it cannot yield an index past the capacity.
+  // sends them to the slow path too. A small arena's capacity fills its span,
+  // so an offset inside the span cannot yield an index past the capacity.
   auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
   std::uint64_t in_page = off % kPage;
   std::uint64_t j = (in_page * s->magic) >> 32;
   const std::uint32_t block_size = s->block_size;
-  if (DROPALLOC_UNLIKELY(off >= kSegmentSize || j * block_size != in_page || j >= s->per_page)) return false;
+  if (DROPALLOC_UNLIKELY(off >= s->span || j * block_size != in_page || j >= s->per_page)) return false;
   auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
   std::atomic<std::uint8_t>* st = &s->state[idx];
   const std::uint32_t cls = s->cls;

@@ -104,21 +104,30 @@ std::mutex& segment_map_init_lock() { return g_map_init_lock; }
 
 std::uint64_t next_gen_base() { return g_gen_floor.load(std::memory_order_acquire); }
 
-segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, int* err) {
-  auto* base = static_cast<std::byte*>(os.map_arena(kSegmentSize, kSegmentSize, err));
+std::size_t arena_span(std::uint32_t cls, std::uint32_t arenas) {
+  constexpr std::size_t kFirstSpan = 64 * 1024;
+  std::size_t size = kSizeClasses[cls].size;
+  std::size_t first = size * 4 > kFirstSpan ? size * 4 : kFirstSpan;  // at least 4 blocks
+  first = round_up(first, kPage);
+  std::size_t span = first << (arenas < 8 ? arenas : 8);
+  return span < kSegmentSize ? span : kSegmentSize;
+}
+
+segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, std::size_t span, int* err) {
+  auto* base = static_cast<std::byte*>(os.map_arena(span, kSegmentSize, err));
   if (base == nullptr) return nullptr;
-  if (!ensure_leaves(os, base, kSegmentSize, err)) {
-    os.unmap_arena(base, kSegmentSize);
+  if (!ensure_leaves(os, base, span, err)) {
+    os.unmap_arena(base, span);
     return nullptr;
   }
   std::uint32_t size = kSizeClasses[cls].size;
   std::uint32_t per_page = is_small_class(cls) ? static_cast<std::uint32_t>(kPage / size) : 0;
   std::uint32_t ppb = is_small_class(cls) ? 1 : static_cast<std::uint32_t>(size / kPage);
-  std::uint32_t capacity = per_page != 0 ? per_page * static_cast<std::uint32_t>(kPagesPerSegment)
-                                         : static_cast<std::uint32_t>(kPagesPerSegment / ppb);
-  segment* s = build(os, base, kSegmentSize, owner, cls, size, capacity, per_page, ppb, err);
+  auto pages = static_cast<std::uint32_t>(span / kPage);
+  std::uint32_t capacity = per_page != 0 ? per_page * pages : pages / ppb;
+  segment* s = build(os, base, span, owner, cls, size, capacity, per_page, ppb, err);
   if (s == nullptr) {
-    os.unmap_arena(base, kSegmentSize);
+    os.unmap_arena(base, span);
     return nullptr;
   }
   set_map(s, s);

@@ -35,10 +35,14 @@ inline segment* segment_at(std::uintptr_t a) {
   return (*leaf)[(a >> kSegmentShift) & (kLeafEntries - 1)].load(std::memory_order_acquire);
 }
 
+// The segment whose mapping holds p, or nullptr. An arena may be smaller
+// than its 4 MiB map entry: addresses past its end belong to someone else.
 inline segment* segment_of(const void* p) {
   auto a = reinterpret_cast<std::uintptr_t>(p);
   if ((a >> kAddressBits) != 0) return nullptr;
-  return segment_at(a);
+  segment* s = segment_at(a);
+  if (s == nullptr || a - reinterpret_cast<std::uintptr_t>(s->base) >= s->span) return nullptr;
+  return s;
 }
 
 // Block index of `p` in `s`; false when p is not the start of a block.
@@ -77,9 +81,15 @@ inline std::byte* block_start(const segment* s, std::uint32_t idx) {
 }
 
 // ---- lifetime ----------------------------------------------------------------
-// Maps an arena for size class `cls` and its metadata and registers it in the
-// segment map. Returns nullptr (and an errno value in *err) on failure.
-segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, int* err);
+// The span of the next arena of class `cls` when the class holds `arenas`
+// already: small at first (a class used for a few blocks costs little address
+// space and metadata), doubling with each arena up to kSegmentSize.
+std::size_t arena_span(std::uint32_t cls, std::uint32_t arenas);
+
+// Maps an arena of `span` bytes (arena_span) for size class `cls`, aligned to
+// kSegmentSize, and its metadata, and registers it in the segment map.
+// Returns nullptr (and an errno value in *err) on failure.
+segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, std::size_t span, int* err);
 
 // Maps one large block of `bytes` (rounded up to pages) aligned to `alignment`.
 segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes,

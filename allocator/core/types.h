@@ -2,8 +2,12 @@
 //
 // Glossary
 //   page      a 4 KiB OS page: the unit the kernel drops, seals and faults.
-//   arena     a 4 MiB-aligned droppable mapping carved into blocks of one size
-//             class (a "segment" in the code), or the mapping of one large block.
+//   arena     a droppable mapping carved into blocks of one size class (a
+//             "segment" in the code), or the mapping of one large block. Each
+//             starts on a 4 MiB boundary (one address-map entry each). A class's
+//             first arena is small (64 KiB, or 4 blocks) and each further one
+//             twice the last, up to 4 MiB: address space and metadata grow
+//             with use.
 //   block     what allocate() returns. Small blocks (<= 4 KiB) never straddle a
 //             page; multi-page and large blocks are page-aligned.
 //   metadata  everything the allocator needs to remember: free bitmaps,
@@ -52,7 +56,7 @@ const char* to_string(block_state s) noexcept;
 struct resource_stats {
   std::uint64_t blocks_live = 0;      // handed to callers and not yet freed
   std::uint64_t bytes_live = 0;       // their size-class-rounded bytes
-  std::uint64_t arenas_mapped = 0;    // 4 MiB arenas plus large-block mappings
+  std::uint64_t arenas_mapped = 0;    // arenas plus large-block mappings
   std::uint64_t bytes_mapped = 0;     // address space of those mappings
   std::uint64_t bytes_resident = 0;   // of those, resident now (mincore estimate)
   std::uint64_t metadata_bytes = 0;   // ordinary memory reserved for metadata

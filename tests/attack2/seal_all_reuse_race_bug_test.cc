@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 #include <thread>
 
 #include "allocator/core/segment.h"
@@ -78,7 +79,15 @@ static void race(bool all) {
   g_resume.store(0);
   droppable_resource res;
   constexpr std::size_t kSize = 64;
+  // Arenas start small (their state and meta arrays then share a page) and
+  // double: take blocks until one lies in a full-size arena.
+  std::vector<void*> filler;
   dropalloc::block_ref b = res.allocate_block(kSize);
+  while (dropalloc::core::segment_of(b.ptr)->span < dropalloc::core::kSegmentSize) {
+    filler.push_back(b.ptr);
+    b = res.allocate_block(kSize);
+  }
+  for (void* p : filler) res.deallocate(p, kSize);
   std::memset(b.ptr, 0xA5, kSize);  // written, then never written again
 
   dropalloc::core::segment* s = dropalloc::core::segment_of(b.ptr);

@@ -32,13 +32,28 @@ TEST_CASE("a 2 MiB drop on a huge-page-backed arena is detected for every block 
   opts.thread_cache = false;  // blocks in address order, for a predictable layout
   dropalloc::droppable_resource res(opts);
   bool droppable = res.arena_backing() == dropalloc::backing::droppable;
-  // One-page blocks: the first one maps the 4 MiB-aligned arena; nothing has
-  // touched its pages yet, so MADV_HUGEPAGE applies to the first faults.
-  std::vector<dropalloc::block_ref> blocks;
-  blocks.push_back(res.allocate_block(kPage));
-  auto* base = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(blocks[0].ptr) & ~((std::uintptr_t{4} << 20) - 1));
-  REQUIRE(madvise(base, kHuge, MADV_HUGEPAGE) == 0);
+  // One-page blocks. A class's arenas start small and double, each on a 4 MiB
+  // boundary: allocate (untouched) until a block starts one, so that a 2 MiB
+  // huge page can sit at its start. Nothing has touched its pages yet, so
+  // MADV_HUGEPAGE applies to the first faults.
+  std::vector<dropalloc::block_ref> filler, blocks;
+  for (;;) {
+    dropalloc::block_ref b = res.allocate_block(kPage);
+    // An arena's first block, in an arena of at least 2 MiB (else the advice
+    // fails on the unmapped rest).
+    if (reinterpret_cast<std::uintptr_t>(b.ptr) % (std::uintptr_t{4} << 20) == 0 &&
+        madvise(b.ptr, kHuge, MADV_HUGEPAGE) == 0) {
+      blocks.push_back(b);
+      break;
+    }
+    filler.push_back(b);
+    REQUIRE(filler.size() < 4096);
+  }
+  auto* base = static_cast<char*>(blocks[0].ptr);
   for (std::size_t i = 1; i < 2 * kHuge / kPage; ++i) blocks.push_back(res.allocate_block(kPage));
+  // The first 2 MiB of them are one run of pages, in one arena.
+  for (std::size_t i = 0; i < kHuge / kPage; ++i) REQUIRE(static_cast<char*>(blocks[i].ptr) == base + i * kPage);
+  for (auto& b : filler) res.deallocate(b.ptr, kPage);
   for (std::size_t i = 0; i < blocks.size(); ++i) std::memset(blocks[i].ptr, static_cast<int>(i % 250 + 1), kPage);
   std::string rec = hardening::smaps_record(base);
   long thp_after_write = hardening::smaps_kb(rec, "AnonHugePages");
