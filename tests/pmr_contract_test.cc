@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <forward_list>
@@ -17,7 +18,9 @@
 #include <vector>
 
 #include "allocator/dropalloc.h"
+#include "allocator/os/os.h"
 
+using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
 TEST_CASE("every std::pmr container works on the droppable resource") {
@@ -229,4 +232,60 @@ TEST_CASE("large blocks: freed mappings are reused, stale handles stay stale, tr
   res.deallocate(c.ptr, 8 << 20);
   res.trim();
   CHECK(res.stats().arenas_mapped == 0);
+}
+
+TEST_CASE("deallocate(nullptr, n) does nothing and reports nothing, as free(NULL)") {
+  droppable_resource res;
+  void* volatile null = nullptr;  // std::pmr declares the pointer nonnull: keep the compiler from seeing it
+  res.deallocate(null, 16);
+  res.deallocate(null, 0, 64);
+  CHECK(res.stats().misuse_refused == 0);
+}
+
+TEST_CASE("a block_ref works where a pointer and generation do; a stale one is refused") {
+  droppable_resource res;
+  dropalloc::block_ref b = res.allocate_block(100);
+  std::memset(b.ptr, 7, 100);
+  CHECK(res.seal(b) == block_state::intact);
+  CHECK(res.check(b) == block_state::intact);
+  res.deallocate(b);
+  CHECK(res.check(b) == block_state::stale);
+  CHECK(res.seal(b) == block_state::stale);
+  // The address handed out again: the old handle neither seals nor frees it.
+  std::vector<void*> held;
+  dropalloc::block_ref again;
+  for (int i = 0; i < 100000 && again.ptr != b.ptr; ++i) {
+    again = res.allocate_block(100);
+    held.push_back(again.ptr);
+  }
+  REQUIRE(again.ptr == b.ptr);
+  std::memset(again.ptr, 9, 100);
+  std::uint64_t refused = res.stats().misuse_refused;
+  CHECK(res.seal(b) == block_state::stale);
+  CHECK(res.check(again) == block_state::unsealed);
+  res.deallocate(b);
+  CHECK(res.stats().misuse_refused == refused + 1);
+  CHECK(res.usable_size(again.ptr) >= 100);  // still live
+  CHECK(static_cast<unsigned char*>(again.ptr)[99] == 9);
+  for (void* p : held) res.deallocate(p, 100);
+  dropalloc::block_ref none;
+  res.deallocate(none);
+  CHECK(res.seal(none) == block_state::foreign);
+  CHECK(res.check(none) == block_state::foreign);
+}
+
+TEST_CASE("boolean environment variables: 1/0, true/false, yes/no, on/off; anything else keeps the default") {
+  struct row {
+    const char* value;
+    bool fallback, want;
+  } rows[] = {{"1", false, true},     {"true", false, true}, {"YES", false, true}, {"on", false, true},
+              {"0", true, false},     {"false", true, false}, {"No", true, false}, {"off", true, false},
+              {"maybe", false, false}, {"maybe", true, true},  {"", true, true},    {"2", false, false}};
+  for (const row& r : rows) {
+    CAPTURE(r.value);
+    setenv("DROPALLOC_TEST_BOOL", r.value, 1);
+    CHECK(dropalloc::os::env_bool("DROPALLOC_TEST_BOOL", r.fallback) == r.want);
+  }
+  unsetenv("DROPALLOC_TEST_BOOL");
+  CHECK(dropalloc::os::env_bool("DROPALLOC_TEST_BOOL", true));
 }

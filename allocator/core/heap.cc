@@ -46,10 +46,7 @@ namespace {
 std::atomic<std::uint64_t> g_next_heap_id{1};
 
 bool misuse_aborts() {
-  static const bool aborts = [] {
-    const char* v = getenv("DROPALLOC_ABORT_ON_MISUSE");
-    return v != nullptr && v[0] == '1';
-  }();
+  static const bool aborts = os::env_bool("DROPALLOC_ABORT_ON_MISUSE", false);
   return aborts;
 }
 

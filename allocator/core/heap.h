@@ -72,6 +72,11 @@ class heap {
   // and retry the fast path, so a thread using two heaps in turn stays fast.
   void make_current() noexcept { (void)thread_cache(); }
 
+  // Refuses a free through a handle whose generation is not the block's:
+  // reported and counted as misuse (front ends that free by handle).
+  void report_stale_free(const void* p) noexcept {
+    report_misuse("the handle's generation is not the block's (freed since)", p);
+  }
   std::uint64_t generation(const void* p) const noexcept;  // 0 unless p is a live block
   std::size_t usable_size(const void* p) const noexcept;   // 0 unless p is a live block
   bool owns(const void* p) const noexcept;

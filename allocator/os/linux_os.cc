@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -47,11 +48,6 @@ constexpr int kENOTSUPP = 524;  // kernel-internal errno some 32-bit kernels lea
 bool means_unsupported(int err) {
   return err == EINVAL || err == EOPNOTSUPP || err == kENOTSUPP || err == EPERM ||
          err == EAGAIN || err == ENOSYS;
-}
-
-bool env_flag(const char* name) {
-  const char* v = getenv(name);
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
 }
 
 const char* errno_name(int err) {
@@ -219,7 +215,7 @@ class linux_os final : public os_interface {
   // Decides the backing once. One probe mapping, then unmapped.
   int probe() {
     int expected = kUnknown;
-    if (mode_ == mode::fallback || env_flag("DROPALLOC_FORCE_FALLBACK")) {
+    if (mode_ == mode::fallback || os::env_bool("DROPALLOC_FORCE_FALLBACK", false)) {
       reason_.store(-1, std::memory_order_relaxed);
       if (state_.compare_exchange_strong(expected, kFallback)) report();
       return state_.load(std::memory_order_acquire);
@@ -269,7 +265,7 @@ class linux_os final : public os_interface {
   }
 
   void report() {
-    if (!env_flag("DROPALLOC_VERBOSE")) return;
+    if (!os::env_bool("DROPALLOC_VERBOSE", false)) return;
     char line[160];
     int reason = reason_.load(std::memory_order_relaxed);
     if (state_.load(std::memory_order_relaxed) == kDroppable) {
@@ -322,6 +318,27 @@ bool register_process_barrier() noexcept {
 }
 
 int process_barrier() noexcept { return membarrier(kMembarrierPrivateExpedited) == 0 ? 0 : errno; }
+
+bool env_bool(const char* name, bool fallback) noexcept {
+  const char* v = getenv(name);
+  if (v == nullptr || v[0] == '\0') return fallback;
+  for (const char* yes : {"1", "true", "yes", "on"}) {
+    if (strcasecmp(v, yes) == 0) return true;
+  }
+  for (const char* no : {"0", "false", "no", "off"}) {
+    if (strcasecmp(v, no) == 0) return false;
+  }
+  char line[256];
+  int n = snprintf(line, sizeof line, "dropalloc: %s=%.40s is not 1/0 (true/false, yes/no, on/off); using %d\n", name, v,
+                   fallback ? 1 : 0);
+  int saved = errno;
+  if (n > 0) {
+    ssize_t ignored = write(STDERR_FILENO, line, static_cast<std::size_t>(n) < sizeof line ? n : sizeof line - 1);
+    (void)ignored;
+  }
+  errno = saved;
+  return fallback;
+}
 
 }  // namespace os
 }  // namespace dropalloc

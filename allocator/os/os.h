@@ -80,6 +80,12 @@ os_interface& fallback_os() noexcept;
 // be reclaimed under a program that cannot survive that.
 os_interface& ordinary_os() noexcept;
 
+// ---- environment ------------------------------------------------------------------
+// A boolean environment variable: unset or empty gives `fallback`; 1, true,
+// yes, on give true; 0, false, no, off give false (any case). Anything else
+// gives `fallback` and one line on stderr naming the variable and the value.
+bool env_bool(const char* name, bool fallback) noexcept;
+
 // ---- process-wide memory barrier ----------------------------------------------
 // Lets lock-free readers pay nothing for the rare writer that must know they
 // are gone (the core's grace periods before unmapping metadata).

@@ -56,8 +56,18 @@ void droppable_resource::do_deallocate(void* p, [[maybe_unused]] std::size_t byt
 }
 
 void droppable_resource::deallocate_slow(void* p) noexcept {
+  if (p == nullptr) return;  // as free(NULL): nothing to do, nothing to report
   heap_.make_current();  // then deallocate() starts with the fast path
   heap_.deallocate(p);
+}
+
+void droppable_resource::deallocate(const block_ref& b) noexcept {
+  if (b.ptr == nullptr) return;
+  if (heap_.generation(b.ptr) != b.generation) {
+    heap_.report_stale_free(b.ptr);
+    return;
+  }
+  deallocate_slow(b.ptr);
 }
 
 block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alignment) {

@@ -63,6 +63,13 @@ class droppable_resource final : public std::pmr::memory_resource {
 
   // allocate() plus the block's generation, in one call.
   block_ref allocate_block(std::size_t bytes, std::size_t alignment = alignof(std::max_align_t));
+  // Frees the block of a handle; a handle whose generation is no longer the
+  // block's (freed since, perhaps handed out again) is refused and reported
+  // as a double free would be, freeing nothing.
+  void deallocate(const block_ref& b) noexcept;
+  // std::pmr::memory_resource::deallocate, not hidden by the overload above.
+  // deallocate(nullptr, n) does nothing, as free(NULL) does.
+  using std::pmr::memory_resource::deallocate;
 
   // The generation of a live block (0 if p is not a live block of ours).
   std::uint64_t generation(const void* p) const noexcept { return heap_.generation(p); }
@@ -86,6 +93,14 @@ class droppable_resource final : public std::pmr::memory_resource {
   // right after sealing: intact, dropped (a page went meanwhile), stale (not a
   // live block) or foreign (not ours).
   block_state seal(void* p) noexcept { return heap_.seal(p); }
+  // seal() through a handle: `stale` (nothing sealed) unless its generation
+  // is still the block's, so an old handle never seals a later block that
+  // took the same address.
+  block_state seal(const block_ref& b) noexcept {
+    std::uint64_t g = heap_.generation(b.ptr);
+    if (g == 0 || g != b.generation) return b.ptr == nullptr || !heap_.owns(b.ptr) ? block_state::foreign : block_state::stale;
+    return heap_.seal(b.ptr);
+  }
   // seal() for a block you have rewritten *entirely* since it was found
   // dropped: it also takes a dropped block back to sealed. It vouches for what
   // it reads, as seal() does; a byte you did not rewrite would be certified as
@@ -118,6 +133,7 @@ class droppable_resource final : public std::pmr::memory_resource {
   block_state check(const void* p, std::uint64_t generation) noexcept {
     return heap_.check(p, generation);
   }
+  block_state check(const block_ref& b) noexcept { return heap_.check(b.ptr, b.generation); }
   bool is_intact(const void* p, std::uint64_t generation) noexcept {
     return heap_.check(p, generation) == block_state::intact;
   }

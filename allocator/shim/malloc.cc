@@ -41,11 +41,6 @@ void say(const char* msg) noexcept {
   errno = saved;
 }
 
-bool env_flag(const char* name) {
-  const char* v = getenv(name);
-  return v != nullptr && v[0] != '\0' && v[0] != '0';
-}
-
 // "123", "64k", "1M" (powers of 1024). false on anything else.
 bool parse_size(const char* s, const char* end, std::size_t* out) {
   if (s == end) return false;
@@ -78,16 +73,7 @@ void setup_decay() {
     say("dropalloc: DROPALLOC_DECAY_MS must be a number of milliseconds up to 3600000; using 1000\n");
     ms = 1000;
   }
-  bool thread = true;
-  const char* t = getenv("DROPALLOC_DECAY_THREAD");
-  if (t != nullptr && t[0] != '\0') {
-    if (strcmp(t, "0") == 0) {
-      thread = false;
-    } else if (strcmp(t, "1") != 0) {
-      say("dropalloc: DROPALLOC_DECAY_THREAD must be 0 or 1; using 1\n");
-    }
-  }
-  general()->set_decay(ms, thread);
+  general()->set_decay(ms, os::env_bool("DROPALLOC_DECAY_THREAD", true));
 }
 
 // DROPALLOC_DROPPABLE_RANGE=min-max: the experiment switch.
@@ -130,8 +116,8 @@ void print_stats(const char* name, const resource_stats& st) {
 // droppable range.
 __attribute__((constructor)) void shim_start() {
   general();
-  g_verbose = env_flag("DROPALLOC_VERBOSE");
-  g_stats = env_flag("DROPALLOC_STATS");
+  g_verbose = os::env_bool("DROPALLOC_VERBOSE", false);
+  g_stats = os::env_bool("DROPALLOC_STATS", false);
   setup_decay();
   if (dropalloc_shim_active() == 0) {
     // Loaded with dlopen (for the C API) or after libc: malloc is not ours.

@@ -17,9 +17,11 @@ workload() {
     test_weakref test_tuple
 }
 
-# Timings, load averages and slow-test notes change from run to run.
+# Timings, load averages and slow-test notes change from run to run (a test
+# that took 30 s or more is named, with its result, on the next progress line).
 normalize() {
   sed -E -e 's/^[0-9]+:[0-9]{2}:[0-9]{2} load avg: [0-9.]+ //' \
+    -e 's/^(\[[0-9]+\/[0-9]+\] test_[a-z_]+) -- test_[a-z_]+ [a-z ]+$/\1/' \
     -e '/^Total duration:/d' -e 's/ in [0-9.]+ (sec|ms|min)//' -e 's/ \([0-9.]+ (sec|ms)\)//'
 }
 
