@@ -124,6 +124,10 @@ int dropalloc_shim_active(void);
 /* Statistics of the malloc shim's heaps: 0, EINVAL for NULL, or ENOSYS when
  * the shim is not the process's malloc. */
 int dropalloc_malloc_stats(dropalloc_stats* out);
+/* Prints the malloc shim's statistics to stderr now, as DROPALLOC_STATS=1
+ * does at exit (one line per heap, with the process id and the process's peak
+ * resident set). 0, or ENOSYS when the shim is not the process's malloc. */
+int dropalloc_malloc_print_stats(void);
 
 #ifdef __cplusplus
 }

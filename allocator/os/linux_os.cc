@@ -1,5 +1,6 @@
 // Linux implementation of the OS layer. See os.h for the contract.
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -338,6 +339,24 @@ bool env_bool(const char* name, bool fallback) noexcept {
   }
   errno = saved;
   return fallback;
+}
+
+std::uint64_t peak_resident_bytes() noexcept {
+  // read(2), not stdio: callers may be inside malloc.
+  int saved = errno;
+  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  std::uint64_t kib = 0;
+  if (fd >= 0) {
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n > 0) {
+      buf[n] = '\0';
+      if (const char* line = strstr(buf, "VmHWM:")) kib = strtoull(line + 6, nullptr, 10);
+    }
+  }
+  errno = saved;
+  return kib * 1024;
 }
 
 }  // namespace os

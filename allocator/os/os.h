@@ -80,6 +80,10 @@ os_interface& fallback_os() noexcept;
 // be reclaimed under a program that cannot survive that.
 os_interface& ordinary_os() noexcept;
 
+// ---- the process ---------------------------------------------------------------
+// The process's peak resident set (VmHWM in /proc/self/status), 0 if unknown.
+std::uint64_t peak_resident_bytes() noexcept;
+
 // ---- environment ------------------------------------------------------------------
 // A boolean environment variable: unset or empty gives `fallback`; 1, true,
 // yes, on give true; 0, false, no, off give false (any case). Anything else

@@ -129,5 +129,6 @@ DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_shim_active(void) { return 
 DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_malloc_stats(dropalloc_stats* out) {
   return out == nullptr ? EINVAL : ENOSYS;
 }
+DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_malloc_print_stats(void) { return ENOSYS; }
 
 }  // extern "C"

@@ -98,16 +98,27 @@ void setup_droppable_range() {
   say(line);
 }
 
+double mib(std::uint64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
+
 void print_stats(const char* name, const resource_stats& st) {
   char line[512];
   snprintf(line, sizeof line,
-           "dropalloc: %s heap: %llu blocks live (%llu bytes), %llu arenas, %llu bytes mapped, "
-           "%llu resident, %llu metadata, %llu misuse refused, %llu drops detected\n",
-           name, static_cast<unsigned long long>(st.blocks_live),
-           static_cast<unsigned long long>(st.bytes_live), static_cast<unsigned long long>(st.arenas_mapped),
-           static_cast<unsigned long long>(st.bytes_mapped), static_cast<unsigned long long>(st.bytes_resident),
-           static_cast<unsigned long long>(st.metadata_bytes), static_cast<unsigned long long>(st.misuse_refused),
+           "dropalloc[%d]: %s heap: %llu blocks live (%.1f MiB); %llu arenas, %.1f MiB mapped, %.1f MiB "
+           "resident; %.1f MiB metadata reserved; %llu misuse refused, %llu drops detected\n",
+           static_cast<int>(getpid()), name, static_cast<unsigned long long>(st.blocks_live), mib(st.bytes_live),
+           static_cast<unsigned long long>(st.arenas_mapped), mib(st.bytes_mapped), mib(st.bytes_resident),
+           mib(st.metadata_bytes), static_cast<unsigned long long>(st.misuse_refused),
            static_cast<unsigned long long>(st.drops_detected));
+  say(line);
+}
+
+void print_all_stats() {
+  print_stats("general", general()->stats());
+  if (g_droppable != nullptr) print_stats("droppable", g_droppable->stats());
+  char line[160];
+  snprintf(line, sizeof line, "dropalloc[%d]: process peak resident %.1f MiB; foreign pointers ignored by free/realloc: %llu\n",
+           static_cast<int>(getpid()), mib(os::peak_resident_bytes()),
+           static_cast<unsigned long long>(g_foreign_frees.load(std::memory_order_relaxed)));
   say(line);
 }
 
@@ -131,12 +142,7 @@ __attribute__((constructor)) void shim_start() {
 // Destructors of preloaded libraries run after the program's exit handlers.
 __attribute__((destructor)) void shim_stop() {
   if (!g_stats || dropalloc_shim_active() == 0) return;
-  print_stats("general", general()->stats());
-  if (g_droppable != nullptr) print_stats("droppable", g_droppable->stats());
-  char line[128];
-  snprintf(line, sizeof line, "dropalloc: foreign pointers ignored by free/realloc: %llu\n",
-           static_cast<unsigned long long>(g_foreign_frees.load(std::memory_order_relaxed)));
-  say(line);
+  print_all_stats();
 }
 
 }  // namespace
@@ -386,6 +392,12 @@ DROPALLOC_EXPORT int dropalloc_shim_active(void) {
     answer.store(a, std::memory_order_relaxed);
   }
   return a;
+}
+
+DROPALLOC_EXPORT int dropalloc_malloc_print_stats(void) {
+  if (dropalloc_shim_active() == 0) return ENOSYS;
+  dropalloc::shim::print_all_stats();
+  return 0;
 }
 
 DROPALLOC_EXPORT int dropalloc_malloc_stats(dropalloc_stats* out) {

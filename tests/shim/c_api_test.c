@@ -33,6 +33,7 @@ API(int, dropalloc_drop_for_testing, (dropalloc_resource*, void*, size_t))
 API(const char*, dropalloc_state_name, (dropalloc_state))
 API(int, dropalloc_shim_active, (void))
 API(int, dropalloc_malloc_stats, (dropalloc_stats*))
+API(int, dropalloc_malloc_print_stats, (void))
 
 static void load(const char* path) {
   void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -47,7 +48,7 @@ static void load(const char* path) {
   LOAD(dropalloc_seal) LOAD(dropalloc_seal_rewritten) LOAD(dropalloc_seal_all) LOAD(dropalloc_check) LOAD(dropalloc_is_intact)
   LOAD(dropalloc_generation) LOAD(dropalloc_usable_size) LOAD(dropalloc_get_stats)
   LOAD(dropalloc_trim) LOAD(dropalloc_drop_for_testing) LOAD(dropalloc_state_name)
-  LOAD(dropalloc_shim_active) LOAD(dropalloc_malloc_stats)
+  LOAD(dropalloc_shim_active) LOAD(dropalloc_malloc_stats) LOAD(dropalloc_malloc_print_stats)
 }
 #endif
 
@@ -129,6 +130,7 @@ int main(int argc, char** argv) {
 #endif
   dropalloc_stats st;
   CHECK(CALL(dropalloc_malloc_stats)(&st) == ENOSYS);
+  CHECK(CALL(dropalloc_malloc_print_stats)() == ENOSYS);
   errno = 0;
   CHECK(CALL(dropalloc_create)(1u << 7) == NULL && errno == EINVAL);
   test_lifecycle(0);

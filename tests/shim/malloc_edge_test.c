@@ -201,6 +201,31 @@ static void test_aligned(void) {
   }
 }
 
+/* malloc_trim hands freed memory back at once and says whether it did (glibc's
+ * contract: 1 or 0); the shim's resident bytes fall accordingly. */
+static void test_trim(void) {
+  enum { kBlocks = 128 * 1024 };
+  static void* blocks[kBlocks];
+  for (int i = 0; i < kBlocks; ++i) {
+    blocks[i] = malloc(256);
+    CHECK(blocks[i] != NULL);
+    memset(blocks[i], i & 0xff, 256);
+  }
+  dropalloc_stats full;
+  if (g_shim) CHECK(shim_stats(&full) == 0);
+  for (int i = 0; i < kBlocks; ++i) free(blocks[i]);
+  int trimmed = malloc_trim(0);
+  CHECK(trimmed == 0 || trimmed == 1);
+  if (g_shim) {
+    dropalloc_stats after;
+    CHECK(trimmed == 1);
+    CHECK(shim_stats(&after) == 0);
+    CHECK(after.bytes_resident + 16 * 1024 * 1024 < full.bytes_resident);
+    int (*print)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "dropalloc_malloc_print_stats");
+    CHECK(print != NULL && print() == 0);
+  }
+}
+
 int main(void) {
   g_shim = require_shim();
   test_malloc();
@@ -208,6 +233,7 @@ int main(void) {
   test_calloc();
   test_realloc();
   test_aligned();
+  test_trim();
   if (g_shim) {
     dropalloc_stats st;
     CHECK(shim_stats(&st) == 0);
