@@ -32,7 +32,10 @@ for config in $configs; do
   if [[ "$config" != plain ]]; then
     # Tests tagged no_sanitizer LD_PRELOAD other allocators into their
     # binaries (meaningless under a sanitizer's own malloc): plain stage only.
-    config_flags=("--config=$config" "--test_tag_filters=-no_sanitizer")
+    filters=-no_sanitizer
+    # no_tsan: tests that start threads in a forked child, which TSan forbids.
+    [[ "$config" == tsan ]] && filters+=,-no_tsan
+    config_flags=("--config=$config" "--test_tag_filters=$filters")
   fi
   echo "==> test.sh: stage $config: bazel test ${config_flags[*]:+${config_flags[*]} }//..."
   if ! bazel test "${bazel_flags[@]}" "${config_flags[@]}" //... </dev/null; then

@@ -38,6 +38,25 @@ void heap::note_decay_work() noexcept {
   if (options_.background_decay) purger::request(options_.empty_arena_decay_ms / 4);
 }
 
+void heap::resume_decay_after_fork() noexcept {
+  internal::registry_t& r = internal::registry();
+  std::lock_guard<std::mutex> guard(r.lock);
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) {
+    if (h->options_.background_decay && h->decay_pending_.load(std::memory_order_acquire)) {
+      purger::request(h->options_.empty_arena_decay_ms / 4);
+    }
+  }
+}
+
+void heap::decay_class_on_free(class_state& c, std::uint64_t now) noexcept {
+  if (options_.background_decay && !purger::unavailable()) return;  // the purger's job
+  if (now - c.purged_ms < options_.empty_arena_decay_ms / 4 + 1) return;
+  c.purged_ms = now;
+  bool more = false;
+  for (segment* s = c.avail; s != nullptr; s = s->next) purge_free_pages(s, now, false, &more);
+  for (segment* s = c.empty; s != nullptr; s = s->next) purge_free_pages(s, now, false, &more);
+}
+
 std::size_t heap::release_large_cache(bool all, bool* more) noexcept {
   std::size_t released = 0;
   std::lock_guard<std::mutex> guard(segments_lock_);

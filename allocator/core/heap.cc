@@ -327,12 +327,14 @@ void heap::give_back(std::uint32_t cls, const cached_block* items, std::uint32_t
       c.transfer_count.store(have + n, std::memory_order_relaxed);
       c.transfer_used_ms = now;
       note_decay_work();
+      decay_class_on_free(c, now);
       return;
     }
   }
   return_to_arenas(c, items, n);
   drain_transfer(c, now, false);
   release_empty(c, false, nullptr);
+  decay_class_on_free(c, now);
 }
 
 void heap::return_to_arenas(class_state& c, const cached_block* items, std::uint32_t n) noexcept {

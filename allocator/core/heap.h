@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <mutex>
 
+#include "allocator/core/grace.h"
 #include "allocator/core/segment.h"
 #include "allocator/core/thread_cache.h"
 #include "allocator/core/types.h"
@@ -123,6 +124,9 @@ class heap {
   // decay(true), after handing back the calling thread's cached blocks (other
   // threads' caches keep theirs). Returns the bytes handed back.
   std::size_t trim() noexcept;
+  // In a forked child: decay work pending from the parent asks the (new)
+  // purger again, since note_decay_work() asks only when work first appears.
+  static void resume_decay_after_fork() noexcept;
   // One pass of the background purger over every heap with
   // options.background_decay. Returns whether any still has decay work.
   static bool decay_background_heaps() noexcept;
@@ -150,6 +154,7 @@ class heap {
     std::atomic<std::uint32_t> transfer_count{0};  // written under lock, read by stats
     std::uint64_t transfer_used_ms = 0;            // last time a batch went in or out
     std::uint32_t arenas = 0;                      // mapped arenas of this class (sizes the next)
+    std::uint64_t purged_ms = 0;                   // last purge of free pages by a free
   };
 
   void* allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
@@ -172,6 +177,9 @@ class heap {
   std::size_t release_empty(class_state& c, bool all, bool* more) noexcept;
   std::size_t purge_free_pages(segment* s, std::uint64_t now, bool all, bool* more) noexcept;
   void note_decay_work() noexcept;
+  // Without a background purger: a free's decay of its class, at most once a
+  // quarter of the decay time (under the class lock).
+  void decay_class_on_free(class_state& c, std::uint64_t now) noexcept;
   void link_all(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
@@ -293,50 +301,62 @@ DROPALLOC_ALWAYS_INLINE void* heap::allocate(std::size_t bytes, std::size_t alig
 // of misuse) returns false and goes to deallocate_checked, which validates
 // again and reports.
 DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
-  // The map indices are masked rather than range-checked: an address outside
-  // the map's range lands on some entry, and the offset check below rejects it.
-  segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
-  if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
-  // Multi-page and large arenas have per_page == 0, so `j >= s->per_page`
-  // sends them to the slow path too. A small arena's capacity fills its span,
-  // so an offset inside the span cannot yield an index past the capacity.
-  auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
-  std::uint64_t in_page = off % kPage;
-  std::uint64_t j = (in_page * s->magic) >> 32;
-  const std::uint32_t block_size = s->block_size;
-  if (DROPALLOC_UNLIKELY(off >= s->span || j * block_size != in_page || j >= s->per_page)) return false;
-  auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
-  std::atomic<std::uint8_t>* st = &s->state[idx];
-  const std::uint32_t cls = s->cls;
-  const std::uint8_t now = st->load(std::memory_order_relaxed);
   tc_heap_cache* c = current_cache();
   if (DROPALLOC_UNLIKELY(c == nullptr)) return false;
-  tc_bin& bin = c->bins[cls];
-  std::uint32_t n = bin.count.load(std::memory_order_relaxed);
-  std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
-  if (DROPALLOC_UNLIKELY(n >= limit)) return false;
-  // Live and never observed (owned by this thread, or by another: see
-  // state::kTagShift). Anything else (observed, sealed, dropped, free) takes
-  // the slow path.
-  const bool other_thread = now != t_current.live_state;
-  if (other_thread && (now & (state::kMask | state::kObserved)) != state::kLive) return false;
-  // Compare-and-exchange, not a store: a racing generation() may have marked
-  // the block observed since we read `now` (then the slow path moves its
-  // generation), and of two racing frees only one may win.
-  std::uint8_t expected = now;
-  if (DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
-                                                      std::memory_order_relaxed))) {
-    return false;
+  tc_bin* bin;
+  std::atomic<std::uint8_t>* st;
+  std::uint32_t n, limit;
+  bool set_aside;
+  {
+    // A double free may name an arena that decay or trim is unmapping right
+    // now: the lookup, the header reads and the exchange run in a read
+    // section (core/grace.h), so the arena's metadata stays mapped meanwhile.
+    // Once the exchange has succeeded the block is ours, and a block that is
+    // not free keeps its arena from being unmapped.
+    read_section reading;
+    // The map indices are masked rather than range-checked: an address outside
+    // the map's range lands on some entry, and the offset check below rejects it.
+    segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
+    if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
+    // Multi-page and large arenas have per_page == 0, so `j >= s->per_page`
+    // sends them to the slow path too. A small arena's capacity fills its span,
+    // so an offset inside the span cannot yield an index past the capacity.
+    auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
+    std::uint64_t in_page = off % kPage;
+    std::uint64_t j = (in_page * s->magic) >> 32;
+    const std::uint32_t block_size = s->block_size;
+    if (DROPALLOC_UNLIKELY(off >= s->span || j * block_size != in_page || j >= s->per_page)) return false;
+    auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
+    st = &s->state[idx];
+    const std::uint8_t now = st->load(std::memory_order_relaxed);
+    bin = &c->bins[s->cls];
+    n = bin->count.load(std::memory_order_relaxed);
+    limit = bin->limit.load(std::memory_order_relaxed);
+    if (DROPALLOC_UNLIKELY(n >= limit)) return false;
+    // Live and never observed (owned by this thread, or by another: see
+    // state::kTagShift). Anything else (observed, sealed, dropped, free) takes
+    // the slow path.
+    const bool other_thread = now != t_current.live_state;
+    if (other_thread && (now & (state::kMask | state::kObserved)) != state::kLive) return false;
+    // Compare-and-exchange, not a store: a racing generation() may have marked
+    // the block observed since we read `now` (then the slow path moves its
+    // generation), and of two racing frees only one may win.
+    std::uint8_t expected = now;
+    if (DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
+                                                        std::memory_order_relaxed))) {
+      return false;
+    }
+    set_aside = other_thread && blocks_share_lines(block_size);
   }
-  if (DROPALLOC_UNLIKELY(other_thread && blocks_share_lines(block_size))) {
+  if (DROPALLOC_UNLIKELY(set_aside)) {
     // Another thread's block whose class's blocks can share a cache line:
     // set it aside at the top of the bin, to be passed on.
-    bin.items[limit - 1] = cached_block{p, st};
-    bin.limit.store(limit - 1, std::memory_order_relaxed);
+    bin->items[limit - 1] = cached_block{p, st};
+    bin->limit.store(limit - 1, std::memory_order_relaxed);
     return true;
   }
-  bin.items[n] = cached_block{p, st};
-  bin.count.store(n + 1, std::memory_order_relaxed);
+  bin->items[n] = cached_block{p, st};
+  bin->count.store(n + 1, std::memory_order_relaxed);
   return true;
 }
 

@@ -92,6 +92,11 @@ void forget_after_fork() noexcept {
   g_wake = PTHREAD_COND_INITIALIZER;
   g_running.store(false, std::memory_order_relaxed);
   g_wanted.store(g_pending, std::memory_order_relaxed);
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer kills a child of a multi-threaded process that starts a
+  // thread: there, decay happens on frees, as when a thread cannot be created.
+  g_failed.store(true, std::memory_order_relaxed);
+#endif
 }
 
 }  // namespace dropalloc::core::purger

@@ -192,6 +192,7 @@ namespace {
 void postfork_child() noexcept {
   postfork_all();
   purger::forget_after_fork();
+  heap::resume_decay_after_fork();
   reset_readers_after_fork();
   registry_t& r = registry();
   tc_table* mine = t_cache_table;

@@ -242,7 +242,7 @@ void* realloc_impl(void* p, std::size_t bytes) {
   std::size_t have = usable(p);
   if (have == 0) {
     // Not a live block of ours: its size is unknown, so it cannot be copied.
-    if (dropalloc::core::segment_of(p) == nullptr) {
+    if (dropalloc::shim::heap_for(p) == nullptr) {
       dropalloc::shim::release_foreign(p);
     } else {
       release(p);  // a freed or interior pointer: the heap refuses and reports it
@@ -385,6 +385,7 @@ DROPALLOC_EXPORT int dropalloc_shim_active(void) {
     void (*volatile bound_free)(void*) = &free;
     void* p = bound_malloc(16);
     {
+      dropalloc::core::read_section reading;
       dropalloc::core::segment* s = dropalloc::core::segment_of(p);
       a = s != nullptr && s->owner == dropalloc::shim::general() ? 1 : 0;
     }

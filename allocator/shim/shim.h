@@ -15,6 +15,7 @@
 
 #include <cstring>
 
+#include "allocator/core/grace.h"
 #include "allocator/core/heap.h"
 #include "allocator/core/segment.h"
 
@@ -93,22 +94,31 @@ inline void* alloc_zeroed(std::size_t bytes, std::size_t alignment) noexcept {
 // some other heap's arena (a droppable_resource block passed to free) goes to
 // the general heap, which refuses and reports it; a pointer outside every
 // arena is foreign (see release_foreign).
+// The heap whose arena holds p: g_droppable's, else the general heap (which
+// refuses what is not its own); nullptr when p is in no arena. In a read
+// section: a bad pointer may name an arena being unmapped.
+inline core::heap* heap_for(const void* p) noexcept {
+  core::heap* h;
+  {
+    core::read_section reading;
+    core::segment* s = core::segment_of(p);
+    if (s == nullptr) return nullptr;
+    h = s->owner;
+  }
+  return DROPALLOC_UNLIKELY(h != g_droppable || h == nullptr) ? general() : h;
+}
+
 inline void release(void* p) noexcept {
-  core::segment* s = core::segment_of(p);
-  if (DROPALLOC_UNLIKELY(s == nullptr)) return release_foreign(p);
-  core::heap* h = s->owner;
-  if (DROPALLOC_UNLIKELY(h != g_droppable || h == nullptr)) h = general();
+  core::heap* h = heap_for(p);
+  if (DROPALLOC_UNLIKELY(h == nullptr)) return release_foreign(p);
   h->make_current();  // then deallocate() starts with the fast path (see heap::make_current)
   h->deallocate(p);
 }
 
 // Usable bytes of a live block of ours, 0 for anything else.
 inline std::size_t usable(const void* p) noexcept {
-  core::segment* s = core::segment_of(p);
-  if (s == nullptr) return 0;
-  core::heap* h = s->owner;
-  if (h != g_droppable || h == nullptr) h = general();
-  return h->usable_size(p);
+  core::heap* h = heap_for(p);
+  return h == nullptr ? 0 : h->usable_size(p);
 }
 
 }  // namespace dropalloc::shim
