@@ -555,8 +555,9 @@ void runner::free_all() {
 // through a pipe and its exit status.
 void runner::op_fork() {
   note("fork");
-  // Asked here, in single-threaded runs only: stats() is for quiet moments.
-  droppable_ = res_.stats().droppable;
+  // Droppable arenas read as zeros in a child, and so do the private
+  // fallback's (MADV_WIPEONFORK): only ordinary memory is inherited.
+  droppable_ = res_.arena_backing() != dropalloc::backing::ordinary;
   int fds[2];
   if (pipe(fds) != 0) return;
   pid_t pid = fork();

@@ -140,7 +140,7 @@ class runner {
   shadow m_;
   std::uint64_t op_no_ = 0;
   bool failed_ = false;
-  bool droppable_ = true;  // arenas are MAP_DROPPABLE (a forked child sees zeros)
+  bool droppable_ = true;  // arenas read as zeros in a forked child (droppable or the wiped fallback)
   std::deque<std::string> recent_;  // the last operations, for failure reports
 };
 
