@@ -15,6 +15,17 @@
 //     touched page.
 // The "page tail" of a small class is the unusable end of each 4 KiB page.
 // tests/size_class_test.cc checks all of this exhaustively.
+//
+// Metadata per block (ordinary memory, in the arena's metadata mapping, sized
+// by the arena's capacity; arenas grow with use, see core/types.h):
+//   * 1 state byte and 1 free bit, touched by every allocate and free;
+//   * one 8-byte meta word (generation, witness), reserved for every block but
+//     written, so resident, only once a block's generation is observed
+//     (allocate_block, generation(), seal): never for plain malloc or pmr use;
+//   * multi-page blocks also: 2 bytes of witness per page, 4 bytes of seal count.
+// So a class of size S costs 1.125 / S resident per byte for plain use and
+// at most 9.125 / S once every block is observed: 8 B 14% / 114%, 64 B 1.8% /
+// 14%, 512 B 0.22% / 1.8%, 4 KiB 0.03% / 0.22%; a 64 KiB block 0.04% at most.
 #pragma once
 
 #include <array>
