@@ -25,7 +25,7 @@
 //   * multi-page blocks also: 2 bytes of witness per page, 4 bytes of seal count.
 // So a class of size S costs 1.125 / S resident per byte for plain use and
 // at most 9.125 / S once every block is observed: 8 B 14% / 114%, 64 B 1.8% /
-// 14%, 512 B 0.22% / 1.8%, 4 KiB 0.03% / 0.22%; a 64 KiB block 0.04% at most.
+// 14%, 512 B 0.22% / 1.8%, 4 KiB 0.03% / 0.22%; a 64 KiB block 0.07% at most.
 #pragma once
 
 #include <array>
