@@ -121,17 +121,17 @@ std::size_t heap::release_empty(class_state& c, bool all, bool* more) noexcept {
 }
 
 // Releases runs of pages that hold only free blocks (blocks in the free bits,
-// or never handed out) once the first of them came back a decay time ago.
+// or never handed out) once no block came back to the arena for the decay time.
 // Under the class lock: no block on such a page is live or in any cache, so
 // nobody can be writing it, and a stale handle to one of its blocks reads
 // `stale` from its state byte, whatever the page holds.
 std::size_t heap::purge_free_pages(segment* s, std::uint64_t now, bool all, bool* more) noexcept {
-  if (s->unpurged_since_ms == 0) return 0;
-  if (!all && now - s->unpurged_since_ms < options_.empty_arena_decay_ms) {
+  if (s->last_freed_ms == 0) return 0;
+  if (!all && now - s->last_freed_ms < options_.empty_arena_decay_ms) {
     *more = true;
     return 0;
   }
-  s->unpurged_since_ms = 0;
+  s->last_freed_ms = 0;
   const std::uint32_t bump = read_counter(&s->bump);
   // Pages below the bump pointer's page: the only ones ever touched.
   std::uint32_t pages;

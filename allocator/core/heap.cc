@@ -346,7 +346,7 @@ void heap::return_to_arenas(class_state& c, const cached_block* items, std::uint
     s->free_bits[idx / 64] |= std::uint64_t{1} << (idx % 64);
     ++s->free_count;
     if (idx / 64 < s->scan_word) s->scan_word = idx / 64;
-    if (s->unpurged_since_ms == 0) s->unpurged_since_ms = now;
+    s->last_freed_ms = now;  // pages are purged once no block came back for the decay time
     bool was_full = s->list == kListNone;
     set_counter(&s->live, s->live - 1);
     if (s->live == 0) {

@@ -196,9 +196,10 @@ struct segment {
   std::uint32_t scan_word;         // no free bit below this word of free_bits
   std::uint8_t list;               // which class list holds it (segment_list)
   std::uint64_t empty_since_ms;    // when live last fell to 0 (milliseconds)
-  std::uint64_t unpurged_since_ms; // when a block first came back to the free bits
-                                   // since their pages were last handed to the OS;
-                                   // 0 = nothing to purge (heap::decay)
+  std::uint64_t last_freed_ms;     // when a block last came back to the free bits;
+                                   // 0 = none since the free pages were last handed
+                                   // to the OS (heap::decay). The last, not the first:
+                                   // an arena still churning keeps its warm pages
   segment* next;                   // class list links
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)
