@@ -234,14 +234,6 @@ TEST_CASE("large blocks: freed mappings are reused, stale handles stay stale, tr
   CHECK(res.stats().arenas_mapped == 0);
 }
 
-TEST_CASE("deallocate(nullptr, n) does nothing and reports nothing, as free(NULL)") {
-  droppable_resource res;
-  void* volatile null = nullptr;  // std::pmr declares the pointer nonnull: keep the compiler from seeing it
-  res.deallocate(null, 16);
-  res.deallocate(null, 0, 64);
-  CHECK(res.stats().misuse_refused == 0);
-}
-
 TEST_CASE("a block_ref works where a pointer and generation do; a stale one is refused") {
   droppable_resource res;
   dropalloc::block_ref b = res.allocate_block(100);

@@ -68,7 +68,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   // as a double free would be, freeing nothing.
   void deallocate(const block_ref& b) noexcept;
   // std::pmr::memory_resource::deallocate, not hidden by the overload above.
-  // deallocate(nullptr, n) does nothing, as free(NULL) does.
+  // Its pointer is declared nonnull by the standard library, so passing
+  // nullptr is undefined behaviour there; should one arrive anyway (through
+  // do_deallocate), nothing is done and nothing reported, as free(NULL).
   using std::pmr::memory_resource::deallocate;
 
   // The generation of a live block (0 if p is not a live block of ours).
