@@ -21,7 +21,9 @@ core::heap_options droppable_resource::heap_options_for(const resource_options& 
                                   : &os::system_os();
   h.thread_cache = options.thread_cache;
   h.empty_arena_decay_ms = options.empty_arena_decay_ms;
-  h.background_decay = options.background_decay;
+  // A test's OS layer is called from the test's threads only: no purger
+  // thread calling into it behind the test's back.
+  h.background_decay = options.background_decay && options.os == nullptr;
   return h;
 }
 

@@ -29,7 +29,8 @@ struct resource_options {
   std::uint64_t empty_arena_decay_ms = 1000;
   // Hand that memory back from a background thread (one per process, shared
   // by every resource and the malloc shim), even while the program makes no
-  // further call. false: only on later frees and on trim().
+  // further call. false: only on later frees and on trim(). Always false
+  // with a test OS layer (`os` below).
   bool background_decay = true;
   // Tests only: the OS layer to use (nullptr: the real one).
   os::os_interface* os = nullptr;

@@ -82,9 +82,12 @@ void on_segv(int sig, siginfo_t* info, void* ctx) {
   auto* uc = static_cast<ucontext_t*>(ctx);
   uc->uc_mcontext.gregs[REG_EFL] |= kTrapFlag;
   t_stepping = true;
-  // B's stores to its slot during the double free: the first opens the read
-  // section of deallocate_checked, the second closes it.
-  if (t_is_b && g_b_faults.fetch_add(1) + 1 == 2) t_hold_after_step = true;
+  // B's stores to its slot during the double free, two per read section
+  // (open, close): the heap's fast path (once make_current has given B a
+  // cache; the resource's first try has none and opens no section), then
+  // deallocate_checked. Hold B after the fourth, which closes the checked
+  // path's section.
+  if (t_is_b && g_b_faults.fetch_add(1) + 1 == 4) t_hold_after_step = true;
 }
 
 void on_trap(int, siginfo_t*, void* ctx) {
