@@ -106,8 +106,10 @@ bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) 
 // Seals block idx: the transitions live -> sealed, sealed -> sealed (re-seal)
 // and, for write_and_seal only, dropped -> sealed, of the state machine in
 // core/types.h. A sealed block whose old seal lost a page becomes dropped
-// instead, so no seal can turn a lost page into intact. seal_all passes
-// live_only: sealed and dropped blocks are left as they are.
+// instead, so no seal can turn a lost page into intact: the old witnesses are
+// read once before and once more after the new ones were taken (a page lost
+// in between reads zero at its old witness then). seal_all passes live_only:
+// sealed and dropped blocks are left as they are.
 heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from from) noexcept {
   auto& sb = s->state[idx];
   auto& word = s->meta[idx];
@@ -121,40 +123,65 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
       st |= state::kObserved;
     }
   }
-  const std::uint8_t kind = st & state::kMask;
-  if (kind == state::kFree) return seal_outcome::not_live;
-  if (from == seal_from::live_only && kind != state::kLive) return seal_outcome::skipped;
-  // A dropped block lost data: only a verified rewrite may seal it again.
-  if (kind == state::kDropped && from != seal_from::rewritten) return seal_outcome::lost;
-  std::uint64_t m = word.load(std::memory_order_acquire);
-  if (kind == state::kSealed && witnesses_lost(s, idx, m)) {
-    // Settle the old seal first: the loss is the answer.
-    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
-    if (!sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) return seal_outcome::not_live;
-    drops_detected_.fetch_add(1, std::memory_order_relaxed);
-    return seal_outcome::lost;
-  }
-  if (kind != state::kLive) {
+  // Under the seal lock only a check() changes the state byte of an observed
+  // block (sealed -> dropped, when it sees a loss): a failed exchange below
+  // means it did, and the block is looked at afresh.
+  std::uint64_t m = 0;
+  bool was_sealed = false;
+  for (;;) {
+    const std::uint8_t kind = st & state::kMask;
+    if (kind == state::kFree) return seal_outcome::not_live;
+    if (from == seal_from::live_only && kind != state::kLive) return seal_outcome::skipped;
+    // A dropped block lost data: only a verified rewrite may seal it again.
+    if (kind == state::kDropped && from != seal_from::rewritten) return seal_outcome::lost;
+    m = word.load(std::memory_order_acquire);
+    if (kind == state::kSealed && witnesses_lost(s, idx, m)) {
+      // Settle the old seal first: the loss is the answer.
+      std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
+      if (!sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) continue;
+      drops_detected_.fetch_add(1, std::memory_order_relaxed);
+      return seal_outcome::lost;
+    }
+    if (kind == state::kLive) break;
     // Unsealed while the witnesses change: a concurrent check() answers
     // `unsealed` rather than trusting half-written witnesses.
     std::uint8_t live = static_cast<std::uint8_t>((st & ~state::kMask) | state::kLive);
-    if (!sb.compare_exchange_strong(st, live, std::memory_order_acq_rel)) return seal_outcome::not_live;
+    if (!sb.compare_exchange_strong(st, live, std::memory_order_acq_rel)) continue;
+    was_sealed = kind == state::kSealed;
     st = live;
+    break;
   }
+  // A rewritten block holds nothing of its old seal: its witnesses are moot.
+  const bool verify_old = was_sealed && from != seal_from::rewritten;
   const std::byte* start = block_start(s, idx);
+  bool lost = false;
   std::uint64_t sealed_m;
   if (s->per_page != 0) {
     sealed_m = meta::make(meta::gen(m), first_nonzero_word(start, s->block_size));
+    load_fence();  // the new witness was taken before the old one is read again
+    lost = verify_old && witnesses_lost(s, idx, m);
   } else {
     // Raised before the witnesses change (acq_rel: the stores below stay
     // after it), so a check that read any of them sees the count move.
     s->seal_count[idx].fetch_add(1, std::memory_order_acq_rel);
     std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
-    for (std::size_t k = 0; k < s->pages_per_block; ++k) {
-      auto w = static_cast<std::uint16_t>(first_nonzero_word(start + k * kPage, kPage));
+    for (std::size_t k = 0; k < s->pages_per_block && !lost; ++k) {
+      const std::byte* page = start + k * kPage;
+      std::uint16_t old_w = s->page_witness[first + k].load(std::memory_order_relaxed);
+      auto w = static_cast<std::uint16_t>(first_nonzero_word(page, kPage));
+      load_fence();
+      lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
       s->page_witness[first + k].store(w, std::memory_order_relaxed);
     }
     sealed_m = meta::make(meta::gen(m), 0);
+  }
+  if (lost) {
+    // A page of the old seal went before the new witnesses were all taken:
+    // what the block holds is not what was sealed. live -> dropped.
+    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
+    if (!sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) return seal_outcome::not_live;
+    drops_detected_.fetch_add(1, std::memory_order_relaxed);
+    return seal_outcome::lost;
   }
   // Fails if the block was freed meanwhile (the generation moved).
   if (!word.compare_exchange_strong(m, sealed_m, std::memory_order_acq_rel)) return seal_outcome::not_live;

@@ -95,7 +95,10 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                                                  if no witness word reads zero;
 //   sealed ----seal----> dropped                   otherwise (the old seal is
 //                                                  settled first: a lost page never
-//                                                  becomes intact by a re-seal)
+//                                                  becomes intact by a re-seal); the
+//                                                  old witnesses are read again after
+//                                                  the new ones are taken, so a page
+//                                                  lost during the re-seal counts too
 //   sealed ----check finds a zero witness----> dropped   (sticky)
 //   sealed, live ----write_and_seal fails----> dropped   (mark_dropped)
 //   seal_all never touches sealed or dropped blocks.
