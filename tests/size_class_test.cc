@@ -22,7 +22,7 @@ TEST_CASE("class_for returns the smallest fitting class for every size and align
         bool fits = kSizeClasses[smaller].size >= size && class_alignment(smaller) % align == 0;
         REQUIRE_FALSE(fits);
       }
-      if (size > 4096 && size % 4096 == 1) size += 4094;  // page classes: one size per page suffices
+      if (size > 4096 && size % 512 == 1) size += 510;  // classes above 4 KiB: one size per 512 B suffices
     }
   }
   CHECK(class_for(1, kMaxCacheableAlign * 2) == kNoClass);
@@ -36,8 +36,6 @@ TEST_CASE("stated waste bounds hold for every class") {
     CAPTURE(s);
     if (s <= 64) {
       CHECK(worst <= 7);
-    } else if (s > kMaxSmallSize && s <= 32768) {
-      CHECK(worst < kPage);
     } else {
       CHECK(worst * 8 <= s);  // <= 12.5%
     }
@@ -45,15 +43,12 @@ TEST_CASE("stated waste bounds hold for every class") {
   }
 }
 
-TEST_CASE("small blocks never straddle a page, larger ones are whole pages") {
+TEST_CASE("every class is 8-byte granular and its alignment divides it") {
   for (std::size_t cls = 0; cls < kNumClasses; ++cls) {
     std::size_t s = kSizeClasses[cls].size;
-    if (is_small_class(cls)) {
-      CHECK(blocks_per_page(cls) >= 1);
-      CHECK(blocks_per_page(cls) * s <= kPage);
-    } else {
-      CHECK(s % kPage == 0);
-      CHECK(class_alignment(cls) == kPage);
-    }
+    CAPTURE(s);
+    CHECK(s % 8 == 0);
+    CHECK(s % class_alignment(cls) == 0);
+    CHECK(is_small_class(cls) == (s <= kMaxSmallSize));
   }
 }

@@ -36,6 +36,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <memory_resource>
@@ -113,7 +114,7 @@ class object_arena final : public std::pmr::memory_resource {
     }
     std::size_t align = std::max<std::size_t>(alignment, 8);
     if (bytes + align <= kPageBytes) {
-      // A block of at most a page never straddles one: a canary in front covers it.
+      // A chunk of at most a page never straddles one: a canary in front covers it.
       // The chunk itself is aligned to `align`, so that the caller's part,
       // `align` bytes in, is too.
       chunk& c = add_chunk(bytes + align, /*bumped=*/false, align);
@@ -182,8 +183,19 @@ class object_arena final : public std::pmr::memory_resource {
     return true;
   }
 
+  // The resource packs blocks back to back, so a block may straddle pages.
+  // Chunks of at most a page are rounded up to a power of two and aligned to
+  // it, so they never do; larger ones are page-aligned. Either way an offset
+  // in a chunk that is a multiple of a page is a page start, which the
+  // canaries and the bump pointer rely on.
   chunk& add_chunk(std::size_t size, bool bumped, std::size_t align = 8) {
     chunks_.reserve(chunks_.size() + 1);  // so that push_back below cannot throw
+    if (size <= kPageBytes) {
+      size = std::bit_ceil(size);
+      align = std::max(align, size);
+    } else {
+      align = std::max(align, kPageBytes);
+    }
     chunk c;
     c.ref = parent_->allocate_block(size, align);
     c.size = size;

@@ -133,21 +133,17 @@ std::size_t heap::purge_free_pages(segment* s, std::uint64_t now, bool all, bool
   }
   s->last_freed_ms = 0;
   const std::uint32_t bump = read_counter(&s->bump);
-  // Pages below the bump pointer's page: the only ones ever touched.
-  std::uint32_t pages;
-  if (s->per_page != 0) {
-    pages = (bump + s->per_page - 1) / s->per_page;
-  } else {
-    pages = bump * s->pages_per_block;
-  }
+  // Pages up to the one holding the end of block bump - 1: the only ones ever
+  // touched. A page may go only if every block touching it is free (blocks
+  // straddle pages, so a page's first block may start in the page before).
+  if (bump == 0) return 0;
+  const auto pages = static_cast<std::uint32_t>(block_pages(s, bump - 1).last + 1);
   auto page_free = [&](std::uint32_t page) {
-    if (s->per_page != 0) {
-      std::uint32_t first = page * s->per_page;
-      std::uint32_t handed = first >= bump ? 0 : (bump - first < s->per_page ? bump - first : s->per_page);
-      return all_set(s->free_bits, first, handed);
-    }
-    std::uint32_t idx = page / s->pages_per_block;
-    return idx >= bump || ((s->free_bits[idx / 64] >> (idx % 64)) & 1) != 0;
+    std::uint64_t first = std::uint64_t{page} * kPage / s->block_size;
+    std::uint64_t last = (std::uint64_t{page} * kPage + kPage - 1) / s->block_size;
+    if (last >= bump) last = bump - 1;
+    if (first > last) return true;
+    return all_set(s->free_bits, static_cast<std::uint32_t>(first), static_cast<std::uint32_t>(last - first + 1));
   };
   std::size_t released = 0;
   std::uint32_t run = pages;  // start of the current run of free pages, `pages` = none

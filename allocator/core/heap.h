@@ -318,15 +318,12 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // the map's range lands on some entry, and the offset check below rejects it.
     segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
     if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
-    // Multi-page and large arenas have per_page == 0, so `j >= s->per_page`
-    // sends them to the slow path too. A small arena's capacity fills its span,
-    // so an offset inside the span cannot yield an index past the capacity.
+    // Arenas of classes above 4 KiB and large blocks have fast_capacity 0:
+    // the slow path. An offset past the span yields an index past it too.
     auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
-    std::uint64_t in_page = off % kPage;
-    std::uint64_t j = (in_page * s->magic) >> 32;
-    const std::uint32_t block_size = s->block_size;
-    if (DROPALLOC_UNLIKELY(off >= s->span || j * block_size != in_page || j >= s->per_page)) return false;
-    auto idx = static_cast<std::uint32_t>((off / kPage) * s->per_page + j);
+    const std::uint64_t i = (off * s->magic) >> 40;
+    if (DROPALLOC_UNLIKELY(off >= s->span || i * s->block_size != off || i >= s->fast_capacity)) return false;
+    auto idx = static_cast<std::uint32_t>(i);
     st = &s->state[idx];
     const std::uint8_t now = st->load(std::memory_order_relaxed);
     bin = &c->bins[s->cls];
@@ -346,7 +343,7 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
                                                         std::memory_order_relaxed))) {
       return false;
     }
-    set_aside = other_thread && blocks_share_lines(block_size);
+    set_aside = other_thread && blocks_share_lines(s->block_size);
   }
   if (DROPALLOC_UNLIKELY(set_aside)) {
     // Another thread's block whose class's blocks can share a cache line:

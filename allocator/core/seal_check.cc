@@ -39,9 +39,12 @@ std::uint64_t first_nonzero_word(const std::byte* p, std::size_t bytes) {
   return 0;
 }
 
-// Bytes from a block's start to the next block's start.
-inline std::size_t block_stride(const segment* s) {
-  return s->per_page != 0 ? s->block_size : std::size_t{s->pages_per_block} * kPage;
+// Where block idx's portion in page p of its run ends: the page's end or the
+// block's, whichever comes first.
+inline const std::byte* portion_end(const segment* s, std::uint32_t idx, std::size_t page) {
+  const std::byte* block_end = block_start(s, idx) + block_bytes(s);
+  const std::byte* page_end = s->base + (page + 1) * kPage;
+  return block_end < page_end ? block_end : page_end;
 }
 
 }  // namespace
@@ -51,9 +54,10 @@ inline std::size_t block_stride(const segment* s) {
 // The block state machine is written out in core/types.h (namespace state).
 // Sealers of one block are serialised by its seal lock; check() takes none and
 // validates what it read instead: it trusts witnesses only if the block's
-// state byte and meta word were the same before and after reading them (a
-// small block's witness is in its meta word) and, for multi-page blocks, its
-// seal count did not move while it read the per-page witnesses.
+// state byte and meta word were the same before and after reading them (the
+// witness of a block's first page is in its meta word) and, for a block that
+// straddles pages, its seal count did not move while it read the witnesses of
+// its later pages.
 
 namespace {
 
@@ -88,17 +92,17 @@ bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept 
   return true;
 }
 
-// Whether a page holding data was lost since the seal whose meta word is m.
+// Whether a page holding data was lost since the seal whose meta word is m:
+// the witness of the block's first portion is in m, those of its later
+// portions (a straddling block) in page_witness.
 bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept {
   const std::byte* start = block_start(s, idx);
-  if (s->per_page != 0) {
-    std::uint64_t w = meta::witness(m);
-    return w != 0 && load_word(start + (w - 1) * 8) == 0;
-  }
-  std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
-  for (std::size_t k = 0; k < s->pages_per_block; ++k) {
-    std::uint16_t w = s->page_witness[first + k].load(std::memory_order_relaxed);
-    if (w != 0 && load_word(start + k * kPage + (w - 1u) * 8u) == 0) return true;
+  std::uint64_t w = meta::witness(m);
+  if (w != 0 && load_word(start + (w - 1) * 8) == 0) return true;
+  const page_run run = block_pages(s, idx);
+  for (std::size_t p = run.first + 1; p <= run.last; ++p) {
+    std::uint16_t pw = s->page_witness[p].load(std::memory_order_relaxed);
+    if (pw != 0 && load_word(s->base + p * kPage + (pw - 1u) * 8u) == 0) return true;
   }
   return false;
 }
@@ -154,27 +158,24 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   // A rewritten block holds nothing of its old seal: its witnesses are moot.
   const bool verify_old = was_sealed && from != seal_from::rewritten;
   const std::byte* start = block_start(s, idx);
-  bool lost = false;
-  std::uint64_t sealed_m;
-  if (s->per_page != 0) {
-    sealed_m = meta::make(meta::gen(m), first_nonzero_word(start, s->block_size));
-    load_fence();  // the new witness was taken before the old one is read again
-    lost = verify_old && witnesses_lost(s, idx, m);
-  } else {
-    // Raised before the witnesses change (acq_rel: the stores below stay
-    // after it), so a check that read any of them sees the count move.
-    s->seal_count[idx].fetch_add(1, std::memory_order_acq_rel);
-    std::size_t first = static_cast<std::size_t>(idx) * s->pages_per_block;
-    for (std::size_t k = 0; k < s->pages_per_block && !lost; ++k) {
-      const std::byte* page = start + k * kPage;
-      std::uint16_t old_w = s->page_witness[first + k].load(std::memory_order_relaxed);
-      auto w = static_cast<std::uint16_t>(first_nonzero_word(page, kPage));
-      load_fence();
-      lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
-      s->page_witness[first + k].store(w, std::memory_order_relaxed);
-    }
-    sealed_m = meta::make(meta::gen(m), 0);
+  const page_run run = block_pages(s, idx);
+  // Raised before the witnesses change (acq_rel: the stores below stay after
+  // it), so a check that read any of them sees the count move. A block within
+  // one page has its only witness in the meta word, which changes at once.
+  if (run.straddles()) s->seal_count[run.first].fetch_add(1, std::memory_order_acq_rel);
+  const std::uint64_t first_w = first_nonzero_word(start, static_cast<std::size_t>(portion_end(s, idx, run.first) - start));
+  load_fence();  // the new witness was taken before the old one is read again
+  const std::uint64_t old_first_w = meta::witness(m);
+  bool lost = verify_old && old_first_w != 0 && load_word(start + (old_first_w - 1) * 8) == 0;
+  for (std::size_t p = run.first + 1; p <= run.last && !lost; ++p) {
+    const std::byte* page = s->base + p * kPage;
+    std::uint16_t old_w = s->page_witness[p].load(std::memory_order_relaxed);
+    auto w = static_cast<std::uint16_t>(first_nonzero_word(page, static_cast<std::size_t>(portion_end(s, idx, p) - page)));
+    load_fence();
+    lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
+    s->page_witness[p].store(w, std::memory_order_relaxed);
   }
+  const std::uint64_t sealed_m = meta::make(meta::gen(m), first_w);
   if (lost) {
     // A page of the old seal went before the new witnesses were all taken:
     // what the block holds is not what was sealed. live -> dropped.
@@ -204,11 +205,10 @@ block_state heap::seal(void* p, seal_from from) noexcept {
     case seal_outcome::lost: return block_state::dropped;
     default: return block_state::stale;
   }
-  // Small blocks share their page with others; sealing the whole page is
-  // harmless (a later write to any block on it un-seals it again).
-  std::byte* first_page = s->base + (static_cast<std::byte*>(p) - s->base) / kPage * kPage;
-  std::size_t len = s->per_page != 0 ? kPage : block_stride(s);
-  os_->seal_pages(first_page, len);
+  // A block may share its first and last page with others; sealing the whole
+  // page is harmless (a later write to any block on it un-seals it again).
+  const page_run run = block_pages(s, idx);
+  os_->seal_pages(s->base + run.first * kPage, (run.last - run.first + 1) * kPage);
   // A page may have gone while we read it or before the advice: look again.
   return check(p, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
 }
@@ -237,7 +237,6 @@ std::size_t heap::seal_all() noexcept {
   std::size_t sealed = 0;
   std::lock_guard<std::mutex> guard(segments_lock_);
   for (segment* s = all_; s != nullptr; s = s->all_next) {
-    const std::size_t stride = block_stride(s);
     // Advise only the pages of blocks this call sealed, one call per run of
     // them: advising a page again that was read since its seal would clear
     // its referenced bit and make the kernel drop it early.
@@ -248,9 +247,9 @@ std::size_t heap::seal_all() noexcept {
       if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
       if (seal_block(s, i, seal_from::live_only) != seal_outcome::sealed) continue;
       ++sealed;
-      std::byte* start = block_start(s, i);
-      std::byte* from = s->base + (start - s->base) / kPage * kPage;
-      std::byte* to = s->base + (start + stride - s->base + kPage - 1) / kPage * kPage;
+      const page_run run = block_pages(s, i);
+      std::byte* from = s->base + run.first * kPage;
+      std::byte* to = s->base + (run.last + 1) * kPage;
       if (run_to != nullptr && from <= run_to) {
         if (to > run_to) run_to = to;
         continue;
@@ -289,7 +288,9 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
     auto& word = s->meta[idx];
     // Read first: a seal that began after this read moves it; one that began
     // before left the state live until its witnesses were all written.
-    const std::uint32_t count = s->seal_count != nullptr ? s->seal_count[idx].load(std::memory_order_acquire) : 0;
+    const page_run run = block_pages(s, idx);
+    std::atomic<std::uint32_t>* seals = run.straddles() ? &s->seal_count[run.first] : nullptr;
+    const std::uint32_t count = seals != nullptr ? seals->load(std::memory_order_acquire) : 0;
     std::uint8_t st = sb.load(std::memory_order_acquire);
     std::uint64_t m = word.load(std::memory_order_acquire);
     std::uint8_t kind = st & state::kMask;
@@ -298,7 +299,7 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
     if (kind == state::kDropped) return block_state::dropped;
     bool lost = witnesses_lost(s, idx, m);
     load_fence();  // the witness reads above happen before the re-reads below
-    if (s->seal_count != nullptr && s->seal_count[idx].load(std::memory_order_acquire) != count) continue;
+    if (seals != nullptr && seals->load(std::memory_order_acquire) != count) continue;
     if (lost) {
       std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
       if (word.load(std::memory_order_acquire) == m &&

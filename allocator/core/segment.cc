@@ -59,16 +59,14 @@ constexpr std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1
 
 // Lays out the segment header and its arrays in one metadata mapping.
 segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* owner,
-               std::uint32_t cls, std::uint32_t block_size, std::uint32_t capacity,
-               std::uint32_t per_page, std::uint32_t pages_per_block, int* err) {
+               std::uint32_t cls, std::uint32_t block_size, std::uint32_t capacity, int* err) {
   std::size_t colour = g_colour.fetch_add(1, std::memory_order_relaxed) % kColours * 64;
+  std::size_t pages = span / kPage;
   std::size_t off_state = colour + round_up(sizeof(segment), 64);
   std::size_t off_meta = round_up(off_state + capacity, 64);
   std::size_t off_witness = off_meta + capacity * sizeof(std::uint64_t);
-  std::size_t witness_count = per_page != 0 ? 0 : std::size_t{capacity} * pages_per_block;
-  std::size_t off_count = round_up(off_witness + witness_count * sizeof(std::uint16_t), 8);
-  std::size_t count_count = per_page != 0 ? 0 : capacity;
-  std::size_t off_bits = round_up(off_count + count_count * sizeof(std::uint32_t), 8);
+  std::size_t off_count = round_up(off_witness + pages * sizeof(std::uint16_t), 8);
+  std::size_t off_bits = round_up(off_count + pages * sizeof(std::uint32_t), 8);
   std::size_t bytes = round_up(off_bits + (capacity + 63) / 64 * 8, kPage);
   auto* raw = static_cast<std::byte*>(os.map_metadata(bytes, err));
   if (raw == nullptr) return nullptr;
@@ -81,19 +79,15 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
   s->cls = cls;
   s->block_size = block_size;
   s->capacity = capacity;
-  s->per_page = per_page;
-  s->pages_per_block = pages_per_block;
-  std::uint64_t divisor = per_page != 0 ? block_size : pages_per_block;
-  s->magic = ((std::uint64_t{1} << 32) + divisor - 1) / divisor;
+  s->fast_capacity = cls < kNumSmallClasses ? capacity : 0;
+  s->magic = capacity > 1 ? ((std::uint64_t{1} << 40) + block_size - 1) / block_size : 0;
   s->gen_base = g_gen_floor.load(std::memory_order_acquire);
   // Zero-filled memory is a valid state for these arrays: all blocks free,
   // generation 0, no witnesses, no free bits.
   s->state = reinterpret_cast<std::atomic<std::uint8_t>*>(raw + off_state);
   s->meta = reinterpret_cast<std::atomic<std::uint64_t>*>(raw + off_meta);
-  s->page_witness =
-      witness_count != 0 ? reinterpret_cast<std::atomic<std::uint16_t>*>(raw + off_witness) : nullptr;
-  s->seal_count =
-      count_count != 0 ? reinterpret_cast<std::atomic<std::uint32_t>*>(raw + off_count) : nullptr;
+  s->page_witness = reinterpret_cast<std::atomic<std::uint16_t>*>(raw + off_witness);
+  s->seal_count = reinterpret_cast<std::atomic<std::uint32_t>*>(raw + off_count);
   s->free_bits = reinterpret_cast<std::uint64_t*>(raw + off_bits);
   return s;
 }
@@ -121,11 +115,8 @@ segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, st
     return nullptr;
   }
   std::uint32_t size = kSizeClasses[cls].size;
-  std::uint32_t per_page = is_small_class(cls) ? static_cast<std::uint32_t>(kPage / size) : 0;
-  std::uint32_t ppb = is_small_class(cls) ? 1 : static_cast<std::uint32_t>(size / kPage);
-  auto pages = static_cast<std::uint32_t>(span / kPage);
-  std::uint32_t capacity = per_page != 0 ? per_page * pages : pages / ppb;
-  segment* s = build(os, base, span, owner, cls, size, capacity, per_page, ppb, err);
+  auto capacity = static_cast<std::uint32_t>(span / size);
+  segment* s = build(os, base, span, owner, cls, size, capacity, err);
   if (s == nullptr) {
     os.unmap_arena(base, span);
     return nullptr;
@@ -150,8 +141,7 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std:
     return nullptr;
   }
   segment* s = build(os, base, span, owner, kLargeClass,
-                     static_cast<std::uint32_t>(span > 0xffffffffu ? 0 : span), 1, 0,
-                     static_cast<std::uint32_t>(pages), err);
+                     static_cast<std::uint32_t>(span > 0xffffffffu ? 0 : span), 1, err);
   if (s == nullptr) {
     os.unmap_arena(base, span);
     return nullptr;

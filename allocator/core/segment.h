@@ -45,39 +45,43 @@ inline segment* segment_of(const void* p) {
   return s;
 }
 
+// off * magic >> 40 equals off / d for off < 2^22 and d <= 2^18: with
+// magic = (2^40 + r) / d, r < d, the error term off * r / (d * 2^40) stays
+// below 1 / d because off * r < 2^40.
+static_assert(kSegmentShift <= 22 && kMaxClassSize <= (std::size_t{1} << 18), "block division must be exact");
+
 // Block index of `p` in `s`; false when p is not the start of a block.
 inline bool block_index(const segment* s, const void* p, std::uint32_t* idx) {
   auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
   if (off >= s->span) return false;
-  std::uint64_t page = off / kPage;
-  std::uint64_t in_page = off % kPage;
-  if (s->per_page != 0) {  // small: per_page blocks in each page
-    std::uint64_t j = (in_page * s->magic) >> 32;
-    if (j >= s->per_page || j * s->block_size != in_page) return false;
-    *idx = static_cast<std::uint32_t>(page * s->per_page + j);
-  } else {  // multi-page and large: page-aligned blocks of pages_per_block pages
-    if (in_page != 0) return false;
-    std::uint64_t i = (page * s->magic) >> 32;
-    if (i * s->pages_per_block != page) return false;
-    *idx = static_cast<std::uint32_t>(i);
-  }
+  std::uint64_t i = (off * s->magic) >> 40;
+  if (i * s->block_size != off) return false;
+  *idx = static_cast<std::uint32_t>(i);
   return *idx < s->capacity;
 }
 
 // Block index of `p`, which must be a block start of `s` (our own pointers).
 inline std::uint32_t block_index_of(const segment* s, const void* p) {
   auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
-  if (s->per_page != 0) {
-    return static_cast<std::uint32_t>((off / kPage) * s->per_page + (((off % kPage) * s->magic) >> 32));
-  }
-  return static_cast<std::uint32_t>(((off / kPage) * s->magic) >> 32);
+  return static_cast<std::uint32_t>((off * s->magic) >> 40);
 }
 
 inline std::byte* block_start(const segment* s, std::uint32_t idx) {
-  if (s->per_page != 0) {
-    return s->base + (idx / s->per_page) * kPage + (idx % s->per_page) * s->block_size;
-  }
-  return s->base + static_cast<std::size_t>(idx) * s->pages_per_block * kPage;
+  return s->base + static_cast<std::size_t>(idx) * s->block_size;
+}
+
+// The pages block idx touches: [first, last], as page numbers of the span.
+struct page_run {
+  std::size_t first;
+  std::size_t last;
+  bool straddles() const { return last != first; }
+};
+inline std::size_t block_bytes(const segment* s) {
+  return s->cls == kLargeClass ? s->span : s->block_size;  // a large block may pass 4 GiB
+}
+inline page_run block_pages(const segment* s, std::uint32_t idx) {
+  std::size_t from = static_cast<std::size_t>(idx) * s->block_size;
+  return page_run{from / kPage, (from + block_bytes(s) - 1) / kPage};
 }
 
 // ---- lifetime ----------------------------------------------------------------

@@ -19,13 +19,13 @@ inline constexpr int kMaxCachedHeaps = 64;
 inline constexpr std::uint32_t kBinSlots = 128;
 
 // Size classes up to 64 KiB are cached per thread: small ones on the inline
-// fast paths, multi-page ones through the out-of-line slow paths, which still
+// fast paths, larger ones through the out-of-line slow paths, which still
 // take no lock. Larger classes always go to their arenas.
 inline constexpr std::size_t kNumCachedClasses = class_for(64 * 1024, 8) + 1;
 static_assert(kSizeClasses[kNumCachedClasses - 1].size == 64 * 1024);
 
 // Small classes cache up to 64 KiB each, between 16 and kBinSlots blocks;
-// multi-page classes up to 128 KiB each (2-16 blocks), so a thread holds at
+// classes above 4 KiB up to 128 KiB each (2-16 blocks), so a thread holds at
 // most a few MiB per heap. A refill or a flush moves half a bin.
 inline constexpr auto kBinCapacity = [] {
   std::array<std::uint32_t, kNumCachedClasses> caps{};

@@ -8,8 +8,9 @@
 //             first arena is small (64 KiB, or 4 blocks) and each further one
 //             twice the last, up to 4 MiB: address space and metadata grow
 //             with use.
-//   block     what allocate() returns. Small blocks (<= 4 KiB) never straddle a
-//             page; multi-page and large blocks are page-aligned.
+//   block     what allocate() returns. Blocks of a class sit back to back in
+//             their arena, so a block may share pages with its neighbours and
+//             straddle page boundaries; a large block is page-aligned.
 //   metadata  everything the allocator needs to remember: free bitmaps,
 //             generations, witnesses. It lives in ordinary private memory, never
 //             in droppable pages, because any droppable page may read as zeros
@@ -18,9 +19,10 @@
 //             (pointer, generation) and asks whether that block is intact.
 //   seal      declare a block fully written: record its witnesses and
 //             MADV_FREE its pages so the kernel drops them oldest first.
-//   witness   for each page of a sealed block, the index of its first non-zero
-//             8-byte word. The page was dropped iff that word now reads zero.
-//             A page holding only zeros has no witness: dropping it loses nothing.
+//   witness   for each page a sealed block touches, the index of the first
+//             non-zero 8-byte word of the block's portion of that page. The page
+//             was dropped iff that word now reads zero. A portion holding only
+//             zeros has no witness: dropping its page loses the block nothing.
 //   intact    sealed, not freed since, and every witness word still non-zero.
 //   thread cache  a thread's bins of free blocks, one per size class up to
 //             64 KiB; allocation and free of cached blocks take no lock.
@@ -139,8 +141,10 @@ inline constexpr std::uint32_t kTags = 31;
 constexpr bool blocks_share_lines(std::uint64_t block_size) { return block_size % 64 != 0; }
 
 // The meta word, touched only for observed blocks (by free, seal and check):
-//   bits 2-11  small blocks: 1 + index of the block's witness word, 0 = none
-//              (so a small block's witness and generation change together)
+//   bits 2-11  1 + index of the witness word in the block's first portion (the
+//              part of the block in the page it starts in, at most 4 KiB), 0 =
+//              none: a block within one page needs no other witness, and its
+//              witness and generation change together
 //   bits 12-63 generation, counted from the arena's gen_base
 // Written only by compare-and-exchange (seal) and by bump_generation (free),
 // so neither can undo the other.
@@ -170,22 +174,31 @@ struct segment {
   std::uint32_t cls;               // size class, or kLargeClass
   std::uint32_t block_size;        // bytes per block (large: the page-rounded request)
   std::uint32_t capacity;          // blocks in the arena (large: 1)
-  std::uint32_t per_page;          // small classes: blocks per page; otherwise 0
-  std::uint32_t pages_per_block;   // multi-page and large: pages per block; small: 1
-  std::uint64_t magic;             // ceil(2^32 / divisor) for exact small divisions
+  std::uint32_t fast_capacity;     // blocks the free fast path may take: capacity for
+                                   // small classes, 0 otherwise (they go the slow way)
+  std::uint64_t magic;             // ceil(2^40 / block_size): off * magic >> 40 is
+                                   // off / block_size for every off < kSegmentSize;
+                                   // 0 for a large block (every offset maps to block 0)
   // ^ the fields above and `state` are what every free reads: keep them in
   //   the first cache line (static_assert below).
   std::atomic<std::uint8_t>* state;          // [capacity] block states (namespace state)
   std::uint64_t gen_base;          // > every generation ever used at these addresses
   std::atomic<std::uint64_t>* meta;          // [capacity] generation + witness (namespace meta)
-  std::atomic<std::uint16_t>* page_witness;  // [capacity * pages_per_block] for multi-page
-                                             // and large blocks: 1 + word index, 0 = none
-  std::atomic<std::uint32_t>* seal_count;    // [capacity] for multi-page and large blocks:
-                                             // seals begun. A sealer raises it before it
-                                             // writes page_witness; check() reads it before
-                                             // and after reading witnesses, and trusts them
-                                             // only if it did not move (a sequence lock
-                                             // with one writer at a time: the seal lock)
+  // Blocks sit back to back (block i at base + i * block_size), so a block may
+  // straddle pages. Each page p of the span has at most one block that started
+  // in an earlier page and reaches into p, and at most one block that starts
+  // in p and reaches past it; the witnesses of a straddling block's later
+  // portions and its seal count are kept per page, keyed that way:
+  std::atomic<std::uint16_t>* page_witness;  // [pages]: for the block reaching into page p
+                                             // from an earlier page, 1 + index of the
+                                             // witness word in its portion of p, 0 = none
+  std::atomic<std::uint32_t>* seal_count;    // [pages]: for the block that starts in page p
+                                             // and straddles its end: seals begun. A sealer
+                                             // raises it before it writes page_witness;
+                                             // check() reads it before and after reading
+                                             // witnesses, and trusts them only if it did
+                                             // not move (a sequence lock with one writer
+                                             // at a time: the seal lock)
   std::uint64_t* free_bits;        // [ceil(capacity / 64)]: 1 = free block below `bump`
   std::byte* meta_base;            // the metadata mapping holding this struct (which
                                    // sits a cache-colouring offset into it)
