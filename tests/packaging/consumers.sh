@@ -71,14 +71,18 @@ bazel_consumer() {
   run pmr_example "$bin/pmr_example"
   run cache_example "$bin/cache_example"
   run malloc_example "$bin/malloc_example"
-  # malloc = links the shim into the program itself.
-  if ldd "$bin/malloc_example" | grep -q dropalloc; then
-    fail "malloc_example needs a dropalloc shared library at run time: $(ldd "$bin/malloc_example" | grep dropalloc)"
+  # malloc = links the shim into the program itself. (Outputs are captured
+  # before grep reads them: `cmd | grep -q` fails under pipefail when grep
+  # quits early and cmd dies of SIGPIPE.)
+  local libs
+  libs=$(ldd "$bin/malloc_example") || fail "ldd malloc_example"
+  if grep dropalloc <<<"$libs"; then
+    fail "malloc_example needs a dropalloc shared library at run time (above)"
   fi
 }
 
 cmake_consumers() {
-  local build="$work/cmake-build" prefix="$work/prefix" lib
+  local build="$work/cmake-build" prefix="$work/prefix" lib libs
   say "cmake: configure, build and install dropalloc into $prefix"
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDROPALLOC_WERROR=ON >/dev/null ||
     fail "cmake configure"
@@ -97,11 +101,13 @@ cmake_consumers() {
   [[ "$got" == "$soname" ]] || fail "SONAME of the installed library is '$got', expected $soname"
   say "SONAME $got"
   # The version script keeps the core's C++ symbols inside.
-  if nm -D --defined-only "$lib" | grep -q ' _ZN9dropalloc'; then
-    fail "libdropalloc.so exports C++ symbols: $(nm -D --defined-only "$lib" | grep ' _ZN9dropalloc' | head -3)"
+  local exported
+  exported=$(nm -D --defined-only "$lib") || fail "nm -D $lib"
+  if grep ' _ZN9dropalloc' <<<"$exported"; then
+    fail "libdropalloc.so exports C++ symbols (above)"
   fi
   for sym in malloc free dropalloc_version dropalloc_create; do
-    nm -D --defined-only "$lib" | grep -q " T $sym\$" || fail "libdropalloc.so does not export $sym"
+    grep -q " T $sym\$" <<<"$exported" || fail "libdropalloc.so does not export $sym"
   done
   got=$(LD_PRELOAD="$lib" DROPALLOC_VERBOSE=1 /bin/true 2>&1 >/dev/null)
   grep -q "(dropalloc $version)" <<<"$got" || fail "the verbose banner does not name $version: $got"
@@ -124,8 +130,9 @@ cmake_consumers() {
   [[ "$got" == "$version" ]] || fail "pkg-config --modversion dropalloc says $got, expected $version"
   PKG_CONFIG_PATH="$work/moved-prefix/lib/pkgconfig" make -s -C "$work/consumer-pkgconfig" ||
     fail "build examples/consumer_pkgconfig"
-  ldd "$work/consumer-pkgconfig/blocks" | grep -q "=> $work/moved-prefix/.*/$soname " ||
-    fail "blocks does not load $soname from the moved prefix: $(ldd "$work/consumer-pkgconfig/blocks" | grep dropalloc)"
+  libs=$(ldd "$work/consumer-pkgconfig/blocks") || fail "ldd blocks"
+  grep -q "=> $work/moved-prefix/.*/$soname " <<<"$libs" ||
+    fail "blocks does not load $soname from the moved prefix: $(grep dropalloc <<<"$libs")"
   run blocks "$work/consumer-pkgconfig/blocks"
 }
 
