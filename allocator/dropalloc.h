@@ -19,7 +19,13 @@
 // after a drop").
 #pragma once
 
+#if __cplusplus < 202002L
+#error "allocator/dropalloc.h needs C++20: compile with -std=c++20 (Bazel: copts; CMake: dropalloc::dropalloc_static sets it)"
+#else
+
 #include "allocator/cache/cache.h"
 #include "allocator/core/types.h"
 #include "allocator/os/os.h"
 #include "allocator/pmr/droppable_resource.h"
+#include "allocator/version.h"
+#endif

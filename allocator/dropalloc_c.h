@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "allocator/version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -114,6 +116,9 @@ void dropalloc_trim(dropalloc_resource* r);
 /* Tests: zero the pages of [p, p + bytes) as a kernel drop would. Returns 0,
  * or EINVAL (touching nothing) unless all of it is the resource's memory. */
 int dropalloc_drop_for_testing(dropalloc_resource* r, void* p, size_t bytes);
+
+/* The library's version, "MAJOR.MINOR.PATCH" (allocator/version.h). */
+const char* dropalloc_version(void);
 
 /* "intact", "unsealed", "dropped", "stale", "foreign". */
 const char* dropalloc_state_name(dropalloc_state s);

@@ -17,6 +17,10 @@ packages=(
   perl
   python3
   libpython3.11-testsuite
+  # The CMake build and the example consumers (tests/packaging/consumers.sh).
+  cmake
+  make
+  pkgconf
   clang               # the libFuzzer target (tests/fuzz/run_fuzz.sh)
   libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes
 )

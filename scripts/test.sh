@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Runs the test suite: plain, then under ASan, UBSan and TSan.
+# Runs the test suite: plain, then dropalloc used from other projects
+# (consumers), then under ASan, UBSan and TSan.
 # Stops at the first failing stage with a non-zero exit status.
 #
 #   DROPALLOC_TEST_CONFIGS  space-separated stages to run
-#                           (default: "plain asan ubsan tsan")
+#                           (default: "plain consumers asan ubsan tsan")
+#                           consumers: tests/packaging/consumers.sh builds the
+#                           example consumers with Bazel (own output base),
+#                           CMake and pkg-config, and runs them
 #   CI=true                 non-interactive Bazel output
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
-configs=${DROPALLOC_TEST_CONFIGS:-plain asan ubsan tsan}
+configs=${DROPALLOC_TEST_CONFIGS:-plain consumers asan ubsan tsan}
 
 bazel_flags=()
 if [[ "${CI:-}" == "true" ]]; then
@@ -19,15 +23,23 @@ fi
 
 for config in $configs; do
   case "$config" in
-    plain|asan|ubsan|tsan) ;;
+    plain|consumers|asan|ubsan|tsan) ;;
     *)
-      echo "test.sh: unknown stage '$config' in DROPALLOC_TEST_CONFIGS (expected plain, asan, ubsan, tsan)" >&2
+      echo "test.sh: unknown stage '$config' in DROPALLOC_TEST_CONFIGS (expected plain, consumers, asan, ubsan, tsan)" >&2
       exit 2
       ;;
   esac
 done
 
 for config in $configs; do
+  if [[ "$config" == consumers ]]; then
+    echo "==> test.sh: stage consumers: bash tests/packaging/consumers.sh"
+    if ! bash tests/packaging/consumers.sh </dev/null; then
+      echo "==> test.sh: stage 'consumers' FAILED" >&2
+      exit 1
+    fi
+    continue
+  fi
   config_flags=()
   if [[ "$config" != plain ]]; then
     # Tests tagged no_sanitizer LD_PRELOAD other allocators into their

@@ -16,6 +16,7 @@
 #include "allocator/os/os.h"
 #include "allocator/shim/c_stats.h"
 #include "allocator/shim/shim.h"
+#include "allocator/version.h"
 
 namespace dropalloc::shim {
 
@@ -132,11 +133,17 @@ __attribute__((constructor)) void shim_start() {
   setup_decay();
   if (dropalloc_shim_active() == 0) {
     // Loaded with dlopen (for the C API) or after libc: malloc is not ours.
-    if (g_verbose) say("dropalloc: libdropalloc.so loaded, but the process's malloc is not this shim\n");
+    if (g_verbose) {
+      say("dropalloc: libdropalloc.so (dropalloc " DROPALLOC_VERSION_STRING
+          ") loaded, but the process's malloc is not this shim\n");
+    }
     return;
   }
   setup_droppable_range();
-  if (g_verbose) say("dropalloc: LD_PRELOAD shim active: malloc and operator new served by dropalloc\n");
+  if (g_verbose) {
+    say("dropalloc: LD_PRELOAD shim active (dropalloc " DROPALLOC_VERSION_STRING
+        "): malloc and operator new served by dropalloc\n");
+  }
 }
 
 // Destructors of preloaded libraries run after the program's exit handlers.
