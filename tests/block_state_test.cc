@@ -177,6 +177,7 @@ TEST_CASE("sealed -> dropped when write_and_seal cannot verify what it wrote") {
   // must say dropped and leave the block so that no later check says intact.
   // (It used to leave the block sealed over zeros: later checks said intact.)
   dropalloc::os::fake_os os;
+  os.reported_backing = dropalloc::backing::droppable;  // seal() advises shared pages
   dropalloc::resource_options options;
   options.os = &os;
   droppable_resource res(options);
@@ -199,6 +200,7 @@ TEST_CASE("sealed -> dropped when write_and_seal cannot verify what it wrote") {
 
 TEST_CASE("seal() reports a drop between recording witnesses and the advice") {
   dropalloc::os::fake_os os;
+  os.reported_backing = dropalloc::backing::droppable;  // seal() advises shared pages
   dropalloc::resource_options options;
   options.os = &os;
   droppable_resource res(options);

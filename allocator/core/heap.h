@@ -186,6 +186,7 @@ class heap {
   enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live };
   enum class seal_from : std::uint8_t { live_only, any_but_dropped, rewritten };
   seal_outcome seal_block(segment* s, std::uint32_t idx, seal_from from) noexcept;
+  void advise_sealed(segment* s, std::uint32_t idx) noexcept;
   block_state seal(void* p, seal_from from) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 

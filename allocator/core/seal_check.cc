@@ -157,6 +157,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   }
   // A rewritten block holds nothing of its old seal: its witnesses are moot.
   const bool verify_old = was_sealed && from != seal_from::rewritten;
+
   const std::byte* start = block_start(s, idx);
   const page_run run = block_pages(s, idx);
   // Raised before the witnesses change (acq_rel: the stores below stay after
@@ -205,12 +206,75 @@ block_state heap::seal(void* p, seal_from from) noexcept {
     case seal_outcome::lost: return block_state::dropped;
     default: return block_state::stale;
   }
-  // A block may share its first and last page with others; sealing the whole
-  // page is harmless (a later write to any block on it un-seals it again).
-  const page_run run = block_pages(s, idx);
-  os_->seal_pages(s->base + run.first * kPage, (run.last - run.first + 1) * kPage);
+  advise_sealed(s, idx);
   // A page may have gone while we read it or before the advice: look again.
   return check(p, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
+}
+
+namespace {
+
+// Seal locks held for the length of an advice: try_lock only (a sealer never
+// waits for a second stripe, so no two can deadlock); a stripe already held
+// counts as held.
+class stripe_guard {
+ public:
+  stripe_guard() = default;
+  stripe_guard(const stripe_guard&) = delete;
+  stripe_guard& operator=(const stripe_guard&) = delete;
+  ~stripe_guard() {
+    for (int i = 0; i < n_; ++i) held_[i]->unlock();
+  }
+  bool hold(std::mutex& m) {
+    for (int i = 0; i < n_; ++i) {
+      if (held_[i] == &m) return true;
+    }
+    if (n_ == static_cast<int>(kSealStripes) || !m.try_lock()) return false;
+    held_[n_++] = &m;
+    return true;
+  }
+
+ private:
+  std::mutex* held_[kSealStripes] = {};
+  int n_ = 0;
+};
+
+// Whether every block on `page` other than idx is sealed or dropped, and stays
+// so until `locks` go: their seal locks are held, and neither a free nor a
+// re-seal of an observed block passes a seal lock. A free block or one never
+// handed out could be handed out and written at any moment.
+bool page_held_only_by_sealed(segment* s, std::uint32_t idx, std::size_t page, stripe_guard& locks) noexcept {
+  const std::uint32_t bump = read_counter(&s->bump);
+  const std::uint64_t first = std::uint64_t{page} * kPage / s->block_size;
+  std::uint64_t last = (std::uint64_t{page} * kPage + kPage - 1) / s->block_size;
+  if (last >= s->capacity) last = s->capacity - 1;
+  for (std::uint64_t j = first; j <= last; ++j) {
+    if (j == idx) continue;
+    if (j >= bump) return false;
+    const auto i = static_cast<std::uint32_t>(j);
+    if (!locks.hold(seal_lock_for(block_start(s, i)))) return false;
+    const std::uint8_t kind = s->state[i].load(std::memory_order_acquire) & state::kMask;
+    if (kind != state::kSealed && kind != state::kDropped) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// MADV_FREE for the pages of a block just sealed. Where a dropped page reads
+// as zeros anyway (MAP_DROPPABLE), a page the block shares is advised whole:
+// a later write to any block on it un-seals it again, and its unsealed
+// neighbours were never safe from a drop. In the private fallback unsealed
+// data is ordinary memory the kernel never drops, so a shared page is advised
+// only while every other block on it is sealed.
+void heap::advise_sealed(segment* s, std::uint32_t idx) noexcept {
+  const page_run run = block_pages(s, idx);
+  std::size_t from = run.first, to = run.last + 1;
+  stripe_guard locks;
+  if (os_->arena_backing() != backing::droppable) {
+    if (!page_held_only_by_sealed(s, idx, run.first, locks)) ++from;
+    if (to > from && !page_held_only_by_sealed(s, idx, run.last, locks)) --to;
+  }
+  if (to > from) os_->seal_pages(s->base + from * kPage, (to - from) * kPage);
 }
 
 int heap::mark_dropped(void* p, std::uint64_t generation) noexcept {

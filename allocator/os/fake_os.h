@@ -99,7 +99,10 @@ class fake_os final : public os_interface {
     return madvise(p, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
   }
   std::size_t resident_bytes(const void*, std::size_t) noexcept override { return 0; }
-  backing arena_backing() noexcept override { return backing::private_fallback; }
+  backing arena_backing() noexcept override { return reported_backing; }
+  // What arena_backing() answers. The fake's drops act like MAP_DROPPABLE's on
+  // any page; a test of behaviour that differs between the two says which.
+  backing reported_backing = backing::private_fallback;
   int fallback_reason() noexcept override { return -1; }
 };
 
