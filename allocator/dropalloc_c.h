@@ -10,7 +10,11 @@
  *   dropalloc_seal(r, b.ptr);                  written: seal it
  *   ... later: read, then check ...
  *   use(b.ptr);
- *   if (!dropalloc_is_intact(r, b)) { fill(b.ptr); dropalloc_seal_rewritten(r, b.ptr); }
+ *   if (!dropalloc_is_intact(r, b)) {
+ *     fill(b.ptr);
+ *     dropalloc_seal_rewritten(r, b.ptr);      revived: a new generation
+ *     b.generation = dropalloc_generation(r, b.ptr);
+ *   }
  *   dropalloc_free(r, b.ptr);
  *   dropalloc_destroy(r);
  *
@@ -93,7 +97,9 @@ void dropalloc_free(dropalloc_resource* r, void* p);
 dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p);
 /* dropalloc_seal for a block rewritten entirely since it was found DROPPED:
  * also takes a dropped block back to sealed. It vouches for what it reads, so
- * call it only once every byte was written again. NULL r: FOREIGN. */
+ * call it only once every byte was written again. A revived block has a new
+ * generation (dropalloc_generation): handles from before read STALE. NULL r:
+ * FOREIGN. */
 dropalloc_state dropalloc_seal_rewritten(dropalloc_resource* r, void* p);
 /* Seals every live block of the resource that is not sealed yet (sealed and
  * dropped blocks keep their state); returns how many. Call it when no thread is

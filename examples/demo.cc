@@ -38,11 +38,12 @@ void print_stats(const char* when, const dropalloc::droppable_resource& res) {
 }
 
 // Decodes tile i in ordinary memory and writes it into its block; repeats if
-// a page went while it was being written.
-void store_tile(dropalloc::droppable_resource& res, const dropalloc::block_ref& b, int i,
+// a page went while it was being written. Through the handle: rewriting a
+// dropped block starts a new life of it, and the handle takes its generation.
+void store_tile(dropalloc::droppable_resource& res, dropalloc::block_ref& b, int i,
                 std::vector<std::uint8_t>& staging) {
   decode_tile(i, staging);
-  while (res.write_and_seal(b.ptr, staging.data(), staging.size()) == dropalloc::block_state::dropped) {
+  while (res.write_and_seal(b, staging.data(), staging.size()) == dropalloc::block_state::dropped) {
   }
 }
 

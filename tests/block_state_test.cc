@@ -165,7 +165,7 @@ TEST_CASE("dropped -> sealed only by write_and_seal; seal() and seal_all() leave
     CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
     std::vector<unsigned char> src(size);
     fill(src.data(), size, 14);
-    CHECK(res.write_and_seal(b.ptr, src.data(), size) == block_state::intact);
+    CHECK(res.write_and_seal(b, src.data(), size) == block_state::intact);
     CHECK(res.check(b.ptr, b.generation) == block_state::intact);
     CHECK(std::memcmp(b.ptr, src.data(), size) == 0);
     res.deallocate(b.ptr, size);
@@ -186,13 +186,13 @@ TEST_CASE("sealed -> dropped when write_and_seal cannot verify what it wrote") {
     fill(src.data(), size, 15);
     block_ref b = res.allocate_block(size);
     os.drop_on_seal = true;
-    CHECK(res.write_and_seal(b.ptr, src.data(), size) == block_state::dropped);
+    CHECK(res.write_and_seal(b, src.data(), size) == block_state::dropped);
     os.drop_on_seal = false;
     CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
     CHECK(res.seal_all() == 0);
     CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
     // Written again with nothing dropping: intact, and the bytes are right.
-    CHECK(res.write_and_seal(b.ptr, src.data(), size) == block_state::intact);
+    CHECK(res.write_and_seal(b, src.data(), size) == block_state::intact);
     CHECK(std::memcmp(b.ptr, src.data(), size) == 0);
     res.deallocate(b.ptr, size);
   }

@@ -78,7 +78,7 @@ TEST_CASE("dropping one page of a one-page block is detected") {
     // is whole again.
     CHECK(res.seal(b.ptr) == block_state::dropped);
     fill(b.ptr, size, 8);
-    CHECK(res.seal_rewritten(b.ptr) == block_state::intact);
+    CHECK(res.seal_rewritten(b) == block_state::intact);
     CHECK(res.is_intact(b));
     res.deallocate(b.ptr, size);
   }
@@ -253,12 +253,12 @@ TEST_CASE("write_and_seal copies, seals and verifies") {
   std::vector<unsigned char> src(3 * kPage + 123);
   fill(src.data(), src.size(), 99);
   auto b = res.allocate_block(src.size());
-  CHECK(res.write_and_seal(b.ptr, src.data(), src.size()) == block_state::intact);
+  CHECK(res.write_and_seal(b, src.data(), src.size()) == block_state::intact);
   CHECK(std::memcmp(b.ptr, src.data(), src.size()) == 0);
   CHECK(res.is_intact(b));
   res.drop_for_testing(static_cast<char*>(b.ptr) + kPage, 1);
   CHECK(res.check(b.ptr, b.generation) == block_state::dropped);
-  CHECK(res.write_and_seal(b.ptr, src.data(), src.size()) == block_state::intact);
+  CHECK(res.write_and_seal(b, src.data(), src.size()) == block_state::intact);
   CHECK(res.is_intact(b));
   // Too long for the block, or not a block: refused, nothing written.
   std::vector<unsigned char> longer(res.usable_size(b.ptr) + 1, 7);

@@ -132,6 +132,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   // means it did, and the block is looked at afresh.
   std::uint64_t m = 0;
   bool was_sealed = false;
+  bool was_dropped = false;
   for (;;) {
     const std::uint8_t kind = st & state::kMask;
     if (kind == state::kFree) return seal_outcome::not_live;
@@ -152,11 +153,17 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
     std::uint8_t live = static_cast<std::uint8_t>((st & ~state::kMask) | state::kLive);
     if (!sb.compare_exchange_strong(st, live, std::memory_order_acq_rel)) continue;
     was_sealed = kind == state::kSealed;
+    was_dropped = kind == state::kDropped;
     st = live;
     break;
   }
   // A rewritten block holds nothing of its old seal: its witnesses are moot.
   const bool verify_old = was_sealed && from != seal_from::rewritten;
+  // Revived (dropped -> sealed): a new life, so a new generation. A reader
+  // that copied the block while it was dropped holds the old one, and its
+  // check after the copy must not say intact over the zeros it read, even if
+  // the rewrite put back the very same bytes.
+  const std::uint64_t gen = meta::gen(m) + (was_dropped ? 1 : 0);
 
   const std::byte* start = block_start(s, idx);
   const page_run run = block_pages(s, idx);
@@ -176,7 +183,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
     lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
     s->page_witness[p].store(w, std::memory_order_relaxed);
   }
-  const std::uint64_t sealed_m = meta::make(meta::gen(m), first_w);
+  const std::uint64_t sealed_m = meta::make(gen, first_w);
   if (lost) {
     // A page of the old seal went before the new witnesses were all taken:
     // what the block holds is not what was sealed. live -> dropped.

@@ -92,6 +92,9 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //   dropped ----write_and_seal----> sealed         a verified full rewrite (bytes
 //                                                  past n zeroed), or seal_rewritten
 //                                                  (the caller rewrote all of it);
+//                                                  generation + 1: a new life, so a
+//                                                  reader who copied it while it was
+//                                                  dropped reads stale, never intact;
 //                                                  seal() and seal_all() leave it dropped
 //   sealed ----seal----> sealed                    re-seal after a write, but only
 //                                                  if no witness word reads zero;

@@ -87,7 +87,7 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
              usable);
     throw std::length_error(what);
   }
-  const std::uint64_t generation = heap_.generation(p);
+  std::uint64_t generation = heap_.generation(p);
   if (n != 0) std::memcpy(p, src, n);
   block_state s = heap_.seal(p);
   if (s == block_state::dropped) {
@@ -97,6 +97,8 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
     // then seal it as rewritten and let the comparison below decide.
     if (n < usable) std::memset(static_cast<char*>(p) + n, 0, usable - n);
     s = heap_.seal_rewritten(p);
+    // A revival gives the block a new generation (core/types.h).
+    generation = heap_.generation(p);
   }
   if (s == block_state::stale || s == block_state::foreign) return s;
   // Read back after the witnesses were recorded: a page lost before or during

@@ -100,25 +100,48 @@ class droppable_resource final : public std::pmr::memory_resource {
   // is still the block's, so an old handle never seals a later block that
   // took the same address.
   block_state seal(const block_ref& b) noexcept {
-    std::uint64_t g = heap_.generation(b.ptr);
-    if (g == 0 || g != b.generation) return b.ptr == nullptr || !heap_.owns(b.ptr) ? block_state::foreign : block_state::stale;
-    return heap_.seal(b.ptr);
+    block_state refused = refuse_unless_current(b);
+    return refused != block_state::intact ? refused : heap_.seal(b.ptr);
   }
   // seal() for a block you have rewritten *entirely* since it was found
   // dropped: it also takes a dropped block back to sealed. It vouches for what
   // it reads, as seal() does; a byte you did not rewrite would be certified as
   // it reads now (zeros), so prefer write_and_seal(), which verifies.
+  // Reviving a dropped block starts a new life: it gets a new generation
+  // (generation(p)), so a handle from before reads `stale` and any reader who
+  // copied the block while it was dropped finds out on its check.
   block_state seal_rewritten(void* p) noexcept { return heap_.seal_rewritten(p); }
+  // seal_rewritten() through a handle: `stale` (nothing sealed) unless its
+  // generation is still the block's; on return the handle names the block's
+  // current life (a revival moved its generation).
+  block_state seal_rewritten(block_ref& b) noexcept {
+    block_state refused = refuse_unless_current(b);
+    if (refused != block_state::intact) return refused;
+    block_state s = heap_.seal_rewritten(b.ptr);
+    if (s == block_state::intact || s == block_state::dropped) b.generation = heap_.generation(b.ptr);
+    return s;
+  }
   // Copies n bytes from ordinary memory into the block at p, seals it, then
   // compares the block with src and checks it: returns `intact` only if the
   // block holds exactly those bytes, which covers the time before the seal
   // too. It also revives a dropped block; then the bytes after the first n
-  // are zeroed as well (they may have been lost). Any other outcome leaves the block
+  // are zeroed as well (they may have been lost), and the block gets a new
+  // generation (see seal_rewritten). Any other outcome leaves the block
   // `dropped` (write again), so a
   // later check() never says intact. `stale` / `foreign`: p is not a live
   // block of this resource, nothing was written. Throws std::length_error if
   // n exceeds usable_size(p), writing nothing.
   block_state write_and_seal(void* p, const void* src, std::size_t n);
+  // write_and_seal() through a handle: `stale` (nothing written) unless its
+  // generation is still the block's; on return the handle names the block's
+  // current life (a revival moved its generation).
+  block_state write_and_seal(block_ref& b, const void* src, std::size_t n) {
+    block_state refused = refuse_unless_current(b);
+    if (refused != block_state::intact) return refused;
+    block_state s = write_and_seal(b.ptr, src, n);
+    if (s == block_state::intact || s == block_state::dropped) b.generation = heap_.generation(b.ptr);
+    return s;
+  }
   // Seals every live block of this resource that is not sealed yet, with one
   // madvise per run of pages. Sealed and dropped blocks are left alone (a
   // dropped block stays dropped). Call it when no thread is still writing an
@@ -170,6 +193,13 @@ class droppable_resource final : public std::pmr::memory_resource {
   static core::heap_options heap_options_for(const resource_options& options);
   [[gnu::noinline]] void* allocate_or_throw(std::size_t bytes, std::size_t alignment);
   [[gnu::noinline]] void deallocate_slow(void* p) noexcept;
+  // `intact` if b names the current life of a block of ours; otherwise why
+  // not: `foreign` (not ours) or `stale` (freed, or a later life).
+  block_state refuse_unless_current(const block_ref& b) const noexcept {
+    std::uint64_t g = heap_.generation(b.ptr);
+    if (g != 0 && g == b.generation) return block_state::intact;
+    return b.ptr == nullptr || !heap_.owns(b.ptr) ? block_state::foreign : block_state::stale;
+  }
   core::heap heap_;
 };
 

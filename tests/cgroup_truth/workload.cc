@@ -97,7 +97,9 @@ class worker {
     s.sum = checksum(scratch_.data(), s.size);
     t_.bytes += s.size;
     if (path == write_and_seal) {
-      settle(i, when, res.write_and_seal(s.ptr, scratch_.data(), s.size), true);
+      block_state got = res.write_and_seal(s.ptr, scratch_.data(), s.size);
+      s.generation = res.generation(s.ptr);  // a revival starts a new life
+      settle(i, when, got, true);
       return;
     }
     std::memcpy(s.ptr, scratch_.data(), s.size);
@@ -110,7 +112,9 @@ class worker {
     // A fresh block is sealed by seal(). A dropped one, rewritten whole just
     // now, by seal_rewritten(): seal() and seal_all() leave dropped blocks
     // dropped.
-    settle(i, when, when == after_seal ? res.seal(s.ptr) : res.seal_rewritten(s.ptr), true);
+    block_state got = when == after_seal ? res.seal(s.ptr) : res.seal_rewritten(s.ptr);
+    s.generation = res.generation(s.ptr);  // a revival starts a new life
+    settle(i, when, got, true);
   }
 
   void flush_batch() {

@@ -124,7 +124,7 @@ outcome workload(droppable_resource& res) {
     block_state s = res.check(victim.ref.ptr, victim.ref.generation);
     CHECK(s == (rc == 0 ? block_state::dropped : block_state::intact));
     std::memset(victim.ref.ptr, victim.tag, victim.size);
-    res.seal_rewritten(victim.ref.ptr);  // all of it rewritten: revive it if dropped
+    res.seal_rewritten(victim.ref);  // all of it rewritten: revive it if dropped (a new generation)
     for (auto& b : blocks) {
       auto* p = static_cast<unsigned char*>(b.ref.ptr);
       bool ok = p[0] == b.tag && p[b.size - 1] == b.tag && p[b.size / 2] == b.tag;

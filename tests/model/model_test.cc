@@ -238,7 +238,7 @@ TEST_CASE("write_and_seal against concurrent drops") {
       std::uint64_t w = r.next() | 0x0101010101010101ull;
       std::memcpy(src.data() + i, &w, 8);
     }
-    block_state s = res.write_and_seal(b.ptr, src.data(), kBytes);
+    block_state s = res.write_and_seal(b, src.data(), kBytes);  // b takes a revival's new generation
     if (s == block_state::intact) {
       ++intact;
       std::memcpy(seen.data(), b.ptr, kBytes);
@@ -352,8 +352,11 @@ TEST_CASE("write_and_seal of a prefix does not make a lost later page intact") {
   REQUIRE(res.write_and_seal(b.ptr, all.data(), kBytes) == block_state::intact);
   auto* last = static_cast<std::byte*>(b.ptr) + 2 * model::kPage;
   REQUIRE(res.drop_for_testing(last, model::kPage) == 0);  // sealed 0x5a there now reads zeros
-  block_state s = res.write_and_seal(b.ptr, prefix.data(), prefix.size());
+  const std::uint64_t before = b.generation;
+  block_state s = res.write_and_seal(b, prefix.data(), prefix.size());  // b takes the new generation
   CHECK_MESSAGE(s == block_state::intact, "write_and_seal said " << model::name(s));
+  CHECK(b.generation != before);  // revived: a new life
+  CHECK(res.check(b.ptr, before) == block_state::stale);
   std::vector<std::uint8_t> expect(kBytes, 0);
   std::memcpy(expect.data(), prefix.data(), prefix.size());
   CHECK_MESSAGE(std::memcmp(b.ptr, expect.data(), kBytes) == 0, "a revived block holds the prefix, then zeros");

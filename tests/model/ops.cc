@@ -165,6 +165,21 @@ void runner::publish(shadow_block* b) {
   b->slot = s;
 }
 
+// A revival (write_and_seal or seal_rewritten of a dropped block) gives the
+// block a new generation: the owner takes it, and so does its published
+// handle. Readers who took the old one get `stale`, which is honest.
+void runner::refresh_generation(shadow_block* b) {
+  std::uint64_t g = res_.generation(b->ptr);
+  expect(g >= b->gen, "generation-went-back", where(*b) + ": now " + std::to_string(g));
+  if (g == b->gen) return;
+  note("  revived: generation " + std::to_string(b->gen) + " -> " + std::to_string(g));
+  b->gen = g;
+  if (b->slot < 0) return;
+  auto& slot = opt_.mt->board[static_cast<std::size_t>(b->slot)];
+  std::lock_guard<std::mutex> lock(slot.m);
+  slot.ref.generation = g;
+}
+
 void runner::unpublish(shadow_block* b) {
   if (b->slot < 0) return;
   auto& slot = opt_.mt->board[static_cast<std::size_t>(b->slot)];
@@ -303,6 +318,7 @@ void runner::op_rewrite_dropped(shadow_block* b) {
   std::memcpy(b->ptr + half, data.data() + half, b->usable - half);
   m_.write(b, half, data.data() + half, b->usable - half);
   block_state got = res_.seal_rewritten(b->ptr);
+  refresh_generation(b);
   expect(got == block_state::intact, "seal_rewritten-answer",
          where(*b) + ": seal_rewritten() after a full rewrite said " + name(got));
   m_.saw_seal(b, got);
@@ -345,6 +361,7 @@ void runner::op_write_and_seal(shadow_block* b) {
     return;
   }
   expect(!threw, "write_and_seal-threw", where(*b) + ": n=" + std::to_string(n) + " <= usable threw");
+  refresh_generation(b);
   answers want = m_.expect_write_and_seal(*b, n);
   const bool may_zero_tail = shadow::may_zero_tail(*b);
   m_.write(b, 0, src.data(), n);

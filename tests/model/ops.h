@@ -130,6 +130,7 @@ class runner {
   std::string where(const shadow_block& b) const;
   void publish(shadow_block* b);
   void unpublish(shadow_block* b);
+  void refresh_generation(shadow_block* b);
 
   dropalloc::droppable_resource& res_;
   generation_registry& gens_;
