@@ -22,7 +22,7 @@ TEST_CASE("class_for returns the smallest fitting class for every size and align
         bool fits = kSizeClasses[smaller].size >= size && class_alignment(smaller) % align == 0;
         REQUIRE_FALSE(fits);
       }
-      if (size > 4096 && size % 512 == 1) size += 510;  // classes above 4 KiB: one size per 512 B suffices
+      if (size > 4096 && size % 128 == 1) size += 126;  // classes above 4 KiB: one size per 128 B suffices
     }
   }
   CHECK(class_for(1, kMaxCacheableAlign * 2) == kNoClass);

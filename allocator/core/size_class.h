@@ -1,10 +1,13 @@
 // Size classes: the constexpr table every allocation is rounded to.
 //
 // Shape: 8-byte steps up to 64 B, then eight classes per doubling up to the
-// largest class, 256 KiB. Larger requests get a mapping of their own. Blocks
-// of a class sit back to back in their arena (block i at base + i * size), so
-// a block may share a page with its neighbours and straddle page boundaries:
-// no page tail, no rounding to pages. The drop check keeps a witness for every
+// largest class, 256 KiB, except 32 (128-byte steps) from 4 to 8 KiB: "a page
+// plus a small header" (a database page and its bookkeeping, a 4 KiB buffer
+// and its length) is among the commonest larger requests, and one class per
+// 512 bytes there would waste up to 12% of each. Larger requests get a
+// mapping of their own. Blocks of a class sit back to back in their arena
+// (block i at base + i * size), so a block may share a page with its
+// neighbours and straddle page boundaries: no page tail, no rounding to pages. The drop check keeps a witness for every
 // page a block touches (core/types.h, struct segment). Classes up to 4 KiB
 // ("small") take the allocate and free fast paths.
 //
@@ -36,13 +39,14 @@ inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kMaxSmallSize = 4096;       // largest class on the fast paths
 inline constexpr std::size_t kMaxClassSize = 256 * 1024;  // larger: a mapping of its own
 inline constexpr std::size_t kMaxCacheableAlign = 4096;  // larger alignments: own mapping
+inline constexpr std::size_t kLargeGranule = 128;        // class spacing from 4 to 8 KiB
 
 struct size_class_row {
   std::uint32_t size;
 };
 
 // clang-format off
-inline constexpr std::array<size_class_row, 104> kSizeClasses{{
+inline constexpr std::array<size_class_row, 128> kSizeClasses{{
     {      8},  //   0: worst waste     7 B = 87.5%
     {     16},  //   1: worst waste     7 B = 43.8%
     {     24},  //   2: worst waste     7 B = 29.2%
@@ -99,54 +103,78 @@ inline constexpr std::array<size_class_row, 104> kSizeClasses{{
     {   3584},  //  53: worst waste   255 B =  7.1%
     {   3840},  //  54: worst waste   255 B =  6.6%
     {   4096},  //  55: worst waste   255 B =  6.2%
-    {   4608},  //  56: worst waste   511 B = 11.1%
-    {   5120},  //  57: worst waste   511 B = 10.0%
-    {   5632},  //  58: worst waste   511 B =  9.1%
-    {   6144},  //  59: worst waste   511 B =  8.3%
-    {   6656},  //  60: worst waste   511 B =  7.7%
-    {   7168},  //  61: worst waste   511 B =  7.1%
-    {   7680},  //  62: worst waste   511 B =  6.7%
-    {   8192},  //  63: worst waste   511 B =  6.2%
-    {   9216},  //  64: worst waste  1023 B = 11.1%
-    {  10240},  //  65: worst waste  1023 B = 10.0%
-    {  11264},  //  66: worst waste  1023 B =  9.1%
-    {  12288},  //  67: worst waste  1023 B =  8.3%
-    {  13312},  //  68: worst waste  1023 B =  7.7%
-    {  14336},  //  69: worst waste  1023 B =  7.1%
-    {  15360},  //  70: worst waste  1023 B =  6.7%
-    {  16384},  //  71: worst waste  1023 B =  6.2%
-    {  18432},  //  72: worst waste  2047 B = 11.1%
-    {  20480},  //  73: worst waste  2047 B = 10.0%
-    {  22528},  //  74: worst waste  2047 B =  9.1%
-    {  24576},  //  75: worst waste  2047 B =  8.3%
-    {  26624},  //  76: worst waste  2047 B =  7.7%
-    {  28672},  //  77: worst waste  2047 B =  7.1%
-    {  30720},  //  78: worst waste  2047 B =  6.7%
-    {  32768},  //  79: worst waste  2047 B =  6.2%
-    {  36864},  //  80: worst waste  4095 B = 11.1%
-    {  40960},  //  81: worst waste  4095 B = 10.0%
-    {  45056},  //  82: worst waste  4095 B =  9.1%
-    {  49152},  //  83: worst waste  4095 B =  8.3%
-    {  53248},  //  84: worst waste  4095 B =  7.7%
-    {  57344},  //  85: worst waste  4095 B =  7.1%
-    {  61440},  //  86: worst waste  4095 B =  6.7%
-    {  65536},  //  87: worst waste  4095 B =  6.2%
-    {  73728},  //  88: worst waste  8191 B = 11.1%
-    {  81920},  //  89: worst waste  8191 B = 10.0%
-    {  90112},  //  90: worst waste  8191 B =  9.1%
-    {  98304},  //  91: worst waste  8191 B =  8.3%
-    { 106496},  //  92: worst waste  8191 B =  7.7%
-    { 114688},  //  93: worst waste  8191 B =  7.1%
-    { 122880},  //  94: worst waste  8191 B =  6.7%
-    { 131072},  //  95: worst waste  8191 B =  6.2%
-    { 147456},  //  96: worst waste 16383 B = 11.1%
-    { 163840},  //  97: worst waste 16383 B = 10.0%
-    { 180224},  //  98: worst waste 16383 B =  9.1%
-    { 196608},  //  99: worst waste 16383 B =  8.3%
-    { 212992},  // 100: worst waste 16383 B =  7.7%
-    { 229376},  // 101: worst waste 16383 B =  7.1%
-    { 245760},  // 102: worst waste 16383 B =  6.7%
-    { 262144},  // 103: worst waste 16383 B =  6.2%
+    {   4224},  //  56: worst waste   127 B =  3.0%
+    {   4352},  //  57: worst waste   127 B =  2.9%
+    {   4480},  //  58: worst waste   127 B =  2.8%
+    {   4608},  //  59: worst waste   127 B =  2.8%
+    {   4736},  //  60: worst waste   127 B =  2.7%
+    {   4864},  //  61: worst waste   127 B =  2.6%
+    {   4992},  //  62: worst waste   127 B =  2.5%
+    {   5120},  //  63: worst waste   127 B =  2.5%
+    {   5248},  //  64: worst waste   127 B =  2.4%
+    {   5376},  //  65: worst waste   127 B =  2.4%
+    {   5504},  //  66: worst waste   127 B =  2.3%
+    {   5632},  //  67: worst waste   127 B =  2.3%
+    {   5760},  //  68: worst waste   127 B =  2.2%
+    {   5888},  //  69: worst waste   127 B =  2.2%
+    {   6016},  //  70: worst waste   127 B =  2.1%
+    {   6144},  //  71: worst waste   127 B =  2.1%
+    {   6272},  //  72: worst waste   127 B =  2.0%
+    {   6400},  //  73: worst waste   127 B =  2.0%
+    {   6528},  //  74: worst waste   127 B =  1.9%
+    {   6656},  //  75: worst waste   127 B =  1.9%
+    {   6784},  //  76: worst waste   127 B =  1.9%
+    {   6912},  //  77: worst waste   127 B =  1.8%
+    {   7040},  //  78: worst waste   127 B =  1.8%
+    {   7168},  //  79: worst waste   127 B =  1.8%
+    {   7296},  //  80: worst waste   127 B =  1.7%
+    {   7424},  //  81: worst waste   127 B =  1.7%
+    {   7552},  //  82: worst waste   127 B =  1.7%
+    {   7680},  //  83: worst waste   127 B =  1.7%
+    {   7808},  //  84: worst waste   127 B =  1.6%
+    {   7936},  //  85: worst waste   127 B =  1.6%
+    {   8064},  //  86: worst waste   127 B =  1.6%
+    {   8192},  //  87: worst waste   127 B =  1.6%
+    {   9216},  //  88: worst waste  1023 B = 11.1%
+    {  10240},  //  89: worst waste  1023 B = 10.0%
+    {  11264},  //  90: worst waste  1023 B =  9.1%
+    {  12288},  //  91: worst waste  1023 B =  8.3%
+    {  13312},  //  92: worst waste  1023 B =  7.7%
+    {  14336},  //  93: worst waste  1023 B =  7.1%
+    {  15360},  //  94: worst waste  1023 B =  6.7%
+    {  16384},  //  95: worst waste  1023 B =  6.2%
+    {  18432},  //  96: worst waste  2047 B = 11.1%
+    {  20480},  //  97: worst waste  2047 B = 10.0%
+    {  22528},  //  98: worst waste  2047 B =  9.1%
+    {  24576},  //  99: worst waste  2047 B =  8.3%
+    {  26624},  // 100: worst waste  2047 B =  7.7%
+    {  28672},  // 101: worst waste  2047 B =  7.1%
+    {  30720},  // 102: worst waste  2047 B =  6.7%
+    {  32768},  // 103: worst waste  2047 B =  6.2%
+    {  36864},  // 104: worst waste  4095 B = 11.1%
+    {  40960},  // 105: worst waste  4095 B = 10.0%
+    {  45056},  // 106: worst waste  4095 B =  9.1%
+    {  49152},  // 107: worst waste  4095 B =  8.3%
+    {  53248},  // 108: worst waste  4095 B =  7.7%
+    {  57344},  // 109: worst waste  4095 B =  7.1%
+    {  61440},  // 110: worst waste  4095 B =  6.7%
+    {  65536},  // 111: worst waste  4095 B =  6.2%
+    {  73728},  // 112: worst waste  8191 B = 11.1%
+    {  81920},  // 113: worst waste  8191 B = 10.0%
+    {  90112},  // 114: worst waste  8191 B =  9.1%
+    {  98304},  // 115: worst waste  8191 B =  8.3%
+    { 106496},  // 116: worst waste  8191 B =  7.7%
+    { 114688},  // 117: worst waste  8191 B =  7.1%
+    { 122880},  // 118: worst waste  8191 B =  6.7%
+    { 131072},  // 119: worst waste  8191 B =  6.2%
+    { 147456},  // 120: worst waste 16383 B = 11.1%
+    { 163840},  // 121: worst waste 16383 B = 10.0%
+    { 180224},  // 122: worst waste 16383 B =  9.1%
+    { 196608},  // 123: worst waste 16383 B =  8.3%
+    { 212992},  // 124: worst waste 16383 B =  7.7%
+    { 229376},  // 125: worst waste 16383 B =  7.1%
+    { 245760},  // 126: worst waste 16383 B =  6.7%
+    { 262144},  // 127: worst waste 16383 B =  6.2%
 }};
 // clang-format on
 
@@ -174,7 +202,7 @@ constexpr bool table_is_valid() {
     bool ok = (s <= 64 && worst <= 7) || worst * 8 <= s;  // <= 12.5%
     if (!ok) return false;
     // Above 4 KiB every class is a multiple of the large lookup's granule.
-    if (s > kMaxSmallSize && s % 512 != 0) return false;
+    if (s > kMaxSmallSize && s % kLargeGranule != 0) return false;
     prev = s;
   }
   return prev == kMaxClassSize;
@@ -200,12 +228,12 @@ constexpr std::array<std::uint8_t, kMaxSmallSize / 8 + 1> make_small_lookup() {
   }
   return t;
 }
-// Above 4 KiB: the class for a size rounded up to 512 bytes.
-constexpr std::array<std::uint8_t, kMaxClassSize / 512 + 1> make_large_lookup() {
-  std::array<std::uint8_t, kMaxClassSize / 512 + 1> t{};
+// Above 4 KiB: the class for a size rounded up to kLargeGranule bytes.
+constexpr std::array<std::uint8_t, kMaxClassSize / kLargeGranule + 1> make_large_lookup() {
+  std::array<std::uint8_t, kMaxClassSize / kLargeGranule + 1> t{};
   std::size_t cls = kNumSmallClasses - 1;
-  for (std::size_t g = 0; g <= kMaxClassSize / 512; ++g) {
-    while (kSizeClasses[cls].size < g * 512) ++cls;
+  for (std::size_t g = 0; g <= kMaxClassSize / kLargeGranule; ++g) {
+    while (kSizeClasses[cls].size < g * kLargeGranule) ++cls;
     t[g] = static_cast<std::uint8_t>(cls);
   }
   return t;
@@ -229,7 +257,7 @@ constexpr std::size_t class_for(std::size_t size, std::size_t alignment) {
     if (alignment == 16) return detail::kLookup16[g];
     cls = detail::kLookup8[g];
   } else {
-    cls = detail::kLargeLookup[(size + 511) / 512];
+    cls = detail::kLargeLookup[(size + kLargeGranule - 1) / kLargeGranule];
   }
   // Blocks are aligned to their size's lowest set bit: the first class that
   // is a multiple of the alignment (every multiple of 4 KiB is one).
