@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -70,8 +71,11 @@ cgroup_run<Result> run_in_child_cgroup(const std::string& name, std::uint64_t li
     run.joined = cg->add_process(pid, &run.why);
     char go = 1;
     if (run.joined && write(to_child[1], &go, 1) == 1) {
-      run.got_result = read(from_child[0], &run.result, sizeof run.result) ==
-                       static_cast<ssize_t>(sizeof run.result);
+      // Read as bytes, then copied: gcc -O1 with UBSan otherwise mistakes
+      // the result struct for its first member (-Wstringop-overflow).
+      unsigned char bytes[sizeof run.result];
+      run.got_result = read(from_child[0], bytes, sizeof bytes) == static_cast<ssize_t>(sizeof bytes);
+      if (run.got_result) std::memcpy(static_cast<void*>(&run.result), bytes, sizeof bytes);
     }
     close(to_child[1]);  // a child that never joined sees end-of-file and exits
     waitpid(pid, &run.status, 0);
