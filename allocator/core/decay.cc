@@ -139,11 +139,10 @@ std::size_t heap::purge_free_pages(segment* s, std::uint64_t now, bool all, bool
   if (bump == 0) return 0;
   const auto pages = static_cast<std::uint32_t>(block_pages(s, bump - 1).last + 1);
   auto page_free = [&](std::uint32_t page) {
-    std::uint64_t first = std::uint64_t{page} * kPage / s->block_size;
-    std::uint64_t last = (std::uint64_t{page} * kPage + kPage - 1) / s->block_size;
-    if (last >= bump) last = bump - 1;
-    if (first > last) return true;
-    return all_set(s->free_bits, static_cast<std::uint32_t>(first), static_cast<std::uint32_t>(last - first + 1));
+    const block_run on = page_blocks(s, page);
+    const std::uint64_t last = on.last < bump ? on.last : bump - 1;  // blocks from bump: never handed out
+    if (on.first > last) return true;
+    return all_set(s->free_bits, static_cast<std::uint32_t>(on.first), static_cast<std::uint32_t>(last - on.first + 1));
   };
   std::size_t released = 0;
   std::uint32_t run = pages;  // start of the current run of free pages, `pages` = none

@@ -251,10 +251,8 @@ class stripe_guard {
 // handed out could be handed out and written at any moment.
 bool page_held_only_by_sealed(segment* s, std::uint32_t idx, std::size_t page, stripe_guard& locks) noexcept {
   const std::uint32_t bump = read_counter(&s->bump);
-  const std::uint64_t first = std::uint64_t{page} * kPage / s->block_size;
-  std::uint64_t last = (std::uint64_t{page} * kPage + kPage - 1) / s->block_size;
-  if (last >= s->capacity) last = s->capacity - 1;
-  for (std::uint64_t j = first; j <= last; ++j) {
+  const block_run on = page_blocks(s, page);
+  for (std::uint64_t j = on.first; j <= on.last; ++j) {
     if (j == idx) continue;
     if (j >= bump) return false;
     const auto i = static_cast<std::uint32_t>(j);

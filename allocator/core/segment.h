@@ -84,6 +84,18 @@ inline page_run block_pages(const segment* s, std::uint32_t idx) {
   return page_run{from / kPage, (from + block_bytes(s) - 1) / kPage};
 }
 
+// The inverse, for a class arena: the blocks touching page `page` of the
+// span, [first, last], last < capacity (first > last past the last block).
+struct block_run {
+  std::uint64_t first;
+  std::uint64_t last;
+};
+inline block_run page_blocks(const segment* s, std::size_t page) {
+  std::uint64_t first = std::uint64_t{page} * kPage / s->block_size;
+  std::uint64_t last = (std::uint64_t{page} * kPage + kPage - 1) / s->block_size;
+  return block_run{first, last < s->capacity ? last : std::uint64_t{s->capacity} - 1};
+}
+
 // ---- lifetime ----------------------------------------------------------------
 // The span of the next arena of class `cls` when the class holds `arenas`
 // already: small at first (a class used for a few blocks costs little address
