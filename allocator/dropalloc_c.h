@@ -93,7 +93,9 @@ void dropalloc_free(dropalloc_resource* r, void* p);
 /* Declares the block fully written: records witnesses and lets the kernel drop
  * its pages oldest first. Returns the state right after sealing. A sealed
  * block that lost a page since its seal is not resealed: it becomes (and the
- * call returns) DROPPED; rewrite it and seal again. */
+ * call returns) DROPPED; rewrite it and use dropalloc_seal_rewritten. A
+ * re-seal of a block sealed before gives it a new generation (a generation
+ * names one sealed version): read dropalloc_generation after it. */
 dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p);
 /* dropalloc_seal for a block rewritten entirely since it was found DROPPED:
  * also takes a dropped block back to sealed. It vouches for what it reads, so

@@ -40,8 +40,9 @@ int main(void) {
     if (!dropalloc_is_intact(res, tiles[i])) {                           /* ...then check */
       printf("tile %d: %s, rebuilding\n", i,
              dropalloc_state_name(dropalloc_check(res, tiles[i].ptr, tiles[i].generation)));
-      decode_tile(i, tiles[i].ptr);
-      dropalloc_seal(res, tiles[i].ptr);
+      decode_tile(i, tiles[i].ptr);  /* every byte written again */
+      if (dropalloc_seal_rewritten(res, tiles[i].ptr) != DROPALLOC_INTACT) return 1;
+      tiles[i].generation = dropalloc_generation(res, tiles[i].ptr);  /* a new life */
       ++rebuilt;
     } else if (first != 'a' + i) {
       printf("tile %d: reported intact with wrong contents\n", i);

@@ -139,7 +139,11 @@ TEST_CASE("sealed -> sealed: a re-seal after a write vouches for the new content
   for (std::size_t size : kSizes) {
     block_ref b = sealed_block(res, size, 11);
     fill(b.ptr, size, 12);
-    CHECK(res.seal(b.ptr) == block_state::intact);
+    const block_ref before = b;
+    CHECK(res.seal(b) == block_state::intact);
+    // New contents, new generation: a reader of the old ones reads stale.
+    CHECK(b.generation == before.generation + 1);
+    CHECK(res.check(before) == block_state::stale);
     std::vector<unsigned char> expect(size);
     fill(expect.data(), size, 12);
     CHECK(std::memcmp(b.ptr, expect.data(), size) == 0);

@@ -171,7 +171,7 @@ TEST_CASE("decay racing allocation, sealing, checking and freeing never changes 
         live.pop_back();
       } else if (op == 5) {
         held& h = live[rng() % live.size()];
-        if (res.seal(h.ref.ptr) == block_state::intact) h.sealed = true;
+        if (res.seal(h.ref) == block_state::intact) h.sealed = true;
       } else {
         // Read, then check: a block that reads intact must hold its bytes.
         // (No kernel drops here: unsealed blocks too must hold them.)

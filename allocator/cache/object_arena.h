@@ -82,8 +82,10 @@ class object_arena final : public std::pmr::memory_resource {
       std::size_t span = (c.size + kPageBytes - 1) / kPageBytes * kPageBytes;
       if (os::system_os().resident_bytes(c.ref.ptr, span) != span) whole = false;
     }
-    for (const chunk& c : chunks_) {
-      if (parent_->seal(c.ref.ptr) != block_state::intact) whole = false;
+    // Through the handle: a re-seal moves a chunk's generation, which
+    // intact() must check against from then on.
+    for (chunk& c : chunks_) {
+      if (parent_->seal(c.ref) != block_state::intact) whole = false;
     }
     for (const chunk& c : chunks_) {
       if (!canaries_alive(c)) whole = false;

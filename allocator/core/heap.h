@@ -89,10 +89,14 @@ class heap {
   // state). seal: live or sealed -> sealed, except that a sealed block that
   // lost a page since its seal becomes dropped (returned) instead; a dropped
   // block stays dropped.
-  block_state seal(void* p) noexcept;
+  // Every seal of a block already sealed or dropped gives it a new generation:
+  // a generation names one sealed version of the contents. If *sealed_gen is
+  // given, it receives the generation the block was sealed at (0 if it was
+  // not sealed), and the answer is the check of that generation.
+  block_state seal(void* p, std::uint64_t* sealed_gen = nullptr) noexcept;
   // seal() that also takes a dropped block back to sealed: only for callers
   // that rewrote every byte and compare afterwards (write_and_seal).
-  block_state seal_rewritten(void* p) noexcept;
+  block_state seal_rewritten(void* p, std::uint64_t* sealed_gen = nullptr) noexcept;
   // Seals every live, unsealed block; leaves sealed and dropped ones alone.
   // Returns how many it sealed.
   std::size_t seal_all() noexcept;
@@ -185,9 +189,9 @@ class heap {
   void unlink_all_locked(segment* s) noexcept;
   enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live };
   enum class seal_from : std::uint8_t { live_only, any_but_dropped, rewritten };
-  seal_outcome seal_block(segment* s, std::uint32_t idx, seal_from from) noexcept;
+  seal_outcome seal_block(segment* s, std::uint32_t idx, seal_from from, std::uint64_t* sealed_gen = nullptr) noexcept;
   void advise_sealed(segment* s, std::uint32_t idx) noexcept;
-  block_state seal(void* p, seal_from from) noexcept;
+  block_state seal(void* p, seal_from from, std::uint64_t* sealed_gen) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 
   static bool retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;

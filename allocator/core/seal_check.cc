@@ -114,7 +114,8 @@ bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) 
 // read once before and once more after the new ones were taken (a page lost
 // in between reads zero at its old witness then). seal_all passes live_only:
 // sealed and dropped blocks are left as they are.
-heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from from) noexcept {
+heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from from,
+                                    std::uint64_t* sealed_gen) noexcept {
   auto& sb = s->state[idx];
   auto& word = s->meta[idx];
   std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
@@ -159,11 +160,13 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   }
   // A rewritten block holds nothing of its old seal: its witnesses are moot.
   const bool verify_old = was_sealed && from != seal_from::rewritten;
-  // Revived (dropped -> sealed): a new life, so a new generation. A reader
-  // that copied the block while it was dropped holds the old one, and its
-  // check after the copy must not say intact over the zeros it read, even if
-  // the rewrite put back the very same bytes.
-  const std::uint64_t gen = meta::gen(m) + (was_dropped ? 1 : 0);
+  // Re-sealed (sealed -> sealed) or revived (dropped -> sealed): new contents,
+  // so a new generation. A reader that copied the block before or during the
+  // rewrite holds the old one, and its check after the copy must not say
+  // intact over what it read, even if the rewrite put back the very same
+  // bytes over a page lost unseen meanwhile (the rewrite also restores the
+  // old witness words, so no look at them can tell).
+  const std::uint64_t gen = meta::gen(m) + (was_sealed || was_dropped ? 1 : 0);
 
   const std::byte* start = block_start(s, idx);
   const page_run run = block_pages(s, idx);
@@ -196,26 +199,34 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   if (!word.compare_exchange_strong(m, sealed_m, std::memory_order_acq_rel)) return seal_outcome::not_live;
   std::uint8_t sealed = static_cast<std::uint8_t>((st & ~state::kMask) | state::kSealed);
   if (!sb.compare_exchange_strong(st, sealed, std::memory_order_acq_rel)) return seal_outcome::not_live;
+  if (sealed_gen != nullptr) *sealed_gen = s->generation_of(sealed_m);
   return seal_outcome::sealed;
 }
 
-block_state heap::seal(void* p) noexcept { return seal(p, seal_from::any_but_dropped); }
-block_state heap::seal_rewritten(void* p) noexcept { return seal(p, seal_from::rewritten); }
+block_state heap::seal(void* p, std::uint64_t* sealed_gen) noexcept {
+  return seal(p, seal_from::any_but_dropped, sealed_gen);
+}
+block_state heap::seal_rewritten(void* p, std::uint64_t* sealed_gen) noexcept {
+  return seal(p, seal_from::rewritten, sealed_gen);
+}
 
-block_state heap::seal(void* p, seal_from from) noexcept {
+block_state heap::seal(void* p, seal_from from, std::uint64_t* sealed_gen) noexcept {
+  std::uint64_t gen = 0;
+  if (sealed_gen != nullptr) *sealed_gen = 0;
   if (p == nullptr) return block_state::foreign;
   read_section reading;
   std::uint32_t idx = 0;
   segment* s = find_block(p, &idx);
   if (s == nullptr) return block_state::foreign;
-  switch (seal_block(s, idx, from)) {
+  switch (seal_block(s, idx, from, &gen)) {
     case seal_outcome::sealed: break;
     case seal_outcome::lost: return block_state::dropped;
     default: return block_state::stale;
   }
+  if (sealed_gen != nullptr) *sealed_gen = gen;
   advise_sealed(s, idx);
   // A page may have gone while we read it or before the advice: look again.
-  return check(p, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
+  return check(p, gen);
 }
 
 namespace {

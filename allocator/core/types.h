@@ -98,6 +98,12 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                                                  seal() and seal_all() leave it dropped
 //   sealed ----seal----> sealed                    re-seal after a write, but only
 //                                                  if no witness word reads zero;
+//                                                  generation + 1: new contents, so
+//                                                  a reader who copied the old ones
+//                                                  reads stale (a rewrite can put the
+//                                                  witness words back over a page
+//                                                  lost unseen: only the generation
+//                                                  tells that reader the copy spans it);
 //   sealed ----seal----> dropped                   otherwise (the old seal is
 //                                                  settled first: a lost page never
 //                                                  becomes intact by a re-seal); the

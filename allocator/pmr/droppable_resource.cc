@@ -77,7 +77,8 @@ block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alig
   return block_ref{p, heap_.generation(p)};
 }
 
-block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n) {
+block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen) {
+  *gen = 0;
   // Validate before writing: a freed or foreign block must not be written to.
   std::size_t usable = heap_.usable_size(p);
   if (usable == 0) return p != nullptr && heap_.owns(p) ? block_state::stale : block_state::foreign;
@@ -87,20 +88,26 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
              usable);
     throw std::length_error(what);
   }
+  // The generation before the write: what a failure marks dropped if no
+  // seal took place (a re-seal or revival moves it, core/types.h).
   std::uint64_t generation = heap_.generation(p);
   if (n != 0) std::memcpy(p, src, n);
-  block_state s = heap_.seal(p);
-  if (s == block_state::dropped) {
+  std::uint64_t sealed_gen = 0;
+  block_state s = heap_.seal(p, &sealed_gen);
+  if (s == block_state::dropped && sealed_gen == 0) {
     // A re-seal first settles the old seal, and a dropped block stays dropped
     // for seal(): a page was lost, perhaps past the n bytes just written.
     // Rewrite the rest too (zeros), so that every byte was written again,
     // then seal it as rewritten and let the comparison below decide.
     if (n < usable) std::memset(static_cast<char*>(p) + n, 0, usable - n);
-    s = heap_.seal_rewritten(p);
-    // A revival gives the block a new generation (core/types.h).
-    generation = heap_.generation(p);
+    s = heap_.seal_rewritten(p, &sealed_gen);
   }
-  if (s == block_state::stale || s == block_state::foreign) return s;
+  if (sealed_gen != 0) generation = sealed_gen;
+  if (s == block_state::stale || s == block_state::foreign) {
+    if (sealed_gen != 0) *gen = sealed_gen;
+    return s;
+  }
+  *gen = generation;
   // Read back after the witnesses were recorded: a page lost before or during
   // the seal shows as a difference here, one lost later in check().
   if (s == block_state::intact && (n == 0 || std::memcmp(p, src, n) == 0)) {

@@ -92,16 +92,25 @@ class droppable_resource final : public std::pmr::memory_resource {
   // the loss (any thread's check()), a call that may be a mere repeat must not
   // revive it. Use write_and_seal(), seal_rewritten() after rewriting all of
   // it, or free it and allocate a new one. So no seal() can turn a lost page
-  // into `intact`. Returns the check
+  // into `intact`. A re-seal (sealed -> sealed) gives the block a new
+  // generation: a generation names one sealed version, so read generation(p)
+  // again after it, or use seal(block_ref&), which does. Returns the check
   // right after sealing: intact, dropped (a page went meanwhile), stale (not a
   // live block) or foreign (not ours).
   block_state seal(void* p) noexcept { return heap_.seal(p); }
   // seal() through a handle: `stale` (nothing sealed) unless its generation
   // is still the block's, so an old handle never seals a later block that
-  // took the same address.
-  block_state seal(const block_ref& b) noexcept {
+  // took the same address. On return the handle names what was sealed: a
+  // re-seal (of a block sealed before) gives the block a new generation, so
+  // that a reader holding the old one, who may have copied bytes from before
+  // or during the rewrite, reads `stale` instead of `intact`.
+  block_state seal(block_ref& b) noexcept {
     block_state refused = refuse_unless_current(b);
-    return refused != block_state::intact ? refused : heap_.seal(b.ptr);
+    if (refused != block_state::intact) return refused;
+    std::uint64_t sealed_gen = 0;
+    block_state s = heap_.seal(b.ptr, &sealed_gen);
+    if (sealed_gen != 0) b.generation = sealed_gen;
+    return s;
   }
   // seal() for a block you have rewritten *entirely* since it was found
   // dropped: it also takes a dropped block back to sealed. It vouches for what
@@ -117,29 +126,35 @@ class droppable_resource final : public std::pmr::memory_resource {
   block_state seal_rewritten(block_ref& b) noexcept {
     block_state refused = refuse_unless_current(b);
     if (refused != block_state::intact) return refused;
-    block_state s = heap_.seal_rewritten(b.ptr);
-    if (s == block_state::intact || s == block_state::dropped) b.generation = heap_.generation(b.ptr);
+    std::uint64_t sealed_gen = 0;
+    block_state s = heap_.seal_rewritten(b.ptr, &sealed_gen);
+    if (sealed_gen != 0) b.generation = sealed_gen;
     return s;
   }
   // Copies n bytes from ordinary memory into the block at p, seals it, then
   // compares the block with src and checks it: returns `intact` only if the
   // block holds exactly those bytes, which covers the time before the seal
   // too. It also revives a dropped block; then the bytes after the first n
-  // are zeroed as well (they may have been lost), and the block gets a new
-  // generation (see seal_rewritten). Any other outcome leaves the block
+  // are zeroed as well (they may have been lost). A block that was sealed or
+  // dropped before gets a new generation (see seal()); the block_ref overload
+  // takes it into the handle. Any other outcome leaves the block
   // `dropped` (write again), so a
   // later check() never says intact. `stale` / `foreign`: p is not a live
   // block of this resource, nothing was written. Throws std::length_error if
   // n exceeds usable_size(p), writing nothing.
-  block_state write_and_seal(void* p, const void* src, std::size_t n);
+  block_state write_and_seal(void* p, const void* src, std::size_t n) {
+    std::uint64_t gen = 0;
+    return write_and_seal(p, src, n, &gen);
+  }
   // write_and_seal() through a handle: `stale` (nothing written) unless its
-  // generation is still the block's; on return the handle names the block's
-  // current life (a revival moved its generation).
+  // generation is still the block's; on return the handle names what was
+  // sealed (a re-seal or a revival moved the generation).
   block_state write_and_seal(block_ref& b, const void* src, std::size_t n) {
     block_state refused = refuse_unless_current(b);
     if (refused != block_state::intact) return refused;
-    block_state s = write_and_seal(b.ptr, src, n);
-    if (s == block_state::intact || s == block_state::dropped) b.generation = heap_.generation(b.ptr);
+    std::uint64_t gen = 0;
+    block_state s = write_and_seal(b.ptr, src, n, &gen);
+    if (gen != 0) b.generation = gen;
     return s;
   }
   // Seals every live block of this resource that is not sealed yet, with one
@@ -195,6 +210,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   [[gnu::noinline]] void deallocate_slow(void* p) noexcept;
   // `intact` if b names the current life of a block of ours; otherwise why
   // not: `foreign` (not ours) or `stale` (freed, or a later life).
+  // write_and_seal; *gen receives the generation the block now has (the
+  // one sealed, or the one marked dropped), 0 if nothing was written.
+  block_state write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen);
   block_state refuse_unless_current(const block_ref& b) const noexcept {
     std::uint64_t g = heap_.generation(b.ptr);
     if (g != 0 && g == b.generation) return block_state::intact;

@@ -117,7 +117,9 @@ outcome run(int reseals) {
   g_resume.store(1);
   checker.join();
   sigaction(SIGSEGV, &g_old_segv, nullptr);
-  outcome o{static_cast<block_state>(answer.load()), res.check(block, b.generation)};
+  // Fresh: the block's current generation (each re-seal moved it; the
+  // parked check holds the first one).
+  outcome o{static_cast<block_state>(answer.load()), res.check(block, res.generation(block))};
   res.deallocate(block, 4 * kPage);
   return o;
 }

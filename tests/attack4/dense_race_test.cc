@@ -80,7 +80,13 @@ void run_class(std::size_t size, std::chrono::milliseconds how_long) {
           std::lock_guard<std::mutex> g(locks[i]);
           blocks[i] = b;
         } else if (s == block_state::intact) {
-          res.seal(handle(i));  // same bytes: a re-seal under the checkers
+          // Same bytes: a re-seal under the checkers, which gives the block
+          // a new generation (readers holding the old one read stale).
+          block_ref h = handle(i);
+          if (res.seal(h) == block_state::intact) {
+            std::lock_guard<std::mutex> g(locks[i]);
+            blocks[i] = h;
+          }
         }
       }
     }

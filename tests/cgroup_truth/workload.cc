@@ -147,7 +147,11 @@ class worker {
     // the reseal must not turn the zeros into an intact block.
     bool reseal = !s.known_dropped && rng_.below(4) == 0;
     if (reseal) {
-      settle(i, after_reseal, res.seal(s.ptr), false);
+      // Through the handle: a re-seal gives the block a new generation.
+      block_ref h{s.ptr, s.generation};
+      block_state got = res.seal(h);
+      s.generation = h.generation;
+      settle(i, after_reseal, got, false);
     } else {
       settle(i, revisit, res.check(s.ptr, s.generation), false);
     }

@@ -111,8 +111,16 @@ struct model {
   // owner's later writes put a zero over the witness (the model does not
   // track where witnesses are, so after a drop or a write it accepts either);
   // everything else seals, and nothing drops meanwhile.
+  // A re-seal gives the block a new generation, and the old one reads stale.
   void seal_one(block& b) {
-    dropalloc::block_state s = res->seal(b.ptr);
+    const uint64_t before = b.generation;
+    dropalloc::block_ref h{b.ptr, b.generation};
+    dropalloc::block_state s = res->seal(h);
+    b.generation = h.generation;
+    if (s == dropalloc::block_state::intact && b.ever_sealed) {
+      FUZZ_ASSERT(b.generation > before);
+      FUZZ_ASSERT(res->check(b.ptr, before) == dropalloc::block_state::stale);
+    }
     if (b.marked_dropped) {  // dropped stays dropped until write_and_seal or free
       FUZZ_ASSERT(s == dropalloc::block_state::dropped);
       return;

@@ -113,7 +113,7 @@ outcome workload(droppable_resource& res) {
     }
     for (std::size_t i = 0; i < blocks.size(); i += 2) {
       // A failed MADV_FREE only loses the eviction order: still intact.
-      if (res.seal(blocks[i].ref.ptr) != block_state::intact) ++o.seal_not_intact;
+      if (res.seal(blocks[i].ref) != block_state::intact) ++o.seal_not_intact;
     }
     res.seal_all();
     // Drop one page of the first block: detected unless the drop call itself

@@ -106,7 +106,7 @@ TEST_CASE("threads mixing every operation with forced drops: intact always means
         t.is_sealed = false;
       } else if (op < 10) {  // seal and take the shadow copy
         std::shared_lock<std::shared_mutex> g(drop_lock);
-        res.seal(t.ref.ptr);
+        res.seal(t.ref);  // a re-seal gives t.ref the new generation
         t.sealed.assign(static_cast<unsigned char*>(t.ref.ptr), static_cast<unsigned char*>(t.ref.ptr) + t.size);
         t.is_sealed = t.ever_sealed = true;
       } else if (op < 11) {  // force a drop of one of its pages (and neighbours')

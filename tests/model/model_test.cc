@@ -361,7 +361,10 @@ TEST_CASE("write_and_seal of a prefix does not make a lost later page intact") {
   std::memcpy(expect.data(), prefix.data(), prefix.size());
   CHECK_MESSAGE(std::memcmp(b.ptr, expect.data(), kBytes) == 0, "a revived block holds the prefix, then zeros");
   CHECK(res.check(b.ptr, b.generation) == block_state::intact);
-  CHECK(res.write_and_seal(b.ptr, all.data(), kBytes) == block_state::intact);
+  const std::uint64_t revived = b.generation;
+  CHECK(res.write_and_seal(b, all.data(), kBytes) == block_state::intact);  // a re-seal: new generation
+  CHECK(b.generation > revived);
+  CHECK(res.check(b.ptr, revived) == block_state::stale);
   CHECK(res.check(b.ptr, b.generation) == block_state::intact);
   CHECK(std::memcmp(b.ptr, all.data(), kBytes) == 0);
   res.deallocate(b.ptr, kBytes, model::kPage);

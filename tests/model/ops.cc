@@ -165,14 +165,14 @@ void runner::publish(shadow_block* b) {
   b->slot = s;
 }
 
-// A revival (write_and_seal or seal_rewritten of a dropped block) gives the
-// block a new generation: the owner takes it, and so does its published
+// A re-seal or a revival (any seal of a block sealed or dropped before) gives
+// the block a new generation: the owner takes it, and so does its published
 // handle. Readers who took the old one get `stale`, which is honest.
 void runner::refresh_generation(shadow_block* b) {
   std::uint64_t g = res_.generation(b->ptr);
   expect(g >= b->gen, "generation-went-back", where(*b) + ": now " + std::to_string(g));
   if (g == b->gen) return;
-  note("  revived: generation " + std::to_string(b->gen) + " -> " + std::to_string(g));
+  note("  new generation " + std::to_string(b->gen) + " -> " + std::to_string(g));
   b->gen = g;
   if (b->slot < 0) return;
   auto& slot = opt_.mt->board[static_cast<std::size_t>(b->slot)];
@@ -330,9 +330,20 @@ void runner::op_seal(shadow_block* b) {
   sync(b);
   note("seal " + where(*b));
   answers want = m_.expect_seal(*b);
+  const bool resealing = b->st == model::life::sealed;
+  const std::uint64_t before = b->gen;
   block_state got = res_.seal(b->ptr);
+  refresh_generation(b);
   expect(allows(want, got), "seal-answer",
          where(*b) + ": seal() said " + name(got) + ", the promise allows " + describe(want));
+  if (resealing && got == block_state::intact) {
+    // New contents may hide a page lost unseen: the old generation must not
+    // vouch for them.
+    expect(b->gen > before, "reseal-kept-generation", where(*b) + ": re-sealed at the same generation");
+    block_state old = res_.check(b->ptr, before);
+    expect(old == block_state::stale, "reseal-old-handle-not-stale",
+           where(*b) + ": the generation before the re-seal said " + name(old));
+  }
   m_.saw_seal(b, got);
   compare_memory(*b, "memory-differs-after-seal");
 }
