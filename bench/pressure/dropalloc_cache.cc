@@ -46,6 +46,15 @@ std::uint64_t droppable_rss() {
   return total;
 }
 
+// Resident bytes of the resource's arenas. On the private fallback smaps
+// cannot tell arenas from other anonymous memory, so the resource's own
+// mincore estimate stands in (it counts a dropped page read again, which maps
+// the zero page, as resident: an overestimate).
+std::uint64_t cached_bytes(dropalloc::droppable_resource& res) {
+  if (res.arena_backing() == dropalloc::backing::droppable) return droppable_rss();
+  return res.stats().bytes_resident;
+}
+
 class sealed_cache {
  public:
   sealed_cache(std::uint64_t budget, int rounds, std::vector<std::uint64_t>& expected)
@@ -70,7 +79,7 @@ class sealed_cache {
 
   void sample(std::uint64_t* cached, std::uint64_t* live, std::uint64_t* drops) const {
     auto s = cache_.stats();
-    *cached = droppable_rss();
+    *cached = cached_bytes(cache_.resource());
     *live = s.bytes_live;
     *drops = s.drops_detected;
   }
@@ -117,7 +126,7 @@ class unsealed_cache {
   }
 
   void sample(std::uint64_t* cached, std::uint64_t* live, std::uint64_t* drops) const {
-    *cached = droppable_rss();
+    *cached = cached_bytes(res_);
     *live = live_;
     *drops = drops_;
   }
