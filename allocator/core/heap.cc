@@ -387,6 +387,26 @@ void heap::deallocate_checked(void* p) noexcept {
   purger::start_if_requested();  // no lock held here (starting a thread allocates)
 }
 
+void heap::deallocate_generation(void* p, std::uint64_t expected_gen) noexcept {
+  segment* s;
+  std::uint32_t idx = 0;
+  std::uint8_t was = 0;
+  const char* refused = nullptr;
+  {
+    read_section reading;  // as in deallocate_checked
+    s = find_block(p, &idx);
+    if (s == nullptr) {
+      refused = "not a block of this resource";
+    } else if (expected_gen == 0 || !retire_observed(s, idx, &was, expected_gen)) {
+      refused = was == 0xff || expected_gen == 0 ? "the handle's generation is not the block's (freed since)"
+                                                 : "double free";
+    }
+  }
+  if (refused != nullptr) return report_misuse(refused, p);
+  deallocate_retired(s, idx, p, was);
+  purger::start_if_requested();
+}
+
 // After retire(): the block is free and ours. `st` is its state before.
 void heap::deallocate_retired(segment* s, std::uint32_t idx, void* p, std::uint8_t st) noexcept {
   if (s->cls == kLargeClass) {

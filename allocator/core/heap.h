@@ -73,11 +73,6 @@ class heap {
   // and retry the fast path, so a thread using two heaps in turn stays fast.
   void make_current() noexcept { (void)thread_cache(); }
 
-  // Refuses a free through a handle whose generation is not the block's:
-  // reported and counted as misuse (front ends that free by handle).
-  void report_stale_free(const void* p) noexcept {
-    report_misuse("the handle's generation is not the block's (freed since)", p);
-  }
   std::uint64_t generation(const void* p) const noexcept;  // 0 unless p is a live block
   std::size_t usable_size(const void* p) const noexcept;   // 0 unless p is a live block
   bool owns(const void* p) const noexcept;
@@ -93,10 +88,27 @@ class heap {
   // a generation names one sealed version of the contents. If *sealed_gen is
   // given, it receives the generation the block was sealed at (0 if it was
   // not sealed), and the answer is the check of that generation.
-  block_state seal(void* p, std::uint64_t* sealed_gen = nullptr) noexcept;
+  // expected_gen (0: any) makes the call answer `stale` and do nothing
+  // unless it is the block's generation, decided under the block's seal lock,
+  // so that no free and reuse of the address can come between (handles).
+  block_state seal(void* p, std::uint64_t* sealed_gen = nullptr, std::uint64_t expected_gen = 0) noexcept;
   // seal() that also takes a dropped block back to sealed: only for callers
-  // that rewrote every byte and compare afterwards (write_and_seal).
-  block_state seal_rewritten(void* p, std::uint64_t* sealed_gen = nullptr) noexcept;
+  // that rewrote every byte.
+  block_state seal_rewritten(void* p, std::uint64_t* sealed_gen = nullptr, std::uint64_t expected_gen = 0) noexcept;
+  // Copies src[0, n) into the block, zeroes the rest of it, seals it and
+  // compares it with what was written before anyone can see it sealed: all
+  // under the block's seal lock, so a free waits for it, and with the block
+  // unsealed from the first byte written (a reader checking meanwhile gets
+  // `unsealed` or, later, `stale`, never `intact` over half-written bytes).
+  // From any state but free: live, sealed or dropped -> sealed, or -> dropped
+  // if the comparison failed (a page went meanwhile). n must not exceed the
+  // block's usable size (checked: `foreign` otherwise, nothing written).
+  // *gen receives the block's generation afterwards (0 if nothing written).
+  block_state write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
+                             std::uint64_t expected_gen = 0) noexcept;
+  // Frees the block only if expected_gen is its generation (decided under the
+  // block's seal lock); otherwise refuses and reports it.
+  void deallocate_generation(void* p, std::uint64_t expected_gen) noexcept;
   // Seals every live, unsealed block; leaves sealed and dropped ones alone.
   // Returns how many it sealed.
   std::size_t seal_all() noexcept;
@@ -188,10 +200,19 @@ class heap {
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
   enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live };
-  enum class seal_from : std::uint8_t { live_only, any_but_dropped, rewritten };
-  seal_outcome seal_block(segment* s, std::uint32_t idx, seal_from from, std::uint64_t* sealed_gen = nullptr) noexcept;
+  enum class seal_from : std::uint8_t { live_only, any_but_dropped, rewritten, written_here };
+  // What seal_block does: how it may leave each state, which generation it
+  // requires (0: any), and for written_here the bytes it writes and verifies.
+  struct seal_request {
+    seal_from from = seal_from::any_but_dropped;
+    std::uint64_t expected_gen = 0;
+    const std::byte* src = nullptr;
+    std::size_t n = 0;
+  };
+  seal_outcome seal_block(segment* s, std::uint32_t idx, const seal_request& req,
+                          std::uint64_t* sealed_gen = nullptr) noexcept;
   void advise_sealed(segment* s, std::uint32_t idx) noexcept;
-  block_state seal(void* p, seal_from from, std::uint64_t* sealed_gen) noexcept;
+  block_state seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 
   static bool retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;
@@ -260,7 +281,9 @@ DROPALLOC_ALWAYS_INLINE void bump_generation(std::atomic<std::uint64_t>& word) n
 // its meta-word and state-byte exchanges must not see the block freed and
 // handed out again in between (it would seal the new life over the freed
 // one's witnesses). Only the slow path frees observed blocks.
-bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;
+// expected_gen (0: any): retire only the life of that generation (false,
+// *was = 0xff, if the block is live with another).
+bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was, std::uint64_t expected_gen = 0) noexcept;
 
 DROPALLOC_ALWAYS_INLINE bool heap::retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept {
   auto& sb = s->state[idx];

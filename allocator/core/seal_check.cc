@@ -1,6 +1,7 @@
 // Sealing blocks (recording witnesses, MADV_FREE) and the drop check.
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <mutex>
 
 #include "allocator/core/heap.h"
@@ -47,6 +48,34 @@ inline const std::byte* portion_end(const segment* s, std::uint32_t idx, std::si
   return block_end < page_end ? block_end : page_end;
 }
 
+// Whether [p, p + size) holds src[0, n) followed by zeros. Reads with
+// load_word where it can, like every read of droppable memory here.
+bool holds_written(const std::byte* p, std::size_t size, const std::byte* src, std::size_t n) {
+  if (n != 0 && std::memcmp(p, src, n) != 0) return false;
+  std::size_t i = n;
+  for (; i < size && i % 8 != 0; ++i) {
+    if (p[i] != std::byte{0}) return false;
+  }
+  for (; i + 8 <= size; i += 8) {
+    if (load_word(p + i) != 0) return false;
+  }
+  for (; i < size; ++i) {
+    if (p[i] != std::byte{0}) return false;
+  }
+  return true;
+}
+
+// Zeroes [p, p + bytes), writing only words that are not zero already: a
+// tail never written (a fresh mapping's) stays untouched, not resident.
+void zero_tail(std::byte* p, std::size_t bytes) {
+  std::size_t i = 0;
+  for (; i < bytes && (reinterpret_cast<std::uintptr_t>(p + i) % 8) != 0; ++i) p[i] = std::byte{0};
+  for (; i + 8 <= bytes; i += 8) {
+    if (load_word(p + i) != 0) __atomic_store_n(reinterpret_cast<std::uint64_t*>(p + i), 0, __ATOMIC_RELAXED);
+  }
+  for (; i < bytes; ++i) p[i] = std::byte{0};
+}
+
 }  // namespace
 
 // ---- seal and check ----------------------------------------------------------------
@@ -78,10 +107,17 @@ void internal::unlock_seal_stripes() noexcept {
   for (auto& m : g_seal_locks) m.unlock();
 }
 
-bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept {
+bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was, std::uint64_t expected_gen) noexcept {
   std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
   auto& sb = s->state[idx];
   std::uint8_t st = sb.load(std::memory_order_relaxed);
+  // Under the seal lock the generation of a live observed block moves only
+  // by a seal or a free, which take this lock too: it stays as read.
+  if (expected_gen != 0 && (st & state::kMask) != state::kFree &&
+      s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != expected_gen) {
+    *was = 0xff;
+    return false;
+  }
   do {
     if ((st & state::kMask) == state::kFree) return false;
   } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
@@ -108,18 +144,27 @@ bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) 
 }
 
 // Seals block idx: the transitions live -> sealed, sealed -> sealed (re-seal)
-// and, for write_and_seal only, dropped -> sealed, of the state machine in
-// core/types.h. A sealed block whose old seal lost a page becomes dropped
-// instead, so no seal can turn a lost page into intact: the old witnesses are
-// read once before and once more after the new ones were taken (a page lost
-// in between reads zero at its old witness then). seal_all passes live_only:
-// sealed and dropped blocks are left as they are.
-heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from from,
+// and, for rewritten and written_here only, dropped -> sealed, of the state
+// machine in core/types.h. A sealed block whose old seal lost a page becomes
+// dropped instead (plain re-seal), so no seal can turn a lost page into
+// intact: the old witnesses are read once before and once more after the new
+// ones were taken (a page lost in between reads zero at its old witness then).
+// seal_all passes live_only: sealed and dropped blocks are left as they are.
+// written_here (write_and_seal) writes req.src and zeros itself, after the
+// block is unsealed, and compares before publishing the seal.
+heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_request& req,
                                     std::uint64_t* sealed_gen) noexcept {
+  const seal_from from = req.from;
   auto& sb = s->state[idx];
   auto& word = s->meta[idx];
   std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
   std::uint8_t st = sb.load(std::memory_order_acquire);
+  // Under the seal lock no free or seal of this block can happen (an observed
+  // block is freed under it): the generation read here holds to the end.
+  if (req.expected_gen != 0 &&
+      ((st & state::kMask) == state::kFree || s->generation_of(word.load(std::memory_order_acquire)) != req.expected_gen)) {
+    return seal_outcome::not_live;
+  }
   // Observed first: from now on a free of this block takes the slow path and
   // moves the generation, which the meta-word exchange below would notice.
   while ((st & state::kMask) != state::kFree && (st & state::kObserved) == 0) {
@@ -131,6 +176,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   // Under the seal lock only a check() changes the state byte of an observed
   // block (sealed -> dropped, when it sees a loss): a failed exchange below
   // means it did, and the block is looked at afresh.
+  const bool writes = from == seal_from::written_here;
   std::uint64_t m = 0;
   bool was_sealed = false;
   bool was_dropped = false;
@@ -138,19 +184,21 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
     const std::uint8_t kind = st & state::kMask;
     if (kind == state::kFree) return seal_outcome::not_live;
     if (from == seal_from::live_only && kind != state::kLive) return seal_outcome::skipped;
-    // A dropped block lost data: only a verified rewrite may seal it again.
-    if (kind == state::kDropped && from != seal_from::rewritten) return seal_outcome::lost;
+    // A dropped block lost data: only a full rewrite may seal it again.
+    if (kind == state::kDropped && from != seal_from::rewritten && !writes) return seal_outcome::lost;
     m = word.load(std::memory_order_acquire);
-    if (kind == state::kSealed && witnesses_lost(s, idx, m)) {
-      // Settle the old seal first: the loss is the answer.
+    // Settle the old seal first: the loss is the answer. (A block written
+    // here is rewritten whole and verified: its old seal does not matter.)
+    if (kind == state::kSealed && !writes && witnesses_lost(s, idx, m)) {
       std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
       if (!sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) continue;
       drops_detected_.fetch_add(1, std::memory_order_relaxed);
       return seal_outcome::lost;
     }
     if (kind == state::kLive) break;
-    // Unsealed while the witnesses change: a concurrent check() answers
-    // `unsealed` rather than trusting half-written witnesses.
+    // Unsealed while the contents or witnesses change: a concurrent check()
+    // answers `unsealed` rather than vouch for half-written bytes or trust
+    // half-written witnesses.
     std::uint8_t live = static_cast<std::uint8_t>((st & ~state::kMask) | state::kLive);
     if (!sb.compare_exchange_strong(st, live, std::memory_order_acq_rel)) continue;
     was_sealed = kind == state::kSealed;
@@ -158,8 +206,14 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
     st = live;
     break;
   }
+  std::byte* start = block_start(s, idx);
+  const std::size_t size = block_bytes(s);
+  if (writes) {
+    std::memcpy(start, req.src, req.n);
+    zero_tail(start + req.n, size - req.n);
+  }
   // A rewritten block holds nothing of its old seal: its witnesses are moot.
-  const bool verify_old = was_sealed && from != seal_from::rewritten;
+  const bool verify_old = was_sealed && from == seal_from::any_but_dropped;
   // Re-sealed (sealed -> sealed) or revived (dropped -> sealed): new contents,
   // so a new generation. A reader that copied the block before or during the
   // rewrite holds the old one, and its check after the copy must not say
@@ -168,7 +222,6 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   // old witness words, so no look at them can tell).
   const std::uint64_t gen = meta::gen(m) + (was_sealed || was_dropped ? 1 : 0);
 
-  const std::byte* start = block_start(s, idx);
   const page_run run = block_pages(s, idx);
   // Raised before the witnesses change (acq_rel: the stores below stay after
   // it), so a check that read any of them sees the count move. A block within
@@ -186,13 +239,24 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
     lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
     s->page_witness[p].store(w, std::memory_order_relaxed);
   }
+  if (writes && !lost) {
+    // After the witnesses were taken: a page lost before shows here; one lost
+    // later has a witness taken from the right bytes, which check() sees.
+    load_fence();
+    lost = !holds_written(start, size, req.src, req.n);
+  }
   const std::uint64_t sealed_m = meta::make(gen, first_w);
   if (lost) {
-    // A page of the old seal went before the new witnesses were all taken:
-    // what the block holds is not what was sealed. live -> dropped.
+    // What the block holds is not what was sealed or written: live -> dropped.
+    // A block written here gets its new generation all the same (its old
+    // contents are gone: old handles read stale), with no witness.
     std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
+    if (writes && !word.compare_exchange_strong(m, meta::make(gen, 0), std::memory_order_acq_rel)) {
+      return seal_outcome::not_live;
+    }
     if (!sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) return seal_outcome::not_live;
     drops_detected_.fetch_add(1, std::memory_order_relaxed);
+    if (sealed_gen != nullptr && writes) *sealed_gen = s->generation_of(meta::make(gen, 0));
     return seal_outcome::lost;
   }
   // Fails if the block was freed meanwhile (the generation moved).
@@ -203,14 +267,27 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, seal_from fro
   return seal_outcome::sealed;
 }
 
-block_state heap::seal(void* p, std::uint64_t* sealed_gen) noexcept {
-  return seal(p, seal_from::any_but_dropped, sealed_gen);
+block_state heap::seal(void* p, std::uint64_t* sealed_gen, std::uint64_t expected_gen) noexcept {
+  return seal(p, seal_request{seal_from::any_but_dropped, expected_gen, nullptr, 0}, sealed_gen);
 }
-block_state heap::seal_rewritten(void* p, std::uint64_t* sealed_gen) noexcept {
-  return seal(p, seal_from::rewritten, sealed_gen);
+block_state heap::seal_rewritten(void* p, std::uint64_t* sealed_gen, std::uint64_t expected_gen) noexcept {
+  return seal(p, seal_request{seal_from::rewritten, expected_gen, nullptr, 0}, sealed_gen);
 }
 
-block_state heap::seal(void* p, seal_from from, std::uint64_t* sealed_gen) noexcept {
+block_state heap::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
+                                 std::uint64_t expected_gen) noexcept {
+  *gen = 0;
+  if (p == nullptr || (n != 0 && src == nullptr)) return block_state::foreign;
+  {
+    read_section reading;
+    std::uint32_t idx = 0;
+    segment* s = find_block(p, &idx);
+    if (s == nullptr || n > block_bytes(s)) return block_state::foreign;
+  }
+  return seal(p, seal_request{seal_from::written_here, expected_gen, static_cast<const std::byte*>(src), n}, gen);
+}
+
+block_state heap::seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept {
   std::uint64_t gen = 0;
   if (sealed_gen != nullptr) *sealed_gen = 0;
   if (p == nullptr) return block_state::foreign;
@@ -218,9 +295,11 @@ block_state heap::seal(void* p, seal_from from, std::uint64_t* sealed_gen) noexc
   std::uint32_t idx = 0;
   segment* s = find_block(p, &idx);
   if (s == nullptr) return block_state::foreign;
-  switch (seal_block(s, idx, from, &gen)) {
+  switch (seal_block(s, idx, req, &gen)) {
     case seal_outcome::sealed: break;
-    case seal_outcome::lost: return block_state::dropped;
+    case seal_outcome::lost:
+      if (sealed_gen != nullptr) *sealed_gen = gen;  // written_here only: the new life, dropped
+      return block_state::dropped;
     default: return block_state::stale;
   }
   if (sealed_gen != nullptr) *sealed_gen = gen;
@@ -325,7 +404,7 @@ std::size_t heap::seal_all() noexcept {
     std::uint32_t bump = read_counter(&s->bump);
     for (std::uint32_t i = 0; i < bump; ++i) {
       if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
-      if (seal_block(s, i, seal_from::live_only) != seal_outcome::sealed) continue;
+      if (seal_block(s, i, seal_request{seal_from::live_only, 0, nullptr, 0}) != seal_outcome::sealed) continue;
       ++sealed;
       const page_run run = block_pages(s, i);
       std::byte* from = s->base + run.first * kPage;

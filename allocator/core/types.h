@@ -89,9 +89,13 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //   free ----allocate----> live
 //   live, sealed, dropped ----free----> free       generation + 1 if observed
 //   live ----seal / seal_all----> sealed           witnesses from the contents now
-//   dropped ----write_and_seal----> sealed         a verified full rewrite (bytes
-//                                                  past n zeroed), or seal_rewritten
-//                                                  (the caller rewrote all of it);
+//   live, sealed, dropped ----write_and_seal----> sealed   under the seal lock:
+//                                                  unsealed (live) from the first byte
+//                                                  written, then src and zeros to the
+//                                                  end, witnesses, a compare, and only
+//                                                  then sealed (-> dropped if the
+//                                                  compare failed: a page went)
+//   dropped ----seal_rewritten----> sealed         the caller rewrote all of it;
 //                                                  generation + 1: a new life, so a
 //                                                  reader who copied it while it was
 //                                                  dropped reads stale, never intact;
@@ -111,7 +115,7 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                                                  the new ones are taken, so a page
 //                                                  lost during the re-seal counts too
 //   sealed ----check finds a zero witness----> dropped   (sticky)
-//   sealed, live ----write_and_seal fails----> dropped   (mark_dropped)
+//   sealed, live ----mark_dropped----> dropped     (a caller found the contents wrong)
 //   seal_all never touches sealed or dropped blocks.
 //   drop (kernel)   changes contents, not states: check() turns sealed into
 //                   dropped when it sees it.

@@ -65,11 +65,9 @@ void droppable_resource::deallocate_slow(void* p) noexcept {
 
 void droppable_resource::deallocate(const block_ref& b) noexcept {
   if (b.ptr == nullptr) return;
-  if (heap_.generation(b.ptr) != b.generation) {
-    heap_.report_stale_free(b.ptr);
-    return;
-  }
-  deallocate_slow(b.ptr);
+  // The generation is compared under the block's seal lock, so a free and
+  // reuse of the address by another thread cannot come between.
+  heap_.deallocate_generation(b.ptr, b.generation);
 }
 
 block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alignment) {
@@ -77,7 +75,8 @@ block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alig
   return block_ref{p, heap_.generation(p)};
 }
 
-block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen) {
+block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
+                                               std::uint64_t expected_gen) {
   *gen = 0;
   // Validate before writing: a freed or foreign block must not be written to.
   std::size_t usable = heap_.usable_size(p);
@@ -88,34 +87,10 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
              usable);
     throw std::length_error(what);
   }
-  // The generation before the write: what a failure marks dropped if no
-  // seal took place (a re-seal or revival moves it, core/types.h).
-  std::uint64_t generation = heap_.generation(p);
-  if (n != 0) std::memcpy(p, src, n);
-  std::uint64_t sealed_gen = 0;
-  block_state s = heap_.seal(p, &sealed_gen);
-  if (s == block_state::dropped && sealed_gen == 0) {
-    // A re-seal first settles the old seal, and a dropped block stays dropped
-    // for seal(): a page was lost, perhaps past the n bytes just written.
-    // Rewrite the rest too (zeros), so that every byte was written again,
-    // then seal it as rewritten and let the comparison below decide.
-    if (n < usable) std::memset(static_cast<char*>(p) + n, 0, usable - n);
-    s = heap_.seal_rewritten(p, &sealed_gen);
-  }
-  if (sealed_gen != 0) generation = sealed_gen;
-  if (s == block_state::stale || s == block_state::foreign) {
-    if (sealed_gen != 0) *gen = sealed_gen;
-    return s;
-  }
-  *gen = generation;
-  // Read back after the witnesses were recorded: a page lost before or during
-  // the seal shows as a difference here, one lost later in check().
-  if (s == block_state::intact && (n == 0 || std::memcmp(p, src, n) == 0)) {
-    s = heap_.check(p, generation);
-    if (s == block_state::intact || s == block_state::stale) return s;
-  }
-  // Whatever went wrong, the block must not read intact later.
-  return heap_.mark_dropped(p, generation) == 0 ? block_state::dropped : block_state::stale;
+  // Writes, zeroes the rest, seals and compares under the block's seal lock
+  // (core/seal_check.cc): it is sealed only once it was found to hold
+  // exactly those bytes, and a free of it waits until then.
+  return heap_.write_and_seal(p, src, n, gen, expected_gen);
 }
 
 }  // namespace dropalloc

@@ -105,10 +105,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   // that a reader holding the old one, who may have copied bytes from before
   // or during the rewrite, reads `stale` instead of `intact`.
   block_state seal(block_ref& b) noexcept {
-    block_state refused = refuse_unless_current(b);
-    if (refused != block_state::intact) return refused;
+    if (b.generation == 0) return no_life(b);
     std::uint64_t sealed_gen = 0;
-    block_state s = heap_.seal(b.ptr, &sealed_gen);
+    block_state s = heap_.seal(b.ptr, &sealed_gen, b.generation);
     if (sealed_gen != 0) b.generation = sealed_gen;
     return s;
   }
@@ -124,24 +123,24 @@ class droppable_resource final : public std::pmr::memory_resource {
   // generation is still the block's; on return the handle names the block's
   // current life (a revival moved its generation).
   block_state seal_rewritten(block_ref& b) noexcept {
-    block_state refused = refuse_unless_current(b);
-    if (refused != block_state::intact) return refused;
+    if (b.generation == 0) return no_life(b);
     std::uint64_t sealed_gen = 0;
-    block_state s = heap_.seal_rewritten(b.ptr, &sealed_gen);
+    block_state s = heap_.seal_rewritten(b.ptr, &sealed_gen, b.generation);
     if (sealed_gen != 0) b.generation = sealed_gen;
     return s;
   }
-  // Copies n bytes from ordinary memory into the block at p, seals it, then
-  // compares the block with src and checks it: returns `intact` only if the
-  // block holds exactly those bytes, which covers the time before the seal
-  // too. It also revives a dropped block; then the bytes after the first n
-  // are zeroed as well (they may have been lost). A block that was sealed or
+  // Makes the block hold n bytes copied from ordinary memory and zeros after
+  // them (to usable_size(p)), and seals it: `intact` only if it was found to
+  // hold exactly that after sealing, which covers the time before the seal
+  // too. From the first byte written until then the block reads `unsealed`,
+  // and it is sealed only once verified, so no reader ever gets `intact`
+  // over a half-written or half-lost copy; a free of it waits. Works on a
+  // live, sealed or dropped block (a revival). A block that was sealed or
   // dropped before gets a new generation (see seal()); the block_ref overload
-  // takes it into the handle. Any other outcome leaves the block
-  // `dropped` (write again), so a
-  // later check() never says intact. `stale` / `foreign`: p is not a live
-  // block of this resource, nothing was written. Throws std::length_error if
-  // n exceeds usable_size(p), writing nothing.
+  // takes it into the handle. `dropped`: a page went meanwhile, the block is
+  // dropped (write again), so a later check() never says intact. `stale` /
+  // `foreign`: p is not a live block of this resource, nothing was written.
+  // Throws std::length_error if n exceeds usable_size(p), writing nothing.
   block_state write_and_seal(void* p, const void* src, std::size_t n) {
     std::uint64_t gen = 0;
     return write_and_seal(p, src, n, &gen);
@@ -150,10 +149,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   // generation is still the block's; on return the handle names what was
   // sealed (a re-seal or a revival moved the generation).
   block_state write_and_seal(block_ref& b, const void* src, std::size_t n) {
-    block_state refused = refuse_unless_current(b);
-    if (refused != block_state::intact) return refused;
+    if (b.generation == 0) return no_life(b);
     std::uint64_t gen = 0;
-    block_state s = write_and_seal(b.ptr, src, n, &gen);
+    block_state s = write_and_seal(b.ptr, src, n, &gen, b.generation);
     if (gen != 0) b.generation = gen;
     return s;
   }
@@ -212,10 +210,11 @@ class droppable_resource final : public std::pmr::memory_resource {
   // not: `foreign` (not ours) or `stale` (freed, or a later life).
   // write_and_seal; *gen receives the generation the block now has (the
   // one sealed, or the one marked dropped), 0 if nothing was written.
-  block_state write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen);
-  block_state refuse_unless_current(const block_ref& b) const noexcept {
-    std::uint64_t g = heap_.generation(b.ptr);
-    if (g != 0 && g == b.generation) return block_state::intact;
+  block_state write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
+                             std::uint64_t expected_gen = 0);
+  // The answer for a handle with generation 0, which names no life (the
+  // core takes 0 as "any generation", so it must not get there).
+  block_state no_life(const block_ref& b) const noexcept {
     return b.ptr == nullptr || !heap_.owns(b.ptr) ? block_state::foreign : block_state::stale;
   }
   core::heap heap_;

@@ -26,6 +26,12 @@
 // block, then makes the buffer readable and lets the copy go on. A page fault
 // or a preemption at that instruction is all it takes in a real program.
 //
+// Fixed: write_and_seal, seal and seal_rewritten through a handle compare
+// the generation under the block's seal lock, and write_and_seal writes,
+// seals and verifies under it, so a free of the block waits; deallocate of a
+// handle retires only the life it names. This test now checks that the free
+// waits and that nothing crosses from one life to the next.
+//
 // Where: allocator/pmr/droppable_resource.h write_and_seal(block_ref&) /
 // seal(block_ref&) / seal_rewritten(block_ref&) (refuse_unless_current, then
 // the raw-pointer call), droppable_resource.cc deallocate(const block_ref&).
@@ -36,6 +42,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -86,17 +93,31 @@ void run(bool new_owner_seals) {
   std::thread writer([&] { writer_result = res.write_and_seal(old_owner, g_src, kN); });
   while (g_paused.load() == 0) {
   }
-  // The writer passed its handle check and is inside the copy. Meanwhile the
-  // block is freed and handed out again, at the same address.
-  res.deallocate(b);
-  block_ref nb = res.allocate_block(kN);
-  REQUIRE(nb.ptr == b.ptr);
-  REQUIRE(nb.generation != b.generation);
-  std::memcpy(nb.ptr, x2.data(), kN);
-  if (new_owner_seals) REQUIRE(res.seal(nb) == block_state::intact);
+  // The writer passed its handle check and is inside the copy. Meanwhile
+  // another thread frees the block (by pointer, as a program that does not
+  // keep handles would) and allocates it again at the same address. The free
+  // must wait for the write: the block is the writer's until write_and_seal
+  // returns.
+  std::atomic<bool> freed{false};
+  block_ref nb;
+  std::thread other([&] {
+    res.deallocate(b.ptr, kN);
+    freed.store(true);
+    nb = res.allocate_block(kN);
+    std::memcpy(nb.ptr, x2.data(), kN);
+    if (new_owner_seals) CHECK(res.seal(nb) == block_state::intact);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK_MESSAGE(!freed.load(), "the block was freed while a write_and_seal through a current handle was writing it");
   g_go.store(1);
   writer.join();
+  other.join();
+  // It held the block until sealed; its answer is a check made after that,
+  // when the other thread may already have freed it: intact or stale.
+  CHECK((writer_result == block_state::intact || writer_result == block_state::stale));
 
+  REQUIRE(nb.ptr == b.ptr);
+  REQUIRE(nb.generation != old_owner.generation);
   const bool overwritten = std::memcmp(nb.ptr, x2.data(), kN) != 0;
   block_state new_owner_sees = res.check(nb);
   MESSAGE("old handle's write_and_seal returned " << std::string(dropalloc::to_string(writer_result)) << "; old handle gen "
@@ -105,6 +126,7 @@ void run(bool new_owner_seals) {
                                                   << res.generation(nb.ptr) << "; new owner's check: "
                                                   << std::string(dropalloc::to_string(new_owner_sees)));
   CHECK_MESSAGE(!overwritten, "a stale handle's write_and_seal wrote over the block's next life");
+  CHECK(res.check(old_owner) == block_state::stale);
   CHECK_MESSAGE(old_owner.generation != res.generation(nb.ptr),
                 "the stale handle was moved onto the next life of the block (it now names someone else's block)");
   if (new_owner_seals) {
@@ -112,10 +134,18 @@ void run(bool new_owner_seals) {
                   "the new owner's sealed block reads " << std::string(dropalloc::to_string(new_owner_sees))
                                                         << " though its owner never freed or changed it");
   } else {
-    CHECK_MESSAGE(new_owner_sees != block_state::intact,
-                  "the new owner's unsealed block reads intact, sealed by a stale handle over bytes its owner "
-                  "never wrote");
+    CHECK_MESSAGE(new_owner_sees == block_state::unsealed,
+                  "the new owner's unsealed block reads " << std::string(dropalloc::to_string(new_owner_sees)));
   }
+  // A handle of the old life is refused by every call that takes one.
+  block_ref stale = old_owner;
+  auto refused = res.stats().misuse_refused;
+  CHECK(res.write_and_seal(stale, x.data(), kN) == block_state::stale);
+  CHECK(res.seal(stale) == block_state::stale);
+  CHECK(res.seal_rewritten(stale) == block_state::stale);
+  res.deallocate(stale);
+  CHECK(res.stats().misuse_refused == refused + 1);
+  CHECK(std::memcmp(nb.ptr, x2.data(), kN) == 0);
   munmap(g_src, 4096);
   g_src = nullptr;
   res.deallocate(nb.ptr, kN);

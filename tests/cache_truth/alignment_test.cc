@@ -1,13 +1,11 @@
-// Alignment: object_arena hands out memory aligned as asked (its chunks are
-// only as aligned as their size class), and a regenerable over-aligned value
-// is visited at an address aligned for its type.
+// Alignment: a regenerable over-aligned value is visited at an address
+// aligned for its type.
 #include <doctest/doctest.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory_resource>
 
-#include "allocator/cache/object_arena.h"
 #include "allocator/dropalloc.h"
 
 namespace {
@@ -15,36 +13,6 @@ namespace {
 bool aligned(const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; }
 
 }  // namespace
-
-TEST_CASE("object_arena: allocate(100, 128) is 128-aligned every time") {
-  dropalloc::droppable_resource res;
-  dropalloc::object_arena arena(res, 64);
-  int misaligned = 0;
-  for (int i = 0; i < 8; ++i) {
-    if (!aligned(arena.allocate(100, 128), 128)) ++misaligned;
-  }
-  MESSAGE("allocate(100, 128): " << misaligned << " of 8 misaligned");
-  CHECK(misaligned == 0);
-}
-
-TEST_CASE("object_arena: every alignment up to a page, bumped and own chunks, small first chunk") {
-  dropalloc::droppable_resource res;
-  for (std::size_t first : {64, 72, 200, 512}) {
-    dropalloc::object_arena arena(res, first);
-    int misaligned = 0;
-    for (int round = 0; round < 40; ++round) {
-      for (std::size_t a = 1; a <= 4096; a *= 2) {
-        std::size_t n = 1 + (round * 37 + a) % 300;
-        if (round % 7 == 0) n += 3000;  // own chunks, canary and multi-page paths
-        void* p = arena.allocate(n, a);
-        if (!aligned(p, a)) ++misaligned;
-      }
-    }
-    CAPTURE(first);
-    CHECK(misaligned == 0);
-    CHECK(arena.seal());
-  }
-}
 
 namespace {
 struct alignas(16) vec4 {

@@ -165,21 +165,11 @@ answers shadow::expect_seal(const shadow_block& b) const {
 
 answers shadow::expect_write_and_seal(const shadow_block& b, std::size_t n) const {
   (void)n;
-  // With no drop during the call, every state ends intact: a live or sealed
-  // block is (re)sealed over what was just written; a dropped one, or a
-  // sealed one whose old seal lost a page, is treated as new: the bytes after
-  // n are zeroed too, so every byte was written again, and only then sealed
-  // (semantics.md: write_and_seal). Which tail it ends with is checked by
-  // tail_after_write_and_seal.
+  // With no drop during the call, every state ends intact: the block is
+  // rewritten whole (src, then zeros to its end), verified, and only then
+  // sealed, whatever it held or its old seal lost.
   (void)b;
   return only(block_state::intact);
-}
-
-bool shadow::may_zero_tail(const shadow_block& b) {
-  // Any sealed or dropped block: the old seal is settled first, and the copy
-  // write_and_seal itself just made may have put a zero over a witness word,
-  // which reads as a loss.
-  return b.st != life::live;
 }
 
 void shadow::saw_seal(shadow_block* b, block_state got) {

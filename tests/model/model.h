@@ -109,9 +109,6 @@ class shadow {
   void saw_seal(shadow_block* b, block_state got);
   // write_and_seal(p, src, n), asked BEFORE write() applies the copy.
   answers expect_write_and_seal(const shadow_block& b, std::size_t n) const;
-  // Whether write_and_seal may zero the bytes after n: it does when it finds
-  // the block dropped (or its old seal lost) and revives it.
-  static bool may_zero_tail(const shadow_block& b);
 
   // seal_all(): seals exactly the live blocks with what they hold; returns how many.
   std::size_t seal_all();
