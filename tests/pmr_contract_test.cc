@@ -265,19 +265,3 @@ TEST_CASE("a block_ref works where a pointer and generation do; a stale one is r
   CHECK(res.seal(none) == block_state::foreign);
   CHECK(res.check(none) == block_state::foreign);
 }
-
-TEST_CASE("boolean environment variables: 1/0, true/false, yes/no, on/off; anything else keeps the default") {
-  struct row {
-    const char* value;
-    bool fallback, want;
-  } rows[] = {{"1", false, true},     {"true", false, true}, {"YES", false, true}, {"on", false, true},
-              {"0", true, false},     {"false", true, false}, {"No", true, false}, {"off", true, false},
-              {"maybe", false, false}, {"maybe", true, true},  {"", true, true},    {"2", false, false}};
-  for (const row& r : rows) {
-    CAPTURE(r.value);
-    setenv("DROPALLOC_TEST_BOOL", r.value, 1);
-    CHECK(dropalloc::os::env_bool("DROPALLOC_TEST_BOOL", r.fallback) == r.want);
-  }
-  unsetenv("DROPALLOC_TEST_BOOL");
-  CHECK(dropalloc::os::env_bool("DROPALLOC_TEST_BOOL", true));
-}

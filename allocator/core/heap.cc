@@ -5,6 +5,7 @@
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/grace.h"
 #include "allocator/core/purger.h"
+#include "allocator/os/options.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -46,7 +47,7 @@ namespace {
 std::atomic<std::uint64_t> g_next_heap_id{1};
 
 bool misuse_aborts() {
-  static const bool aborts = os::env_bool("DROPALLOC_ABORT_ON_MISUSE", false);
+  static const bool aborts = os::option_flag(os::option::abort_on_misuse);
   return aborts;
 }
 

@@ -14,6 +14,7 @@
 #include <new>
 
 #include "allocator/os/os.h"
+#include "allocator/os/options.h"
 
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08  // Linux 6.11+, a mapping type (not OR-able with MAP_PRIVATE)
@@ -216,7 +217,7 @@ class linux_os final : public os_interface {
   // Decides the backing once. One probe mapping, then unmapped.
   int probe() {
     int expected = kUnknown;
-    if (mode_ == mode::fallback || os::env_bool("DROPALLOC_FORCE_FALLBACK", false)) {
+    if (mode_ == mode::fallback || option_flag(option::force_fallback)) {
       reason_.store(-1, std::memory_order_relaxed);
       if (state_.compare_exchange_strong(expected, kFallback)) report();
       return state_.load(std::memory_order_acquire);
@@ -245,8 +246,7 @@ class linux_os final : public os_interface {
   // the kernel refused MAP_DROPPABLE with errno n, so the fallback for every
   // errno another kernel may return can be tested on a kernel that has it.
   static int test_droppable_errno() {
-    const char* v = getenv("DROPALLOC_TEST_DROPPABLE_ERRNO");
-    return v != nullptr ? atoi(v) : 0;
+    return static_cast<int>(option_number(option::test_droppable_errno));
   }
 
   bool settle_fallback(int err) {
@@ -266,7 +266,7 @@ class linux_os final : public os_interface {
   }
 
   void report() {
-    if (!os::env_bool("DROPALLOC_VERBOSE", false)) return;
+    if (!option_flag(option::verbose)) return;
     char line[160];
     int reason = reason_.load(std::memory_order_relaxed);
     if (state_.load(std::memory_order_relaxed) == kDroppable) {
@@ -279,6 +279,7 @@ class linux_os final : public os_interface {
                reason, errno_name(reason));
     }
     say(line);
+    print_options();
   }
 
   const mode mode_;
@@ -319,27 +320,6 @@ bool register_process_barrier() noexcept {
 }
 
 int process_barrier() noexcept { return membarrier(kMembarrierPrivateExpedited) == 0 ? 0 : errno; }
-
-bool env_bool(const char* name, bool fallback) noexcept {
-  const char* v = getenv(name);
-  if (v == nullptr || v[0] == '\0') return fallback;
-  for (const char* yes : {"1", "true", "yes", "on"}) {
-    if (strcasecmp(v, yes) == 0) return true;
-  }
-  for (const char* no : {"0", "false", "no", "off"}) {
-    if (strcasecmp(v, no) == 0) return false;
-  }
-  char line[256];
-  int n = snprintf(line, sizeof line, "dropalloc: %s=%.40s is not 1/0 (true/false, yes/no, on/off); using %d\n", name, v,
-                   fallback ? 1 : 0);
-  int saved = errno;
-  if (n > 0) {
-    ssize_t ignored = write(STDERR_FILENO, line, static_cast<std::size_t>(n) < sizeof line ? n : sizeof line - 1);
-    (void)ignored;
-  }
-  errno = saved;
-  return fallback;
-}
 
 std::uint64_t peak_resident_bytes() noexcept {
   // read(2), not stdio: callers may be inside malloc.

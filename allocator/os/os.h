@@ -84,12 +84,6 @@ os_interface& ordinary_os() noexcept;
 // The process's peak resident set (VmHWM in /proc/self/status), 0 if unknown.
 std::uint64_t peak_resident_bytes() noexcept;
 
-// ---- environment ------------------------------------------------------------------
-// A boolean environment variable: unset or empty gives `fallback`; 1, true,
-// yes, on give true; 0, false, no, off give false (any case). Anything else
-// gives `fallback` and one line on stderr naming the variable and the value.
-bool env_bool(const char* name, bool fallback) noexcept;
-
 // ---- process-wide memory barrier ----------------------------------------------
 // Lets lock-free readers pay nothing for the rare writer that must know they
 // are gone (the core's grace periods before unmapping metadata).

@@ -13,6 +13,7 @@
 #include <new>
 
 #include "allocator/dropalloc_c.h"
+#include "allocator/os/options.h"
 #include "allocator/os/os.h"
 #include "allocator/shim/c_stats.h"
 #include "allocator/shim/shim.h"
@@ -32,7 +33,7 @@ alignas(core::heap) unsigned char g_general_storage[sizeof(core::heap)];
 alignas(core::heap) unsigned char g_droppable_storage[sizeof(core::heap)];
 std::atomic<bool> g_init_busy{false};
 bool g_verbose = false;
-bool g_stats = false;
+os::stats_level g_stats = os::stats_level::off;
 
 // write(2) only: stdio may allocate, and errno must survive.
 void say(const char* msg) noexcept {
@@ -42,52 +43,16 @@ void say(const char* msg) noexcept {
   errno = saved;
 }
 
-// "123", "64k", "1M" (powers of 1024). false on anything else.
-bool parse_size(const char* s, const char* end, std::size_t* out) {
-  if (s == end) return false;
-  std::size_t v = 0;
-  for (; s != end && *s >= '0' && *s <= '9'; ++s) {
-    if (v > (SIZE_MAX - 9) / 10) return false;
-    v = v * 10 + static_cast<std::size_t>(*s - '0');
-  }
-  int shift = 0;
-  if (s != end) {
-    switch (*s++) {
-      case 'k': case 'K': shift = 10; break;
-      case 'm': case 'M': shift = 20; break;
-      case 'g': case 'G': shift = 30; break;
-      default: return false;
-    }
-  }
-  if (s != end || v > (SIZE_MAX >> shift)) return false;
-  *out = v << shift;
-  return true;
-}
-
-// DROPALLOC_DECAY_MS (default 1000): how long free memory stays before it
-// goes back to the OS. DROPALLOC_DECAY_THREAD=0: only on later frees and
-// malloc_trim, no background thread (default 1).
+// How long free memory stays before it goes back to the OS, and whether a
+// background thread hands it back (README.md, "Options").
 void setup_decay() {
-  std::size_t ms = 1000;
-  const char* v = getenv("DROPALLOC_DECAY_MS");
-  if (v != nullptr && v[0] != '\0' && (!parse_size(v, v + strlen(v), &ms) || ms > 3600u * 1000)) {
-    say("dropalloc: DROPALLOC_DECAY_MS must be a number of milliseconds up to 3600000; using 1000\n");
-    ms = 1000;
-  }
-  general()->set_decay(ms, os::env_bool("DROPALLOC_DECAY_THREAD", true));
+  general()->set_decay(os::option_number(os::option::decay_ms), os::option_flag(os::option::decay_thread));
 }
 
 // DROPALLOC_DROPPABLE_RANGE=min-max: the experiment switch.
 void setup_droppable_range() {
-  const char* v = getenv("DROPALLOC_DROPPABLE_RANGE");
-  if (v == nullptr || v[0] == '\0') return;
-  const char* dash = strchr(v, '-');
   std::size_t lo = 0, hi = 0;
-  if (dash == nullptr || !parse_size(v, dash, &lo) || !parse_size(dash + 1, dash + strlen(dash), &hi) ||
-      lo > hi) {
-    say("dropalloc: DROPALLOC_DROPPABLE_RANGE must look like 1024-65536 (k/M/G suffixes allowed); ignored\n");
-    return;
-  }
+  if (!os::option_range(&lo, &hi)) return;
   g_drop_min = lo;
   g_drop_max = hi;
   g_droppable = new (g_droppable_storage) core::heap(core::heap_options{});
@@ -128,14 +93,15 @@ void print_all_stats() {
 // droppable range.
 __attribute__((constructor)) void shim_start() {
   general();
-  g_verbose = os::env_bool("DROPALLOC_VERBOSE", false);
-  g_stats = os::env_bool("DROPALLOC_STATS", false);
+  g_verbose = os::option_flag(os::option::verbose);
+  g_stats = os::option_stats();
   setup_decay();
   if (dropalloc_shim_active() == 0) {
     // Loaded with dlopen (for the C API) or after libc: malloc is not ours.
     if (g_verbose) {
       say("dropalloc: libdropalloc.so (dropalloc " DROPALLOC_VERSION_STRING
           ") loaded, but the process's malloc is not this shim\n");
+      os::print_options();
     }
     return;
   }
@@ -143,12 +109,13 @@ __attribute__((constructor)) void shim_start() {
   if (g_verbose) {
     say("dropalloc: LD_PRELOAD shim active (dropalloc " DROPALLOC_VERSION_STRING
         "): malloc and operator new served by dropalloc\n");
+    os::print_options();
   }
 }
 
 // Destructors of preloaded libraries run after the program's exit handlers.
 __attribute__((destructor)) void shim_stop() {
-  if (!g_stats || dropalloc_shim_active() == 0) return;
+  if (g_stats == os::stats_level::off || dropalloc_shim_active() == 0) return;
   print_all_stats();
 }
 
