@@ -6,6 +6,7 @@
 #include <strings.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -321,22 +322,50 @@ bool register_process_barrier() noexcept {
 
 int process_barrier() noexcept { return membarrier(kMembarrierPrivateExpedited) == 0 ? 0 : errno; }
 
-std::uint64_t peak_resident_bytes() noexcept {
-  // read(2), not stdio: callers may be inside malloc.
+namespace {
+// Reads a small /proc file into buf with read(2), not stdio: callers may be
+// inside malloc. Returns the length, 0 on failure.
+std::size_t read_proc(const char* path, char* buf, std::size_t size) {
   int saved = errno;
-  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-  std::uint64_t kib = 0;
+  std::size_t len = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
-    char buf[4096];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, size - 1);
     close(fd);
-    if (n > 0) {
-      buf[n] = '\0';
-      if (const char* line = strstr(buf, "VmHWM:")) kib = strtoull(line + 6, nullptr, 10);
-    }
+    if (n > 0) len = static_cast<std::size_t>(n);
   }
+  buf[len] = '\0';
   errno = saved;
-  return kib * 1024;
+  return len;
+}
+
+std::uint64_t status_kib(const char* field) {
+  char buf[4096];
+  if (read_proc("/proc/self/status", buf, sizeof buf) == 0) return 0;
+  const char* line = strstr(buf, field);
+  return line != nullptr ? strtoull(line + strlen(field), nullptr, 10) : 0;
+}
+}  // namespace
+
+std::uint64_t peak_resident_bytes() noexcept { return status_kib("VmHWM:") * 1024; }
+std::uint64_t resident_bytes_now() noexcept { return status_kib("VmRSS:") * 1024; }
+
+std::uint64_t process_age_ms() noexcept {
+  // Field 22 (starttime, clock ticks after boot); the command name (field 2)
+  // may hold spaces and parentheses, so count from its closing one.
+  char buf[1024];
+  if (read_proc("/proc/self/stat", buf, sizeof buf) == 0) return 0;
+  const char* p = strrchr(buf, ')');
+  if (p == nullptr) return 0;
+  for (int field = 2; field < 22 && p != nullptr; ++field) p = strchr(p + 1, ' ');
+  if (p == nullptr) return 0;
+  std::uint64_t ticks = strtoull(p + 1, nullptr, 10);
+  long hz = sysconf(_SC_CLK_TCK);
+  timespec now{};
+  if (hz <= 0 || clock_gettime(CLOCK_BOOTTIME, &now) != 0) return 0;
+  std::uint64_t now_ms = static_cast<std::uint64_t>(now.tv_sec) * 1000 + static_cast<std::uint64_t>(now.tv_nsec) / 1000000;
+  std::uint64_t start_ms = ticks * 1000 / static_cast<std::uint64_t>(hz);
+  return now_ms > start_ms ? now_ms - start_ms : 0;
 }
 
 }  // namespace os

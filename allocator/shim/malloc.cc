@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <new>
 
+#include "allocator/core/stats_report.h"
 #include "allocator/dropalloc_c.h"
 #include "allocator/os/options.h"
 #include "allocator/os/os.h"
@@ -25,7 +26,6 @@ std::atomic<core::heap*> g_general{nullptr};
 core::heap* g_droppable = nullptr;
 std::size_t g_drop_min = 0;
 std::size_t g_drop_max = 0;
-std::atomic<std::uint64_t> g_foreign_frees{0};
 
 namespace {
 
@@ -55,7 +55,7 @@ void setup_droppable_range() {
   if (!os::option_range(&lo, &hi)) return;
   g_drop_min = lo;
   g_drop_max = hi;
-  g_droppable = new (g_droppable_storage) core::heap(core::heap_options{});
+  g_droppable = new (g_droppable_storage) core::heap(core::heap_options{.name = "malloc droppable range"});
   char line[256];
   snprintf(line, sizeof line,
            "dropalloc: WARNING: malloc requests of %zu-%zu bytes use droppable memory (%s): "
@@ -64,28 +64,9 @@ void setup_droppable_range() {
   say(line);
 }
 
-double mib(std::uint64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
-
-void print_stats(const char* name, const resource_stats& st) {
-  char line[512];
-  snprintf(line, sizeof line,
-           "dropalloc[%d]: %s heap: %llu blocks live (%.1f MiB); %llu arenas, %.1f MiB mapped, %.1f MiB "
-           "resident; %.1f MiB metadata reserved; %llu misuse refused, %llu drops detected\n",
-           static_cast<int>(getpid()), name, static_cast<unsigned long long>(st.blocks_live), mib(st.bytes_live),
-           static_cast<unsigned long long>(st.arenas_mapped), mib(st.bytes_mapped), mib(st.bytes_resident),
-           mib(st.metadata_bytes), static_cast<unsigned long long>(st.misuse_refused),
-           static_cast<unsigned long long>(st.drops_detected));
-  say(line);
-}
-
-void print_all_stats() {
-  print_stats("general", general()->stats());
-  if (g_droppable != nullptr) print_stats("droppable", g_droppable->stats());
-  char line[160];
-  snprintf(line, sizeof line, "dropalloc[%d]: process peak resident %.1f MiB; foreign pointers ignored by free/realloc: %llu\n",
-           static_cast<int>(getpid()), mib(os::peak_resident_bytes()),
-           static_cast<unsigned long long>(g_foreign_frees.load(std::memory_order_relaxed)));
-  say(line);
+void print_all_stats(unsigned flags) {
+  core::fd_sink sink{STDERR_FILENO};
+  core::write_stats_report(nullptr, flags, core::write_to_fd, &sink);
 }
 
 // Runs after libc and libstdc++ are initialised (they are our dependencies),
@@ -116,7 +97,7 @@ __attribute__((constructor)) void shim_start() {
 // Destructors of preloaded libraries run after the program's exit handlers.
 __attribute__((destructor)) void shim_stop() {
   if (g_stats == os::stats_level::off || dropalloc_shim_active() == 0) return;
-  print_all_stats();
+  print_all_stats(g_stats == os::stats_level::classes ? core::kStatsPerClass : 0);
 }
 
 }  // namespace
@@ -130,7 +111,7 @@ core::heap* init_general() noexcept {
   if (h == nullptr) {
     // Ordinary memory: a general-purpose program cannot survive its heap
     // reading back as zeros, and it needs its heap in a forked child.
-    h = new (g_general_storage) core::heap(core::heap_options{.os = &os::ordinary_os()});
+    h = new (g_general_storage) core::heap(core::heap_options{.os = &os::ordinary_os(), .name = "malloc"});
     g_general.store(h, std::memory_order_release);
   }
   g_init_busy.store(false, std::memory_order_release);
@@ -170,7 +151,7 @@ void report_alloc_failure(std::size_t bytes, core::alloc_error err) noexcept {
 // extent would be worse than leaking it: ignore it, count it, and say so
 // once when verbose.
 void release_foreign(void* p) noexcept {
-  if (g_foreign_frees.fetch_add(1, std::memory_order_relaxed) == 0 && g_verbose) {
+  if (core::g_foreign_frees.fetch_add(1, std::memory_order_relaxed) == 0 && g_verbose) {
     char line[128];
     int saved = errno;
     snprintf(line, sizeof line, "dropalloc: free(%p) ignored: not allocated by dropalloc (reported once)\n", p);
@@ -369,29 +350,16 @@ DROPALLOC_EXPORT int dropalloc_shim_active(void) {
   return a;
 }
 
-DROPALLOC_EXPORT int dropalloc_malloc_print_stats(void) {
-  if (dropalloc_shim_active() == 0) return ENOSYS;
-  dropalloc::shim::print_all_stats();
-  return 0;
-}
-
 DROPALLOC_EXPORT int dropalloc_malloc_stats(dropalloc_stats* out) {
   if (out == nullptr) return EINVAL;
   if (dropalloc_shim_active() == 0) return ENOSYS;
   dropalloc::resource_stats st = dropalloc::shim::general()->stats();
   if (dropalloc::shim::g_droppable != nullptr) {
     dropalloc::resource_stats d = dropalloc::shim::g_droppable->stats();
-    st.blocks_live += d.blocks_live;
-    st.bytes_live += d.bytes_live;
-    st.arenas_mapped += d.arenas_mapped;
-    st.bytes_mapped += d.bytes_mapped;
-    st.bytes_resident += d.bytes_resident;
-    st.metadata_bytes += d.metadata_bytes;
-    st.drops_detected += d.drops_detected;
-    st.misuse_refused += d.misuse_refused;
+    dropalloc::add_counters(st, d);
     st.droppable = d.droppable;
   }
-  dropalloc::shim::to_c_stats(st, dropalloc::shim::g_foreign_frees.load(std::memory_order_relaxed), out);
+  dropalloc::shim::to_c_stats(st, dropalloc::core::g_foreign_frees.load(std::memory_order_relaxed), out);
   return 0;
 }
 

@@ -95,6 +95,16 @@ out=$(run DROPALLOC_TEST_ANYTHING=1)
 out=$(run)
 [[ -z "$out" ]] || fail "no option set, yet printed: $out"
 
+# DROPALLOC_STATS at exit: the report, per size class with 'classes'.
+out=$(run DROPALLOC_STATS=1)
+for want in "statistics: pid " " s after start, every heap of the process" "heap malloc: ordinary" \
+  "  live " "  address space " "(peak " "  metadata " "process: resident " "metadata: block states"; do
+  grep -qF -- "$want" <<<"$out" || fail "DROPALLOC_STATS=1 lacks '$want': $out"
+done
+grep -q "size classes" <<<"$out" && fail "DROPALLOC_STATS=1 printed size classes"
+out=$(run DROPALLOC_STATS=classes)
+grep -q "^size classes with arenas:" <<<"$out" || fail "DROPALLOC_STATS=classes lacks the classes: $out"
+
 # The full listing, as README.md shows it.
 out=$(run DROPALLOC_VERBOSE=1)
 echo "$out"
