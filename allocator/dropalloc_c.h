@@ -137,10 +137,23 @@ int dropalloc_shim_active(void);
 /* Statistics of the malloc shim's heaps: 0, EINVAL for NULL, or ENOSYS when
  * the shim is not the process's malloc. */
 int dropalloc_malloc_stats(dropalloc_stats* out);
-/* Prints the malloc shim's statistics to stderr now, as DROPALLOC_STATS=1
- * does at exit (one line per heap, with the process id and the process's peak
- * resident set). 0, or ENOSYS when the shim is not the process's malloc. */
-int dropalloc_malloc_print_stats(void);
+
+/* Statistics for people, as DROPALLOC_STATS=1 prints them at exit: a header
+ * with the version, process id and time since the process started, then per
+ * heap the live bytes and blocks, address space (current and peak) and its
+ * resident part, metadata (current and peak), refused frees and detected
+ * drops, in KiB/MiB/GiB; the process's resident set (current and peak); a
+ * line explaining each figure. Written to the file descriptor fd with
+ * write(2) and no allocation, so code that must not call malloc can call it;
+ * to interleave with stdio output, fflush first and pass fileno(f).
+ * Returns 0, EINVAL (fd < 0 or an unknown flag), or the errno of the write
+ * that failed. Example output: README.md, "Statistics". */
+#define DROPALLOC_STATS_CLASSES 1u /* also a line per size class that has arenas */
+/* Every dropalloc heap of the process: the malloc replacement's (when it is
+ * the process's malloc) and every resource, C or C++. */
+int dropalloc_stats_print(int fd, unsigned flags);
+/* One resource. NULL r: EINVAL, nothing printed. */
+int dropalloc_resource_stats_print(dropalloc_resource* r, int fd, unsigned flags);
 
 #ifdef __cplusplus
 }

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory_resource>
 #include <set>
+#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -266,18 +267,35 @@ TEST_CASE("a block_ref works where a pointer and generation do; a stale one is r
   CHECK(res.check(none) == block_state::foreign);
 }
 
-TEST_CASE("boolean environment variables: 1/0, true/false, yes/no, on/off; anything else keeps the default") {
-  struct row {
-    const char* value;
-    bool fallback, want;
-  } rows[] = {{"1", false, true},     {"true", false, true}, {"YES", false, true}, {"on", false, true},
-              {"0", true, false},     {"false", true, false}, {"No", true, false}, {"off", true, false},
-              {"maybe", false, false}, {"maybe", true, true},  {"", true, true},    {"2", false, false}};
-  for (const row& r : rows) {
-    CAPTURE(r.value);
-    setenv("DROPALLOC_TEST_BOOL", r.value, 1);
-    CHECK(dropalloc::os::env_bool("DROPALLOC_TEST_BOOL", r.fallback) == r.want);
-  }
-  unsetenv("DROPALLOC_TEST_BOOL");
-  CHECK(dropalloc::os::env_bool("DROPALLOC_TEST_BOOL", true));
+TEST_CASE("print_stats: the report for people, per resource and process-wide") {
+  dropalloc::resource_options options;
+  options.name = "test cache";
+  dropalloc::droppable_resource res(options);
+  void* p = res.allocate(3000);
+  std::ostringstream one;
+  res.print_stats(one);
+  std::string text = one.str();
+  CAPTURE(text);
+  CHECK(text.find("statistics: pid ") != std::string::npos);
+  CHECK(text.find("one resource") != std::string::npos);
+  CHECK(text.find("heap test cache: ") != std::string::npos);
+  CHECK(text.find(" in 1 blocks") != std::string::npos);
+  CHECK(text.find("(peak ") != std::string::npos);
+  CHECK(text.find("\nmetadata: ") != std::string::npos);
+  CHECK(text.find("size classes") == std::string::npos);
+
+  std::ostringstream all;
+  dropalloc::print_stats(all, true);
+  text = all.str();
+  CHECK(text.find("every heap of the process") != std::string::npos);
+  CHECK(text.find("heap test cache: ") != std::string::npos);
+  CHECK(text.find("process: resident ") != std::string::npos);
+  CHECK(text.find("size classes with arenas:") != std::string::npos);
+  CHECK(text.find("     3072 ") != std::string::npos);  // the class of the 3000-byte block
+
+  std::ostringstream failed;
+  failed.setstate(std::ios::badbit);
+  res.print_stats(failed);  // stops quietly
+  CHECK(failed.str().empty());
+  res.deallocate(p, 3000);
 }

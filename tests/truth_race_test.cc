@@ -1,5 +1,5 @@
 // Races a review found or suspected around the drop check, each run for a
-// bounded time (DROPALLOC_RACE_SECONDS, default 2; set 60 for a long run by
+// bounded time (DROPALLOC_TEST_RACE_SECONDS, default 2; set 60 for a long run by
 // hand). Run under ASan and TSan by scripts/test.sh.
 #include <doctest/doctest.h>
 
@@ -21,7 +21,7 @@ using dropalloc::droppable_resource;
 namespace {
 
 double race_seconds() {
-  const char* v = std::getenv("DROPALLOC_RACE_SECONDS");
+  const char* v = std::getenv("DROPALLOC_TEST_RACE_SECONDS");
   double s = v != nullptr ? std::atof(v) : 2.0;
   return s > 0 ? s : 2.0;
 }

@@ -5,6 +5,7 @@
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/grace.h"
 #include "allocator/core/purger.h"
+#include "allocator/os/options.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -46,7 +47,7 @@ namespace {
 std::atomic<std::uint64_t> g_next_heap_id{1};
 
 bool misuse_aborts() {
-  static const bool aborts = os::env_bool("DROPALLOC_ABORT_ON_MISUSE", false);
+  static const bool aborts = os::option_flag(os::option::abort_on_misuse);
   return aborts;
 }
 
@@ -116,6 +117,10 @@ void heap::link_all(segment* s) noexcept {
   s->all_next = all_;
   if (all_ != nullptr) all_->all_prev = s;
   all_ = s;
+  mapped_now_ += s->span;
+  meta_now_ += s->meta_bytes;
+  if (mapped_now_ > mapped_peak_) mapped_peak_ = mapped_now_;
+  if (meta_now_ > meta_peak_) meta_peak_ = meta_now_;
 }
 
 void heap::unlink_all(segment* s) noexcept {
@@ -126,6 +131,8 @@ void heap::unlink_all(segment* s) noexcept {
 void heap::unlink_all_locked(segment* s) noexcept {
   if (s->all_prev != nullptr) s->all_prev->all_next = s->all_next; else all_ = s->all_next;
   if (s->all_next != nullptr) s->all_next->all_prev = s->all_prev;
+  mapped_now_ -= s->span;
+  meta_now_ -= s->meta_bytes;
 }
 
 // ---- allocation slow paths ---------------------------------------------------
@@ -542,12 +549,26 @@ std::size_t heap::usable_size(const void* p) const noexcept {
 
 // ---- statistics ------------------------------------------------------------------------
 
-resource_stats heap::stats() const noexcept {
+resource_stats heap::stats(class_usage* per_class) const noexcept { return stats_impl(per_class, false); }
+
+void heap::visit_heaps(void (*fn)(const heap&, const resource_stats&, const class_usage*, void*), void* ctx,
+                       bool per_class) noexcept {
+  registry_t& r = registry();
+  std::lock_guard<std::mutex> guard(r.lock);
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) {
+    class_usage classes[kNumClasses];
+    resource_stats st = h->stats_impl(per_class ? classes : nullptr, true);
+    fn(*h, st, per_class ? classes : nullptr, ctx);
+  }
+}
+
+resource_stats heap::stats_impl(class_usage* per_class, bool registry_held) const noexcept {
   resource_stats st;
   std::uint64_t cached_blocks[kNumCachedClasses] = {};
   if (slot_ >= 0) {
     registry_t& r = registry();
-    std::lock_guard<std::mutex> guard(r.lock);
+    std::unique_lock<std::mutex> guard(r.lock, std::defer_lock);
+    if (!registry_held) guard.lock();
     for (tc_table* t = r.tables; t != nullptr; t = t->next) {
       tc_heap_cache* c = t->caches[slot_].load(std::memory_order_acquire);
       if (c == nullptr || c->heap_id.load(std::memory_order_relaxed) != id_) continue;
@@ -568,6 +589,10 @@ resource_stats heap::stats() const noexcept {
       st.bytes_mapped += s->span;
       st.metadata_bytes += s->meta_bytes;
       st.bytes_resident += os_->resident_bytes(s->base, s->span);
+      if (per_class != nullptr && s->cls != kLargeClass) {
+        ++per_class[s->cls].arenas;
+        per_class[s->cls].bytes_mapped += s->span;
+      }
       if (s->cls == kLargeClass) {
         if (read_counter(&s->live) != 0) {
           ++st.blocks_live;
@@ -577,12 +602,15 @@ resource_stats heap::stats() const noexcept {
         out_blocks[s->cls] += read_counter(&s->live);
       }
     }
+    st.bytes_mapped_peak = mapped_peak_;
+    st.metadata_bytes_peak = meta_peak_;
   }
   for (std::size_t cls = 0; cls < kNumClasses; ++cls) {
     std::uint64_t cached = cls < kNumCachedClasses ? cached_blocks[cls] : 0;
     std::uint64_t live = out_blocks[cls] > cached ? out_blocks[cls] - cached : 0;
     st.blocks_live += live;
     st.bytes_live += live * kSizeClasses[cls].size;
+    if (per_class != nullptr) per_class[cls].blocks_live += live;
   }
   st.drops_detected = drops_detected_.load(std::memory_order_relaxed);
   st.misuse_refused = misuse_refused_.load(std::memory_order_relaxed);

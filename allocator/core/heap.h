@@ -38,6 +38,15 @@ struct heap_options {
   // so that it goes back while the program makes no further call. Without it
   // decay happens on later frees, and on trim().
   bool background_decay = false;
+  // What statistics call this heap ("malloc", "resource"); static storage.
+  const char* name = nullptr;
+};
+
+// One size class's share of a heap (heap::stats with per_class).
+struct class_usage {
+  std::uint64_t blocks_live = 0;
+  std::uint64_t arenas = 0;
+  std::uint64_t bytes_mapped = 0;
 };
 
 enum class alloc_error : std::uint8_t { none, out_of_memory, too_large, bad_alignment };
@@ -147,7 +156,15 @@ class heap {
   // options.background_decay. Returns whether any still has decay work.
   static bool decay_background_heaps() noexcept;
 
-  resource_stats stats() const noexcept;
+  // per_class, if given, has kNumClasses entries and is added to.
+  resource_stats stats(class_usage* per_class = nullptr) const noexcept;
+  const char* name() const noexcept { return options_.name != nullptr ? options_.name : "heap"; }
+  // Calls fn for every heap of the process with its statistics, while no heap
+  // can be created or destroyed (the registry lock is held: fn must not
+  // create, destroy or ask a heap for its stats).
+  static void visit_heaps(void (*fn)(const heap& h, const resource_stats& st, const class_usage* per_class,
+                                     void* ctx),
+                          void* ctx, bool per_class) noexcept;
   backing arena_backing() const noexcept { return os_->arena_backing(); }
 
  private:
@@ -249,6 +266,10 @@ class heap {
   std::atomic<bool> decay_pending_{false};  // something for decay() to hand back
   std::atomic<std::uint64_t> drops_detected_{0};
   std::atomic<std::uint64_t> misuse_refused_{0};
+  // Address space and metadata of all_, now and at most (guarded by
+  // segments_lock_): peaks cost nothing on the paths that map arenas.
+  std::uint64_t mapped_now_ = 0, mapped_peak_ = 0, meta_now_ = 0, meta_peak_ = 0;
+  resource_stats stats_impl(class_usage* per_class, bool registry_held) const noexcept;
 };
 
 // fork() from a multi-threaded process: take every allocator lock before the

@@ -60,12 +60,29 @@ struct resource_stats {
   std::uint64_t bytes_live = 0;       // their size-class-rounded bytes
   std::uint64_t arenas_mapped = 0;    // arenas plus large-block mappings
   std::uint64_t bytes_mapped = 0;     // address space of those mappings
+  std::uint64_t bytes_mapped_peak = 0;  // the most bytes_mapped has been
   std::uint64_t bytes_resident = 0;   // of those, resident now (mincore estimate)
   std::uint64_t metadata_bytes = 0;   // ordinary memory reserved for metadata
+  std::uint64_t metadata_bytes_peak = 0;  // the most metadata_bytes has been
   std::uint64_t drops_detected = 0;   // sealed blocks found dropped (once per seal)
   std::uint64_t misuse_refused = 0;   // double, foreign or interior frees ignored
   bool droppable = false;             // arenas are MAP_DROPPABLE (else private fallback)
 };
+
+// Sums the counters of two heaps' statistics (peaks too: an upper bound of
+// the peak of the sum). `droppable` stays the first's.
+inline void add_counters(resource_stats& sum, const resource_stats& st) noexcept {
+  sum.blocks_live += st.blocks_live;
+  sum.bytes_live += st.bytes_live;
+  sum.arenas_mapped += st.arenas_mapped;
+  sum.bytes_mapped += st.bytes_mapped;
+  sum.bytes_mapped_peak += st.bytes_mapped_peak;
+  sum.bytes_resident += st.bytes_resident;
+  sum.metadata_bytes += st.metadata_bytes;
+  sum.metadata_bytes_peak += st.metadata_bytes_peak;
+  sum.drops_detected += st.drops_detected;
+  sum.misuse_refused += st.misuse_refused;
+}
 
 }  // namespace dropalloc
 

@@ -6,6 +6,7 @@
 #include <strings.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <new>
 
 #include "allocator/os/os.h"
+#include "allocator/os/options.h"
 
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08  // Linux 6.11+, a mapping type (not OR-able with MAP_PRIVATE)
@@ -216,7 +218,7 @@ class linux_os final : public os_interface {
   // Decides the backing once. One probe mapping, then unmapped.
   int probe() {
     int expected = kUnknown;
-    if (mode_ == mode::fallback || os::env_bool("DROPALLOC_FORCE_FALLBACK", false)) {
+    if (mode_ == mode::fallback || option_flag(option::force_fallback)) {
       reason_.store(-1, std::memory_order_relaxed);
       if (state_.compare_exchange_strong(expected, kFallback)) report();
       return state_.load(std::memory_order_acquire);
@@ -245,8 +247,7 @@ class linux_os final : public os_interface {
   // the kernel refused MAP_DROPPABLE with errno n, so the fallback for every
   // errno another kernel may return can be tested on a kernel that has it.
   static int test_droppable_errno() {
-    const char* v = getenv("DROPALLOC_TEST_DROPPABLE_ERRNO");
-    return v != nullptr ? atoi(v) : 0;
+    return static_cast<int>(option_number(option::test_droppable_errno));
   }
 
   bool settle_fallback(int err) {
@@ -266,7 +267,7 @@ class linux_os final : public os_interface {
   }
 
   void report() {
-    if (!os::env_bool("DROPALLOC_VERBOSE", false)) return;
+    if (!option_flag(option::verbose)) return;
     char line[160];
     int reason = reason_.load(std::memory_order_relaxed);
     if (state_.load(std::memory_order_relaxed) == kDroppable) {
@@ -279,6 +280,7 @@ class linux_os final : public os_interface {
                reason, errno_name(reason));
     }
     say(line);
+    print_options();
   }
 
   const mode mode_;
@@ -320,43 +322,50 @@ bool register_process_barrier() noexcept {
 
 int process_barrier() noexcept { return membarrier(kMembarrierPrivateExpedited) == 0 ? 0 : errno; }
 
-bool env_bool(const char* name, bool fallback) noexcept {
-  const char* v = getenv(name);
-  if (v == nullptr || v[0] == '\0') return fallback;
-  for (const char* yes : {"1", "true", "yes", "on"}) {
-    if (strcasecmp(v, yes) == 0) return true;
-  }
-  for (const char* no : {"0", "false", "no", "off"}) {
-    if (strcasecmp(v, no) == 0) return false;
-  }
-  char line[256];
-  int n = snprintf(line, sizeof line, "dropalloc: %s=%.40s is not 1/0 (true/false, yes/no, on/off); using %d\n", name, v,
-                   fallback ? 1 : 0);
+namespace {
+// Reads a small /proc file into buf with read(2), not stdio: callers may be
+// inside malloc. Returns the length, 0 on failure.
+std::size_t read_proc(const char* path, char* buf, std::size_t size) {
   int saved = errno;
-  if (n > 0) {
-    ssize_t ignored = write(STDERR_FILENO, line, static_cast<std::size_t>(n) < sizeof line ? n : sizeof line - 1);
-    (void)ignored;
+  std::size_t len = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n > 0) len = static_cast<std::size_t>(n);
   }
+  buf[len] = '\0';
   errno = saved;
-  return fallback;
+  return len;
 }
 
-std::uint64_t peak_resident_bytes() noexcept {
-  // read(2), not stdio: callers may be inside malloc.
-  int saved = errno;
-  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-  std::uint64_t kib = 0;
-  if (fd >= 0) {
-    char buf[4096];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n > 0) {
-      buf[n] = '\0';
-      if (const char* line = strstr(buf, "VmHWM:")) kib = strtoull(line + 6, nullptr, 10);
-    }
-  }
-  errno = saved;
-  return kib * 1024;
+std::uint64_t status_kib(const char* field) {
+  char buf[4096];
+  if (read_proc("/proc/self/status", buf, sizeof buf) == 0) return 0;
+  const char* line = strstr(buf, field);
+  return line != nullptr ? strtoull(line + strlen(field), nullptr, 10) : 0;
+}
+}  // namespace
+
+std::uint64_t peak_resident_bytes() noexcept { return status_kib("VmHWM:") * 1024; }
+std::uint64_t resident_bytes_now() noexcept { return status_kib("VmRSS:") * 1024; }
+
+std::uint64_t process_age_ms() noexcept {
+  // Field 22 (starttime, clock ticks after boot); the command name (field 2)
+  // may hold spaces and parentheses, so count from its closing one.
+  char buf[1024];
+  if (read_proc("/proc/self/stat", buf, sizeof buf) == 0) return 0;
+  const char* p = strrchr(buf, ')');
+  if (p == nullptr) return 0;
+  for (int field = 2; field < 22 && p != nullptr; ++field) p = strchr(p + 1, ' ');
+  if (p == nullptr) return 0;
+  std::uint64_t ticks = strtoull(p + 1, nullptr, 10);
+  long hz = sysconf(_SC_CLK_TCK);
+  timespec now{};
+  if (hz <= 0 || clock_gettime(CLOCK_BOOTTIME, &now) != 0) return 0;
+  std::uint64_t now_ms = static_cast<std::uint64_t>(now.tv_sec) * 1000 + static_cast<std::uint64_t>(now.tv_nsec) / 1000000;
+  std::uint64_t start_ms = ticks * 1000 / static_cast<std::uint64_t>(hz);
+  return now_ms > start_ms ? now_ms - start_ms : 0;
 }
 
 }  // namespace os

@@ -83,12 +83,10 @@ os_interface& ordinary_os() noexcept;
 // ---- the process ---------------------------------------------------------------
 // The process's peak resident set (VmHWM in /proc/self/status), 0 if unknown.
 std::uint64_t peak_resident_bytes() noexcept;
-
-// ---- environment ------------------------------------------------------------------
-// A boolean environment variable: unset or empty gives `fallback`; 1, true,
-// yes, on give true; 0, false, no, off give false (any case). Anything else
-// gives `fallback` and one line on stderr naming the variable and the value.
-bool env_bool(const char* name, bool fallback) noexcept;
+// The process's resident set now (VmRSS), 0 if unknown.
+std::uint64_t resident_bytes_now() noexcept;
+// Milliseconds since the process started (/proc/self/stat), 0 if unknown.
+std::uint64_t process_age_ms() noexcept;
 
 // ---- process-wide memory barrier ----------------------------------------------
 // Lets lock-free readers pay nothing for the rare writer that must know they

@@ -1,6 +1,8 @@
 #include "allocator/pmr/droppable_resource.h"
+#include "allocator/core/stats_report.h"
 
 #include <cstdio>
+#include <ostream>
 #include <cstring>
 #include <stdexcept>
 
@@ -20,6 +22,7 @@ core::heap_options droppable_resource::heap_options_for(const resource_options& 
          : options.force_fallback ? &os::fallback_os()
                                   : &os::system_os();
   h.thread_cache = options.thread_cache;
+  h.name = options.name;
   h.empty_arena_decay_ms = options.empty_arena_decay_ms;
   // A test's OS layer is called from the test's threads only: no purger
   // thread calling into it behind the test's back.
@@ -29,6 +32,28 @@ core::heap_options droppable_resource::heap_options_for(const resource_options& 
 
 droppable_resource::droppable_resource(const resource_options& options)
     : heap_(heap_options_for(options)) {}
+
+namespace {
+bool to_stream(void* ctx, const char* text, std::size_t n) noexcept {
+  auto* out = static_cast<std::ostream*>(ctx);
+  // The report's sink must not throw; a stream set to throw reports through
+  // its state instead.
+  try {
+    out->write(text, static_cast<std::streamsize>(n));
+  } catch (...) {
+    return false;
+  }
+  return out->good();
+}
+}  // namespace
+
+void droppable_resource::print_stats(std::ostream& out, bool per_class) const {
+  core::write_stats_report(&heap_, per_class ? core::kStatsPerClass : 0, to_stream, &out);
+}
+
+void print_stats(std::ostream& out, bool per_class) {
+  core::write_stats_report(nullptr, per_class ? core::kStatsPerClass : 0, to_stream, &out);
+}
 
 // The fast paths need no stack frame; everything else, including the throw,
 // is out of line.

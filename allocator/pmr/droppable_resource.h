@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iosfwd>
 #include <memory_resource>
 #include <new>
 
@@ -34,6 +35,8 @@ struct resource_options {
   bool background_decay = true;
   // Tests only: the OS layer to use (nullptr: the real one).
   os::os_interface* os = nullptr;
+  // What print_stats calls this resource; must outlive it (a string literal).
+  const char* name = "resource";
 };
 
 // std::bad_alloc saying why an allocation failed.
@@ -183,6 +186,11 @@ class droppable_resource final : public std::pmr::memory_resource {
   std::size_t usable_size(const void* p) const noexcept { return heap_.usable_size(p); }
   bool owns(const void* p) const noexcept { return heap_.owns(p); }
   resource_stats stats() const noexcept { return heap_.stats(); }
+  // The statistics for people (README.md, "Statistics"): live bytes and
+  // blocks, address space and metadata now and at their peak, resident
+  // memory, in KiB/MiB/GiB, each figure explained; per_class adds a line per
+  // size class. The process-wide report is dropalloc::print_stats below.
+  void print_stats(std::ostream& out, bool per_class = false) const;
   backing arena_backing() const noexcept { return heap_.arena_backing(); }
   // Hands free memory back to the OS now instead of after the decay: arenas
   // that hold no block, cached large mappings, pages holding only free
@@ -219,5 +227,11 @@ class droppable_resource final : public std::pmr::memory_resource {
   }
   core::heap heap_;
 };
+
+// Statistics of every dropalloc heap of the process (the malloc
+// replacement's, when it is the process's malloc, and every resource), with
+// the process id, the time since it started and its resident set. The same
+// report as C's dropalloc_stats_print and DROPALLOC_STATS=1 at exit.
+void print_stats(std::ostream& out, bool per_class = false);
 
 }  // namespace dropalloc

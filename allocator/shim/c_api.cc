@@ -7,6 +7,7 @@
 #include "allocator/core/heap.h"
 #include "allocator/dropalloc_c.h"
 #include "allocator/os/os.h"
+#include "allocator/core/stats_report.h"
 #include "allocator/shim/c_stats.h"
 
 struct dropalloc_resource {
@@ -41,6 +42,7 @@ DROPALLOC_EXPORT dropalloc_resource* dropalloc_create(unsigned flags) {
   dropalloc::core::heap_options options;
   options.os = (flags & DROPALLOC_FORCE_FALLBACK) != 0 ? &dropalloc::os::fallback_os() : nullptr;
   options.thread_cache = (flags & DROPALLOC_NO_THREAD_CACHE) == 0;
+  options.name = "C API resource";
   auto* r = new (std::nothrow) dropalloc_resource(options);
   if (r == nullptr) errno = ENOMEM;
   return r;
@@ -104,6 +106,22 @@ DROPALLOC_EXPORT int dropalloc_get_stats(dropalloc_resource* r, dropalloc_stats*
   return 0;
 }
 
+namespace {
+int print_report(const dropalloc::core::heap* h, int fd, unsigned flags) {
+  if (fd < 0 || (flags & ~DROPALLOC_STATS_CLASSES) != 0) return EINVAL;
+  dropalloc::core::fd_sink sink{fd};
+  unsigned f = (flags & DROPALLOC_STATS_CLASSES) != 0 ? dropalloc::core::kStatsPerClass : 0;
+  dropalloc::core::write_stats_report(h, f, dropalloc::core::write_to_fd, &sink);
+  return sink.error;
+}
+}  // namespace
+
+DROPALLOC_EXPORT int dropalloc_stats_print(int fd, unsigned flags) { return print_report(nullptr, fd, flags); }
+
+DROPALLOC_EXPORT int dropalloc_resource_stats_print(dropalloc_resource* r, int fd, unsigned flags) {
+  return r != nullptr ? print_report(&r->heap, fd, flags) : EINVAL;
+}
+
 DROPALLOC_EXPORT void dropalloc_trim(dropalloc_resource* r) {
   if (r != nullptr) r->heap.trim();
 }
@@ -129,6 +147,5 @@ DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_shim_active(void) { return 
 DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_malloc_stats(dropalloc_stats* out) {
   return out == nullptr ? EINVAL : ENOSYS;
 }
-DROPALLOC_EXPORT __attribute__((weak)) int dropalloc_malloc_print_stats(void) { return ENOSYS; }
 
 }  // extern "C"

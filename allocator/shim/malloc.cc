@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <new>
 
+#include "allocator/core/stats_report.h"
 #include "allocator/dropalloc_c.h"
+#include "allocator/os/options.h"
 #include "allocator/os/os.h"
 #include "allocator/shim/c_stats.h"
 #include "allocator/shim/shim.h"
@@ -24,7 +26,6 @@ std::atomic<core::heap*> g_general{nullptr};
 core::heap* g_droppable = nullptr;
 std::size_t g_drop_min = 0;
 std::size_t g_drop_max = 0;
-std::atomic<std::uint64_t> g_foreign_frees{0};
 
 namespace {
 
@@ -32,7 +33,7 @@ alignas(core::heap) unsigned char g_general_storage[sizeof(core::heap)];
 alignas(core::heap) unsigned char g_droppable_storage[sizeof(core::heap)];
 std::atomic<bool> g_init_busy{false};
 bool g_verbose = false;
-bool g_stats = false;
+os::stats_level g_stats = os::stats_level::off;
 
 // write(2) only: stdio may allocate, and errno must survive.
 void say(const char* msg) noexcept {
@@ -42,55 +43,19 @@ void say(const char* msg) noexcept {
   errno = saved;
 }
 
-// "123", "64k", "1M" (powers of 1024). false on anything else.
-bool parse_size(const char* s, const char* end, std::size_t* out) {
-  if (s == end) return false;
-  std::size_t v = 0;
-  for (; s != end && *s >= '0' && *s <= '9'; ++s) {
-    if (v > (SIZE_MAX - 9) / 10) return false;
-    v = v * 10 + static_cast<std::size_t>(*s - '0');
-  }
-  int shift = 0;
-  if (s != end) {
-    switch (*s++) {
-      case 'k': case 'K': shift = 10; break;
-      case 'm': case 'M': shift = 20; break;
-      case 'g': case 'G': shift = 30; break;
-      default: return false;
-    }
-  }
-  if (s != end || v > (SIZE_MAX >> shift)) return false;
-  *out = v << shift;
-  return true;
-}
-
-// DROPALLOC_DECAY_MS (default 1000): how long free memory stays before it
-// goes back to the OS. DROPALLOC_DECAY_THREAD=0: only on later frees and
-// malloc_trim, no background thread (default 1).
+// How long free memory stays before it goes back to the OS, and whether a
+// background thread hands it back (README.md, "Options").
 void setup_decay() {
-  std::size_t ms = 1000;
-  const char* v = getenv("DROPALLOC_DECAY_MS");
-  if (v != nullptr && v[0] != '\0' && (!parse_size(v, v + strlen(v), &ms) || ms > 3600u * 1000)) {
-    say("dropalloc: DROPALLOC_DECAY_MS must be a number of milliseconds up to 3600000; using 1000\n");
-    ms = 1000;
-  }
-  general()->set_decay(ms, os::env_bool("DROPALLOC_DECAY_THREAD", true));
+  general()->set_decay(os::option_number(os::option::decay_ms), os::option_flag(os::option::decay_thread));
 }
 
 // DROPALLOC_DROPPABLE_RANGE=min-max: the experiment switch.
 void setup_droppable_range() {
-  const char* v = getenv("DROPALLOC_DROPPABLE_RANGE");
-  if (v == nullptr || v[0] == '\0') return;
-  const char* dash = strchr(v, '-');
   std::size_t lo = 0, hi = 0;
-  if (dash == nullptr || !parse_size(v, dash, &lo) || !parse_size(dash + 1, dash + strlen(dash), &hi) ||
-      lo > hi) {
-    say("dropalloc: DROPALLOC_DROPPABLE_RANGE must look like 1024-65536 (k/M/G suffixes allowed); ignored\n");
-    return;
-  }
+  if (!os::option_range(&lo, &hi)) return;
   g_drop_min = lo;
   g_drop_max = hi;
-  g_droppable = new (g_droppable_storage) core::heap(core::heap_options{});
+  g_droppable = new (g_droppable_storage) core::heap(core::heap_options{.name = "malloc droppable range"});
   char line[256];
   snprintf(line, sizeof line,
            "dropalloc: WARNING: malloc requests of %zu-%zu bytes use droppable memory (%s): "
@@ -99,28 +64,9 @@ void setup_droppable_range() {
   say(line);
 }
 
-double mib(std::uint64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0); }
-
-void print_stats(const char* name, const resource_stats& st) {
-  char line[512];
-  snprintf(line, sizeof line,
-           "dropalloc[%d]: %s heap: %llu blocks live (%.1f MiB); %llu arenas, %.1f MiB mapped, %.1f MiB "
-           "resident; %.1f MiB metadata reserved; %llu misuse refused, %llu drops detected\n",
-           static_cast<int>(getpid()), name, static_cast<unsigned long long>(st.blocks_live), mib(st.bytes_live),
-           static_cast<unsigned long long>(st.arenas_mapped), mib(st.bytes_mapped), mib(st.bytes_resident),
-           mib(st.metadata_bytes), static_cast<unsigned long long>(st.misuse_refused),
-           static_cast<unsigned long long>(st.drops_detected));
-  say(line);
-}
-
-void print_all_stats() {
-  print_stats("general", general()->stats());
-  if (g_droppable != nullptr) print_stats("droppable", g_droppable->stats());
-  char line[160];
-  snprintf(line, sizeof line, "dropalloc[%d]: process peak resident %.1f MiB; foreign pointers ignored by free/realloc: %llu\n",
-           static_cast<int>(getpid()), mib(os::peak_resident_bytes()),
-           static_cast<unsigned long long>(g_foreign_frees.load(std::memory_order_relaxed)));
-  say(line);
+void print_all_stats(unsigned flags) {
+  core::fd_sink sink{STDERR_FILENO};
+  core::write_stats_report(nullptr, flags, core::write_to_fd, &sink);
 }
 
 // Runs after libc and libstdc++ are initialised (they are our dependencies),
@@ -128,14 +74,15 @@ void print_all_stats() {
 // droppable range.
 __attribute__((constructor)) void shim_start() {
   general();
-  g_verbose = os::env_bool("DROPALLOC_VERBOSE", false);
-  g_stats = os::env_bool("DROPALLOC_STATS", false);
+  g_verbose = os::option_flag(os::option::verbose);
+  g_stats = os::option_stats();
   setup_decay();
   if (dropalloc_shim_active() == 0) {
     // Loaded with dlopen (for the C API) or after libc: malloc is not ours.
     if (g_verbose) {
       say("dropalloc: libdropalloc.so (dropalloc " DROPALLOC_VERSION_STRING
           ") loaded, but the process's malloc is not this shim\n");
+      os::print_options();
     }
     return;
   }
@@ -143,13 +90,14 @@ __attribute__((constructor)) void shim_start() {
   if (g_verbose) {
     say("dropalloc: LD_PRELOAD shim active (dropalloc " DROPALLOC_VERSION_STRING
         "): malloc and operator new served by dropalloc\n");
+    os::print_options();
   }
 }
 
 // Destructors of preloaded libraries run after the program's exit handlers.
 __attribute__((destructor)) void shim_stop() {
-  if (!g_stats || dropalloc_shim_active() == 0) return;
-  print_all_stats();
+  if (g_stats == os::stats_level::off || dropalloc_shim_active() == 0) return;
+  print_all_stats(g_stats == os::stats_level::classes ? core::kStatsPerClass : 0);
 }
 
 }  // namespace
@@ -163,7 +111,7 @@ core::heap* init_general() noexcept {
   if (h == nullptr) {
     // Ordinary memory: a general-purpose program cannot survive its heap
     // reading back as zeros, and it needs its heap in a forked child.
-    h = new (g_general_storage) core::heap(core::heap_options{.os = &os::ordinary_os()});
+    h = new (g_general_storage) core::heap(core::heap_options{.os = &os::ordinary_os(), .name = "malloc"});
     g_general.store(h, std::memory_order_release);
   }
   g_init_busy.store(false, std::memory_order_release);
@@ -203,7 +151,7 @@ void report_alloc_failure(std::size_t bytes, core::alloc_error err) noexcept {
 // extent would be worse than leaking it: ignore it, count it, and say so
 // once when verbose.
 void release_foreign(void* p) noexcept {
-  if (g_foreign_frees.fetch_add(1, std::memory_order_relaxed) == 0 && g_verbose) {
+  if (core::g_foreign_frees.fetch_add(1, std::memory_order_relaxed) == 0 && g_verbose) {
     char line[128];
     int saved = errno;
     snprintf(line, sizeof line, "dropalloc: free(%p) ignored: not allocated by dropalloc (reported once)\n", p);
@@ -402,29 +350,16 @@ DROPALLOC_EXPORT int dropalloc_shim_active(void) {
   return a;
 }
 
-DROPALLOC_EXPORT int dropalloc_malloc_print_stats(void) {
-  if (dropalloc_shim_active() == 0) return ENOSYS;
-  dropalloc::shim::print_all_stats();
-  return 0;
-}
-
 DROPALLOC_EXPORT int dropalloc_malloc_stats(dropalloc_stats* out) {
   if (out == nullptr) return EINVAL;
   if (dropalloc_shim_active() == 0) return ENOSYS;
   dropalloc::resource_stats st = dropalloc::shim::general()->stats();
   if (dropalloc::shim::g_droppable != nullptr) {
     dropalloc::resource_stats d = dropalloc::shim::g_droppable->stats();
-    st.blocks_live += d.blocks_live;
-    st.bytes_live += d.bytes_live;
-    st.arenas_mapped += d.arenas_mapped;
-    st.bytes_mapped += d.bytes_mapped;
-    st.bytes_resident += d.bytes_resident;
-    st.metadata_bytes += d.metadata_bytes;
-    st.drops_detected += d.drops_detected;
-    st.misuse_refused += d.misuse_refused;
+    dropalloc::add_counters(st, d);
     st.droppable = d.droppable;
   }
-  dropalloc::shim::to_c_stats(st, dropalloc::shim::g_foreign_frees.load(std::memory_order_relaxed), out);
+  dropalloc::shim::to_c_stats(st, dropalloc::core::g_foreign_frees.load(std::memory_order_relaxed), out);
   return 0;
 }
 

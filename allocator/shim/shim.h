@@ -34,7 +34,6 @@ extern std::atomic<core::heap*> g_general DROPALLOC_HIDDEN;
 extern core::heap* g_droppable DROPALLOC_HIDDEN;
 extern std::size_t g_drop_min DROPALLOC_HIDDEN;
 extern std::size_t g_drop_max DROPALLOC_HIDDEN;
-extern std::atomic<std::uint64_t> g_foreign_frees DROPALLOC_HIDDEN;  // see release_foreign
 
 core::heap* init_general() noexcept DROPALLOC_HIDDEN;
 // alloc() out of line, for entry points whose fast path failed.

@@ -6,4 +6,4 @@ lib="$TEST_SRCDIR/$TEST_WORKSPACE/allocator/libdropalloc.so"
 [[ -f "$lib" ]] || { echo "FAIL: $lib not found" >&2; exit 1; }
 prog="$1"
 shift
-DROPALLOC_DECAY_MS=1 DROPALLOC_REQUIRE_SHIM=1 LD_PRELOAD="$lib" exec "$prog" "$@"
+DROPALLOC_DECAY_MS=1 DROPALLOC_TEST_REQUIRE_SHIM=1 LD_PRELOAD="$lib" exec "$prog" "$@"

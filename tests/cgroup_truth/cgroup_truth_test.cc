@@ -5,10 +5,10 @@
 // ordinary memory. Where no cgroup is writable, the test says why and skips.
 //
 // Knobs for a longer run by hand (environment, e.g. bazel test --test_env=...):
-//   DROPALLOC_TRUTH_BLOCKS       fresh blocks to write (default 1000000)
-//   DROPALLOC_TRUTH_THREADS      writer threads (default 2)
-//   DROPALLOC_TRUTH_LIMIT_MIB    the cgroup's limit (default 64)
-//   DROPALLOC_TRUTH_COTENANT_MIB ordinary memory a neighbour process churns (default 16, 0: none)
+//   DROPALLOC_TEST_TRUTH_BLOCKS       fresh blocks to write (default 1000000)
+//   DROPALLOC_TEST_TRUTH_THREADS      writer threads (default 2)
+//   DROPALLOC_TEST_TRUTH_LIMIT_MIB    the cgroup's limit (default 64)
+//   DROPALLOC_TEST_TRUTH_COTENANT_MIB ordinary memory a neighbour process churns (default 16, 0: none)
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -79,10 +79,10 @@ void print_launder(const char* title, const launder_result& r, bool counted) {
 TEST_CASE("under real drops every block check() calls intact holds what was sealed, on every seal path") {
   if (skipped_under_tsan()) return;
   workload_options o;
-  o.blocks = knob("DROPALLOC_TRUTH_BLOCKS", 1000000);
-  o.threads = static_cast<int>(knob("DROPALLOC_TRUTH_THREADS", 2));
-  std::uint64_t limit = knob("DROPALLOC_TRUTH_LIMIT_MIB", 64) << 20;
-  std::size_t neighbour_bytes = knob("DROPALLOC_TRUTH_COTENANT_MIB", 16) << 20;
+  o.blocks = knob("DROPALLOC_TEST_TRUTH_BLOCKS", 1000000);
+  o.threads = static_cast<int>(knob("DROPALLOC_TEST_TRUTH_THREADS", 2));
+  std::uint64_t limit = knob("DROPALLOC_TEST_TRUTH_LIMIT_MIB", 64) << 20;
+  std::size_t neighbour_bytes = knob("DROPALLOC_TEST_TRUTH_COTENANT_MIB", 16) << 20;
   auto run = dropalloc::testing::run_in_child_cgroup<workload_outcome>("dropalloc-truth", limit, [&] {
     workload_outcome r;
     cotenant neighbour(neighbour_bytes);  // forked before any thread starts

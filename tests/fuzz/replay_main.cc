@@ -1,6 +1,6 @@
 // Runs the fuzz target without libFuzzer: seeded random inputs (and any files
 // named on the command line), so the same invariants run under Bazel's plain,
-// asan, ubsan and tsan builds. DROPALLOC_FUZZ_RUNS sets the number of inputs.
+// asan, ubsan and tsan builds. DROPALLOC_TEST_FUZZ_RUNS sets the number of inputs.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
     std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     LLVMFuzzerTestOneInput(bytes.data(), bytes.size());
   }
-  const char* env = getenv("DROPALLOC_FUZZ_RUNS");
+  const char* env = getenv("DROPALLOC_TEST_FUZZ_RUNS");
   int runs = env != nullptr ? atoi(env) : 60;
   for (int seed = 0; seed < runs; ++seed) {
     std::mt19937 rng(static_cast<unsigned>(seed));

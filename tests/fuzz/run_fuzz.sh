@@ -28,6 +28,7 @@ sources=(
   "$root"/allocator/core/*.cc
   "$root/allocator/os/linux_os.cc"
   "$root/allocator/os/cgroup.cc"
+  "$root/allocator/os/options.cc"
   "$root/allocator/pmr/droppable_resource.cc"
 )
 "$clangxx" -std=c++20 -O1 -g -Wall -Wextra -Werror -I"$root" \

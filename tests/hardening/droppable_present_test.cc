@@ -15,7 +15,9 @@ TEST_CASE("the kernel's MAP_DROPPABLE is used and visible in smaps") {
   dropalloc::droppable_resource res;
   backing b = res.arena_backing();
   std::string out = capture.text();
-  CHECK(hardening::count_lines(out) == 1);  // DROPALLOC_VERBOSE=1 from the BUILD rule
+  // DROPALLOC_VERBOSE=1 from the BUILD rule: the backing, then the options.
+  CHECK(hardening::count_lines(out) == 2);
+  CHECK(out.find("dropalloc: options: DROPALLOC_VERBOSE=on") != std::string::npos);
   if (b != backing::droppable) {
     // Another kernel: the errno matrix covers this case; say what happened.
     MESSAGE("MAP_DROPPABLE is not available here: " << out);

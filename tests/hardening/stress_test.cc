@@ -2,8 +2,8 @@
 // read-then-check on shared and private blocks, for a time budget, checking
 // throughout that a block reported intact holds what it held when sealed.
 //
-//   DROPALLOC_STRESS_SECONDS  run time (default 10, 3 under ASan/TSan)
-//   DROPALLOC_STRESS_THREADS  threads (default 4)
+//   DROPALLOC_TEST_STRESS_SECONDS  run time (default 10, 3 under ASan/TSan)
+//   DROPALLOC_TEST_STRESS_THREADS  threads (default 4)
 //
 // Why the lock: a page dropped between a write and the seal that follows is
 // outside the guarantee (seal() reads the witnesses from what is there).
@@ -45,8 +45,8 @@ int env_int(const char* name, int fallback) {
 }  // namespace
 
 TEST_CASE("threads mixing every operation with forced drops: intact always means whole") {
-  const int seconds = env_int("DROPALLOC_STRESS_SECONDS", hardening::kSanitized ? 3 : 10);
-  const int threads = env_int("DROPALLOC_STRESS_THREADS", 4);
+  const int seconds = env_int("DROPALLOC_TEST_STRESS_SECONDS", hardening::kSanitized ? 3 : 10);
+  const int threads = env_int("DROPALLOC_TEST_STRESS_THREADS", 4);
   dropalloc::droppable_resource res;
   std::shared_mutex drop_lock;
   std::atomic<bool> stop{false};

@@ -13,7 +13,7 @@
 #
 # usage: tests/packaging/consumers.sh [bazel] [cmake]     (default: both)
 #
-#   DROPALLOC_CONSUMERS_DIR  where the builds go (default: a directory in
+#   DROPALLOC_TEST_CONSUMERS_DIR  where the builds go (default: a directory in
 #                            $TMPDIR or /tmp named after this checkout); never
 #                            inside the source tree, so git status stays clean
 #   CI=true                  non-interactive Bazel output
@@ -34,9 +34,9 @@ for step in "${steps[@]}"; do
 done
 
 checkout_id=$(printf '%s' "$root" | md5sum | cut -c1-8)
-work=${DROPALLOC_CONSUMERS_DIR:-${TMPDIR:-/tmp}/dropalloc-consumers-$checkout_id}
+work=${DROPALLOC_TEST_CONSUMERS_DIR:-${TMPDIR:-/tmp}/dropalloc-consumers-$checkout_id}
 case "$work/" in
-  "$root"/*) echo "consumers.sh: DROPALLOC_CONSUMERS_DIR must be outside the source tree ($root)" >&2; exit 2 ;;
+  "$root"/*) echo "consumers.sh: DROPALLOC_TEST_CONSUMERS_DIR must be outside the source tree ($root)" >&2; exit 2 ;;
 esac
 mkdir -p "$work"
 

@@ -33,7 +33,8 @@ API(int, dropalloc_drop_for_testing, (dropalloc_resource*, void*, size_t))
 API(const char*, dropalloc_state_name, (dropalloc_state))
 API(int, dropalloc_shim_active, (void))
 API(int, dropalloc_malloc_stats, (dropalloc_stats*))
-API(int, dropalloc_malloc_print_stats, (void))
+API(int, dropalloc_stats_print, (int, unsigned))
+API(int, dropalloc_resource_stats_print, (dropalloc_resource*, int, unsigned))
 
 static void load(const char* path) {
   void* lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -48,7 +49,8 @@ static void load(const char* path) {
   LOAD(dropalloc_seal) LOAD(dropalloc_seal_rewritten) LOAD(dropalloc_seal_all) LOAD(dropalloc_check) LOAD(dropalloc_is_intact)
   LOAD(dropalloc_generation) LOAD(dropalloc_usable_size) LOAD(dropalloc_get_stats)
   LOAD(dropalloc_trim) LOAD(dropalloc_drop_for_testing) LOAD(dropalloc_state_name)
-  LOAD(dropalloc_shim_active) LOAD(dropalloc_malloc_stats) LOAD(dropalloc_malloc_print_stats)
+  LOAD(dropalloc_shim_active) LOAD(dropalloc_malloc_stats) LOAD(dropalloc_stats_print)
+  LOAD(dropalloc_resource_stats_print)
 }
 #endif
 
@@ -117,6 +119,62 @@ static void test_lifecycle(unsigned flags) {
   CALL(dropalloc_destroy)(NULL);
 }
 
+/* The report's text, printed by print(fd) into a temporary file. */
+static char g_report[16384];
+static const char* report_of(int (*print)(dropalloc_resource*, int, unsigned), dropalloc_resource* r,
+                             unsigned flags, int* rc) {
+  FILE* f = tmpfile();
+  CHECK(f != NULL);
+  *rc = print != NULL ? print(r, fileno(f), flags) : CALL(dropalloc_stats_print)(fileno(f), flags);
+  rewind(f);
+  size_t n = fread(g_report, 1, sizeof g_report - 1, f);
+  g_report[n] = '\0';
+  fclose(f);
+  return g_report;
+}
+
+static void test_stats_print(void) {
+  dropalloc_resource* r = CALL(dropalloc_create)(0);
+  CHECK(r != NULL);
+  dropalloc_block b = CALL(dropalloc_alloc)(r, 100000, 0);
+  CHECK(b.ptr != NULL);
+  memset(b.ptr, 1, 100000);
+  int rc = -1;
+  const char* text = report_of(CALL(dropalloc_resource_stats_print), r, 0, &rc);
+  CHECK(rc == 0);
+  CHECK(strstr(text, "statistics: pid ") != NULL);
+  CHECK(strstr(text, " s after start") != NULL);
+  CHECK(strstr(text, "heap C API resource: ") != NULL);
+  CHECK(strstr(text, "  live           ") != NULL);
+  CHECK(strstr(text, " in 1 blocks") != NULL);
+  CHECK(strstr(text, "  address space  ") != NULL && strstr(text, "(peak ") != NULL);
+  CHECK(strstr(text, "  metadata       ") != NULL);
+  CHECK(strstr(text, "KiB") != NULL);
+  CHECK(strstr(text, "\nmetadata: ") != NULL);        /* explained */
+  CHECK(strstr(text, "\naddress space: ") != NULL);
+  CHECK(strstr(text, "size classes") == NULL);
+  CHECK(strstr(text, "process: resident") == NULL);  /* one resource only */
+
+  dropalloc_block small = CALL(dropalloc_alloc)(r, 24, 0);
+  CHECK(small.ptr != NULL);
+  text = report_of(NULL, NULL, DROPALLOC_STATS_CLASSES, &rc);
+  CHECK(rc == 0);
+  CHECK(strstr(text, "every heap of the process") != NULL);
+  CHECK(strstr(text, "heap C API resource: ") != NULL);
+  CHECK(strstr(text, "process: resident ") != NULL && strstr(text, ", peak ") != NULL);
+  CHECK(strstr(text, "size classes with arenas:") != NULL);
+  CHECK(strstr(text, "blocks live") != NULL);
+
+  /* Refused: NULL resource, bad descriptor, unknown flag; a failed write. */
+  CHECK(CALL(dropalloc_resource_stats_print)(NULL, 2, 0) == EINVAL);
+  CHECK(CALL(dropalloc_stats_print)(-1, 0) == EINVAL);
+  CHECK(CALL(dropalloc_stats_print)(2, 1u << 5) == EINVAL);
+  CHECK(CALL(dropalloc_resource_stats_print)(r, 1000, 0) == EBADF);
+  CALL(dropalloc_free)(r, small.ptr);
+  CALL(dropalloc_free)(r, b.ptr);
+  CALL(dropalloc_destroy)(r);
+}
+
 int main(int argc, char** argv) {
 #ifdef DROPALLOC_TEST_DLOPEN
   CHECK(argc == 2);
@@ -130,12 +188,12 @@ int main(int argc, char** argv) {
 #endif
   dropalloc_stats st;
   CHECK(CALL(dropalloc_malloc_stats)(&st) == ENOSYS);
-  CHECK(CALL(dropalloc_malloc_print_stats)() == ENOSYS);
   errno = 0;
   CHECK(CALL(dropalloc_create)(1u << 7) == NULL && errno == EINVAL);
   test_lifecycle(0);
   test_lifecycle(DROPALLOC_FORCE_FALLBACK);
   test_lifecycle(DROPALLOC_NO_THREAD_CACHE);
+  test_stats_print();
   CHECK(strcmp(CALL(dropalloc_state_name)(DROPALLOC_DROPPED), "dropped") == 0);
   printf("C API passed\n");
   return 0;

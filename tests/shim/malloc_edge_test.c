@@ -221,8 +221,8 @@ static void test_trim(void) {
     CHECK(trimmed == 1);
     CHECK(shim_stats(&after) == 0);
     CHECK(after.bytes_resident + 16 * 1024 * 1024 < full.bytes_resident);
-    int (*print)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "dropalloc_malloc_print_stats");
-    CHECK(print != NULL && print() == 0);
+    int (*print)(int, unsigned) = (int (*)(int, unsigned))dlsym(RTLD_DEFAULT, "dropalloc_stats_print");
+    CHECK(print != NULL && print(2, 0) == 0);
   }
 }
 

@@ -41,7 +41,7 @@ struct alignas(256) over_aligned {
 }  // namespace
 
 TEST_CASE("the shim is the process's allocator") {
-  const char* require = std::getenv("DROPALLOC_REQUIRE_SHIM");
+  const char* require = std::getenv("DROPALLOC_TEST_REQUIRE_SHIM");
   if (require != nullptr && require[0] == '1') REQUIRE(shim_active());
 }
 

@@ -28,13 +28,13 @@ static inline int shim_stats(dropalloc_stats* out) {
   return stats == NULL ? -1 : stats(out);
 }
 
-/* DROPALLOC_REQUIRE_SHIM=1 (set by run_preloaded.sh): the preload must have
+/* DROPALLOC_TEST_REQUIRE_SHIM=1 (set by run_preloaded.sh): the preload must have
  * taken, or every other check would silently test libc's malloc. */
 static inline int require_shim(void) {
-  const char* v = getenv("DROPALLOC_REQUIRE_SHIM");
+  const char* v = getenv("DROPALLOC_TEST_REQUIRE_SHIM");
   int want = v != NULL && v[0] == '1';
   if (want && !shim_active()) {
-    fprintf(stderr, "FAIL: DROPALLOC_REQUIRE_SHIM=1 but libdropalloc.so is not this process's malloc\n");
+    fprintf(stderr, "FAIL: DROPALLOC_TEST_REQUIRE_SHIM=1 but libdropalloc.so is not this process's malloc\n");
     exit(1);
   }
   return shim_active();
