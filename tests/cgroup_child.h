@@ -19,7 +19,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/cgroup.h"
-#include "allocator/os/os.h"
+#include "allocator/os/options.h"
 
 namespace dropalloc::testing {
 
@@ -44,7 +44,7 @@ cgroup_run<Result> run_in_child_cgroup(const std::string& name, std::uint64_t li
     // *_fallback targets): there the kernel reclaims sealed (MADV_FREE) pages
     // only, and a test written for MAP_DROPPABLE may expect more drops.
     droppable_resource probe;
-    if (probe.arena_backing() != backing::droppable && !os::env_bool("DROPALLOC_FORCE_FALLBACK", false)) {
+    if (probe.arena_backing() != backing::droppable && !os::option_flag(os::option::force_fallback)) {
       run.skipped = "the kernel refused MAP_DROPPABLE, nothing to drop";
       return run;
     }
