@@ -48,6 +48,33 @@ inline const std::byte* portion_end(const segment* s, std::uint32_t idx, std::si
   return block_end < page_end ? block_end : page_end;
 }
 
+// Takes the witnesses of block idx from what it holds now: stores those of
+// its later portions (a straddling block) in page_witness and returns that
+// of its first portion (for the meta word). With verify_old, *lost tells
+// whether a witness of the old seal (meta word m) read zero after the new
+// one of its page was taken; then the rest is not taken.
+std::uint64_t take_witnesses(segment* s, std::uint32_t idx, std::uint64_t m, bool verify_old, bool* lost) {
+  const std::byte* start = block_start(s, idx);
+  const page_run run = block_pages(s, idx);
+  // Raised before the witnesses change (acq_rel: the stores below stay after
+  // it), so a check that read any of them sees the count move. A block within
+  // one page has its only witness in the meta word, which changes at once.
+  if (run.straddles()) s->seal_count[run.first].fetch_add(1, std::memory_order_acq_rel);
+  const std::uint64_t first_w = first_nonzero_word(start, static_cast<std::size_t>(portion_end(s, idx, run.first) - start));
+  load_fence();  // the new witness was taken before the old one is read again
+  const std::uint64_t old_first_w = meta::witness(m);
+  *lost = verify_old && old_first_w != 0 && load_word(start + (old_first_w - 1) * 8) == 0;
+  for (std::size_t p = run.first + 1; p <= run.last && !*lost; ++p) {
+    const std::byte* page = s->base + p * kPage;
+    std::uint16_t old_w = s->page_witness[p].load(std::memory_order_relaxed);
+    auto w = static_cast<std::uint16_t>(first_nonzero_word(page, static_cast<std::size_t>(portion_end(s, idx, p) - page)));
+    load_fence();
+    *lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
+    s->page_witness[p].store(w, std::memory_order_relaxed);
+  }
+  return first_w;
+}
+
 // Whether [p, p + size) holds src[0, n) followed by zeros. Reads with
 // load_word where it can, like every read of droppable memory here.
 bool holds_written(const std::byte* p, std::size_t size, const std::byte* src, std::size_t n) {
@@ -222,23 +249,8 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   // old witness words, so no look at them can tell).
   const std::uint64_t gen = meta::gen(m) + (was_sealed || was_dropped ? 1 : 0);
 
-  const page_run run = block_pages(s, idx);
-  // Raised before the witnesses change (acq_rel: the stores below stay after
-  // it), so a check that read any of them sees the count move. A block within
-  // one page has its only witness in the meta word, which changes at once.
-  if (run.straddles()) s->seal_count[run.first].fetch_add(1, std::memory_order_acq_rel);
-  const std::uint64_t first_w = first_nonzero_word(start, static_cast<std::size_t>(portion_end(s, idx, run.first) - start));
-  load_fence();  // the new witness was taken before the old one is read again
-  const std::uint64_t old_first_w = meta::witness(m);
-  bool lost = verify_old && old_first_w != 0 && load_word(start + (old_first_w - 1) * 8) == 0;
-  for (std::size_t p = run.first + 1; p <= run.last && !lost; ++p) {
-    const std::byte* page = s->base + p * kPage;
-    std::uint16_t old_w = s->page_witness[p].load(std::memory_order_relaxed);
-    auto w = static_cast<std::uint16_t>(first_nonzero_word(page, static_cast<std::size_t>(portion_end(s, idx, p) - page)));
-    load_fence();
-    lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
-    s->page_witness[p].store(w, std::memory_order_relaxed);
-  }
+  bool lost = false;
+  const std::uint64_t first_w = take_witnesses(s, idx, m, verify_old, &lost);
   if (writes && !lost) {
     // After the witnesses were taken: a page lost before shows here; one lost
     // later has a witness taken from the right bytes, which check() sees.
