@@ -9,6 +9,9 @@ Contenders, each in its own process:
   glibc             the binaries as built (glibc 2.36 malloc)
   jemalloc          LD_PRELOAD of Debian's libjemalloc.so.2 (default options)
   mimalloc          LD_PRELOAD of Debian's libmimalloc.so.2 (default options)
+  tcmalloc          LD_PRELOAD of Debian's libtcmalloc_minimal.so.4, where
+                    installed (libtcmalloc-minimal4)
+  NAME              LD_PRELOAD of PATH, for each --contender NAME=PATH
   dropalloc-malloc  LD_PRELOAD of bazel-bin/allocator/libdropalloc.so, built
                     here with `bazel build -c opt //allocator:libdropalloc.so`
   dropalloc-pmr     dropalloc::droppable_resource, in-process (micro only)
@@ -48,6 +51,10 @@ best of glibc, jemalloc and mimalloc. Also an allocate-touch-free-idle trace
 idle period and after malloc_trim(0). How each preload is verified there and
 the sizes: realprog.py.
 
+Files go to --out DIR (default $TMPDIR/dropalloc-bench), or with --save to
+bench/results/ of the source tree, for a run meant to be committed. Quick mode
+judges no targets: one short run checks only that the benchmark works.
+
 Python standard library only; the plots are drawn by gnuplot if it is installed.
 """
 
@@ -79,7 +86,6 @@ MACRO_ABOUT = {
     "mstress": "thread churn, power-of-two sizes, shared slots, realloc",
     "cfrac_like": "bignum arithmetic: many small short-lived blocks",
 }
-LIBDIR = "/usr/lib/x86_64-linux-gnu"
 SHIM_TARGET = "//allocator:libdropalloc.so"
 
 
@@ -95,6 +101,13 @@ class Contender:
     @property
     def malloc_level(self):
         return self.source == "malloc"
+
+    def owns(self, alloc, malloc_from):
+        """Whether a process whose malloc is `alloc` (workload.h's short name)
+        from the file malloc_from ran under this contender. A library the
+        workloads have no name for is recognised by its path."""
+        return alloc == self.alloc or bool(
+            self.preload and malloc_from and report_common.same_library(malloc_from, self.preload))
 
 
 def log(msg):
@@ -145,21 +158,24 @@ def find_shim(args):
     return path, None
 
 
+BUILT_IN = ("glibc", "dropalloc-malloc", "dropalloc-pmr", "sync_pool", "unsync_pool")
+
+
 def make_contenders(args):
-    cs = [Contender("glibc", alloc="glibc"),
-          Contender("jemalloc", alloc="jemalloc", preload=os.path.join(LIBDIR, "libjemalloc.so.2")),
-          Contender("mimalloc", alloc="mimalloc", preload=os.path.join(LIBDIR, "libmimalloc.so.2")),
-          Contender("dropalloc-malloc", alloc="dropalloc"),
-          Contender("dropalloc-pmr", alloc="glibc", source="droppable"),
-          Contender("sync_pool", alloc="glibc", source="sync_pool"),
-          Contender("unsync_pool", alloc="glibc", source="unsync_pool")]
-    for c in cs:
-        if c.preload and not os.path.isfile(c.preload):
-            c.unavailable = "%s is missing (Debian package %s)" % (
-                c.preload, "libjemalloc2" if "jemalloc" in c.preload else "libmimalloc2.0")
+    cs = [Contender("glibc", alloc="glibc")]
+    for name, path, why in report_common.preload_contenders(args.contender, log, "compare"):
+        if name in BUILT_IN:
+            sys.exit("compare: --contender %s: %s is built in (the shim: --shim=PATH)" % (name, name))
+        c = Contender(name, alloc=name, preload=path)
+        c.unavailable = why
+        cs.append(c)
     shim, why = find_shim(args)
-    cs[3].preload = shim
-    cs[3].unavailable = why
+    dm = Contender("dropalloc-malloc", alloc="dropalloc", preload=shim)
+    dm.unavailable = why
+    cs += [dm,
+           Contender("dropalloc-pmr", alloc="glibc", source="droppable"),
+           Contender("sync_pool", alloc="glibc", source="sync_pool"),
+           Contender("unsync_pool", alloc="glibc", source="unsync_pool")]
     return cs
 
 
@@ -247,7 +263,7 @@ def run_all(args, cs, bindir):
                     c.rejected.append("%s: exit %d: %s" % (w, rc, (err.strip() or out.strip())[-200:]))
                     log("[%d/%d] rep %d/%d %-13s %-16s FAILED (exit %d)" % (done, total, rep + 1, reps, w, c.name, rc))
                     continue
-                if res.get("alloc") != c.alloc:
+                if not c.owns(res.get("alloc"), res.get("malloc_from")):
                     c.rejected.append("%s: workload reports malloc from %s (mapped: %s), expected %s" % (
                         w, res.get("malloc_from"), res.get("mapped"), c.alloc))
                     log("[%d/%d] rep %d/%d %-13s %-16s REJECTED: allocator is %s, not %s" % (
@@ -274,7 +290,7 @@ def run_all(args, cs, bindir):
                 log("[%d/%d] rep %d/%d micro %-16s FAILED (exit %d)" % (done, total, rep + 1, reps, c.name, rc))
                 continue
             got = data.get("context", {}).get("alloc")
-            if got != c.alloc:
+            if not c.owns(got, data.get("context", {}).get("malloc_from")):
                 c.rejected.append("alloc_micro: malloc from %s (mapped: %s), expected %s" % (
                     data["context"].get("malloc_from"), data["context"].get("mapped"), c.alloc))
                 log("[%d/%d] micro %s REJECTED: allocator is %s" % (done, total, c.name, got))
@@ -334,10 +350,12 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
     L.append("Date: %s; %d repetition(s), contenders alternated, medians shown; "
              "ratios (in parentheses) are to mimalloc, lower is better." % (m["date"], args.reps))
     L.append("")
-    L.append("Machine: %d CPUs, %s, %s; kernel %s (%s); glibc %s, jemalloc %s, mimalloc %s (Debian, "
+    tc = m["versions"].get("libtcmalloc-minimal4", "?")
+    L.append("Machine: %d CPUs, %s, %s; kernel %s (%s); glibc %s, jemalloc %s, mimalloc %s%s (Debian, "
              "default options), g++ %s, bazel -c opt." % (
                  m["nproc"], m["cpu"], m["memory"], m["kernel"], m["arch"], m["versions"]["libc6"],
-                 m["versions"]["libjemalloc2"], m["versions"]["libmimalloc2.0"], m["versions"]["g++"]))
+                 m["versions"]["libjemalloc2"], m["versions"]["libmimalloc2.0"],
+                 ", tcmalloc %s" % tc if tc != "?" else "", m["versions"]["g++"]))
     L.append("")
     L.append("## Contenders")
     L.append("")
@@ -429,7 +447,13 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
     # Targets.
     L.append("## Targets")
     L.append("")
-    L.extend(targets(cs, byname, workloads, macro, micro))
+    if args.quick:
+        # One run of a few milliseconds per case: its ratios are noise, and a
+        # "met" or "missed" drawn from them would read as a finding.
+        L.append("Not judged: quick runs only check that the benchmark works (tiny sizes, one repetition). "
+                 "Judge the targets from a `--full` run.")
+    else:
+        L.extend(targets(cs, byname, workloads, macro, micro))
     L.append("")
     return "\n".join(L)
 
@@ -495,7 +519,7 @@ def targets(cs, byname, workloads, macro, micro):
 
 # --- plot --------------------------------------------------------------------------
 
-def plot(path_base, cs, workloads, macro, micro):
+def plot(path_base, cs, workloads, macro, micro, m, reps):
     gp = shutil.which("gnuplot")
     if not gp:
         return "gnuplot not installed: no plot"
@@ -504,18 +528,21 @@ def plot(path_base, cs, workloads, macro, micro):
     dat = path_base + ".dat.tmp"
 
     def block(rows, names, get):
-        lines = ["row " + " ".join(names)]
+        # Per contender three columns: the median, the fastest and the slowest
+        # run, each divided by mimalloc's median, for the error bars.
+        lines = ["row " + " ".join("%s %s_min %s_max" % (n, n, n) for n in names)]
         for r in rows:
-            ref = get(r, "mimalloc")
+            ref = med(get(r, "mimalloc"))
             vals = []
             for n in names:
-                v = get(r, n)
-                vals.append("%.4f" % (v / ref) if v and ref else "NaN")
+                xs = get(r, n)
+                vals += (["%.4f" % (v / ref) for v in (med(xs), min(xs), max(xs))] if xs and ref
+                         else ["NaN"] * 3)
             lines.append(r + " " + " ".join(vals))
         return "\n".join(lines)
 
     def mget(field):
-        return lambda w, n: med([float(r[field]) for r in macro.get((w, n), [])])
+        return lambda w, n: [float(r[field]) for r in macro.get((w, n), [])]
 
     micro_rows = []
     for (row, _c) in micro:
@@ -524,30 +551,33 @@ def plot(path_base, cs, workloads, macro, micro):
     with open(dat, "w") as f:
         f.write(block(workloads, [c.name for c in macro_cs], mget("seconds")) + "\n\n\n")
         f.write(block(workloads, [c.name for c in macro_cs], mget("hwm_kib")) + "\n\n\n")
-        f.write(block(micro_rows, [c.name for c in all_cs],
-                      lambda r, n: med(micro.get((r, n), []))) + "\n")
-    n_macro, n_all = len(macro_cs), len(all_cs)
+        f.write(block(micro_rows, [c.name for c in all_cs], lambda r, n: micro.get((r, n), [])) + "\n")
+    spread = ("bars: median, whiskers: fastest to slowest of %d runs" % reps if reps > 1
+              else "one run each: no spread")
+    # noenhanced: names such as cache_scratch are printed as written, not
+    # with "_s" taken for a subscript.
     script = """
-set terminal svg size 1200,1500 dynamic font "sans,11"
+set terminal svg size 1200,1550 dynamic noenhanced font "sans,11"
 set output '{out}'
 set datafile missing 'NaN'
 set style data histograms
-set style histogram clustered gap 1
+set style histogram errorbars gap 1 lw 1
 set style fill solid 0.85 border -1
 set logscale y 2
 set grid ytics
 set key outside right top
 set xtics rotate by -35
 set ylabel 'ratio to mimalloc (log scale, lower is better)'
-set multiplot layout 3,1
+set multiplot layout 3,1 title {title}
 set title 'Macro workloads: time, ratio to mimalloc'
-plot for [i=2:{nm}] '{dat}' index 0 using i:xtic(1) title columnheader(i)
+plot for [i=0:{nm}] '{dat}' index 0 using 2+3*i:3+3*i:4+3*i:xtic(1) title columnheader(2+3*i)
 set title 'Macro workloads: peak RSS, ratio to mimalloc'
-plot for [i=2:{nm}] '{dat}' index 1 using i:xtic(1) title columnheader(i)
+plot for [i=0:{nm}] '{dat}' index 1 using 2+3*i:3+3*i:4+3*i:xtic(1) title columnheader(2+3*i)
 set title 'Micro-benchmarks: ns per operation, ratio to mimalloc'
-plot for [i=2:{na}] '{dat}' index 2 using i:xtic(1) title columnheader(i)
+plot for [i=0:{na}] '{dat}' index 2 using 2+3*i:3+3*i:4+3*i:xtic(1) title columnheader(2+3*i)
 unset multiplot
-""".format(out=path_base + ".svg.tmp", dat=dat, nm=n_macro + 1, na=n_all + 1)
+""".format(out=path_base + ".svg.tmp", dat=dat, nm=len(macro_cs) - 1, na=len(all_cs) - 1,
+           title=report_common.gp_str("Allocator comparison, %s\n%s" % (spread, report_common.machine_label(m))))
     return report_common.run_gnuplot(gp, script, path_base + ".svg", dat)
 
 
@@ -564,8 +594,8 @@ def main():
     ap.add_argument("--shim", help="use this libdropalloc.so instead of building %s" % SHIM_TARGET)
     ap.add_argument("--no-build-shim", action="store_true", help="do not run bazel to build the shim")
     ap.add_argument("--bin-dir", help="directory holding bench/macro_* etc. (default: runfiles)")
-    ap.add_argument("--out-dir", help="where to write compare-<mode>.{md,svg,json} "
-                    "(default: <workspace>/bench/results)")
+    report_common.add_output_args(ap, "compare")
+    report_common.add_contender_arg(ap)
     args = ap.parse_args()
     args.quick = not args.full
     if args.reps is None:
@@ -582,8 +612,7 @@ def main():
         sys.exit("compare: cannot find the benchmark binaries; use `bazel run -c opt //bench:compare` "
                  "or --bin-dir=bazel-bin/bench")
     ws = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
-    out_dir = args.out_dir or os.path.join(ws or ".", "bench", "results")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = report_common.output_dir(args)
 
     command = ("bazel run -c opt //bench:compare -- " if ws else "python3 bench/compare.py ") + \
         " ".join(sys.argv[1:] or ["--quick"])
@@ -599,10 +628,10 @@ def main():
 
     report = build_report(args, cs, m, workloads, macro, micro, seal, command, real)
     base = os.path.join(out_dir, "compare-" + mode_name)
-    err = plot(base, cs, workloads, macro, micro)
+    err = plot(base, cs, workloads, macro, micro, m, args.reps)
     report += "\n" + ("Plot: not drawn (%s).\n" % err if err else
                       "Plot: [compare-%s.svg](compare-%s.svg)\n" % (mode_name, mode_name))
-    idle_err = realprog.plot_idle(base, real)
+    idle_err = realprog.plot_idle(base, real, report_common.machine_label(m))
     report += ("Idle plot: not drawn (%s).\n" % idle_err if idle_err else
                "Idle plot: [compare-%s-idle.svg](compare-%s-idle.svg)\n" % (mode_name, mode_name))
     report_common.write_atomically(base + ".md", report)
@@ -617,6 +646,7 @@ def main():
     print(report)
     log("compare: wrote %s.md, %s.json%s%s" % (base, base, "" if err else ", %s.svg" % base,
                                                "" if idle_err else ", %s-idle.svg" % base))
+    log("compare: results are in %s%s" % (out_dir, "" if args.save else " (--save writes bench/results/)"))
     return 0
 
 

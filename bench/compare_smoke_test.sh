@@ -3,17 +3,42 @@
 # repetition). Checks that the report was written and that every contender was
 # either measured or reported "not available" with a reason. No timing
 # assertions: these are shared, noisy machines.
+#
+# Run as `bazel run` runs it (BUILD_WORKSPACE_DIRECTORY set) against a stand-in
+# source tree, with the default output directory and a --contender whose
+# library does not exist: the stand-in's bench/results must be left as it was,
+# the files must land in $TMPDIR/dropalloc-bench, and the missing contender
+# must be skipped with a message.
 set -euo pipefail
-out="${TEST_TMPDIR:-$(mktemp -d)}/results"
+tmp="${TEST_TMPDIR:-$(mktemp -d)}"
+ws="$tmp/workspace"
+mkdir -p "$ws/bench/results" "$tmp/tmpdir"
+echo "committed report" >"$ws/bench/results/compare-quick.md"
+before=$(cd "$ws" && find . -printf '%p %s %T@\n' | sort)
+out="$tmp/tmpdir/dropalloc-bench"
 # No bazel inside a test: the shim is used only if a built one is handed in.
-python3 bench/compare.py --quick --bin-dir=bench --out-dir="$out" --no-build-shim >"$out.stdout" 2>"$out.progress" || {
-  echo "compare.py failed:"; cat "$out.progress"; exit 1; }
+BUILD_WORKSPACE_DIRECTORY="$ws" TMPDIR="$tmp/tmpdir" \
+  python3 bench/compare.py --quick --bin-dir=bench --no-build-shim --contender x=/nonexistent.so \
+  >"$tmp/stdout" 2>"$tmp/progress" || { echo "compare.py failed:"; cat "$tmp/progress"; exit 1; }
+after=$(cd "$ws" && find . -printf '%p %s %T@\n' | sort)
+if [[ "$before" != "$after" ]]; then
+  echo "the source tree was written to without --save:"; diff <(echo "$before") <(echo "$after") || true; exit 1
+fi
+test ! -e bench/results || { echo "bench/results written in the current directory"; exit 1; }
+grep -qF "results are in $out" "$tmp/progress" || { echo "no 'results are in $out' line:"; cat "$tmp/progress"; exit 1; }
+grep -q "contender x skipped: /nonexistent.so is missing" "$tmp/progress" || {
+  echo "the missing --contender was not reported as skipped:"; cat "$tmp/progress"; exit 1; }
 md="$out/compare-quick.md"
 test -s "$md" || { echo "missing $md"; exit 1; }
 python3 - "$md" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 fail = []
+if not re.search(r"^- x: \*\*not available: /nonexistent.so is missing\*\*", text, re.M):
+    fail.append("--contender x=/nonexistent.so not reported as not available")
+targets = text.split("## Targets", 1)[-1].split("\n## ", 1)[0]
+if "Not judged" not in targets or re.search(r"\bmet\b|missed", targets):
+    fail.append("quick mode judged targets: " + targets.strip()[:300])
 for name in ("glibc", "jemalloc", "mimalloc", "dropalloc-malloc", "dropalloc-pmr", "sync_pool", "unsync_pool"):
     m = re.search(r"^- %s: (.*)$" % re.escape(name), text, re.M)
     if not m:

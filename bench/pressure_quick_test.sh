@@ -40,8 +40,9 @@ for name, v in raw["results"].items():
     if "rejected" in v: fail.append("%s rejected: %s" % (name, v["rejected"]))
     elif v["summary"]["wrong"] != 0: fail.append("%s served %d wrong values" % (name, v["summary"]["wrong"]))
 md = open(os.path.join(out, "pressure-quick.md")).read()
-for needle in ("| dropalloc-sealed |", "Machine: ", "## Against the targets"):
+for needle in ("| dropalloc-sealed |", "Machine: ", "## Against the targets", "Not judged"):
     if needle not in md: fail.append("report lacks " + repr(needle))
+if "**met**" in md or "**missed**" in md: fail.append("quick mode judged targets")
 if fail:
     print("\n".join(fail)); print(md); sys.exit(1)
 print("dropalloc-sealed: %d ops, hit rate %.3f, %d drops detected, 0 wrong, 0 OOM kills" % (

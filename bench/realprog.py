@@ -64,13 +64,17 @@ import report_common
 TRUE_LIMIT_KIB = 8 * 1024
 
 ALLOCATOR_LIBS = (("libdropalloc", "dropalloc"), ("libjemalloc", "jemalloc"), ("libmimalloc", "mimalloc"),
-                  ("libc.so", "glibc"))
+                  ("libtcmalloc", "tcmalloc"), ("libc.so", "glibc"))
 REFERENCES = ("glibc", "jemalloc", "mimalloc")
 MALLOC_BINDING = re.compile(r"binding file (\S+) \[\d+\] to (\S+) \[\d+\]: normal symbol `malloc'")
 
 
-def allocator_name(path):
-    """glibc, jemalloc, mimalloc, dropalloc, or None for any other file."""
+def allocator_name(path, c=None):
+    """glibc, jemalloc, mimalloc, tcmalloc, dropalloc, the name of contender c
+    if path is its preload (a --contender library has no name here), or None
+    for any other file."""
+    if c is not None and c.preload and path and report_common.same_library(path, c.preload):
+        return c.alloc
     base = os.path.basename(path or "")
     for prefix, name in ALLOCATOR_LIBS:
         if base.startswith(prefix):
@@ -238,8 +242,9 @@ def failure(s):
     return "exit %s: %s" % (s.m.get("status", s.rc), (s.err.strip() or s.out.strip())[-200:])
 
 
-def malloc_providers(bindir, argv, settings, timeout, tmp):
-    """Runs argv once with LD_DEBUG=bindings; returns (Spawn, {allocator: n bindings}, {file: n})."""
+def malloc_providers(bindir, argv, settings, timeout, tmp, c):
+    """Runs argv once with LD_DEBUG=bindings under contender c; returns (Spawn,
+    {allocator: n bindings}, {file: n})."""
     ld = tempfile.mkdtemp(dir=tmp)
     s = spawn(bindir, argv, list(settings) + ["LD_DEBUG=bindings", "LD_DEBUG_OUTPUT=" + os.path.join(ld, "ld")],
               timeout, tmp)
@@ -249,7 +254,7 @@ def malloc_providers(bindir, argv, settings, timeout, tmp):
             for line in f:
                 m = MALLOC_BINDING.search(line)
                 if m:
-                    a = allocator_name(m.group(2))
+                    a = allocator_name(m.group(2), c)
                     if a:
                         providers[a] = providers.get(a, 0) + 1
                     else:
@@ -321,7 +326,7 @@ def check_preloads(bindir, res, timeout, tmp, log):
                 res.unavailable[(p.name, c.name)] = p.unavailable
                 continue
             s, providers, others = malloc_providers(bindir, p.argv(True), p.settings + contender_settings(c),
-                                                    timeout, tmp)
+                                                    timeout, tmp, c)
             seen = ", ".join("%s (%d)" % kv for kv in sorted(providers.items())) or "none"
             res.preload_check[(p.name, c.name)] = "malloc bound to " + seen + (
                 "; to executables' PLT: %s" % ", ".join(sorted(others)) if others else "")
@@ -351,8 +356,8 @@ def run_programs(args, bindir, res, order, timeout, tmp, log):
                 if not why and key is None:
                     why = "no result in the output: " + s.out.strip()[-200:]
                 # A program that says which malloc it has (workload.h's RESULT line) must have the contender's.
-                said = re.search(r"^RESULT .*\balloc=(\S+)", s.out, re.M)
-                if not why and said and said.group(1) != c.alloc:
+                said = re.search(r"^RESULT .*\balloc=(\S+) malloc_from=(\S+)", s.out, re.M)
+                if not why and said and not c.owns(said.group(1), said.group(2)):
                     why = "malloc is %s, not %s: %s" % (said.group(1), c.alloc, s.out.strip()[-200:])
                 if not why and reference.setdefault(p.name, key) != key:
                     why = "output %r differs from the first run's %r" % (key[:120], reference[p.name][:120])
@@ -387,7 +392,7 @@ def run_idle(args, bindir, res, order, timeout, tmp, log):
             s = spawn(bindir, argv, contender_settings(c), timeout, tmp)
             samples, r = parse_idle(s.out) if s.ok else ([], None)
             why = failure(s) if not s.ok else None if r else "no RESULT line: " + s.out.strip()[-200:]
-            if not why and allocator_name(r["malloc_from"]) != c.alloc:
+            if not why and allocator_name(r["malloc_from"], c) != c.alloc:
                 why = "malloc from %s, expected %s" % (r["malloc_from"], c.alloc)
             if why:
                 c.rejected.append("idle_rss: " + why)
@@ -520,9 +525,9 @@ def report(res):
     return L
 
 
-def plot_idle(path_base, res):
+def plot_idle(path_base, res, machine_label):
     """Draws path_base + "-idle.svg" from the first repetition's samples; returns
-    why not, or None."""
+    why not, or None. machine_label: the date and machine, for the title."""
     gp = shutil.which("gnuplot")
     if not gp:
         return "gnuplot not installed: no plot"
@@ -535,16 +540,18 @@ def plot_idle(path_base, res):
             f.write("# %s\n" % name + "".join("%.3f %.2f\n" % (t, kib / 1024) for t, kib, _ in samples) + "\n\n")
     trimmed = [t for t, _, phase in traces[0][1] if phase == "trimmed"]
     script = """
-set terminal svg size 1000,500 dynamic font "sans,11"
+set terminal svg size 1000,520 dynamic noenhanced font "sans,11"
 set output '{out}'
 set grid
 set key outside right top
 set xlabel 'seconds since start'
 set ylabel 'VmRSS (MiB)'
-set title 'Allocate, touch, free, idle, then malloc_trim(0): resident set over time'
+set title {title}
 {arrow}
 plot {plots}
 """.format(out=path_base + "-idle.svg.tmp",
+           title=report_common.gp_str("Allocate, touch, free, idle, then malloc_trim(0): resident set over time "
+                                      "(first run)\n" + machine_label),
            arrow=("set arrow from %.3f, graph 0 to %.3f, graph 1 nohead dashtype 2\n"
                   "set label 'malloc_trim(0)' at %.3f, graph 0.95 left offset 0.5,0" % (trimmed[0], trimmed[0],
                                                                                         trimmed[0])

@@ -11,6 +11,7 @@ packages=(
   doctest-dev
   libbenchmark-dev
   gnuplot-nox
+  libtcmalloc-minimal4  # a default contender of bench/compare.py and bench/pressure.py
   # Real programs the LD_PRELOAD shim is tested under (tests/shim/).
   sqlite3
   git

@@ -93,6 +93,7 @@ inline const char* allocator_name(const std::string& lib) {
   if (lib.find("libdropalloc") != std::string::npos) return "dropalloc";
   if (lib.find("libjemalloc") != std::string::npos) return "jemalloc";
   if (lib.find("libmimalloc") != std::string::npos) return "mimalloc";
+  if (lib.find("libtcmalloc") != std::string::npos) return "tcmalloc";
   if (lib.find("libc.so") != std::string::npos) return "glibc";
   return "unknown";
 }
@@ -104,7 +105,7 @@ inline std::string mapped_allocators() {
   if (f == nullptr) return "?";
   char line[4096];
   while (std::fgets(line, sizeof line, f) != nullptr) {
-    for (const char* lib : {"libdropalloc", "libjemalloc", "libmimalloc"}) {
+    for (const char* lib : {"libdropalloc", "libjemalloc", "libmimalloc", "libtcmalloc"}) {
       if (std::strstr(line, lib) != nullptr && out.find(lib) == std::string::npos) {
         if (!out.empty()) out += ',';
         out += lib;
