@@ -113,6 +113,9 @@ class heap {
   // if the comparison failed (a page went meanwhile). n must not exceed the
   // block's usable size (checked: `foreign` otherwise, nothing written).
   // *gen receives the block's generation afterwards (0 if nothing written).
+  // src is read under the seal lock and inside a read section: it must be
+  // memory that reads without waiting for another thread (the pmr front end
+  // passes a private copy of the caller's bytes).
   block_state write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
                              std::uint64_t expected_gen = 0) noexcept;
   // Frees the block only if expected_gen is its generation (decided under the

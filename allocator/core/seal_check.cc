@@ -204,6 +204,9 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   // block (sealed -> dropped, when it sees a loss): a failed exchange below
   // means it did, and the block is looked at afresh.
   const bool writes = from == seal_from::written_here;
+  // The caller checked n against the block it looked up; the block at p now
+  // may be another (freed, its arena unmapped, another class mapped there).
+  if (writes && req.n > block_bytes(s)) return seal_outcome::not_live;
   std::uint64_t m = 0;
   bool was_sealed = false;
   bool was_dropped = false;
@@ -236,7 +239,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   std::byte* start = block_start(s, idx);
   const std::size_t size = block_bytes(s);
   if (writes) {
-    std::memcpy(start, req.src, req.n);
+    if (req.n != 0) std::memcpy(start, req.src, req.n);
     zero_tail(start + req.n, size - req.n);
   }
   // A rewritten block holds nothing of its old seal: its witnesses are moot.

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <ostream>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 namespace dropalloc {
@@ -112,10 +113,21 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
              usable);
     throw std::length_error(what);
   }
+  // The caller's bytes are copied to private memory first, with no lock
+  // held: reading them may wait (a page fault served by another thread, a
+  // file on a slow disk), and the core reads its source under the block's
+  // seal lock and inside a read section, which would make every free on the
+  // same lock stripe, and every unmap in the process, wait too.
+  if (n != 0 && src == nullptr) throw std::invalid_argument("dropalloc: write_and_seal from a null source");
+  std::unique_ptr<std::byte[]> copy;
+  if (n != 0) {
+    copy = std::make_unique_for_overwrite<std::byte[]>(n);
+    std::memcpy(copy.get(), src, n);
+  }
   // Writes, zeroes the rest, seals and compares under the block's seal lock
   // (core/seal_check.cc): it is sealed only once it was found to hold
   // exactly those bytes, and a free of it waits until then.
-  return heap_.write_and_seal(p, src, n, gen, expected_gen);
+  return heap_.write_and_seal(p, copy.get(), n, gen, expected_gen);
 }
 
 }  // namespace dropalloc

@@ -143,7 +143,10 @@ class droppable_resource final : public std::pmr::memory_resource {
   // takes it into the handle. `dropped`: a page went meanwhile, the block is
   // dropped (write again), so a later check() never says intact. `stale` /
   // `foreign`: p is not a live block of this resource, nothing was written.
-  // Throws std::length_error if n exceeds usable_size(p), writing nothing.
+  // Throws std::length_error if n exceeds usable_size(p), and
+  // std::invalid_argument if src is null with n > 0, writing nothing. src is
+  // copied to private memory before any lock is taken (it costs n bytes of
+  // ordinary memory for the length of the call).
   block_state write_and_seal(void* p, const void* src, std::size_t n) {
     std::uint64_t gen = 0;
     return write_and_seal(p, src, n, &gen);

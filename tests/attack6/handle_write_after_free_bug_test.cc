@@ -29,8 +29,9 @@
 // Fixed: write_and_seal, seal and seal_rewritten through a handle compare
 // the generation under the block's seal lock, and write_and_seal writes,
 // seals and verifies under it, so a free of the block waits; deallocate of a
-// handle retires only the life it names. This test now checks that the free
-// waits and that nothing crosses from one life to the next.
+// handle retires only the life it names; and the caller's bytes are copied
+// to private memory before any of that. This test now checks that nothing
+// crosses from one life to the next.
 //
 // Where: allocator/pmr/droppable_resource.h write_and_seal(block_ref&) /
 // seal(block_ref&) / seal_rewritten(block_ref&) (refuse_unless_current, then
@@ -107,8 +108,11 @@ void run(bool new_owner_seals) {
     std::memcpy(nb.ptr, x2.data(), kN);
     if (new_owner_seals) CHECK(res.seal(nb) == block_state::intact);
   });
+  // The source is read into a private copy before the block is touched, so
+  // here the free does not wait: it comes first, and the write that follows
+  // finds its handle stale and writes nothing. (A free arriving once the
+  // block is being written waits for the seal lock.)
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  CHECK_MESSAGE(!freed.load(), "the block was freed while a write_and_seal through a current handle was writing it");
   g_go.store(1);
   writer.join();
   other.join();

@@ -53,8 +53,11 @@ TEST_CASE("queries answer while a write_and_seal waits for its source page") {
 
   std::atomic<bool> asked{false};
   std::thread asker([&] {
-    CHECK(res.check(b) == block_state::unsealed);  // being written: never vouched for
-    CHECK(res.check(b.ptr, old_gen) == block_state::unsealed);
+    // The caller's bytes are read into a private copy before the block is
+    // touched: while that read waits, the block still holds its last sealed
+    // version, untouched, and reads intact (never `intact` over new bytes).
+    CHECK(res.check(b) == block_state::intact);
+    CHECK(res.check(b.ptr, old_gen) == block_state::intact);
     CHECK(res.generation(b.ptr) == old_gen);
     CHECK(res.usable_size(b.ptr) >= 4000);
     CHECK(res.owns(b.ptr));
