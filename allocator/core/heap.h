@@ -231,7 +231,10 @@ class heap {
   };
   seal_outcome seal_block(segment* s, std::uint32_t idx, const seal_request& req,
                           std::uint64_t* sealed_gen = nullptr) noexcept;
-  void advise_sealed(segment* s, std::uint32_t idx) noexcept;
+  // MADV_FREE for the pages of block idx, sealed at generation gen: only
+  // while it still is (it may have been freed and reused since), and in the
+  // private fallback, a shared page only while its other blocks are sealed.
+  void advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
   block_state seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
 

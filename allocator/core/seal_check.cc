@@ -318,7 +318,7 @@ block_state heap::seal(void* p, const seal_request& req, std::uint64_t* sealed_g
     default: return block_state::stale;
   }
   if (sealed_gen != nullptr) *sealed_gen = gen;
-  advise_sealed(s, idx);
+  advise_sealed(s, idx, gen);
   // A page may have gone while we read it or before the advice: look again.
   return check(p, gen);
 }
@@ -376,10 +376,19 @@ bool page_held_only_by_sealed(segment* s, std::uint32_t idx, std::size_t page, s
 // neighbours were never safe from a drop. In the private fallback unsealed
 // data is ordinary memory the kernel never drops, so a shared page is advised
 // only while every other block on it is sealed.
-void heap::advise_sealed(segment* s, std::uint32_t idx) noexcept {
+void heap::advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept {
   const page_run run = block_pages(s, idx);
   std::size_t from = run.first, to = run.last + 1;
   stripe_guard locks;
+  // The block itself, under its own seal lock for the length of the advice:
+  // the seal that wanted it was made under that lock, since released, and
+  // the block may have been freed and handed out again meanwhile, its new
+  // life written but not sealed. Advise only the life that was sealed.
+  if (!locks.hold(seal_lock_for(block_start(s, idx))) ||
+      (s->state[idx].load(std::memory_order_acquire) & state::kMask) != state::kSealed ||
+      s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != gen) {
+    return;
+  }
   if (os_->arena_backing() != backing::droppable) {
     if (!page_held_only_by_sealed(s, idx, run.first, locks)) ++from;
     if (to > from && !page_held_only_by_sealed(s, idx, run.last, locks)) --to;
@@ -417,10 +426,19 @@ std::size_t heap::seal_all() noexcept {
     std::byte* run_from = nullptr;
     std::byte* run_to = nullptr;
     std::uint32_t bump = read_counter(&s->bump);
+    const bool fallback = os_->arena_backing() != backing::droppable;
     for (std::uint32_t i = 0; i < bump; ++i) {
       if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
-      if (seal_block(s, i, seal_request{seal_from::live_only, 0, nullptr, 0}) != seal_outcome::sealed) continue;
+      std::uint64_t gen = 0;
+      if (seal_block(s, i, seal_request{seal_from::live_only, 0, nullptr, 0}, &gen) != seal_outcome::sealed) continue;
       ++sealed;
+      if (fallback) {
+        // Unsealed data must never be given to the kernel here: each block
+        // is advised as seal() advises it, only while it and every other
+        // block on its shared pages are sealed.
+        advise_sealed(s, i, gen);
+        continue;
+      }
       const page_run run = block_pages(s, i);
       std::byte* from = s->base + run.first * kPage;
       std::byte* to = s->base + (run.last + 1) * kPage;
