@@ -1,6 +1,7 @@
 #include "allocator/pmr/droppable_resource.h"
 #include "allocator/core/stats_report.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <ostream>
 #include <cstring>
@@ -101,6 +102,43 @@ block_ref droppable_resource::allocate_block(std::size_t bytes, std::size_t alig
   return block_ref{p, heap_.generation(p)};
 }
 
+namespace {
+
+// Sources up to this size are copied into one buffer per thread, kept for the
+// thread's next call: no allocation per call (a program writing many values
+// would otherwise churn its ordinary heap, and a sanitizer's quarantine would
+// hold every copy). Larger ones get a buffer of their own for the call.
+constexpr std::size_t kKeptCopyBytes = std::size_t{1} << 20;
+
+struct source_buffer {
+  std::unique_ptr<std::byte[]> kept;
+  std::size_t kept_size = 0;
+};
+thread_local source_buffer t_source;
+
+// A private copy of src[0, n) in ordinary memory: in the thread's kept
+// buffer, or in *large for a source above kKeptCopyBytes.
+const std::byte* source_copy(const void* src, std::size_t n, std::unique_ptr<std::byte[]>* large) {
+  if (n == 0) return nullptr;
+  std::byte* to;
+  if (n > kKeptCopyBytes) {
+    *large = std::make_unique_for_overwrite<std::byte[]>(n);
+    to = large->get();
+  } else {
+    source_buffer& b = t_source;
+    if (b.kept_size < n) {
+      std::size_t size = std::max<std::size_t>(n, std::min(kKeptCopyBytes, b.kept_size * 2));
+      b.kept = std::make_unique_for_overwrite<std::byte[]>(size);
+      b.kept_size = size;
+    }
+    to = b.kept.get();
+  }
+  std::memcpy(to, src, n);
+  return to;
+}
+
+}  // namespace
+
 block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
                                                std::uint64_t expected_gen) {
   *gen = 0;
@@ -119,15 +157,12 @@ block_state droppable_resource::write_and_seal(void* p, const void* src, std::si
   // seal lock and inside a read section, which would make every free on the
   // same lock stripe, and every unmap in the process, wait too.
   if (n != 0 && src == nullptr) throw std::invalid_argument("dropalloc: write_and_seal from a null source");
-  std::unique_ptr<std::byte[]> copy;
-  if (n != 0) {
-    copy = std::make_unique_for_overwrite<std::byte[]>(n);
-    std::memcpy(copy.get(), src, n);
-  }
+  std::unique_ptr<std::byte[]> large;  // freed when the call returns
+  const std::byte* from = source_copy(src, n, &large);
   // Writes, zeroes the rest, seals and compares under the block's seal lock
   // (core/seal_check.cc): it is sealed only once it was found to hold
   // exactly those bytes, and a free of it waits until then.
-  return heap_.write_and_seal(p, copy.get(), n, gen, expected_gen);
+  return heap_.write_and_seal(p, from, n, gen, expected_gen);
 }
 
 }  // namespace dropalloc

@@ -146,7 +146,7 @@ class droppable_resource final : public std::pmr::memory_resource {
   // Throws std::length_error if n exceeds usable_size(p), and
   // std::invalid_argument if src is null with n > 0, writing nothing. src is
   // copied to private memory before any lock is taken (it costs n bytes of
-  // ordinary memory for the length of the call).
+  // ordinary memory: kept per thread up to 1 MiB, for the call above that).
   block_state write_and_seal(void* p, const void* src, std::size_t n) {
     std::uint64_t gen = 0;
     return write_and_seal(p, src, n, &gen);
