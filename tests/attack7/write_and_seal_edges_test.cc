@@ -81,9 +81,12 @@ TEST_CASE("write_and_seal edges") {
   MESSAGE("write_and_seal of 1 byte into a 64 MiB block: " << ms << " ms, process resident set grew " << grown
                                                            << " KiB (stats().bytes_resident, from mincore, "
                                                            << (res.stats().bytes_resident >> 10) << " KiB)");
-  CHECK(ms < 10000);
   CHECK(static_cast<unsigned char*>(big.ptr)[0] == 9);
+#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+  // The untouched tail is read, not written: it must not become resident.
+  // (A sanitizer's shadow of what is read would count here.)
   CHECK(grown < 8 * 1024);
+#endif
   res.deallocate(big);
   res.deallocate(s);
   res.deallocate(b);
