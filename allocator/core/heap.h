@@ -111,7 +111,8 @@ class heap {
   // `unsealed` or, later, `stale`, never `intact` over half-written bytes).
   // From any state but free: live, sealed or dropped -> sealed, or -> dropped
   // if the comparison failed (a page went meanwhile). n must not exceed the
-  // block's usable size (checked: `foreign` otherwise, nothing written).
+  // block's usable size (checked under the lock: `stale` otherwise, nothing
+  // written).
   // *gen receives the block's generation afterwards (0 if nothing written).
   // src is read under the seal lock and inside a read section: it must be
   // memory that reads without waiting for another thread (the pmr front end
@@ -124,9 +125,6 @@ class heap {
   // Seals every live, unsealed block; leaves sealed and dropped ones alone.
   // Returns how many it sealed.
   std::size_t seal_all() noexcept;
-  // Sealed or live -> dropped, for callers that found the contents wrong
-  // (write_and_seal). 0, ESTALE (freed since) or EINVAL (not our block).
-  int mark_dropped(void* p, std::uint64_t generation) noexcept;
   block_state check(const void* p, std::uint64_t generation) noexcept;
   sweep_result check_all() noexcept;
 

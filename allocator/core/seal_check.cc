@@ -292,13 +292,9 @@ block_state heap::seal_rewritten(void* p, std::uint64_t* sealed_gen, std::uint64
 block_state heap::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
                                  std::uint64_t expected_gen) noexcept {
   *gen = 0;
-  if (p == nullptr || (n != 0 && src == nullptr)) return block_state::foreign;
-  {
-    read_section reading;
-    std::uint32_t idx = 0;
-    segment* s = find_block(p, &idx);
-    if (s == nullptr || n > block_bytes(s)) return block_state::foreign;
-  }
+  if (n != 0 && src == nullptr) return block_state::foreign;
+  // n is checked against the block under its seal lock (seal_block): the
+  // block at p may change until then.
   return seal(p, seal_request{seal_from::written_here, expected_gen, static_cast<const std::byte*>(src), n}, gen);
 }
 
@@ -394,26 +390,6 @@ void heap::advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexc
     if (to > from && !page_held_only_by_sealed(s, idx, run.last, locks)) --to;
   }
   if (to > from) os_->seal_pages(s->base + from * kPage, (to - from) * kPage);
-}
-
-int heap::mark_dropped(void* p, std::uint64_t generation) noexcept {
-  if (p == nullptr) return EINVAL;
-  read_section reading;
-  std::uint32_t idx = 0;
-  segment* s = find_block(p, &idx);
-  if (s == nullptr) return EINVAL;
-  auto& sb = s->state[idx];
-  std::lock_guard<std::mutex> guard(seal_lock_for(p));
-  std::uint8_t st = sb.load(std::memory_order_acquire);
-  for (;;) {
-    std::uint8_t kind = st & state::kMask;
-    if (kind == state::kFree || s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != generation) {
-      return ESTALE;
-    }
-    if (kind == state::kDropped) return 0;
-    std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped | state::kObserved);
-    if (sb.compare_exchange_weak(st, dropped, std::memory_order_acq_rel)) return 0;
-  }
 }
 
 std::size_t heap::seal_all() noexcept {

@@ -132,7 +132,6 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                                                  the new ones are taken, so a page
 //                                                  lost during the re-seal counts too
 //   sealed ----check finds a zero witness----> dropped   (sticky)
-//   sealed, live ----mark_dropped----> dropped     (a caller found the contents wrong)
 //   seal_all never touches sealed or dropped blocks.
 //   drop (kernel)   changes contents, not states: check() turns sealed into
 //                   dropped when it sees it.

@@ -108,11 +108,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   // that a reader holding the old one, who may have copied bytes from before
   // or during the rewrite, reads `stale` instead of `intact`.
   block_state seal(block_ref& b) noexcept {
-    if (b.generation == 0) return no_life(b);
-    std::uint64_t sealed_gen = 0;
-    block_state s = heap_.seal(b.ptr, &sealed_gen, b.generation);
-    if (sealed_gen != 0) b.generation = sealed_gen;
-    return s;
+    return through_handle(b, [this](void* p, std::uint64_t* gen, std::uint64_t expected) {
+      return heap_.seal(p, gen, expected);
+    });
   }
   // seal() for a block you have rewritten *entirely* since it was found
   // dropped: it also takes a dropped block back to sealed. It vouches for what
@@ -126,11 +124,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   // generation is still the block's; on return the handle names the block's
   // current life (a revival moved its generation).
   block_state seal_rewritten(block_ref& b) noexcept {
-    if (b.generation == 0) return no_life(b);
-    std::uint64_t sealed_gen = 0;
-    block_state s = heap_.seal_rewritten(b.ptr, &sealed_gen, b.generation);
-    if (sealed_gen != 0) b.generation = sealed_gen;
-    return s;
+    return through_handle(b, [this](void* p, std::uint64_t* gen, std::uint64_t expected) {
+      return heap_.seal_rewritten(p, gen, expected);
+    });
   }
   // Makes the block hold n bytes copied from ordinary memory and zeros after
   // them (to usable_size(p)), and seals it: `intact` only if it was found to
@@ -155,11 +151,9 @@ class droppable_resource final : public std::pmr::memory_resource {
   // generation is still the block's; on return the handle names what was
   // sealed (a re-seal or a revival moved the generation).
   block_state write_and_seal(block_ref& b, const void* src, std::size_t n) {
-    if (b.generation == 0) return no_life(b);
-    std::uint64_t gen = 0;
-    block_state s = write_and_seal(b.ptr, src, n, &gen, b.generation);
-    if (gen != 0) b.generation = gen;
-    return s;
+    return through_handle(b, [&](void* p, std::uint64_t* gen, std::uint64_t expected) {
+      return write_and_seal(p, src, n, gen, expected);
+    });
   }
   // Seals every live block of this resource that is not sealed yet, with one
   // madvise per run of pages. Sealed and dropped blocks are left alone (a
@@ -223,10 +217,20 @@ class droppable_resource final : public std::pmr::memory_resource {
   // one sealed, or the one marked dropped), 0 if nothing was written.
   block_state write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
                              std::uint64_t expected_gen = 0);
-  // The answer for a handle with generation 0, which names no life (the
-  // core takes 0 as "any generation", so it must not get there).
-  block_state no_life(const block_ref& b) const noexcept {
-    return b.ptr == nullptr || !heap_.owns(b.ptr) ? block_state::foreign : block_state::stale;
+  // A call through a handle: `call(p, &gen, expected)` acts only on the life
+  // whose generation is `expected` (decided under the block's seal lock) and
+  // reports the generation the block has afterwards, which the handle takes.
+  // A handle with generation 0 names no life (the core takes 0 as "any
+  // generation", so it must not get there).
+  template <class Call>
+  block_state through_handle(block_ref& b, Call&& call) {
+    if (b.generation == 0) {
+      return b.ptr == nullptr || !heap_.owns(b.ptr) ? block_state::foreign : block_state::stale;
+    }
+    std::uint64_t gen = 0;
+    block_state s = call(b.ptr, &gen, b.generation);
+    if (gen != 0) b.generation = gen;
+    return s;
   }
   core::heap heap_;
 };
