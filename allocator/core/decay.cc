@@ -40,7 +40,7 @@ void heap::note_decay_work() noexcept {
 
 void heap::resume_decay_after_fork() noexcept {
   internal::registry_t& r = internal::registry();
-  std::lock_guard<std::mutex> guard(r.lock);
+  lock_guard guard(r.lock);
   for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) {
     if (h->options_.background_decay && h->decay_pending_.load(std::memory_order_acquire)) {
       purger::request(h->options_.empty_arena_decay_ms / 4);
@@ -59,7 +59,7 @@ void heap::decay_class_on_free(class_state& c, std::uint64_t now) noexcept {
 
 std::size_t heap::release_large_cache(bool all, bool* more) noexcept {
   std::size_t released = 0;
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   std::uint64_t now = now_ms();
   for (int i = 0; i < kLargeCacheSlots; ++i) {
     segment* c = large_cache_[i];
@@ -164,7 +164,7 @@ std::size_t heap::decay(bool all) noexcept {
   std::size_t released = release_large_cache(all, &more);
   std::uint64_t now = now_ms();
   for (auto& c : classes_) {
-    std::lock_guard<std::mutex> guard(c.lock);
+    lock_guard guard(c.lock);
     more = drain_transfer(c, now, all) || more;
     released += release_empty(c, all, &more);
     for (segment* s = c.avail; s != nullptr; s = s->next) released += purge_free_pages(s, now, all, &more);
@@ -185,7 +185,7 @@ std::size_t heap::trim() noexcept {
 
 bool heap::decay_background_heaps() noexcept {
   internal::registry_t& r = internal::registry();
-  std::lock_guard<std::mutex> guard(r.lock);  // heaps cannot go away meanwhile
+  lock_guard guard(r.lock);  // heaps cannot go away meanwhile
   bool more = false;
   for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) {
     if (!h->options_.background_decay || !h->decay_pending_.load(std::memory_order_acquire)) continue;

@@ -3,7 +3,8 @@
 #include <sched.h>
 #include <time.h>
 
-#include <mutex>
+#include "allocator/core/mutex.h"
+#include "allocator/core/thread_exit.h"
 
 #include "allocator/os/os.h"
 
@@ -21,7 +22,7 @@ namespace {
 constexpr std::uint32_t kSlots = 1024;
 reader_slot g_slots[kSlots];
 std::atomic<std::uint32_t> g_slots_used{0};  // slots [0, used) were ever taken
-std::mutex g_overflow_lock;
+mutex g_overflow_lock;
 
 // TSan does not know that a process barrier orders other threads' plain
 // stores, so sanitized builds take the always-correct symmetric path.
@@ -37,16 +38,12 @@ __attribute__((constructor)) void choose_barrier() {
 
 __thread bool t_exited = false;
 
-// Gives the slot back when the thread exits.
-struct slot_releaser {
-  reader_slot* slot = nullptr;
-  ~slot_releaser() {
-    t_exited = true;
-    t_slot = nullptr;
-    if (slot != nullptr) slot->taken.store(false, std::memory_order_release);
-  }
-};
-thread_local slot_releaser t_releaser;
+// Gives the slot back when the thread exits (call_at_thread_exit).
+void release_slot_at_thread_exit(void* arg) {
+  t_exited = true;
+  t_slot = nullptr;
+  static_cast<reader_slot*>(arg)->taken.store(false, std::memory_order_release);
+}
 
 }  // namespace
 
@@ -62,8 +59,11 @@ reader_slot* claim_slot() noexcept {
     }
     while (used < i + 1 && !g_slots_used.compare_exchange_weak(used, i + 1, std::memory_order_acq_rel)) {
     }
+    // t_slot first: registering allocates, and a read section inside that
+    // allocation must find the slot taken, not claim another. Not registered
+    // (glibc out of memory): the slot stays taken after the thread exits.
     t_slot = &s;
-    t_releaser.slot = &s;
+    (void)call_at_thread_exit(release_slot_at_thread_exit, &s);
     return &s;
   }
   return nullptr;
@@ -110,7 +110,7 @@ void wait_for_readers() noexcept {
       if (spins > 64) sched_yield();
     }
   }
-  if (t_overflow_depth == 0) std::lock_guard<std::mutex> wait_out_overflow_readers(g_overflow_lock);
+  if (t_overflow_depth == 0) lock_guard wait_out_overflow_readers(g_overflow_lock);
 }
 
 void lock_readers_for_fork() noexcept { g_overflow_lock.lock(); }

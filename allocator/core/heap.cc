@@ -46,9 +46,17 @@ namespace {
 
 std::atomic<std::uint64_t> g_next_heap_id{1};
 
+// DROPALLOC_ABORT_ON_MISUSE, read once (0: not yet). Threads racing to read
+// it first compute the same answer.
+std::atomic<int> g_misuse_aborts{0};
+
 bool misuse_aborts() {
-  static const bool aborts = os::option_flag(os::option::abort_on_misuse);
-  return aborts;
+  int v = g_misuse_aborts.load(std::memory_order_relaxed);
+  if (v == 0) {
+    v = os::option_flag(os::option::abort_on_misuse) ? 2 : 1;
+    g_misuse_aborts.store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
 }
 
 }  // namespace
@@ -69,7 +77,7 @@ heap::heap(const heap_options& options)
       id_(g_next_heap_id.fetch_add(1, std::memory_order_relaxed)),
       slot_(-1) {
   registry_t& r = registry();
-  std::lock_guard<std::mutex> guard(r.lock);
+  lock_guard guard(r.lock);
   next_heap_ = r.all_heaps;
   if (r.all_heaps != nullptr) r.all_heaps->prev_heap_ = this;
   r.all_heaps = this;
@@ -87,7 +95,7 @@ heap::heap(const heap_options& options)
 heap::~heap() {
   {
     registry_t& r = registry();
-    std::lock_guard<std::mutex> guard(r.lock);
+    lock_guard guard(r.lock);
     if (slot_ >= 0) {
       r.heaps[slot_] = nullptr;
       r.ids[slot_] = 0;
@@ -100,7 +108,7 @@ heap::~heap() {
       os_->unmap_metadata(classes_[cls].transfer, kTransferCapacity[cls] * sizeof(cached_block));
     }
   }
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   // One grace period for all: unregister every arena, wait, then unmap.
   for (segment* s = all_; s != nullptr; s = s->all_next) unregister_segment(s);
   wait_for_readers();
@@ -112,7 +120,7 @@ heap::~heap() {
 }
 
 void heap::link_all(segment* s) noexcept {
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   s->all_prev = nullptr;
   s->all_next = all_;
   if (all_ != nullptr) all_->all_prev = s;
@@ -124,7 +132,7 @@ void heap::link_all(segment* s) noexcept {
 }
 
 void heap::unlink_all(segment* s) noexcept {
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   unlink_all_locked(s);
 }
 
@@ -211,7 +219,7 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
 // A cached mapping fits if it is big enough but not wastefully so (at most
 // twice the request) and aligned as asked.
 segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   int best = -1;
   for (int i = 0; i < kLargeCacheSlots; ++i) {
     segment* s = large_cache_[i];
@@ -229,7 +237,7 @@ segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
 }
 
 bool heap::cache_large(segment* s) noexcept {
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   if (s->span > kLargeCacheMaxBytes / 2) return false;
   std::uint64_t now = now_ms();
   // Make room: drop expired entries, then the oldest, until this one fits.
@@ -267,7 +275,7 @@ bool heap::cache_large(segment* s) noexcept {
 
 std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept {
   class_state& c = classes_[cls];
-  std::lock_guard<std::mutex> guard(c.lock);
+  lock_guard guard(c.lock);
   std::uint32_t have = c.transfer_count.load(std::memory_order_relaxed);
   if (have != 0) {
     std::uint32_t n = have < want ? have : want;
@@ -321,7 +329,7 @@ std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint3
 
 void heap::give_back(std::uint32_t cls, const cached_block* items, std::uint32_t n) noexcept {
   class_state& c = classes_[cls];
-  std::lock_guard<std::mutex> guard(c.lock);
+  lock_guard guard(c.lock);
   std::uint64_t now = now_ms();
   if (slot_ >= 0 && cls < kNumCachedClasses) {
     if (c.transfer == nullptr) {
@@ -554,7 +562,7 @@ resource_stats heap::stats(class_usage* per_class) const noexcept { return stats
 void heap::visit_heaps(void (*fn)(const heap&, const resource_stats&, const class_usage*, void*), void* ctx,
                        bool per_class) noexcept {
   registry_t& r = registry();
-  std::lock_guard<std::mutex> guard(r.lock);
+  lock_guard guard(r.lock);
   for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) {
     class_usage classes[kNumClasses];
     resource_stats st = h->stats_impl(per_class ? classes : nullptr, true);
@@ -567,8 +575,7 @@ resource_stats heap::stats_impl(class_usage* per_class, bool registry_held) cons
   std::uint64_t cached_blocks[kNumCachedClasses] = {};
   if (slot_ >= 0) {
     registry_t& r = registry();
-    std::unique_lock<std::mutex> guard(r.lock, std::defer_lock);
-    if (!registry_held) guard.lock();
+    if (!registry_held) r.lock.lock();
     for (tc_table* t = r.tables; t != nullptr; t = t->next) {
       tc_heap_cache* c = t->caches[slot_].load(std::memory_order_acquire);
       if (c == nullptr || c->heap_id.load(std::memory_order_relaxed) != id_) continue;
@@ -577,13 +584,14 @@ resource_stats heap::stats_impl(class_usage* per_class, bool registry_held) cons
                               c->bins[cls].limit.load(std::memory_order_relaxed);
       }
     }
+    if (!registry_held) r.lock.unlock();
   }
   for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
     cached_blocks[cls] += classes_[cls].transfer_count.load(std::memory_order_relaxed);
   }
   std::uint64_t out_blocks[kNumClasses] = {};
   {
-    std::lock_guard<std::mutex> guard(segments_lock_);
+    lock_guard guard(segments_lock_);
     for (segment* s = all_; s != nullptr; s = s->all_next) {
       ++st.arenas_mapped;
       st.bytes_mapped += s->span;

@@ -8,7 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
+#include "allocator/core/mutex.h"
 
 #include "allocator/core/grace.h"
 #include "allocator/core/segment.h"
@@ -177,7 +177,7 @@ class heap {
     return s != nullptr && s->owner == this && block_index(s, p, idx) ? s : nullptr;
   }
   struct alignas(64) class_state {
-    std::mutex lock;
+    mutex lock;
     segment* avail = nullptr;  // arenas with free blocks and live blocks
     segment* empty = nullptr;  // arenas with no live block, newest first
     // Free blocks passed between thread caches in whole batches (tcmalloc's
@@ -253,7 +253,7 @@ class heap {
   std::uint64_t id_;  // unique for the process lifetime, never 0
   int slot_;          // registry slot for thread caches, -1 for none
   class_state classes_[kNumClasses];
-  mutable std::mutex segments_lock_;
+  mutable mutex segments_lock_;
   segment* all_ = nullptr;  // every arena of this heap (guarded by segments_lock_)
   // Recently freed large mappings kept for reuse (guarded by segments_lock_):
   // growing vectors and other large churn would otherwise pay munmap, mmap and

@@ -5,7 +5,7 @@
 #include <time.h>
 
 #include <cstdint>
-#include <mutex>
+#include "allocator/core/mutex.h"
 
 #include "allocator/core/heap.h"
 
@@ -13,7 +13,7 @@ namespace dropalloc::core::internal {
 
 // Heaps that own a thread-cache slot, and every thread's table.
 struct registry_t {
-  std::mutex lock;
+  mutex lock;
   heap* heaps[kMaxCachedHeaps] = {};
   std::uint64_t ids[kMaxCachedHeaps] = {};
   tc_table* tables = nullptr;

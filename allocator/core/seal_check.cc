@@ -2,7 +2,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
+#include "allocator/core/mutex.h"
 
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
@@ -118,9 +118,9 @@ void zero_tail(std::byte* p, std::size_t bytes) {
 namespace {
 
 constexpr std::size_t kSealStripes = 64;
-std::mutex g_seal_locks[kSealStripes];
+mutex g_seal_locks[kSealStripes];
 
-std::mutex& seal_lock_for(const void* block) {
+mutex& seal_lock_for(const void* block) {
   auto a = reinterpret_cast<std::uintptr_t>(block);
   return g_seal_locks[(a >> 6 ^ a >> 12 ^ a >> 22) % kSealStripes];
 }
@@ -135,7 +135,7 @@ void internal::unlock_seal_stripes() noexcept {
 }
 
 bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was, std::uint64_t expected_gen) noexcept {
-  std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
+  lock_guard guard(seal_lock_for(block_start(s, idx)));
   auto& sb = s->state[idx];
   std::uint8_t st = sb.load(std::memory_order_relaxed);
   // Under the seal lock the generation of a live observed block moves only
@@ -184,7 +184,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   const seal_from from = req.from;
   auto& sb = s->state[idx];
   auto& word = s->meta[idx];
-  std::lock_guard<std::mutex> guard(seal_lock_for(block_start(s, idx)));
+  lock_guard guard(seal_lock_for(block_start(s, idx)));
   std::uint8_t st = sb.load(std::memory_order_acquire);
   // Under the seal lock no free or seal of this block can happen (an observed
   // block is freed under it): the generation read here holds to the end.
@@ -332,7 +332,7 @@ class stripe_guard {
   ~stripe_guard() {
     for (int i = 0; i < n_; ++i) held_[i]->unlock();
   }
-  bool hold(std::mutex& m) {
+  bool hold(mutex& m) {
     for (int i = 0; i < n_; ++i) {
       if (held_[i] == &m) return true;
     }
@@ -342,7 +342,7 @@ class stripe_guard {
   }
 
  private:
-  std::mutex* held_[kSealStripes] = {};
+  mutex* held_[kSealStripes] = {};
   int n_ = 0;
 };
 
@@ -394,7 +394,7 @@ void heap::advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexc
 
 std::size_t heap::seal_all() noexcept {
   std::size_t sealed = 0;
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   for (segment* s = all_; s != nullptr; s = s->all_next) {
     // Advise only the pages of blocks this call sealed, one call per run of
     // them: advising a page again that was read since its seal would clear
@@ -486,7 +486,7 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
 
 sweep_result heap::check_all() noexcept {
   sweep_result r;
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   for (segment* s = all_; s != nullptr; s = s->all_next) {
     std::uint32_t bump = read_counter(&s->bump);
     for (std::uint32_t i = 0; i < bump; ++i) {
@@ -518,7 +518,7 @@ int heap::drop_for_testing(void* p, std::size_t bytes) noexcept {
 }
 
 void heap::drop_all_for_testing() noexcept {
-  std::lock_guard<std::mutex> guard(segments_lock_);
+  lock_guard guard(segments_lock_);
   for (segment* s = all_; s != nullptr; s = s->all_next) os_->drop_pages(s->base, s->span);
 }
 

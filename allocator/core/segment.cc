@@ -4,7 +4,7 @@
 
 #include <errno.h>
 
-#include <mutex>
+#include "allocator/core/mutex.h"
 #include <new>
 
 namespace dropalloc::core {
@@ -13,7 +13,7 @@ std::atomic<map_leaf*> g_segment_map[kRootEntries] = {};
 
 namespace {
 
-std::mutex g_map_init_lock;  // constant-initialised: usable before main
+mutex g_map_init_lock;  // constant-initialised: usable before main
 
 // Generations of a new segment start above every generation any earlier
 // segment used, so a stale (pointer, generation) never matches a block that
@@ -37,7 +37,7 @@ bool ensure_leaves(os::os_interface& os, const std::byte* base, std::size_t span
   }
   for (auto i = first; i <= last; ++i) {
     if (g_segment_map[i].load(std::memory_order_acquire) != nullptr) continue;
-    std::lock_guard<std::mutex> guard(g_map_init_lock);
+    lock_guard guard(g_map_init_lock);
     if (g_segment_map[i].load(std::memory_order_acquire) != nullptr) continue;
     auto* leaf = static_cast<map_leaf*>(os.map_metadata(sizeof(map_leaf), err));
     if (leaf == nullptr) return false;
@@ -94,7 +94,7 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
 
 }  // namespace
 
-std::mutex& segment_map_init_lock() { return g_map_init_lock; }
+mutex& segment_map_init_lock() { return g_map_init_lock; }
 
 std::uint64_t next_gen_base() { return g_gen_floor.load(std::memory_order_acquire); }
 

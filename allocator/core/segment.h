@@ -4,7 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
+#include "allocator/core/mutex.h"
 
 #include "allocator/core/types.h"
 #include "allocator/os/os.h"
@@ -121,7 +121,7 @@ void unregister_segment(segment* s);
 void unmap_segment(os::os_interface& os, segment* s);
 
 // Guards the lazy creation of the segment map (held across fork).
-std::mutex& segment_map_init_lock();
+mutex& segment_map_init_lock();
 
 // The next generation base handed to a new segment.
 std::uint64_t next_gen_base();

@@ -127,6 +127,11 @@ void print_classes(printer& out, const snapshot& snap) {
            static_cast<unsigned>(kSizeClasses[kNumClasses - 1].size));
 }
 
+// Static, not on the stack: a snapshot of 16 heaps and every class is a few
+// KiB, and a report may run on a small thread stack. Guarded by g_snap_busy.
+snapshot g_snap;
+std::atomic<bool> g_snap_busy{false};
+
 }  // namespace
 
 bool write_to_fd(void* ctx, const char* text, std::size_t n) noexcept {
@@ -147,11 +152,10 @@ bool write_to_fd(void* ctx, const char* text, std::size_t n) noexcept {
   return true;
 }
 
+
 void write_stats_report(const heap* h, unsigned flags, stats_sink sink, void* ctx) noexcept {
-  // Static, not on the stack: a snapshot of 16 heaps and every class is a few
-  // KiB, and this may run on a small thread stack. Guarded by its own lock.
-  static snapshot snap;
-  static std::atomic<bool> busy{false};
+  snapshot& snap = g_snap;
+  std::atomic<bool>& busy = g_snap_busy;
   while (busy.exchange(true, std::memory_order_acquire)) sched_yield();
   snap = snapshot{};
   bool per_class = (flags & kStatsPerClass) != 0;

@@ -3,7 +3,8 @@
 // fork handlers.
 #include <pthread.h>
 
-#include <mutex>
+#include "allocator/core/mutex.h"
+#include "allocator/core/thread_exit.h"
 
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
@@ -60,7 +61,7 @@ void heap::give_back_cache(tc_heap_cache* c) noexcept {
 // Hands a dying thread's cached blocks back to their heaps.
 void flush_thread_caches(tc_table* t) noexcept {
   registry_t& r = registry();
-  std::lock_guard<std::mutex> guard(r.lock);
+  lock_guard guard(r.lock);
   for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
     tc_heap_cache* c = t->caches[slot].load(std::memory_order_acquire);
     if (c == nullptr) continue;
@@ -80,23 +81,21 @@ namespace {
 __thread bool t_exited = false;
 }  // namespace
 
-struct thread_exit_flusher {
-  tc_table* table = nullptr;
-  ~thread_exit_flusher() {
-    if (table == nullptr) return;
-    t_exited = true;
-    t_current.heap_id = 0;
-    t_current.cache = nullptr;
-    t_current.other_heap_id = 0;
-    t_current.other_cache = nullptr;
-    t_cache_table = nullptr;
-    flush_thread_caches(table);
-    os::system_os().unmap_metadata(table, sizeof(tc_table));
-  }
-};
-
 namespace {
-thread_local thread_exit_flusher t_flusher;
+
+// Runs at the thread's exit (call_at_thread_exit): its cached blocks go back.
+void flush_at_thread_exit(void* arg) {
+  auto* table = static_cast<tc_table*>(arg);
+  t_exited = true;
+  t_current.heap_id = 0;
+  t_current.cache = nullptr;
+  t_current.other_heap_id = 0;
+  t_current.other_cache = nullptr;
+  t_cache_table = nullptr;
+  flush_thread_caches(table);
+  os::system_os().unmap_metadata(table, sizeof(tc_table));
+}
+
 }  // namespace
 
 tc_heap_cache* heap::thread_cache() noexcept {
@@ -118,7 +117,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
     registry_t& r = registry();
     std::uint32_t tag;
     {
-      std::lock_guard<std::mutex> guard(r.lock);
+      lock_guard guard(r.lock);
       tag = take_thread_tag(r);
       t->tag = tag;
       t->next = r.tables;
@@ -126,7 +125,9 @@ tc_heap_cache* heap::thread_cache() noexcept {
       r.tables = t;
     }
     t_cache_table = t;
-    t_flusher.table = t;  // first use registers the exit handler
+    // Not registered (glibc out of memory): the table and its blocks stay
+    // with the exited thread, as the blocks of a leaked object would.
+    (void)call_at_thread_exit(flush_at_thread_exit, t);
     t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
   }
   tc_heap_cache* c = t->caches[slot_].load(std::memory_order_relaxed);
@@ -199,7 +200,7 @@ void postfork_child() noexcept {
   for (;;) {
     tc_table* gone = nullptr;
     {
-      std::lock_guard<std::mutex> guard(r.lock);
+      lock_guard guard(r.lock);
       for (tc_table* t = r.tables; t != nullptr && gone == nullptr; t = t->next) {
         if (t != mine) gone = t;
       }

@@ -1,6 +1,7 @@
 // Linux implementation of the OS layer. See os.h for the contract.
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -291,11 +292,23 @@ class linux_os final : public os_interface {
 // Built on first use in static storage and never destroyed: usable before
 // main, by the malloc shim (no allocation) and by threads still freeing
 // memory while the process runs its exit handlers.
+// (A once-flag of its own, not a guarded local static: the guard is the C++
+// runtime library's, which libdropalloc.so does not load.)
 template <linux_os::mode M>
 os_interface& instance() noexcept {
+  enum : int { kNone, kBuilding, kBuilt };
   alignas(linux_os) static unsigned char storage[sizeof(linux_os)];
-  static linux_os* const os = new (storage) linux_os(M);
-  return *os;
+  static std::atomic<int> built{kNone};
+  int expected = kNone;
+  if (built.load(std::memory_order_acquire) != kBuilt) {
+    if (built.compare_exchange_strong(expected, kBuilding, std::memory_order_acquire)) {
+      new (storage) linux_os(M);
+      built.store(kBuilt, std::memory_order_release);
+    } else {
+      while (built.load(std::memory_order_acquire) != kBuilt) sched_yield();
+    }
+  }
+  return *std::launder(reinterpret_cast<linux_os*>(storage));
 }
 
 }  // namespace

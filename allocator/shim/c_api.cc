@@ -43,7 +43,9 @@ DROPALLOC_EXPORT dropalloc_resource* dropalloc_create(unsigned flags) {
   options.os = (flags & DROPALLOC_FORCE_FALLBACK) != 0 ? &dropalloc::os::fallback_os() : nullptr;
   options.thread_cache = (flags & DROPALLOC_NO_THREAD_CACHE) == 0;
   options.name = "C API resource";
-  auto* r = new (std::nothrow) dropalloc_resource(options);
+  // std::nothrow_t{}, not std::nothrow: that object lives in the C++ runtime
+  // library, which libdropalloc.so does not load.
+  auto* r = new (std::nothrow_t{}) dropalloc_resource(options);
   if (r == nullptr) errno = ENOMEM;
   return r;
 }

@@ -97,5 +97,17 @@ TEST_CASE("failure: bad_alloc, nullptr from nothrow, and the new-handler loop") 
   std::set_new_handler(throwing_handler);
   CHECK(::operator new(huge(), std::nothrow) == nullptr);
   CHECK(g_handler_calls == 1);
+  CHECK(::operator new[](huge(), std::align_val_t{64}, std::nothrow) == nullptr);
+  CHECK(g_handler_calls == 2);
+
+  // The nothrow forms run the handler loop too: three calls, then nullptr.
+  g_handler_calls = 0;
+  std::set_new_handler(counting_handler);
+  CHECK(::operator new[](huge(), std::nothrow) == nullptr);
+  CHECK(g_handler_calls == 3);
+  g_handler_calls = 0;
+  std::set_new_handler(counting_handler);
+  CHECK(::operator new(huge(), std::align_val_t{256}, std::nothrow) == nullptr);
+  CHECK(g_handler_calls == 3);
   std::set_new_handler(nullptr);
 }
