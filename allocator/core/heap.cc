@@ -157,19 +157,20 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
   tc_heap_cache* c = cls < kNumCachedClasses ? thread_cache() : nullptr;
   if (c != nullptr) {
     tc_bin& bin = c->bins[cls];
+    cached_block* items = c->items[cls];
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);
     if (n == 0) {
       std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
       if (limit == 0) {  // all room taken by other threads' blocks: pass them on
-        give_back(static_cast<std::uint32_t>(cls), bin.items, kBinCapacity[cls]);
+        give_back(static_cast<std::uint32_t>(cls), items, kBinCapacity[cls]);
         limit = kBinCapacity[cls];
         bin.limit.store(limit, std::memory_order_relaxed);
       }
       std::uint32_t want = kBinCapacity[cls] / 2;
-      n = take_blocks(static_cast<std::uint32_t>(cls), bin.items, want < limit ? want : limit, &os_err);
+      n = take_blocks(static_cast<std::uint32_t>(cls), items, want < limit ? want : limit, &os_err);
     }
     if (n != 0) {
-      b = bin.items[n - 1];
+      b = items[n - 1];
       bin.count.store(n - 1, std::memory_order_relaxed);
     }
   } else {
@@ -440,12 +441,13 @@ void heap::deallocate_retired(segment* s, std::uint32_t idx, void* p, std::uint8
     return;
   }
   tc_bin& bin = c->bins[s->cls];
+  cached_block* items = c->items[s->cls];
   const std::uint32_t cap = kBinCapacity[s->cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
   std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
   if (n >= limit && limit < cap) {
     // Full, partly with other threads' blocks: pass those on first.
-    give_back(s->cls, bin.items + limit, cap - limit);
+    give_back(s->cls, items + limit, cap - limit);
     limit = cap;
     bin.limit.store(limit, std::memory_order_relaxed);
   }
@@ -454,18 +456,18 @@ void heap::deallocate_retired(segment* s, std::uint32_t idx, void* p, std::uint8
     // recently freed (warmest) blocks instead would cost moving the rest down
     // on every flush.
     std::uint32_t half = cap / 2;
-    give_back(s->cls, bin.items + (n - half), half);
+    give_back(s->cls, items + (n - half), half);
     n -= half;
     bin.count.store(n, std::memory_order_relaxed);
   }
   const std::uint8_t tag = st & state::kTagMask;
   if (tag != (t_current.live_state & state::kTagMask) && blocks_share_lines(s->block_size)) {
     // Another thread allocated it: keep it from this thread's allocations.
-    bin.items[limit - 1] = b;
+    items[limit - 1] = b;
     bin.limit.store(limit - 1, std::memory_order_relaxed);
     return;
   }
-  bin.items[n] = b;
+  items[n] = b;
   bin.count.store(n + 1, std::memory_order_relaxed);
 }
 

@@ -333,13 +333,14 @@ DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached(std::size_t bytes, std::size
   tc_bin& bin = c->bins[cls];
   std::uint32_t n = bin.count.load(std::memory_order_relaxed);
   if (DROPALLOC_UNLIKELY(n == 0)) return nullptr;
-  cached_block b = bin.items[n - 1];
+  cached_block* items = c->items[cls];
+  cached_block b = items[n - 1];
   bin.count.store(n - 1, std::memory_order_relaxed);
   // Callers write to what they get, and metadata is out of band, so nothing
   // else brings a block into cache before that first store: fetch the block
   // this bin hands out next now. In batch workloads that spread over many
   // classes, "next" is dozens of allocations away, time enough for a miss.
-  if (n >= 2) __builtin_prefetch(bin.items[n - 2].ptr, 1);
+  if (n >= 2) __builtin_prefetch(items[n - 2].ptr, 1);
   b.state->store(t_current.live_state, std::memory_order_release);
   return b.ptr;
 }
@@ -357,6 +358,7 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   tc_heap_cache* c = current_cache();
   if (DROPALLOC_UNLIKELY(c == nullptr)) return false;
   tc_bin* bin;
+  cached_block* items;
   std::atomic<std::uint8_t>* st;
   std::uint32_t n, limit;
   bool set_aside;
@@ -380,6 +382,7 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     st = &s->state[idx];
     const std::uint8_t now = st->load(std::memory_order_relaxed);
     bin = &c->bins[s->cls];
+    items = c->items[s->cls];
     n = bin->count.load(std::memory_order_relaxed);
     limit = bin->limit.load(std::memory_order_relaxed);
     if (DROPALLOC_UNLIKELY(n >= limit)) return false;
@@ -401,11 +404,11 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
   if (DROPALLOC_UNLIKELY(set_aside)) {
     // Another thread's block whose class's blocks can share a cache line:
     // set it aside at the top of the bin, to be passed on.
-    bin->items[limit - 1] = cached_block{p, st};
+    items[limit - 1] = cached_block{p, st};
     bin->limit.store(limit - 1, std::memory_order_relaxed);
     return true;
   }
-  bin->items[n] = cached_block{p, st};
+  items[n] = cached_block{p, st};
   bin->count.store(n + 1, std::memory_order_relaxed);
   return true;
 }

@@ -1,10 +1,11 @@
 // Size classes: the constexpr table every allocation is rounded to.
 //
 // Shape: 8-byte steps up to 64 B, then eight classes per doubling up to the
-// largest class, 256 KiB, except 32 (128-byte steps) from 4 to 8 KiB: "a page
+// largest class, 256 KiB, except 64 (64-byte steps) from 4 to 8 KiB: "a page
 // plus a small header" (a database page and its bookkeeping, a 4 KiB buffer
 // and its length) is among the commonest larger requests, and one class per
-// 512 bytes there would waste up to 12% of each. Larger requests get a
+// 512 bytes there would waste up to 12% of each (sqlite3 asks for 4,104 and
+// 4,368 bytes by the thousand; glibc serves them with 8 to 16 bytes over). Larger requests get a
 // mapping of their own. Blocks of a class sit back to back in their arena
 // (block i at base + i * size), so a block may share a page with its
 // neighbours and straddle page boundaries: no page tail, no rounding to pages. The drop check keeps a witness for every
@@ -39,14 +40,14 @@ inline constexpr std::size_t kPage = 4096;
 inline constexpr std::size_t kMaxSmallSize = 4096;       // largest class on the fast paths
 inline constexpr std::size_t kMaxClassSize = 256 * 1024;  // larger: a mapping of its own
 inline constexpr std::size_t kMaxCacheableAlign = 4096;  // larger alignments: own mapping
-inline constexpr std::size_t kLargeGranule = 128;        // class spacing from 4 to 8 KiB
+inline constexpr std::size_t kLargeGranule = 64;         // class spacing from 4 to 8 KiB
 
 struct size_class_row {
   std::uint32_t size;
 };
 
 // clang-format off
-inline constexpr std::array<size_class_row, 128> kSizeClasses{{
+inline constexpr std::array<size_class_row, 160> kSizeClasses{{
     {      8},  //   0: worst waste     7 B = 87.5%
     {     16},  //   1: worst waste     7 B = 43.8%
     {     24},  //   2: worst waste     7 B = 29.2%
@@ -103,78 +104,110 @@ inline constexpr std::array<size_class_row, 128> kSizeClasses{{
     {   3584},  //  53: worst waste   255 B =  7.1%
     {   3840},  //  54: worst waste   255 B =  6.6%
     {   4096},  //  55: worst waste   255 B =  6.2%
-    {   4224},  //  56: worst waste   127 B =  3.0%
-    {   4352},  //  57: worst waste   127 B =  2.9%
-    {   4480},  //  58: worst waste   127 B =  2.8%
-    {   4608},  //  59: worst waste   127 B =  2.8%
-    {   4736},  //  60: worst waste   127 B =  2.7%
-    {   4864},  //  61: worst waste   127 B =  2.6%
-    {   4992},  //  62: worst waste   127 B =  2.5%
-    {   5120},  //  63: worst waste   127 B =  2.5%
-    {   5248},  //  64: worst waste   127 B =  2.4%
-    {   5376},  //  65: worst waste   127 B =  2.4%
-    {   5504},  //  66: worst waste   127 B =  2.3%
-    {   5632},  //  67: worst waste   127 B =  2.3%
-    {   5760},  //  68: worst waste   127 B =  2.2%
-    {   5888},  //  69: worst waste   127 B =  2.2%
-    {   6016},  //  70: worst waste   127 B =  2.1%
-    {   6144},  //  71: worst waste   127 B =  2.1%
-    {   6272},  //  72: worst waste   127 B =  2.0%
-    {   6400},  //  73: worst waste   127 B =  2.0%
-    {   6528},  //  74: worst waste   127 B =  1.9%
-    {   6656},  //  75: worst waste   127 B =  1.9%
-    {   6784},  //  76: worst waste   127 B =  1.9%
-    {   6912},  //  77: worst waste   127 B =  1.8%
-    {   7040},  //  78: worst waste   127 B =  1.8%
-    {   7168},  //  79: worst waste   127 B =  1.8%
-    {   7296},  //  80: worst waste   127 B =  1.7%
-    {   7424},  //  81: worst waste   127 B =  1.7%
-    {   7552},  //  82: worst waste   127 B =  1.7%
-    {   7680},  //  83: worst waste   127 B =  1.7%
-    {   7808},  //  84: worst waste   127 B =  1.6%
-    {   7936},  //  85: worst waste   127 B =  1.6%
-    {   8064},  //  86: worst waste   127 B =  1.6%
-    {   8192},  //  87: worst waste   127 B =  1.6%
-    {   9216},  //  88: worst waste  1023 B = 11.1%
-    {  10240},  //  89: worst waste  1023 B = 10.0%
-    {  11264},  //  90: worst waste  1023 B =  9.1%
-    {  12288},  //  91: worst waste  1023 B =  8.3%
-    {  13312},  //  92: worst waste  1023 B =  7.7%
-    {  14336},  //  93: worst waste  1023 B =  7.1%
-    {  15360},  //  94: worst waste  1023 B =  6.7%
-    {  16384},  //  95: worst waste  1023 B =  6.2%
-    {  18432},  //  96: worst waste  2047 B = 11.1%
-    {  20480},  //  97: worst waste  2047 B = 10.0%
-    {  22528},  //  98: worst waste  2047 B =  9.1%
-    {  24576},  //  99: worst waste  2047 B =  8.3%
-    {  26624},  // 100: worst waste  2047 B =  7.7%
-    {  28672},  // 101: worst waste  2047 B =  7.1%
-    {  30720},  // 102: worst waste  2047 B =  6.7%
-    {  32768},  // 103: worst waste  2047 B =  6.2%
-    {  36864},  // 104: worst waste  4095 B = 11.1%
-    {  40960},  // 105: worst waste  4095 B = 10.0%
-    {  45056},  // 106: worst waste  4095 B =  9.1%
-    {  49152},  // 107: worst waste  4095 B =  8.3%
-    {  53248},  // 108: worst waste  4095 B =  7.7%
-    {  57344},  // 109: worst waste  4095 B =  7.1%
-    {  61440},  // 110: worst waste  4095 B =  6.7%
-    {  65536},  // 111: worst waste  4095 B =  6.2%
-    {  73728},  // 112: worst waste  8191 B = 11.1%
-    {  81920},  // 113: worst waste  8191 B = 10.0%
-    {  90112},  // 114: worst waste  8191 B =  9.1%
-    {  98304},  // 115: worst waste  8191 B =  8.3%
-    { 106496},  // 116: worst waste  8191 B =  7.7%
-    { 114688},  // 117: worst waste  8191 B =  7.1%
-    { 122880},  // 118: worst waste  8191 B =  6.7%
-    { 131072},  // 119: worst waste  8191 B =  6.2%
-    { 147456},  // 120: worst waste 16383 B = 11.1%
-    { 163840},  // 121: worst waste 16383 B = 10.0%
-    { 180224},  // 122: worst waste 16383 B =  9.1%
-    { 196608},  // 123: worst waste 16383 B =  8.3%
-    { 212992},  // 124: worst waste 16383 B =  7.7%
-    { 229376},  // 125: worst waste 16383 B =  7.1%
-    { 245760},  // 126: worst waste 16383 B =  6.7%
-    { 262144},  // 127: worst waste 16383 B =  6.2%
+    {   4160},  //  56: worst waste    63 B =  1.5%
+    {   4224},  //  57: worst waste    63 B =  1.5%
+    {   4288},  //  58: worst waste    63 B =  1.5%
+    {   4352},  //  59: worst waste    63 B =  1.4%
+    {   4416},  //  60: worst waste    63 B =  1.4%
+    {   4480},  //  61: worst waste    63 B =  1.4%
+    {   4544},  //  62: worst waste    63 B =  1.4%
+    {   4608},  //  63: worst waste    63 B =  1.4%
+    {   4672},  //  64: worst waste    63 B =  1.3%
+    {   4736},  //  65: worst waste    63 B =  1.3%
+    {   4800},  //  66: worst waste    63 B =  1.3%
+    {   4864},  //  67: worst waste    63 B =  1.3%
+    {   4928},  //  68: worst waste    63 B =  1.3%
+    {   4992},  //  69: worst waste    63 B =  1.3%
+    {   5056},  //  70: worst waste    63 B =  1.2%
+    {   5120},  //  71: worst waste    63 B =  1.2%
+    {   5184},  //  72: worst waste    63 B =  1.2%
+    {   5248},  //  73: worst waste    63 B =  1.2%
+    {   5312},  //  74: worst waste    63 B =  1.2%
+    {   5376},  //  75: worst waste    63 B =  1.2%
+    {   5440},  //  76: worst waste    63 B =  1.2%
+    {   5504},  //  77: worst waste    63 B =  1.1%
+    {   5568},  //  78: worst waste    63 B =  1.1%
+    {   5632},  //  79: worst waste    63 B =  1.1%
+    {   5696},  //  80: worst waste    63 B =  1.1%
+    {   5760},  //  81: worst waste    63 B =  1.1%
+    {   5824},  //  82: worst waste    63 B =  1.1%
+    {   5888},  //  83: worst waste    63 B =  1.1%
+    {   5952},  //  84: worst waste    63 B =  1.1%
+    {   6016},  //  85: worst waste    63 B =  1.0%
+    {   6080},  //  86: worst waste    63 B =  1.0%
+    {   6144},  //  87: worst waste    63 B =  1.0%
+    {   6208},  //  88: worst waste    63 B =  1.0%
+    {   6272},  //  89: worst waste    63 B =  1.0%
+    {   6336},  //  90: worst waste    63 B =  1.0%
+    {   6400},  //  91: worst waste    63 B =  1.0%
+    {   6464},  //  92: worst waste    63 B =  1.0%
+    {   6528},  //  93: worst waste    63 B =  1.0%
+    {   6592},  //  94: worst waste    63 B =  1.0%
+    {   6656},  //  95: worst waste    63 B =  0.9%
+    {   6720},  //  96: worst waste    63 B =  0.9%
+    {   6784},  //  97: worst waste    63 B =  0.9%
+    {   6848},  //  98: worst waste    63 B =  0.9%
+    {   6912},  //  99: worst waste    63 B =  0.9%
+    {   6976},  // 100: worst waste    63 B =  0.9%
+    {   7040},  // 101: worst waste    63 B =  0.9%
+    {   7104},  // 102: worst waste    63 B =  0.9%
+    {   7168},  // 103: worst waste    63 B =  0.9%
+    {   7232},  // 104: worst waste    63 B =  0.9%
+    {   7296},  // 105: worst waste    63 B =  0.9%
+    {   7360},  // 106: worst waste    63 B =  0.9%
+    {   7424},  // 107: worst waste    63 B =  0.8%
+    {   7488},  // 108: worst waste    63 B =  0.8%
+    {   7552},  // 109: worst waste    63 B =  0.8%
+    {   7616},  // 110: worst waste    63 B =  0.8%
+    {   7680},  // 111: worst waste    63 B =  0.8%
+    {   7744},  // 112: worst waste    63 B =  0.8%
+    {   7808},  // 113: worst waste    63 B =  0.8%
+    {   7872},  // 114: worst waste    63 B =  0.8%
+    {   7936},  // 115: worst waste    63 B =  0.8%
+    {   8000},  // 116: worst waste    63 B =  0.8%
+    {   8064},  // 117: worst waste    63 B =  0.8%
+    {   8128},  // 118: worst waste    63 B =  0.8%
+    {   8192},  // 119: worst waste    63 B =  0.8%
+    {   9216},  // 120: worst waste  1023 B = 11.1%
+    {  10240},  // 121: worst waste  1023 B = 10.0%
+    {  11264},  // 122: worst waste  1023 B =  9.1%
+    {  12288},  // 123: worst waste  1023 B =  8.3%
+    {  13312},  // 124: worst waste  1023 B =  7.7%
+    {  14336},  // 125: worst waste  1023 B =  7.1%
+    {  15360},  // 126: worst waste  1023 B =  6.7%
+    {  16384},  // 127: worst waste  1023 B =  6.2%
+    {  18432},  // 128: worst waste  2047 B = 11.1%
+    {  20480},  // 129: worst waste  2047 B = 10.0%
+    {  22528},  // 130: worst waste  2047 B =  9.1%
+    {  24576},  // 131: worst waste  2047 B =  8.3%
+    {  26624},  // 132: worst waste  2047 B =  7.7%
+    {  28672},  // 133: worst waste  2047 B =  7.1%
+    {  30720},  // 134: worst waste  2047 B =  6.7%
+    {  32768},  // 135: worst waste  2047 B =  6.2%
+    {  36864},  // 136: worst waste  4095 B = 11.1%
+    {  40960},  // 137: worst waste  4095 B = 10.0%
+    {  45056},  // 138: worst waste  4095 B =  9.1%
+    {  49152},  // 139: worst waste  4095 B =  8.3%
+    {  53248},  // 140: worst waste  4095 B =  7.7%
+    {  57344},  // 141: worst waste  4095 B =  7.1%
+    {  61440},  // 142: worst waste  4095 B =  6.7%
+    {  65536},  // 143: worst waste  4095 B =  6.2%
+    {  73728},  // 144: worst waste  8191 B = 11.1%
+    {  81920},  // 145: worst waste  8191 B = 10.0%
+    {  90112},  // 146: worst waste  8191 B =  9.1%
+    {  98304},  // 147: worst waste  8191 B =  8.3%
+    { 106496},  // 148: worst waste  8191 B =  7.7%
+    { 114688},  // 149: worst waste  8191 B =  7.1%
+    { 122880},  // 150: worst waste  8191 B =  6.7%
+    { 131072},  // 151: worst waste  8191 B =  6.2%
+    { 147456},  // 152: worst waste 16383 B = 11.1%
+    { 163840},  // 153: worst waste 16383 B = 10.0%
+    { 180224},  // 154: worst waste 16383 B =  9.1%
+    { 196608},  // 155: worst waste 16383 B =  8.3%
+    { 212992},  // 156: worst waste 16383 B =  7.7%
+    { 229376},  // 157: worst waste 16383 B =  7.1%
+    { 245760},  // 158: worst waste 16383 B =  6.7%
+    { 262144},  // 159: worst waste 16383 B =  6.2%
 }};
 // clang-format on
 

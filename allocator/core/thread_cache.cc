@@ -51,8 +51,8 @@ void heap::give_back_cache(tc_heap_cache* c) noexcept {
     tc_bin& bin = c->bins[cls];
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);
     std::uint32_t limit = bin.limit.load(std::memory_order_relaxed);
-    if (n != 0) give_back(cls, bin.items, n);
-    if (limit < kBinCapacity[cls]) give_back(cls, bin.items + limit, kBinCapacity[cls] - limit);
+    if (n != 0) give_back(cls, c->items[cls], n);
+    if (limit < kBinCapacity[cls]) give_back(cls, c->items[cls] + limit, kBinCapacity[cls] - limit);
     bin.count.store(0, std::memory_order_relaxed);
     bin.limit.store(kBinCapacity[cls], std::memory_order_relaxed);
   }
