@@ -32,7 +32,7 @@ constexpr spec kSpecs[kOptionCount] = {
     {"DROPALLOC_STATS", kind::stats, 0, 0, true},
     {"DROPALLOC_ABORT_ON_MISUSE", kind::flag, 0, 0, true},
     {"DROPALLOC_FORCE_FALLBACK", kind::flag, 0, 0, true},
-    {"DROPALLOC_DECAY_MS", kind::number, 1000, 3600u * 1000, true},
+    {"DROPALLOC_DECAY_MS", kind::number, 100, 3600u * 1000, true},
     {"DROPALLOC_DECAY_THREAD", kind::flag, 1, 0, true},
     {"DROPALLOC_DROPPABLE_RANGE", kind::range, 0, 0, true},
     // A test hook (linux_os.cc): only worth listing when someone set it.
