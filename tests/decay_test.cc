@@ -114,6 +114,22 @@ TEST_CASE("a released page is handed out again and written normally") {
   res.deallocate(keep, 256, 8);
 }
 
+TEST_CASE("a recycled large mapping hands back its pages past the new request, and keeps the block whole") {
+  dropalloc::os::fake_os os;
+  droppable_resource res(fake_options(os));
+  constexpr std::size_t kBig = 8u << 20, kSmall = 5u << 20;
+  void* big = res.allocate(kBig, 8);
+  fill(big, kBig, 3);
+  res.deallocate(big, kBig, 8);  // kept in the large-mapping cache
+  std::uint64_t before = os.released_bytes.load();
+  void* small = res.allocate(kSmall, 8);
+  CHECK(small == big);  // the cached mapping, at most twice the request, is reused
+  CHECK(os.released_bytes.load() - before == kBig - kSmall);  // exactly its tail
+  fill(small, kSmall, 4);
+  CHECK(holds(small, kSmall, 4));
+  res.deallocate(small, kSmall, 8);
+}
+
 TEST_CASE("the background purger hands freed memory back while the program makes no call") {
   dropalloc::resource_options o;
   o.empty_arena_decay_ms = 20;

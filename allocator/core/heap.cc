@@ -201,6 +201,11 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
   }
   std::size_t span = (bytes == 0 ? kPage : (bytes + kPage - 1) / kPage * kPage);
   if (segment* cached = reuse_large(span, alignment)) {
+    // A recycled mapping may be up to twice the request. Its pages past the
+    // request go back now: left as they are, they would stay resident for as
+    // long as the block lives (5-25 MiB blocks: 480 MiB peak with them, 403
+    // without, for about 375 MiB live at most).
+    if (cached->span > span) (void)os_->release_pages(cached->base + span, cached->span - span);
     if (zero) memset(cached->base, 0, bytes);  // a recycled mapping holds old data
     return cached->base;
   }
