@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The allocation and free fast paths stay within a stated instruction budget.
+# Counted statically with objdump over each fast path compiled alone (probe.cc,
+# -O2 as in an optimised build): every instruction of the function, early
+# exits to the slow path included. A change that grows a fast path past its
+# budget fails here; raise the budget only with a measurement that says the
+# growth is worth it.
+set -euo pipefail
+probe="$TEST_SRCDIR/$TEST_WORKSPACE/tests/fastpath/probe"
+
+# Budgets: the counts when they were set (g++ 12, x86-64: 42 and 179), plus
+# a little room. The free path is the longer: it finds the block's arena
+# through the address map inside a read section (allocator/core/grace.h) and
+# frees by compare-and-exchange, so that a double or foreign free is refused.
+declare -A budget=([dropalloc_probe_allocate]=44 [dropalloc_probe_free]=190)
+
+if ! command -v objdump >/dev/null; then
+  echo "FAIL: objdump (binutils) is not installed" >&2
+  exit 1
+fi
+listing=$(objdump -d --no-show-raw-insn "$probe")
+status=0
+for fn in dropalloc_probe_allocate dropalloc_probe_free; do
+  body=$(awk -v fn="<$fn>:" '$2 == fn {on = 1; next} on && /^$/ {exit} on' <<<"$listing")
+  body=$(grep -v -E '\s(nop|xchg +%ax,%ax)' <<<"$body" || true)  # alignment padding is not executed
+  count=$(grep -c . <<<"$body" || true)
+  echo "$fn: $count instructions (budget ${budget[$fn]})"
+  if [[ "$count" -eq 0 ]]; then
+    echo "FAIL: $fn not found in the probe's disassembly" >&2
+    status=1
+  elif [[ "$count" -gt "${budget[$fn]}" ]]; then
+    echo "FAIL: $fn has $count instructions, over its budget of ${budget[$fn]}:" >&2
+    echo "$body" >&2
+    status=1
+  fi
+done
+exit $status
