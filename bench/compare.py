@@ -492,10 +492,10 @@ def targets(cs, byname, workloads, macro, micro):
             out.append("- LD_PRELOAD LIFO fast path: no dropalloc-malloc LIFO runs succeeded.")
 
     if dmc.unavailable:
-        out.append("- Macro geometric mean time ≤ 1.05× and peak RSS ≤ 1.1× the best of jemalloc and "
+        out.append("- Macro geometric mean time ≤ 1.05× and peak RSS ≤ 1.0× the best of jemalloc and "
                    "mimalloc: not measured, dropalloc-malloc not available.")
     else:
-        for label, field, limit in (("time", "seconds", 1.05), ("peak RSS", "hwm_kib", 1.10)):
+        for label, field, limit in (("time", "seconds", 1.05), ("peak RSS", "hwm_kib", 1.00)):
             def gm(name):
                 vals = []
                 for w in workloads:

@@ -434,6 +434,19 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
+def peak_target(res, ratios, limit=1.10):
+    """The target line: dropalloc's malloc peaks at most `limit` times the
+    best of the references on every program."""
+    if "dropalloc-malloc" not in ratios or not ratios["dropalloc-malloc"]:
+        return ["- Peak RSS of dropalloc-malloc ≤ %.2f× the best on each program: not measured." % limit, ""]
+    if res.quick:
+        return ["- Peak RSS target (≤ %.2f× the best on each program): not judged in quick mode." % limit, ""]
+    xs = ratios["dropalloc-malloc"]
+    worst = max(xs)
+    return ["- Peak RSS of dropalloc-malloc ≤ %.2f× the best on each program: worst %.2f× (target: %s)." % (
+        limit, worst, "met" if worst <= limit else "**missed**"), ""]
+
+
 def report(res):
     """Markdown lines: the real-program tables and the idle table."""
     L = []
@@ -469,6 +482,8 @@ def report(res):
                       if xs else "–")
         L.append("| **geometric mean of ratios** | %s | |" % " | ".join(gm))
         L.append("")
+        if field == "maxrss_kib":
+            L.extend(peak_target(res, ratios))
     L.append("Ratios are to the best of %s for that program (named in the last column); lower is better. "
              "%d repetition(s), medians." % (", ".join(REFERENCES), max(
                  [len(v) for v in res.runs.values()] or [0])))
