@@ -1,10 +1,12 @@
 #include "allocator/core/grace.h"
 
+#include <errno.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "allocator/core/mutex.h"
-#include "allocator/core/thread_exit.h"
 
 #include "allocator/os/os.h"
 
@@ -36,37 +38,58 @@ __attribute__((constructor)) void choose_barrier() {
   g_asymmetric.store(kMayUseProcessBarrier && os::register_process_barrier(), std::memory_order_relaxed);
 }
 
-__thread bool t_exited = false;
+// Whether the thread `tid` of this process has exited. A live thread that
+// reuses the id of a dead one makes a slot look taken: it is then kept, never
+// taken from a live thread.
+bool thread_gone(int tid) noexcept {
+  int saved = errno;
+  bool gone = syscall(SYS_tgkill, getpid(), tid, 0) != 0 && errno == ESRCH;
+  errno = saved;
+  return gone;
+}
 
-// Gives the slot back when the thread exits (call_at_thread_exit).
-void release_slot_at_thread_exit(void* arg) {
-  t_exited = true;
-  t_slot = nullptr;
-  static_cast<reader_slot*>(arg)->taken.store(false, std::memory_order_release);
+// The calling thread's id, asked once (0: not yet; cleared in a forked child).
+__thread int t_tid = 0;
+
+int current_tid() noexcept {
+  if (t_tid == 0) t_tid = static_cast<int>(syscall(SYS_gettid));
+  return t_tid;
+}
+
+bool take(reader_slot& s, int from, int tid) noexcept {
+  return s.owner.load(std::memory_order_relaxed) == from &&
+         s.owner.compare_exchange_strong(from, tid, std::memory_order_acq_rel);
 }
 
 }  // namespace
 
+// Takes a free slot, or else one whose thread has exited. Allocates nothing
+// and takes no lock: it runs inside a read section, under any lock the reader
+// holds.
 reader_slot* claim_slot() noexcept {
-  if (t_exited) return nullptr;
+  const int tid = current_tid();
   std::uint32_t used = g_slots_used.load(std::memory_order_acquire);
-  for (std::uint32_t i = 0; i < kSlots; ++i) {
-    reader_slot& s = g_slots[i];
-    bool expected = false;
-    if (s.taken.load(std::memory_order_relaxed) ||
-        !s.taken.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
-      continue;
-    }
-    while (used < i + 1 && !g_slots_used.compare_exchange_weak(used, i + 1, std::memory_order_acq_rel)) {
-    }
-    // t_slot first: registering allocates, and a read section inside that
-    // allocation must find the slot taken, not claim another. Not registered
-    // (glibc out of memory): the slot stays taken after the thread exits.
-    t_slot = &s;
-    (void)call_at_thread_exit(release_slot_at_thread_exit, &s);
-    return &s;
+  reader_slot* got = nullptr;
+  std::uint32_t i = 0;
+  for (; i < kSlots && got == nullptr; ++i) {
+    if (take(g_slots[i], 0, tid)) got = &g_slots[i];
   }
-  return nullptr;
+  if (got == nullptr) {
+    // Every slot is taken: look for one left by a thread that has exited
+    // (outside any section, so its epoch is 0).
+    for (i = 0; i < kSlots && got == nullptr; ++i) {
+      int owner = g_slots[i].owner.load(std::memory_order_relaxed);
+      if (owner != tid && g_slots[i].epoch.load(std::memory_order_acquire) == 0 && thread_gone(owner) &&
+          take(g_slots[i], owner, tid)) {
+        got = &g_slots[i];
+      }
+    }
+    if (got == nullptr) return nullptr;
+  }
+  while (used < i && !g_slots_used.compare_exchange_weak(used, i, std::memory_order_acq_rel)) {
+  }
+  t_slot = got;
+  return got;
 }
 
 __thread int t_overflow_depth __attribute__((tls_model("initial-exec"))) = 0;
@@ -118,10 +141,14 @@ void unlock_readers_after_fork() noexcept { g_overflow_lock.unlock(); }
 
 void reset_readers_after_fork() noexcept {
   reader_slot* mine = t_slot;
+  // The child's one thread has an id of its own: its slot must name it, or
+  // another thread of the child would take the slot as its dead parent's.
+  t_tid = 0;
+  if (mine != nullptr) mine->owner.store(current_tid(), std::memory_order_relaxed);
   for (std::uint32_t i = 0; i < kSlots; ++i) {
     if (&g_slots[i] == mine) continue;
     g_slots[i].epoch.store(0, std::memory_order_relaxed);
-    g_slots[i].taken.store(false, std::memory_order_relaxed);
+    g_slots[i].owner.store(0, std::memory_order_relaxed);
   }
   // A child is not registered for the process barrier; with one thread, the
   // switch of mode cannot race a reader.

@@ -23,7 +23,12 @@ namespace dropalloc::core {
 // 0 outside one. A cache line each, so readers never share a line.
 struct alignas(64) reader_slot {
   std::atomic<std::uint64_t> epoch{0};
-  std::atomic<bool> taken{false};
+  // The thread id of the slot's thread, 0 when free. A slot is never handed
+  // back when its thread exits (that would mean registering an exit handler,
+  // which allocates, inside a read section: under whatever lock the reader
+  // holds). A claimer that finds no free slot takes over one whose thread no
+  // longer exists.
+  std::atomic<int> owner{0};
 };
 
 namespace grace_internal {
