@@ -1,0 +1,69 @@
+// Deadlock (lock-order inversion) in a program whose malloc is dropalloc's
+// (cc_binary(malloc = "//allocator:malloc"), the documented way to link the
+// shim into one program) and that also uses a droppable_resource.
+//
+// check_all() holds the resource heap's segments lock and calls check(),
+// which opens a read section. On a thread's first read section, claim_slot()
+// registers its exit handler with __cxa_thread_atexit_impl, which calloc()s a
+// record: with dropalloc as malloc, that allocation sets up the thread's cache
+// table and takes the registry lock. So: segments lock -> registry lock.
+// The process-wide statistics (print_stats, visit_heaps) and the purger take
+// registry -> segments lock (the documented order). A new thread whose first
+// call is check_all() and a thread printing process statistics deadlock.
+#include <doctest/doctest.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <ctime>
+#include <ostream>
+#include <thread>
+#include <vector>
+
+#include "allocator/dropalloc.h"
+
+namespace {
+
+void* first_call_is_check_all(void* arg) {
+  (void)static_cast<dropalloc::droppable_resource*>(arg)->check_all();
+  return nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("a new thread's check_all() and process statistics never deadlock") {
+  dropalloc::droppable_resource r;
+  std::vector<dropalloc::block_ref> keep;
+  for (int i = 0; i < 256; ++i) keep.push_back(r.allocate_block(64 + (i % 8) * 1024));
+  for (auto& b : keep) (void)r.seal(b);
+  std::atomic<bool> stop{false};
+  std::thread stats([&] {
+    std::ostream null(nullptr);
+    while (!stop.load()) dropalloc::print_stats(null, true);
+  });
+  int iterations = 0;
+  bool stuck = false;
+  for (; iterations < 4000 && !stuck; ++iterations) {
+    pthread_t t;
+    REQUIRE(pthread_create(&t, nullptr, first_call_is_check_all, &r) == 0);
+    timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 5;
+    int rc = pthread_timedjoin_np(t, nullptr, &deadline);
+    if (rc == ETIMEDOUT) stuck = true;
+  }
+  if (stuck) {
+    std::fprintf(stderr,
+                 "deadlock at iteration %d: a new thread's check_all() has not returned in 5 s "
+                 "(stats thread printing process statistics at the same time)\n",
+                 iterations);
+    std::fflush(stderr);
+  }
+  CHECK_FALSE(stuck);
+  if (stuck) std::_Exit(1);  // the two threads can never be joined
+  stop.store(true);
+  stats.join();
+  MESSAGE(iterations << " threads, no deadlock");
+  for (auto& b : keep) r.deallocate(b);
+}
