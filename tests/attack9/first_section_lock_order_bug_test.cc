@@ -16,6 +16,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <chrono>
 #include <ctime>
 #include <ostream>
 #include <thread>
@@ -28,6 +30,29 @@ namespace {
 void* first_call_is_check_all(void* arg) {
   (void)static_cast<dropalloc::droppable_resource*>(arg)->check_all();
   return nullptr;
+}
+
+// How long a thread may take before it counts as stuck (ATTACK9_WAIT_S, to
+// attach a debugger; 5 s by default).
+int wait_seconds() {
+  const char* v = std::getenv("ATTACK9_WAIT_S");
+  return v != nullptr && std::atoi(v) > 0 ? std::atoi(v) : 5;
+}
+
+// Runs fresh threads whose first call is check_all(); true if one of them
+// has not returned after 5 s. `between` runs before each thread.
+template <class F>
+bool fresh_check_all_threads(dropalloc::droppable_resource& r, int n, F between, int* done) {
+  for (*done = 0; *done < n; ++*done) {
+    between();
+    pthread_t t;
+    if (pthread_create(&t, nullptr, first_call_is_check_all, &r) != 0) return false;
+    timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += wait_seconds();
+    if (pthread_timedjoin_np(t, nullptr, &deadline) == ETIMEDOUT) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -65,5 +90,37 @@ TEST_CASE("a new thread's check_all() and process statistics never deadlock") {
   stop.store(true);
   stats.join();
   MESSAGE(iterations << " threads, no deadlock");
+  for (auto& b : keep) r.deallocate(b);
+}
+
+// The same inversion with no statistics call at all: the background purger
+// (on by default, DROPALLOC_DECAY_MS = 100) holds the registry lock while it
+// decays each heap, which takes the heap's segments lock. A freed large block
+// (cached) gives the resource decay work.
+TEST_CASE("a new thread's check_all() and the background purger never deadlock") {
+  dropalloc::droppable_resource r;
+  std::vector<dropalloc::block_ref> keep;
+  for (int i = 0; i < 64; ++i) keep.push_back(r.allocate_block(64 + (i % 8) * 1024));
+  for (auto& b : keep) (void)r.seal(b);
+  int done = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  bool stuck = false;
+  while (!stuck && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    stuck = fresh_check_all_threads(
+        r, 200,
+        [&] {
+          // A large block freed: cached, decay work for the purger.
+          dropalloc::block_ref b = r.allocate_block(300 * 1024);
+          r.deallocate(b);
+        },
+        &done);
+  }
+  if (stuck) {
+    std::fprintf(stderr, "deadlock: a new thread's check_all() has not returned in 5 s (no statistics call; "
+                         "the background purger runs)\n");
+    std::fflush(stderr);
+  }
+  CHECK_FALSE(stuck);
+  if (stuck) std::_Exit(1);
   for (auto& b : keep) r.deallocate(b);
 }
