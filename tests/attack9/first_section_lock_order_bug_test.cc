@@ -12,6 +12,8 @@
 // call is check_all() and a thread printing process statistics deadlock.
 #include <doctest/doctest.h>
 #include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -122,5 +124,34 @@ TEST_CASE("a new thread's check_all() and the background purger never deadlock")
   }
   CHECK_FALSE(stuck);
   if (stuck) std::_Exit(1);
+  for (auto& b : keep) r.deallocate(b);
+}
+
+// A third counterpart: fork(). Its prepare handler (prefork_all) takes the
+// registry, then every heap's class locks and segments lock.
+TEST_CASE("a new thread's check_all() and fork() never deadlock") {
+  dropalloc::droppable_resource r;
+  std::vector<dropalloc::block_ref> keep;
+  for (int i = 0; i < 64; ++i) keep.push_back(r.allocate_block(64 + (i % 8) * 1024));
+  for (auto& b : keep) (void)r.seal(b);
+  std::atomic<bool> stop{false};
+  std::thread forker([&] {
+    while (!stop.load()) {
+      pid_t pid = fork();
+      if (pid == 0) _exit(0);
+      if (pid > 0) waitpid(pid, nullptr, 0);
+    }
+  });
+  int done = 0;
+  bool stuck = fresh_check_all_threads(r, 3000, [] {}, &done);
+  if (stuck) {
+    std::fprintf(stderr, "deadlock at iteration %d: a new thread's check_all() has not returned in %d s "
+                         "(another thread forking)\n", done, wait_seconds());
+    std::fflush(stderr);
+  }
+  CHECK_FALSE(stuck);
+  if (stuck) std::_Exit(1);
+  stop.store(true);
+  forker.join();
   for (auto& b : keep) r.deallocate(b);
 }
