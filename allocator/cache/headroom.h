@@ -1,0 +1,75 @@
+// Headroom: a cache that is a good neighbour sheds its own coldest values
+// while its memory cgroup still has room, so that a co-tenant's next pages
+// come from free memory instead of waiting on the kernel's reclaim.
+//
+// Without it, droppable values fill the cgroup to its limit (the kernel drops
+// sealed pages only when it must), and every page anyone else in the cgroup
+// asks for is first reclaimed from the cache: correct, but the neighbour
+// stalls on it. With it, a thread polls the pressure signal and, above the
+// high watermark, sheds down to the low one and hands the pages back at once.
+// The kernel's dropping stays the safety net for what a poll is too slow for.
+//
+//   dropalloc::cache<std::string> c;
+//   dropalloc::headroom_keeper keeper(dropalloc::shed_coldest(c));   // until keeper is destroyed
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "allocator/cache/pressure.h"
+
+namespace dropalloc {
+
+struct headroom_options {
+  // Shed above 95% of the limit, down to 90%: 5-10% of the limit stays free
+  // for a neighbour, which a 10 ms poll refills before most ramps use it up.
+  pressure_thresholds thresholds{0.95, 0.90, 10.0, 0.05};
+  std::chrono::milliseconds poll{10};
+};
+
+class headroom_keeper {
+ public:
+  // Frees about what the request asks for; returns the bytes freed.
+  using shed_fn = std::function<std::uint64_t(const shed_request&)>;
+
+  // Watches the calling process's memory cgroup (or PSI; see pressure_monitor).
+  explicit headroom_keeper(shed_fn shed, const headroom_options& o = {});
+  headroom_keeper(pressure_monitor monitor, shed_fn shed, const headroom_options& o = {});
+  ~headroom_keeper();
+  headroom_keeper(const headroom_keeper&) = delete;
+  headroom_keeper& operator=(const headroom_keeper&) = delete;
+
+  std::uint64_t sheds() const noexcept { return sheds_.load(std::memory_order_relaxed); }
+  std::uint64_t bytes_shed() const noexcept { return bytes_shed_.load(std::memory_order_relaxed); }
+  const std::string& description() const noexcept { return description_; }
+
+ private:
+  void watch(pressure_monitor monitor);
+
+  shed_fn shed_;
+  headroom_options options_;
+  std::string description_;
+  std::atomic<bool> stop_{false};
+  std::atomic<std::uint64_t> sheds_{0}, bytes_shed_{0};
+  std::thread thread_;
+};
+
+// A shed_fn for a dropalloc::cache: evicts its least valuable entries and
+// trims its resource, so the freed pages leave the cgroup now rather than at
+// the next decay.
+template <class Cache>
+headroom_keeper::shed_fn shed_coldest(Cache& c) {
+  return [&c](const shed_request& r) -> std::uint64_t {
+    std::uint64_t want = r.bytes;
+    if (r.fraction > 0) want += static_cast<std::uint64_t>(static_cast<double>(c.bytes_live()) * r.fraction);
+    std::uint64_t freed = want != 0 ? c.shed_at_least(want) : 0;
+    if (freed != 0) c.resource().trim();
+    return freed;
+  };
+}
+
+}  // namespace dropalloc
