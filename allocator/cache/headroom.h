@@ -26,9 +26,13 @@ namespace dropalloc {
 
 struct headroom_options {
   // Shed above 95% of the limit, down to 90%: 5-10% of the limit stays free
-  // for a neighbour, which a 10 ms poll refills before most ramps use it up.
+  // for a neighbour. The cost is the cache's share of that room; at 97/93%
+  // a 100 ms spike waited on reclaim again (bench/pressure.py, spike).
   pressure_thresholds thresholds{0.95, 0.90, 10.0, 0.05};
   std::chrono::milliseconds poll{10};
+  // Judge the headroom one poll ahead: add what the cgroup grew by since the
+  // last poll (after this cache's own shedding) to the usage read now.
+  bool look_ahead = true;
 };
 
 class headroom_keeper {
