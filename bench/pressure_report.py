@@ -147,8 +147,8 @@ def scenario_table(raw, scn):
         star = "" if s["latency_exact"] else "*"
         L.append("| %s | %s | %s | %s / %s / %s | %s%.0f%s | %s / %s%s | %d (%s) | %d | %d | %s | %s (%s) | %s "
                  "| %.0f / %.0f | %.0f / %.0f / %.0f |" % (
-                     rank, c.name, hit, fmt(s["hit_before"], "%.3f"), fmt(s["hit_during"], "%.3f"),
-                     fmt(s["hit_after"], "%.3f"), "(" if k else "", s["ops_per_s"], ")†" if k else "",
+                     rank, c.name, hit, fmt(s["hit_before"], "%.3f"), fmt(s["hit_during"], "(%.3f)†" if k else "%.3f"),
+                     fmt(s["hit_after"], "(%.3f)†" if k else "%.3f"), "(" if k else "", s["ops_per_s"], ")†" if k else "",
                      fmt(s["p50_us"]), fmt(s["p99_us"]), star, r["oom_kills"], s["killed"], s["wrong"], s["drops"],
                      fmt(s["regrow_s"], "%.1f", "no"), fmt(s["obtain_ms"]), fmt(s["step_p99_ms"], "%.1f"),
                      fmt(s["stall_p99_ms"], "%.2f"), s["peak_usage_mib"], s["mean_usage_mib"], *s["cached_mib"]))
@@ -312,7 +312,7 @@ def plot(raw, scn, base):
             if len(r["caches"]) < 2:
                 f.write("# none\n0 0 0\n\n\n")
             f.write("# cgroup\n" + "".join("%.3f %.2f\n" % (t, u / MIB) for t, u, _ in r["cgroup"]) + "\n\n")
-            pts = sorted(r["cotenant"] + [(t, 0) for t in r.get("cotenant_left", [])])
+            pts = sorted([tuple(p) for p in r["cotenant"]] + [(t, 0) for t in r.get("cotenant_left", [])])
             f.write("# cotenant\n" + "".join("%.3f %d\n" % p for p in pts) + "0 0\n\n\n")
     shade = "\n".join("set object %d rect from %g, graph 0 to %g, graph 1 behind fc rgb '#eeeeee' fs solid noborder"
                       % (i + 1, a, b) for i, (a, b) in enumerate(sc.presence(seconds)))
