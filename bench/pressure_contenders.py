@@ -44,7 +44,8 @@ class Contender:
 
 def contenders(polls, budgets, preloads, with_budget=True):
     """preloads: [(malloc name, path, why unavailable)] from report_common.preload_contenders."""
-    cs = [Contender("dropalloc-neighbour", "neighbour"), Contender("dropalloc-sealed", "sealed")]
+    cs = [Contender("dropalloc-neighbour", "neighbour"), Contender("dropalloc-neighbour-uncapped", "neighbour-uncapped"),
+          Contender("dropalloc-sealed", "sealed")]
     # The policy over dropalloc values at the fastest poll only: it separates
     # policy from allocator; the slower polls are the baselines' question.
     cs += [Contender("dropalloc-adaptive-%dms" % p, "adaptive", "dropalloc", poll_ms=p) for p in polls[:1]]
@@ -147,7 +148,7 @@ def for_scenario(cs, sc, polls):
     for c in cs:
         if c.poll_ms and not sc.every_poll and c.poll_ms != fastest:
             continue
-        if c.kind in ("unsealed", "budget") and not sc.reference:
+        if c.kind in ("unsealed",) and not sc.reference:
             continue
         if c.kind == "budget":  # superseded by the adaptive and headroom policies: --only
             continue

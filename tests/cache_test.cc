@@ -273,7 +273,7 @@ TEST_CASE("headroom: shed_coldest takes the least recently used values first and
   for (int k = 0; k < 8; ++k) c.get(k, [] { return std::string(4096, 'v'); });
   c.get(0, [] { return std::string(4096, 'v'); });  // 0 is now the most recent
   CHECK(c.bytes_live() == 8 * 4096);
-  auto shed = dropalloc::shed_coldest(c);
+  auto shed = dropalloc::shed_coldest(c).shed;
   dropalloc::shed_request r;
   r.bytes = 3 * 4096;
   CHECK(shed(r) == 3 * 4096);  // keys 1, 2, 3

@@ -178,7 +178,16 @@ class cache {
   }
 
   droppable_resource& resource() const noexcept { return *res_; }
-  std::uint64_t byte_budget() const noexcept { return options_.byte_budget; }
+  std::uint64_t byte_budget() const {
+    std::lock_guard lock(mu_);
+    return options_.byte_budget;
+  }
+  // Changes the budget (0: none). Entries beyond it go at the next build, as
+  // with a budget set at construction.
+  void set_byte_budget(std::uint64_t bytes) {
+    std::lock_guard lock(mu_);
+    options_.byte_budget = bytes;
+  }
 
  private:
   struct entry {

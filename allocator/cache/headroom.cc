@@ -4,17 +4,18 @@
 
 namespace dropalloc {
 
-headroom_keeper::headroom_keeper(shed_fn shed, const headroom_options& o)
-    : headroom_keeper(pressure_monitor(), std::move(shed), o) {}
+headroom_keeper::headroom_keeper(headroom_target target, const headroom_options& o)
+    : headroom_keeper(pressure_monitor(), std::move(target), o) {}
 
-headroom_keeper::headroom_keeper(pressure_monitor monitor, shed_fn shed, const headroom_options& o)
-    : shed_(std::move(shed)), options_(o), description_(monitor.description()) {
+headroom_keeper::headroom_keeper(pressure_monitor monitor, headroom_target target, const headroom_options& o)
+    : target_(std::move(target)), options_(o), description_(monitor.description()) {
   thread_ = std::thread([this, m = std::move(monitor)]() mutable { watch(std::move(m)); });
 }
 
 headroom_keeper::~headroom_keeper() {
   stop_.store(true, std::memory_order_relaxed);
   thread_.join();
+  if (capped_) target_.cap(0);  // the cache is the caller's again, uncapped
 }
 
 void headroom_keeper::watch(pressure_monitor monitor) {
@@ -31,9 +32,17 @@ void headroom_keeper::watch(pressure_monitor monitor) {
       shed_request s = monitor.assess(r, options_.thresholds);
       std::uint64_t freed = 0;
       if (s.bytes != 0 || s.fraction > 0) {
-        freed = shed_(s);
+        freed = target_.shed(s);
         sheds_.fetch_add(1, std::memory_order_relaxed);
         bytes_shed_.fetch_add(freed, std::memory_order_relaxed);
+        if (options_.cap && r.limit != UINT64_MAX) {
+          target_.cap(target_.held() + 1);  // 0 would mean no cap
+          capped_ = true;
+        }
+      } else if (capped_ && r.limit != UINT64_MAX) {
+        // Room below the low watermark is the cache's to grow into.
+        auto low = static_cast<std::uint64_t>(static_cast<double>(r.limit) * options_.thresholds.low);
+        if (r.usage < low) target_.cap(target_.held() + (low - r.usage));
       }
       expected = now > freed ? now - freed : 0;
     }

@@ -33,16 +33,28 @@ struct headroom_options {
   // Judge the headroom one poll ahead: add what the cgroup grew by since the
   // last poll (after this cache's own shedding) to the usage read now.
   bool look_ahead = true;
+  // After a shed, cap the cache at what it kept, and raise the cap only as
+  // far as the low watermark allows: without it the cache refills the room
+  // it gave up before the next poll, racing the neighbour for it.
+  bool cap = true;
+};
+
+// What a keeper acts on: a cache's values.
+struct headroom_target {
+  // Frees about what the request asks for; returns the bytes freed.
+  std::function<std::uint64_t(const shed_request&)> shed;
+  // Caps what the values may hold from now on (0: no cap), so that the cache
+  // does not refill the room it just gave up before the next poll.
+  std::function<void(std::uint64_t)> cap;
+  // What the values hold now.
+  std::function<std::uint64_t()> held;
 };
 
 class headroom_keeper {
  public:
-  // Frees about what the request asks for; returns the bytes freed.
-  using shed_fn = std::function<std::uint64_t(const shed_request&)>;
-
   // Watches the calling process's memory cgroup (or PSI; see pressure_monitor).
-  explicit headroom_keeper(shed_fn shed, const headroom_options& o = {});
-  headroom_keeper(pressure_monitor monitor, shed_fn shed, const headroom_options& o = {});
+  explicit headroom_keeper(headroom_target target, const headroom_options& o = {});
+  headroom_keeper(pressure_monitor monitor, headroom_target target, const headroom_options& o = {});
   ~headroom_keeper();
   headroom_keeper(const headroom_keeper&) = delete;
   headroom_keeper& operator=(const headroom_keeper&) = delete;
@@ -54,26 +66,31 @@ class headroom_keeper {
  private:
   void watch(pressure_monitor monitor);
 
-  shed_fn shed_;
+  headroom_target target_;
   headroom_options options_;
   std::string description_;
   std::atomic<bool> stop_{false};
   std::atomic<std::uint64_t> sheds_{0}, bytes_shed_{0};
+  bool capped_ = false;  // the keeper's thread only, then the destructor after join
   std::thread thread_;
 };
 
-// A shed_fn for a dropalloc::cache: evicts its least valuable entries and
+// The target for a dropalloc::cache: evicts its least valuable entries and
 // trims its resource, so the freed pages leave the cgroup now rather than at
-// the next decay.
+// the next decay; caps it through its byte budget.
 template <class Cache>
-headroom_keeper::shed_fn shed_coldest(Cache& c) {
-  return [&c](const shed_request& r) -> std::uint64_t {
+headroom_target shed_coldest(Cache& c) {
+  headroom_target t;
+  t.shed = [&c](const shed_request& r) -> std::uint64_t {
     std::uint64_t want = r.bytes;
     if (r.fraction > 0) want += static_cast<std::uint64_t>(static_cast<double>(c.bytes_live()) * r.fraction);
     std::uint64_t freed = want != 0 ? c.shed_at_least(want) : 0;
     if (freed != 0) c.resource().trim();
     return freed;
   };
+  t.cap = [&c](std::uint64_t bytes) { c.set_byte_budget(bytes); };
+  t.held = [&c] { return c.bytes_live(); };
+  return t;
 }
 
 }  // namespace dropalloc

@@ -5,7 +5,9 @@
 //                    dropping of sealed pages decides what stays.
 //   --kind=neighbour the sealed cache with a headroom_keeper: it sheds its
 //                    coldest values above 95% of the cgroup limit, down to
-//                    90%, so a co-tenant's pages need no reclaim first.
+//                    90%, so a co-tenant's pages need no reclaim first, and
+//                    caps the cache at what it kept until there is room.
+//   --kind=neighbour-uncapped  the same without the cap (sheds only).
 //   --kind=budget    the same with byte_budget set from the cgroup limit at
 //                    start: limit minus this process's resident set and a
 //                    margin for the index and the builder's staging copies.
@@ -71,8 +73,10 @@ class sealed_cache {
       : cache_(options(budget)), adaptive_(adaptive), rounds_(rounds), expected_(expected) {}
 
   // After the driver moved the process into its cgroup.
-  void keep_headroom() {
-    keeper_ = std::make_unique<dropalloc::headroom_keeper>(dropalloc::shed_coldest(cache_));
+  void keep_headroom(bool cap) {
+    dropalloc::headroom_options o;
+    o.cap = cap;
+    keeper_ = std::make_unique<dropalloc::headroom_keeper>(dropalloc::shed_coldest(cache_), o);
   }
 
   std::uint64_t get(std::uint32_t key, bool* hit) {
@@ -183,7 +187,8 @@ int main(int argc, char** argv) {
   std::uint64_t key_bytes = 0;
   std::uint32_t keys = pressure::key_count(4 * o.limit, &key_bytes);
   pressure::checksums expected(keys);
-  if (o.kind == "sealed" || o.kind == "budget" || o.kind == "neighbour" || o.kind == "adaptive") {
+  if (o.kind == "sealed" || o.kind == "budget" || o.kind == "neighbour" || o.kind == "neighbour-uncapped" ||
+      o.kind == "adaptive") {
     std::uint64_t budget = 0;
     if (o.kind == "budget") {
       // What the rest of this process may use: its resident set now, plus the
@@ -200,7 +205,7 @@ int main(int argc, char** argv) {
     sealed_cache c(budget, adaptive, o.rounds, expected);
     ready(c, keys, key_bytes, budget);
     adaptive.start();
-    if (o.kind == "neighbour") c.keep_headroom();
+    if (o.kind == "neighbour" || o.kind == "neighbour-uncapped") c.keep_headroom(o.kind == "neighbour");
     return pressure::serve(c, o, keys, expected);
   }
   if (o.kind == "unsealed") {
@@ -208,6 +213,7 @@ int main(int argc, char** argv) {
     ready(c, keys, key_bytes, 0);
     return pressure::serve(c, o, keys, expected);
   }
-  std::fprintf(stderr, "%s: --kind must be sealed, neighbour, budget, adaptive or unsealed\n", argv[0]);
+  std::fprintf(stderr, "%s: --kind must be sealed, neighbour, neighbour-uncapped, budget, adaptive or unsealed\n",
+               argv[0]);
   return 2;
 }
