@@ -22,7 +22,7 @@ raw = json.load(open(os.path.join(out, "pressure-quick.json")))
 runs = raw["results"]["ramp"]
 forced = os.environ.get("DROPALLOC_FORCE_FALLBACK") == "1"
 fail = []
-for name in ("dropalloc-sealed", "dropalloc-neighbour"):
+for name in ("dropalloc-sealed", "dropalloc-neighbour-uncapped"):
     r = runs.get(name)
     if r is None or "rejected" in r:
         print(name, "did not run:", r and r.get("rejected")); sys.exit(1)
@@ -45,7 +45,7 @@ for name, v in runs.items():
     wrong = sum(int(s["wrong"]) for c in v["caches"] for s in c["samples"])
     if wrong: fail.append("%s served %d wrong values" % (name, wrong))
 md = open(os.path.join(out, "pressure-quick.md")).read()
-for needle in ("| dropalloc-sealed |", "| dropalloc-neighbour |", "Machine: ", "## Summary", "## Against the targets",
+for needle in ("| dropalloc-sealed |", "| dropalloc-neighbour-uncapped |", "Machine: ", "## Summary", "## Against the targets",
                "Not judged", "malloc_trim(0)"):
     if needle not in md: fail.append("report lacks " + repr(needle))
 if "**met**" in md or "**missed**" in md: fail.append("quick mode judged targets")

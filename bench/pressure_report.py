@@ -313,7 +313,8 @@ def plot(raw, scn, base):
                 f.write("# none\n0 0 0\n\n\n")
             f.write("# cgroup\n" + "".join("%.3f %.2f\n" % (t, u / MIB) for t, u, _ in r["cgroup"]) + "\n\n")
             pts = sorted([tuple(p) for p in r["cotenant"]] + [(t, 0) for t in r.get("cotenant_left", [])])
-            f.write("# cotenant\n" + "".join("%.3f %d\n" % p for p in pts) + "0 0\n\n\n")
+            # A co-tenant that never reported still needs its (empty) block.
+            f.write("# cotenant\n" + ("".join("%.3f %d\n" % p for p in pts) or "0 0\n") + "\n\n")
     shade = "\n".join("set object %d rect from %g, graph 0 to %g, graph 1 behind fc rgb '#eeeeee' fs solid noborder"
                       % (i + 1, a, b) for i, (a, b) in enumerate(sc.presence(seconds)))
     unshade = "\n".join("unset object %d" % (i + 1) for i in range(sc.waves))
@@ -339,8 +340,8 @@ def plot(raw, scn, base):
         "set multiplot layout %d,%d title %s" % (nr, cols, report_common.gp_str(
             "%s: memory, MiB (limit %d): cgroup usage, values resident, co-tenant\n%s" % (scn, limit, where))),
         "set key top left font ',8'", "set yrange [0:%d]" % int(limit * 1.1), "unset ylabel"]
-    for i, (c, r, _) in enumerate(rows):
-        s += ["set title '%s'" % c.name, shade]
+    for i, (c, r, sm) in enumerate(rows):
+        s += ["set title '%s%s'" % (c.name, "" if sm["survived"] else " (OOM kill: %s)" % sm["killed"]), shade]
         second = (", '' index %d using 1:3 with lines lw 1.5 lc rgb '#7570b3' title 'cached (2nd cache)'"
                   % (4 * i + 1)) if len(r["caches"]) > 1 else ""
         s.append(("plot '%s' index %d using 1:2 with lines lw 2 lc rgb '#444444' title 'cgroup', "

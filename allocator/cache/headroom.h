@@ -34,9 +34,12 @@ struct headroom_options {
   // last poll (after this cache's own shedding) to the usage read now.
   bool look_ahead = true;
   // After a shed, cap the cache at what it kept, and raise the cap only as
-  // far as the low watermark allows: without it the cache refills the room
-  // it gave up before the next poll, racing the neighbour for it.
-  bool cap = true;
+  // far as the low watermark allows, so it does not refill the room it gave
+  // up before the next poll. Off by default: measured both ways
+  // (bench/pressure.py, dropalloc-neighbour against -uncapped) it cost hit
+  // rate and did not shorten the neighbour's wait in a way that held across
+  // runs.
+  bool cap = false;
 };
 
 // What a keeper acts on: a cache's values.

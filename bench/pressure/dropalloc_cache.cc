@@ -3,11 +3,12 @@
 //   --kind=sealed    dropalloc::cache<uint32_t> (byte values, sealed,
 //                    verified after writing), no budget: the kernel's LRU
 //                    dropping of sealed pages decides what stays.
-//   --kind=neighbour the sealed cache with a headroom_keeper: it sheds its
-//                    coldest values above 95% of the cgroup limit, down to
-//                    90%, so a co-tenant's pages need no reclaim first, and
-//                    caps the cache at what it kept until there is room.
-//   --kind=neighbour-uncapped  the same without the cap (sheds only).
+//   --kind=neighbour-uncapped  the sealed cache with a headroom_keeper
+//                    (its defaults): it sheds its coldest values above 95%
+//                    of the cgroup limit, down to 90%, so a co-tenant's
+//                    pages need no reclaim first.
+//   --kind=neighbour the same, and the keeper caps the cache at what it kept
+//                    until there is room again (headroom_options::cap).
 //   --kind=budget    the same with byte_budget set from the cgroup limit at
 //                    start: limit minus this process's resident set and a
 //                    margin for the index and the builder's staging copies.
