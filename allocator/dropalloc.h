@@ -24,6 +24,7 @@
 #else
 
 #include "allocator/cache/cache.h"
+#include "allocator/cache/headroom.h"
 #include "allocator/core/types.h"
 #include "allocator/os/os.h"
 #include "allocator/pmr/droppable_resource.h"

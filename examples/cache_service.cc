@@ -8,21 +8,20 @@
 // of a generator over 16-64 KiB). Every second it prints the hit rate and the
 // drop statistics. With --limit-mib it runs itself in a child memory cgroup of
 // that limit (root, cgroup writable), so that the kernel drops values; with
-// --pressure=auto a thread also watches the cgroup and evicts cold entries
-// before the kernel has to.
+// --pressure=auto a dropalloc::headroom_keeper also watches the cgroup and
+// evicts cold entries before the kernel has to.
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <string_view>
-#include <thread>
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/cgroup.h"
@@ -65,24 +64,12 @@ struct summary {
 summary serve(const config& cfg) {
   std::uint64_t blocks = cfg.blocks != 0 ? cfg.blocks : cfg.limit_mib != 0 ? cfg.limit_mib * 4 * 1024 / 40 : 4096;
   dropalloc::cache<std::uint64_t> cache;
-  std::atomic<bool> stop{false};
-  std::thread watcher;
+  // --pressure=auto: a headroom keeper sheds the coldest values before the
+  // kernel has to, and trims, so the cgroup keeps room for others.
+  std::unique_ptr<dropalloc::headroom_keeper> keeper;
   if (cfg.auto_pressure) {
-    watcher = std::thread([&] {
-      dropalloc::pressure_monitor monitor;
-      dropalloc::pressure_thresholds t;
-      std::printf("pressure source: %s\n", monitor.description().c_str());
-      while (!stop.load()) {
-        dropalloc::pressure_reading r;
-        if (monitor.read(&r)) {
-          auto shed = monitor.assess(r, t);
-          std::uint64_t live = cache.stats().bytes_live;
-          std::uint64_t want = shed.bytes + static_cast<std::uint64_t>(static_cast<double>(live) * shed.fraction);
-          if (want != 0) cache.shed(live > want ? live - want : 0);
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-    });
+    keeper = std::make_unique<dropalloc::headroom_keeper>(dropalloc::shed_coldest(cache));
+    std::printf("pressure source: %s\n", keeper->description().c_str());
   }
   std::mt19937_64 rng(1);
   std::uint64_t hot = blocks / 5 == 0 ? 1 : blocks / 5;
@@ -114,8 +101,7 @@ summary serve(const config& cfg) {
     if (now - start >= std::chrono::seconds(cfg.seconds)) break;
   }
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  stop = true;
-  if (watcher.joinable()) watcher.join();
+  keeper.reset();
   auto st = cache.stats();
   s.hits = st.hits;
   s.builds = st.builds;

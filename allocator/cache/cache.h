@@ -139,6 +139,25 @@ class cache {
     return freed;
   }
 
+  // Evicts least valuable entries until at least `bytes` are freed or none is
+  // left (what a headroom_keeper asks for). Returns the bytes evicted.
+  std::uint64_t shed_at_least(std::uint64_t bytes) {
+    std::vector<std::shared_ptr<entry>> victims;
+    std::uint64_t freed;
+    {
+      std::lock_guard lock(mu_);
+      freed = evict_locked(bytes, nullptr, &victims);
+    }
+    return freed;
+  }
+
+  // Droppable bytes the entries hold (cheaper than stats(), which asks the
+  // resource what is resident).
+  std::uint64_t bytes_live() const {
+    std::lock_guard lock(mu_);
+    return total_bytes_;
+  }
+
   cache_stats stats() const {
     cache_stats s;
     s.hits = hits_.load(std::memory_order_relaxed);
@@ -159,7 +178,16 @@ class cache {
   }
 
   droppable_resource& resource() const noexcept { return *res_; }
-  std::uint64_t byte_budget() const noexcept { return options_.byte_budget; }
+  std::uint64_t byte_budget() const {
+    std::lock_guard lock(mu_);
+    return options_.byte_budget;
+  }
+  // Changes the budget (0: none). Entries beyond it go at the next build, as
+  // with a budget set at construction.
+  void set_byte_budget(std::uint64_t bytes) {
+    std::lock_guard lock(mu_);
+    options_.byte_budget = bytes;
+  }
 
  private:
   struct entry {

@@ -11,13 +11,18 @@
 //   child cgroup first, so nothing big is allocated outside it), then
 //   S t=<monotonic s> ops= hits= p50_ns= p99_ns= cached= live= drops= wrong=   every interval
 //   END ops= hits= misses= p50_ns= p99_ns= wrong= drops= build_ns=              at the end
+// The S lines come from a sampling thread, never from a serving thread, so
+// the cost of sampling (reading smaps, say) is charged to no contender's gets.
 #pragma once
 
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <mutex>
+#include <thread>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -55,9 +60,11 @@ struct rng {
   double unit() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
 };
 
-// Value sizes: 1-64 KiB, a function of the key only.
+// Value sizes: uniform in [value_min, value_max] (default 1-64 KiB), a
+// function of the key only. Set once from the options before any key is used.
+inline std::size_t value_min = 1024, value_max = 64 * 1024;
 inline std::size_t value_size(std::uint32_t key) {
-  return 1024 + mix(key * 0x2545f4914f6cdd1dULL + 7) % (63 * 1024 + 1);
+  return value_min + mix(key * 0x2545f4914f6cdd1dULL + 7) % (value_max - value_min + 1);
 }
 
 // The value of a key: deterministic CPU work standing for decompression.
@@ -100,7 +107,8 @@ inline std::uint32_t key_count(std::uint64_t total, std::uint64_t* bytes) {
 }
 
 // Zipf(s) over ranks 1..n by inverse CDF; rank r maps to key r-1 (sizes are
-// hashed from the key, so popularity and size are independent).
+// hashed from the key, so popularity and size are independent). s = 0 is the
+// uniform distribution.
 class zipf {
  public:
   zipf(std::uint32_t n, double s, std::uint64_t seed) : cdf_(n), rng_(seed) {
@@ -124,6 +132,7 @@ class histogram {
  public:
   void add(std::uint64_t ns) {
     ++count_;
+    max_ = std::max(max_, ns);
     ++b_[bucket(ns)];
   }
   std::uint64_t percentile(double p) const {
@@ -137,7 +146,14 @@ class histogram {
   }
   void clear() {
     std::fill(std::begin(b_), std::end(b_), 0);
-    count_ = 0;
+    count_ = max_ = 0;
+  }
+  std::uint64_t count() const noexcept { return count_; }
+  std::uint64_t max() const noexcept { return max_; }
+  void merge(const histogram& o) {
+    max_ = std::max(max_, o.max_);
+    for (std::size_t i = 0; i < kBuckets; ++i) b_[i] += o.b_[i];
+    count_ += o.count_;
   }
 
  private:
@@ -153,11 +169,13 @@ class histogram {
     return (1ull << e) | (static_cast<std::uint64_t>(i % 16) << (e - 4));
   }
   std::uint64_t b_[kBuckets] = {};
-  std::uint64_t count_ = 0;
+  std::uint64_t count_ = 0, max_ = 0;
 };
 
 struct options {
   std::string kind;              // contender kind (binary-specific)
+  int threads = 1;               // serving threads
+  int adapt_ms = 0;              // adaptive budget: poll period (0: fixed budget)
   double seconds = 20;           // serving time after the go byte
   std::uint64_t limit = 256ull << 20;
   std::uint64_t budget = 0;      // bytes (0: none)
@@ -186,10 +204,18 @@ inline options parse(int argc, char** argv) {
     else if (const char* v = val("--interval=")) o.interval = std::atof(v);
     else if (const char* v = val("--seed=")) o.seed = parse_u64(v);
     else if (const char* v = val("--calibrate=")) o.calibrate_ns_per_kib = std::atoi(v);
+    else if (const char* v = val("--threads=")) o.threads = std::max(1, std::atoi(v));
+    else if (const char* v = val("--adapt-ms=")) o.adapt_ms = std::atoi(v);
+    else if (const char* v = val("--value-min=")) value_min = parse_u64(v);
+    else if (const char* v = val("--value-max=")) value_max = parse_u64(v);
     else {
       std::fprintf(stderr, "%s: unknown argument %s\n", argv[0], argv[i]);
       std::exit(2);
     }
+  }
+  if (value_min < 16 || value_max < value_min) {
+    std::fprintf(stderr, "%s: need 16 <= --value-min <= --value-max\n", argv[0]);
+    std::exit(2);
   }
   return o;
 }
@@ -226,50 +252,93 @@ inline void wait_for_go() {
 }
 
 // What a contender's cache must offer the serving loop.
-//   std::uint64_t get(key, bool* hit): the checksum of the value served;
-//   sample(&cached, &live, &drops): bytes resident, bytes held, drops so far.
+//   std::uint64_t get(key, bool* hit): the checksum of the value served
+//     (called from o.threads threads at once);
+//   sample(&cached, &live, &drops): bytes resident, bytes held, drops so far
+//     (called from the sampling thread, concurrently with get).
 // `expected` holds each key's checksum, recorded from the first build (in
 // ordinary memory); a served value whose checksum differs is wrong data.
-template <class Cache>
-int serve(Cache& c, const options& o, std::uint32_t keys, std::vector<std::uint64_t>& expected) {
-  zipf z(keys, o.zipf_s, o.seed);
+using checksums = std::vector<std::atomic<std::uint64_t>>;
+
+// Records the checksum of a key's first build; returns it.
+inline std::uint64_t remember(checksums& expected, std::uint32_t key, std::uint64_t sum) {
+  std::uint64_t zero = 0;
+  expected[key].compare_exchange_strong(zero, sum, std::memory_order_relaxed);
+  return sum;
+}
+
+// One serving thread's counts. The sampler takes the window under the mutex,
+// which only the two of them ever take.
+struct thread_counts {
+  std::mutex mu;
   histogram all, window;
   std::uint64_t ops = 0, hits = 0, wrong = 0, w_ops = 0, w_hits = 0, w_wrong = 0;
-  double start = now_s(), next = start + o.interval, end = start + o.seconds;
-  for (;;) {
-    std::uint32_t k = z.next();
-    bool hit = false;
-    std::uint64_t t0 = now_ns();
-    std::uint64_t sum = c.get(k, &hit);
-    std::uint64_t dt = now_ns() - t0;
-    all.add(dt);
-    window.add(dt);
-    ++ops;
-    ++w_ops;
-    if (hit) ++hits, ++w_hits;
-    if (sum != expected[k]) ++wrong, ++w_wrong;
-    if ((ops & 15) != 0) continue;
+};
+
+template <class Cache>
+int serve(Cache& c, const options& o, std::uint32_t keys, checksums& expected) {
+  std::vector<thread_counts> counts(static_cast<std::size_t>(o.threads));
+  std::atomic<bool> stop{false};
+  double start = now_s(), end = start + o.seconds;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < o.threads; ++t) {
+    threads.emplace_back([&, t] {
+      zipf z(keys, o.zipf_s, o.seed + static_cast<std::uint64_t>(t) * 7919);
+      thread_counts& n = counts[static_cast<std::size_t>(t)];
+      while (!stop.load(std::memory_order_relaxed)) {
+        std::uint32_t k = z.next();
+        bool hit = false;
+        std::uint64_t t0 = now_ns();
+        std::uint64_t sum = c.get(k, &hit);
+        std::uint64_t dt = now_ns() - t0;
+        bool bad = sum != expected[k].load(std::memory_order_relaxed);
+        std::lock_guard lock(n.mu);
+        n.all.add(dt);
+        n.window.add(dt);
+        ++n.ops, ++n.w_ops;
+        if (hit) ++n.hits, ++n.w_hits;
+        if (bad) ++n.wrong, ++n.w_wrong;
+      }
+    });
+  }
+  std::uint64_t drops = 0;
+  for (double next = start + o.interval;; next += o.interval) {
+    double wait = std::min(next, end) - now_s();
+    if (wait > 0) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
     double t = now_s();
-    if (t < next && t < end) continue;
-    std::uint64_t cached = 0, live = 0, drops = 0;
+    bool last = t >= end;
+    if (last) stop = true;
+    histogram window;
+    std::uint64_t w_ops = 0, w_hits = 0, w_wrong = 0;
+    for (auto& n : counts) {
+      std::lock_guard lock(n.mu);
+      window.merge(n.window);
+      n.window.clear();
+      w_ops += n.w_ops, w_hits += n.w_hits, w_wrong += n.w_wrong;
+      n.w_ops = n.w_hits = n.w_wrong = 0;
+    }
+    std::uint64_t cached = 0, live = 0;
     c.sample(&cached, &live, &drops);
     std::printf("S t=%.4f ops=%llu hits=%llu p50_ns=%llu p99_ns=%llu cached=%llu live=%llu drops=%llu wrong=%llu\n",
                 t, (unsigned long long)w_ops, (unsigned long long)w_hits,
                 (unsigned long long)window.percentile(0.5), (unsigned long long)window.percentile(0.99),
                 (unsigned long long)cached, (unsigned long long)live, (unsigned long long)drops,
                 (unsigned long long)w_wrong);
-    window.clear();
-    w_ops = w_hits = w_wrong = 0;
-    next += o.interval;
-    if (next < t) next = t + o.interval;
-    if (t >= end) {
-      std::printf("END ops=%llu hits=%llu misses=%llu p50_ns=%llu p99_ns=%llu wrong=%llu drops=%llu\n",
-                  (unsigned long long)ops, (unsigned long long)hits, (unsigned long long)(ops - hits),
-                  (unsigned long long)all.percentile(0.5), (unsigned long long)all.percentile(0.99),
-                  (unsigned long long)wrong, (unsigned long long)drops);
-      return 0;
-    }
+    if (last) break;
+    if (next < t) next = t;
   }
+  for (auto& th : threads) th.join();
+  histogram all;
+  std::uint64_t ops = 0, hits = 0, wrong = 0;
+  for (auto& n : counts) {
+    all.merge(n.all);
+    ops += n.ops, hits += n.hits, wrong += n.wrong;
+  }
+  std::printf("END ops=%llu hits=%llu misses=%llu p50_ns=%llu p99_ns=%llu wrong=%llu drops=%llu\n",
+              (unsigned long long)ops, (unsigned long long)hits, (unsigned long long)(ops - hits),
+              (unsigned long long)all.percentile(0.5), (unsigned long long)all.percentile(0.99),
+              (unsigned long long)wrong, (unsigned long long)drops);
+  return 0;
 }
 
 inline void line_buffered() { std::setvbuf(stdout, nullptr, _IOLBF, 0); }
