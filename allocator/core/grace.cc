@@ -1,10 +1,8 @@
 #include "allocator/core/grace.h"
 
-#include <errno.h>
+#include <pthread.h>
 #include <sched.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "allocator/core/mutex.h"
 
@@ -38,58 +36,58 @@ __attribute__((constructor)) void choose_barrier() {
   g_asymmetric.store(kMayUseProcessBarrier && os::register_process_barrier(), std::memory_order_relaxed);
 }
 
-// Whether the thread `tid` of this process has exited. A live thread that
-// reuses the id of a dead one makes a slot look taken: it is then kept, never
-// taken from a live thread.
-bool thread_gone(int tid) noexcept {
-  int saved = errno;
-  bool gone = syscall(SYS_tgkill, getpid(), tid, 0) != 0 && errno == ESRCH;
-  errno = saved;
-  return gone;
+__thread bool t_exited = false;
+
+// Gives the slot back when the thread exits: the destructor of a thread-
+// specific key. Not a thread_local destructor or __cxa_thread_atexit_impl:
+// registering those allocates (calloc), and a thread's first read section may
+// open under a heap lock (check_all holds the segments lock), where an
+// allocation would take the registry lock in the wrong order. A key below
+// 32 keeps its values in the thread descriptor, so setting it allocates
+// nothing; the key is made at load time, when few exist.
+constexpr pthread_key_t kNoKey = ~pthread_key_t{0};
+constexpr pthread_key_t kKeysWithoutAllocation = 32;
+pthread_key_t g_slot_key = kNoKey;
+
+void release_slot_at_thread_exit(void* arg) {
+  t_exited = true;
+  t_slot = nullptr;
+  static_cast<reader_slot*>(arg)->taken.store(false, std::memory_order_release);
 }
 
-// The calling thread's id, asked once (0: not yet; cleared in a forked child).
-__thread int t_tid = 0;
-
-int current_tid() noexcept {
-  if (t_tid == 0) t_tid = static_cast<int>(syscall(SYS_gettid));
-  return t_tid;
-}
-
-bool take(reader_slot& s, int from, int tid) noexcept {
-  return s.owner.load(std::memory_order_relaxed) == from &&
-         s.owner.compare_exchange_strong(from, tid, std::memory_order_acq_rel);
+__attribute__((constructor)) void make_slot_key() {
+  pthread_key_t key;
+  if (pthread_key_create(&key, release_slot_at_thread_exit) != 0) return;
+  if (key >= kKeysWithoutAllocation) {
+    // Setting it could allocate: keep slots for the thread's life instead
+    // (a program that runs more than 1024 threads over its life then reads
+    // under the overflow lock: slower, still correct).
+    pthread_key_delete(key);
+    return;
+  }
+  g_slot_key = key;
 }
 
 }  // namespace
 
-// Takes a free slot, or else one whose thread has exited. Allocates nothing
-// and takes no lock: it runs inside a read section, under any lock the reader
-// holds.
 reader_slot* claim_slot() noexcept {
-  const int tid = current_tid();
+  if (t_exited) return nullptr;
   std::uint32_t used = g_slots_used.load(std::memory_order_acquire);
-  reader_slot* got = nullptr;
-  std::uint32_t i = 0;
-  for (; i < kSlots && got == nullptr; ++i) {
-    if (take(g_slots[i], 0, tid)) got = &g_slots[i];
-  }
-  if (got == nullptr) {
-    // Every slot is taken: look for one left by a thread that has exited
-    // (outside any section, so its epoch is 0).
-    for (i = 0; i < kSlots && got == nullptr; ++i) {
-      int owner = g_slots[i].owner.load(std::memory_order_relaxed);
-      if (owner != tid && g_slots[i].epoch.load(std::memory_order_acquire) == 0 && thread_gone(owner) &&
-          take(g_slots[i], owner, tid)) {
-        got = &g_slots[i];
-      }
+  for (std::uint32_t i = 0; i < kSlots; ++i) {
+    reader_slot& s = g_slots[i];
+    bool expected = false;
+    if (s.taken.load(std::memory_order_relaxed) ||
+        !s.taken.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
+      continue;
     }
-    if (got == nullptr) return nullptr;
+    while (used < i + 1 && !g_slots_used.compare_exchange_weak(used, i + 1, std::memory_order_acq_rel)) {
+    }
+    t_slot = &s;
+    // Allocates nothing (see g_slot_key); without a key the slot stays taken.
+    if (g_slot_key != kNoKey) (void)pthread_setspecific(g_slot_key, &s);
+    return &s;
   }
-  while (used < i && !g_slots_used.compare_exchange_weak(used, i, std::memory_order_acq_rel)) {
-  }
-  t_slot = got;
-  return got;
+  return nullptr;
 }
 
 __thread int t_overflow_depth __attribute__((tls_model("initial-exec"))) = 0;
@@ -141,14 +139,10 @@ void unlock_readers_after_fork() noexcept { g_overflow_lock.unlock(); }
 
 void reset_readers_after_fork() noexcept {
   reader_slot* mine = t_slot;
-  // The child's one thread has an id of its own: its slot must name it, or
-  // another thread of the child would take the slot as its dead parent's.
-  t_tid = 0;
-  if (mine != nullptr) mine->owner.store(current_tid(), std::memory_order_relaxed);
   for (std::uint32_t i = 0; i < kSlots; ++i) {
     if (&g_slots[i] == mine) continue;
     g_slots[i].epoch.store(0, std::memory_order_relaxed);
-    g_slots[i].owner.store(0, std::memory_order_relaxed);
+    g_slots[i].taken.store(false, std::memory_order_relaxed);
   }
   // A child is not registered for the process barrier; with one thread, the
   // switch of mode cannot race a reader.

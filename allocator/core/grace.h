@@ -23,12 +23,7 @@ namespace dropalloc::core {
 // 0 outside one. A cache line each, so readers never share a line.
 struct alignas(64) reader_slot {
   std::atomic<std::uint64_t> epoch{0};
-  // The thread id of the slot's thread, 0 when free. A slot is never handed
-  // back when its thread exits (that would mean registering an exit handler,
-  // which allocates, inside a read section: under whatever lock the reader
-  // holds). A claimer that finds no free slot takes over one whose thread no
-  // longer exists.
-  std::atomic<int> owner{0};
+  std::atomic<bool> taken{false};
 };
 
 namespace grace_internal {
@@ -47,6 +42,13 @@ class read_section {
  public:
   read_section() noexcept {
     using namespace grace_internal;
+    // Nested in a section read under the overflow lock: stay there (claiming a
+    // slot now would publish an epoch the outer section never did).
+    if (t_overflow_depth != 0) {
+      overflow_ = true;
+      enter_overflow();
+      return;
+    }
     reader_slot* slot = t_slot != nullptr ? t_slot : claim_slot();
     if (slot == nullptr) {
       overflow_ = true;
