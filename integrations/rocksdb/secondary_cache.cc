@@ -92,6 +92,11 @@ rocksdb::Status secondary_cache::Insert(const rocksdb::Slice& key, void* value,
     c_.insert_rejects.fetch_add(1, std::memory_order_relaxed);
     return st;
   }
+  shard& s = shard_for(key);
+  if (keep_if_same(s, key, buf)) {
+    c_.reinserts_kept.fetch_add(1, std::memory_order_relaxed);
+    return rocksdb::Status::OK();
+  }
   entry e;
   e.key.assign(key.data(), key.size());
   e.size = n;
@@ -117,7 +122,6 @@ rocksdb::Status secondary_cache::Insert(const rocksdb::Slice& key, void* value,
     c_.insert_rejects.fetch_add(1, std::memory_order_relaxed);
     return rocksdb::Status::OK();
   }
-  shard& s = shard_for(key);
   {
     std::lock_guard lock(s.mu);
     auto old = s.index.find(std::string_view(e.key));
@@ -134,6 +138,23 @@ rocksdb::Status secondary_cache::Insert(const rocksdb::Slice& key, void* value,
   return rocksdb::Status::OK();
 }
 
+bool secondary_cache::keep_if_same(shard& s, const rocksdb::Slice& key, const std::string& bytes) {
+  // RocksDB offers a block again each time its primary cache evicts it, also
+  // when we still hold it (a block's key names immutable contents). Comparing
+  // costs a read; a rewrite costs an allocation, two copies and a madvise.
+  std::lock_guard lock(s.mu);
+  auto it = s.index.find(std::string_view(key.data(), key.size()));
+  if (it == s.index.end()) return false;
+  const entry& e = *it->second;
+  if (e.size != bytes.size()) return false;
+  bool same = options_.seal ? res_.is_intact(e.block) && std::memcmp(e.block.ptr, bytes.data(), e.size) == 0 &&
+                                  res_.is_intact(e.block)
+                            : e.checksum == checksum64(bytes.data(), bytes.size()) &&
+                                  std::memcmp(e.block.ptr, bytes.data(), e.size) == 0;
+  if (same) s.lru.splice(s.lru.begin(), s.lru, it->second);
+  return same;
+}
+
 bool secondary_cache::copy_out_locked(const entry& e, std::string* out) {
   out->resize(e.size);
   if (!options_.seal) {
@@ -148,7 +169,7 @@ bool secondary_cache::copy_out_locked(const entry& e, std::string* out) {
 }
 
 std::unique_ptr<rocksdb::SecondaryCacheResultHandle> secondary_cache::Lookup(
-    const rocksdb::Slice& key, const rocksdb::Cache::CreateCallback& create_cb, bool /*wait*/, bool advise_erase,
+    const rocksdb::Slice& key, const rocksdb::Cache::CreateCallback& create_cb, bool /*wait*/, bool /*advise_erase*/,
     bool& is_in_sec_cache) {
   c_.lookups.fetch_add(1, std::memory_order_relaxed);
   is_in_sec_cache = false;
@@ -167,13 +188,12 @@ std::unique_ptr<rocksdb::SecondaryCacheResultHandle> secondary_cache::Lookup(
       c_.misses.fetch_add(1, std::memory_order_relaxed);
       return nullptr;
     }
-    if (advise_erase) {
-      // The primary cache keeps the block now; our copy would be a duplicate.
-      remove_locked(s, it->second);
-    } else {
-      s.lru.splice(s.lru.begin(), s.lru, it->second);
-      is_in_sec_cache = true;
-    }
+    // advise_erase (the primary cache keeps the block now) is not followed:
+    // the block stays, so that when the primary evicts it again it is
+    // already here (RocksDB 7.8 offers it again; keep_if_same makes that a
+    // compare instead of a write). Droppable memory costs nobody anything.
+    s.lru.splice(s.lru.begin(), s.lru, it->second);
+    is_in_sec_cache = true;
   }
   // create_cb parses only bytes that were verified after they were copied.
   void* obj = nullptr;
@@ -284,6 +304,7 @@ secondary_cache_stats secondary_cache::stats() const {
   secondary_cache_stats st;
   st.inserts = c_.inserts.load(std::memory_order_relaxed);
   st.insert_rejects = c_.insert_rejects.load(std::memory_order_relaxed);
+  st.reinserts_kept = c_.reinserts_kept.load(std::memory_order_relaxed);
   st.lookups = c_.lookups.load(std::memory_order_relaxed);
   st.hits = c_.hits.load(std::memory_order_relaxed);
   st.misses = c_.misses.load(std::memory_order_relaxed);
@@ -309,6 +330,7 @@ std::string secondary_cache::GetPrintableOptions() const {
     << "    memory: " << (res_.arena_backing() == backing::droppable ? "MAP_DROPPABLE" : "private fallback") << "\n"
     << "    inserts: " << st.inserts << "\n"
     << "    insert_rejects: " << st.insert_rejects << "\n"
+    << "    reinserts_kept: " << st.reinserts_kept << "\n"
     << "    lookups: " << st.lookups << "\n"
     << "    hits: " << st.hits << "\n"
     << "    misses: " << st.misses << "\n"

@@ -33,6 +33,7 @@ namespace dropalloc::rocks {
 struct secondary_cache_stats {
   std::uint64_t inserts = 0;          // blocks stored
   std::uint64_t insert_rejects = 0;   // not stored: lost while written, no memory, or a callback failed
+  std::uint64_t reinserts_kept = 0;   // offered again while held intact with the same bytes: kept as is
   std::uint64_t lookups = 0;
   std::uint64_t hits = 0;             // served intact
   std::uint64_t misses = 0;           // absent, lost, or create_cb failed
@@ -65,7 +66,8 @@ class secondary_cache final : public rocksdb::SecondaryCache {
                                                               const rocksdb::Cache::CreateCallback& create_cb,
                                                               bool wait, bool advise_erase,
                                                               bool& is_in_sec_cache) override;
-  bool SupportForceErase() const override { return true; }
+  // advise_erase is ignored (see Lookup): a hit stays in this cache.
+  bool SupportForceErase() const override { return false; }
   void Erase(const rocksdb::Slice& key) override;
   // Lookups complete before they return: nothing to wait for.
   void WaitAll(std::vector<rocksdb::SecondaryCacheResultHandle*> handles) override;
@@ -100,6 +102,9 @@ class secondary_cache final : public rocksdb::SecondaryCache {
 
   shard& shard_for(const rocksdb::Slice& key);
   std::size_t shard_capacity() const noexcept;
+  // Whether s holds key, intact, with exactly these bytes (then it becomes
+  // the most recently used and nothing is written).
+  bool keep_if_same(shard& s, const rocksdb::Slice& key, const std::string& bytes);
   // Whether e's bytes, copied to out, are what was stored. Holds s.mu.
   bool copy_out_locked(const entry& e, std::string* out);
   void remove_locked(shard& s, lru_list::iterator it);
@@ -119,7 +124,7 @@ class secondary_cache final : public rocksdb::SecondaryCache {
   std::chrono::steady_clock::time_point next_poll_{};
 
   struct counters {
-    std::atomic<std::uint64_t> inserts{0}, insert_rejects{0}, lookups{0}, hits{0}, misses{0},
+    std::atomic<std::uint64_t> inserts{0}, insert_rejects{0}, reinserts_kept{0}, lookups{0}, hits{0}, misses{0},
         drops_detected{0}, evictions{0}, erases{0}, bytes_inserted{0}, bytes_hit{0};
   };
   mutable counters c_;

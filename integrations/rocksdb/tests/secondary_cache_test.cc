@@ -119,13 +119,30 @@ TEST_CASE("a block whose pages were dropped is a miss, counted, and erased") {
   }
 }
 
-TEST_CASE("advise_erase hands the block to the primary cache and says it is gone") {
+TEST_CASE("a block offered again with the same bytes is kept, a lost one is written again") {
+  for (bool seal : {true, false}) {
+    CAPTURE(seal);
+    secondary_cache c(opts(0, seal));
+    insert(c, "x", 5000);
+    insert(c, "x", 5000);
+    CHECK(c.stats().reinserts_kept == 1);
+    CHECK(c.stats().inserts == 1);
+    REQUIRE(c.drop_for_testing("x"));
+    insert(c, "x", 5000);
+    CHECK(c.stats().reinserts_kept == 1);
+    CHECK(c.stats().inserts == 2);
+    CHECK(lookup(c, "x").size() == 5000);
+  }
+}
+
+TEST_CASE("advise_erase is a hint it does not follow: the block stays and says so") {
   secondary_cache c(opts());
+  CHECK_FALSE(c.SupportForceErase());
   insert(c, "x", 100);
-  bool in_sec = true;
+  bool in_sec = false;
   CHECK(lookup(c, "x", &in_sec, true).size() == 100);
-  CHECK_FALSE(in_sec);
-  CHECK(lookup(c, "x").empty());
+  CHECK(in_sec);
+  CHECK(lookup(c, "x").size() == 100);
 }
 
 TEST_CASE("Erase, a re-insert and a failing create_cb") {
