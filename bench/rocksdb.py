@@ -26,6 +26,9 @@ Contenders (sizes follow --limit-mib; at 384 MiB):
   lru+dropalloc-cap  LRU 1/12 + dropalloc secondary cache of 60% of the limit
   lru-big+dropalloc  LRU 1/4 (96 MiB) + dropalloc secondary cache, no fixed
                      capacity: a primary that still fits beside the co-tenant
+  lru+dropalloc-pressure  LRU 1/12 + dropalloc secondary cache with
+                     budget=pressure: it sheds blocks itself above 90% of the
+                     cgroup limit (down to 80%) and trims what it freed
 The dropalloc ones preload bazel-bin/integrations/rocksdb/librocksdb_dropalloc.so.
 
 Beside the throughput runs, the truth driver (//bench:rocksdb_truth) reads
@@ -75,6 +78,7 @@ def contenders(limit):
         ("lru+dropalloc", primary, "dropalloc://"),
         ("lru+dropalloc-cap", primary, "dropalloc://capacity=%d" % second),
         ("lru-big+dropalloc", limit // 4, "dropalloc://"),
+        ("lru+dropalloc-pressure", primary, "dropalloc://budget=pressure"),
     ]
 
 
@@ -288,6 +292,9 @@ def describe(r):
         m = re.search(r"capacity=(\d+)", uri)
         kind = "compressed" if uri.startswith("compressed") else "dropalloc"
         d += " + %s %s" % (kind, "%d MiB" % (int(m.group(1)) // MIB) if m else "(no fixed capacity)")
+        if "budget=pressure" in uri:
+            d += ", sheds above 90% of the limit"
+
     return d
 
 

@@ -37,15 +37,18 @@ std::string& scratch() {
 
 // The blocks sit in a resource of their own: many small blocks, freed on
 // whichever thread RocksDB evicts from.
-resource_options named(resource_options r) {
+resource_options for_cache(resource_options r, const secondary_cache_options& o) {
   r.name = "rocksdb secondary cache";
+  // Shedding trims what it freed at once (shed_on_pressure); blocks parked
+  // in per-thread caches would escape the trim.
+  if (o.budget == budget_mode::pressure) r.thread_cache = false;
   return r;
 }
 
 }  // namespace
 
 secondary_cache::secondary_cache(const secondary_cache_options& options, const resource_options& resource)
-    : options_(options), capacity_(options.capacity), res_(named(resource)) {
+    : options_(options), capacity_(options.capacity), res_(for_cache(resource, options)) {
   unsigned n = options_.shards == 0 ? 1 : options_.shards;
   shards_.reserve(n);
   for (unsigned i = 0; i < n; ++i) shards_.push_back(std::make_unique<shard>());
@@ -289,6 +292,9 @@ void secondary_cache::shed_on_pressure() {
     std::lock_guard sl(s->mu);
     evict_to_locked(*s, static_cast<std::size_t>(static_cast<double>(s->bytes) * keep));
   }
+  // Freed blocks stay charged to the cgroup until their pages go back; hand
+  // them back now, or usage would not move and the next poll shed again.
+  res_.trim();
 }
 
 bool secondary_cache::drop_for_testing(const rocksdb::Slice& key) {
