@@ -369,7 +369,7 @@ def targets(args, results):
                                                  or r["cotenant_died"]}
         others = [(mean(n), n) for n in survivors if "dropalloc" not in n]
         best = max(others) if others else (None, None)
-        for name in ("lru+dropalloc", "lru-big+dropalloc"):
+        for name in ("lru+dropalloc", "lru+dropalloc-cap", "lru-big+dropalloc", "lru+dropalloc-pressure"):
             d = [r for r in rows if r["name"] == name]
             if not d:
                 continue
@@ -402,8 +402,8 @@ def plot(base, results, args, m):
     series = []
     with open(dat, "w") as f:
         for r in results:
-            if r["truth"] or r["round"] != 1:
-                continue
+            if r["truth"] or r["round"] != 1 or r["workload"] != args.workloads[0]:
+                continue  # one workload: 7 lines are readable, 21 are not
             prog = r["progress"]
             f.write("# %s %s\n" % (r["workload"], r["name"]))
             last = None
@@ -416,14 +416,14 @@ def plot(base, results, args, m):
                     f.write("%d %.0f\n" % (t, now - last))
                 last = now
             f.write("\n\n")
-            series.append("%s %s" % (r["workload"], r["name"]))
+            series.append(r["name"])
     plots = ", ".join("'%s' index %d using 1:2 with lines lw 2 title %s" % (dat, i, report_common.gp_str(s))
                       for i, s in enumerate(series))
     script = "\n".join([
-        "set terminal svg size 1100,600 dynamic",
+        "set terminal svg size 1100,600 dynamic noenhanced",
         "set output %s" % report_common.gp_str(svg + ".tmp"),
-        "set title %s" % report_common.gp_str("db_bench ops/s, %d MiB cgroup; grey: co-tenant ramps and holds "
-                                             "%d MiB\n%s" % (args.limit_mib, args.cotenant_mib,
+        "set title %s" % report_common.gp_str("db_bench %s ops/s, %d MiB cgroup; grey: co-tenant ramps and holds "
+                                             "%d MiB\n%s" % (args.workloads[0], args.limit_mib, args.cotenant_mib,
                                                               report_common.machine_label(m))),
         "set xlabel 'seconds'", "set ylabel 'ops/s'", "set key outside right",
         "set object 1 rect from %g, graph 0 to %g, graph 1 fc rgb '#eeeeee' behind" % (START, START + RAMP + HOLD),
@@ -452,6 +452,38 @@ def find_tools(args):
     return tools
 
 
+def write_outputs(args, out_dir, results, m, command, info):
+    text = report(args, results, m, command, info)
+    text += "\n## Against the targets\n\n" + "\n".join(targets(args, results)) + "\n"
+    mode = "quick" if args.quick else "full"
+    base = os.path.join(out_dir, "rocksdb-" + mode)
+    err = plot(base, results, args, m)
+    text += "\n" + ("Plot: not drawn (%s).\n" % err if err else "Plot: [ops/s over time](rocksdb-%s-ops.svg).\n" % mode)
+    report_common.write_atomically(base + ".md", text)
+    m = {k: v for k, v in m.items() if k != "uname"}
+    report_common.write_atomically(base + ".json", json.dumps(
+        {"machine": m, "command": command, "db": info, "quick": args.quick, "limit_mib": args.limit_mib,
+         "seconds": args.seconds, "num": args.num, "value_size": args.value_size, "cotenant_mib": args.cotenant_mib,
+         "workloads": args.workloads, "results": results}, indent=1, default=str))
+    print(text)
+    log("rocksdb: wrote %s.md, %s.json" % (base, base))
+
+
+def rerender(args):
+    raw = json.load(open(args.rerender))
+    args.quick = raw.get("quick", os.path.basename(args.rerender) == "rocksdb-quick.json")
+    args.limit_mib, args.seconds, args.cotenant_mib = raw["limit_mib"], raw["seconds"], raw["cotenant_mib"]
+    args.num = raw.get("num", 400000 if args.quick else 2500000)
+    args.value_size = raw.get("value_size", args.value_size)
+    results = raw["results"]
+    args.workloads = raw.get("workloads") or list(dict.fromkeys(r["workload"] for r in results))
+    info = raw["db"]
+    info.setdefault("dbbench_mib", 0)
+    write_outputs(args, os.path.dirname(os.path.abspath(args.rerender)), results, raw["machine"], raw["command"],
+                  info)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small DB, 96 MiB, 12 s a run")
@@ -463,12 +495,15 @@ def main():
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
     ap.add_argument("--only", help="comma-separated contender names (default: all)")
     ap.add_argument("--rounds", type=int, default=1, help="runs of each contender, alternated")
-    ap.add_argument("--truth", default="lru+dropalloc,lru+dropalloc-cap,lru-big+dropalloc",
+    ap.add_argument("--truth", default="lru+dropalloc,lru+dropalloc-cap,lru-big+dropalloc,lru+dropalloc-pressure",
                     help="contenders the truth driver runs as (comma-separated; 'none' for none)")
     ap.add_argument("--bin-dir", help="directory holding pressure_cotenant and rocksdb_truth (default: runfiles)")
     ap.add_argument("--cache-dir", help="where the DBs are kept (default $TMPDIR/dropalloc-bench)")
     report_common.add_output_args(ap, "rocksdb")
+    ap.add_argument("--rerender", metavar="JSON", help="write the report of an earlier run's JSON again, beside it")
     args = ap.parse_args()
+    if args.rerender:
+        return rerender(args)
     args.limit_mib = args.limit_mib or (96 if args.quick else 384)
     args.seconds = args.seconds or (30 if args.quick else 40)
     args.num = args.num or (400000 if args.quick else 2500000)
@@ -524,19 +559,7 @@ def main():
     except KeyboardInterrupt:
         log("rocksdb: interrupted; workers killed, cgroups removed; reporting what ran")
     info = {"dbbench_mib": du_mib(dbs["dbbench"]), "truth_mib": du_mib(dbs["truth"])}
-    text = report(args, results, m, command, info)
-    text += "\n## Against the targets\n\n" + "\n".join(targets(args, results)) + "\n"
-    mode = "quick" if args.quick else "full"
-    base = os.path.join(out_dir, "rocksdb-" + mode)
-    err = plot(base, results, args, m)
-    text += "\n" + ("Plot: not drawn (%s).\n" % err if err else "Plot: [ops/s over time](rocksdb-%s-ops.svg).\n" % mode)
-    report_common.write_atomically(base + ".md", text)
-    m.pop("uname", None)
-    report_common.write_atomically(base + ".json", json.dumps(
-        {"machine": m, "command": command, "db": info, "limit_mib": args.limit_mib, "seconds": args.seconds,
-         "cotenant_mib": args.cotenant_mib, "results": results}, indent=1, default=str))
-    print(text)
-    log("rocksdb: wrote %s.md, %s.json" % (base, base))
+    write_outputs(args, out_dir, results, m, command, info)
     return 0
 
 
