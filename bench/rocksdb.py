@@ -335,7 +335,8 @@ def report(args, results, m, command, dbs_info):
             if not r["completed"]:
                 whole += " (until killed at %.0f s)" % r.get("died_at", 0)
             L.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %.0f |" % (
-                r["name"], describe(r), r["round"], whole, fmt(r["ops_before"]), fmt(r["ops_during"]), fmt(r["ops_after"]),
+                r["name"], describe(r), r["round"], whole,
+                fmt(r["ops_before"]), fmt(r["ops_during"]), fmt(r["ops_after"]),
                 fmt(r["block_cache_hit"], "%d"), fmt(r["secondary_hits"], "%d"), fmt(r["drops_detected"], "%d"),
                 fmt(r["p99_us"], "%.1f"), r["oom_kills"], killed(r), r["peak_mib"]))
     truths = [r for r in results if r["truth"]]

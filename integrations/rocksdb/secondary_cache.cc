@@ -85,7 +85,8 @@ std::size_t secondary_cache::shard_capacity() const noexcept {
 rocksdb::Status secondary_cache::Insert(const rocksdb::Slice& key, void* value,
                                         const rocksdb::Cache::CacheItemHelper* helper) {
   if (helper == nullptr || helper->size_cb == nullptr || helper->saveto_cb == nullptr) {
-    return rocksdb::Status::InvalidArgument("dropalloc secondary cache: an item helper without size/saveto callbacks");
+    return rocksdb::Status::InvalidArgument("dropalloc secondary cache",
+                                            "a CacheItemHelper without size/saveto callbacks");
   }
   std::string& buf = scratch();
   std::size_t n = helper->size_cb(value);

@@ -4,7 +4,7 @@
 // took back is reported as a miss, so RocksDB reads it from the SST file again.
 //
 // Keys, the index and the LRU lists are in ordinary memory, split into shards
-// with a lock each. Values are the bytes the item helper's saveto callback
+// with a lock each. Values are the bytes the CacheItemHelper's saveto callback
 // writes, copied in with write_and_seal (verified, no torn-write window).
 // Lookup copies a block out under its shard's lock, checks it again after the
 // copy, and only then calls create_cb on the private copy: RocksDB never parses

@@ -1,4 +1,4 @@
-// The secondary cache through RocksDB's interface, with an item helper of our
+// The secondary cache through RocksDB's interface, with a CacheItemHelper of our
 // own (a std::string per object): hits, misses, forced drops, erase,
 // capacity, statistics, and creation from a URI through RocksDB's registry.
 #include <doctest/doctest.h>
