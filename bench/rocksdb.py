@@ -196,6 +196,8 @@ def run_one(args, index, name, lru, uri, workload, tools, dbs, truth):
                     name, workload + (" truth" if truth else ""), now - t0, samples[-1][1] // MIB, samples[-1][2]))
             time.sleep(0.1)
         samples.append((time.monotonic() - t0, cg.usage(), cg.oom_kills() - oom0))
+        # Still running past the deadline: stalled; the kill below is ours.
+        res["stopped_by_driver"] = main.proc.poll() is None
     finally:
         for p in procs:
             p.kill()
@@ -300,6 +302,8 @@ def describe(r):
 
 def killed(r):
     who = []
+    if r.get("stopped_by_driver"):
+        return "stalled past the deadline: stopped by the driver (not an OOM kill)"
     if r["main_died"]:
         who.append(("db_bench" if not r["truth"] else "truth driver") + " (%s)" % r["main_died"])
     if r["cotenant_died"]:
