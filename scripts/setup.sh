@@ -12,6 +12,10 @@ packages=(
   libbenchmark-dev
   gnuplot-nox
   libtcmalloc-minimal4  # a default contender of bench/compare.py and bench/pressure.py
+  # RocksDB 7.8 for the secondary cache (integrations/rocksdb/) and its
+  # tools: db_bench runs the plugin in CI and in bench/rocksdb.py.
+  librocksdb-dev
+  rocksdb-tools
   # Real programs the LD_PRELOAD shim is tested under (tests/shim/).
   sqlite3
   git
