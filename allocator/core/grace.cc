@@ -47,7 +47,7 @@ __thread bool t_exited = false;
 // nothing; the key is made at load time, when few exist.
 constexpr pthread_key_t kNoKey = ~pthread_key_t{0};
 constexpr pthread_key_t kKeysWithoutAllocation = 32;
-pthread_key_t g_slot_key = kNoKey;
+std::atomic<pthread_key_t> g_slot_key{kNoKey};
 
 void release_slot_at_thread_exit(void* arg) {
   t_exited = true;
@@ -65,7 +65,15 @@ __attribute__((constructor)) void make_slot_key() {
     pthread_key_delete(key);
     return;
   }
-  g_slot_key = key;
+  g_slot_key.store(key, std::memory_order_release);
+}
+
+// Unloaded (a plugin linking dropalloc statically, dlclose'd): no thread may
+// call the destructor, which is about to be unmapped, at its exit. Threads
+// still alive keep their slots taken.
+__attribute__((destructor)) void drop_slot_key() {
+  pthread_key_t key = g_slot_key.exchange(kNoKey, std::memory_order_acq_rel);
+  if (key != kNoKey) pthread_key_delete(key);
 }
 
 }  // namespace
@@ -84,7 +92,8 @@ reader_slot* claim_slot() noexcept {
     }
     t_slot = &s;
     // Allocates nothing (see g_slot_key); without a key the slot stays taken.
-    if (g_slot_key != kNoKey) (void)pthread_setspecific(g_slot_key, &s);
+    pthread_key_t key = g_slot_key.load(std::memory_order_acquire);
+    if (key != kNoKey) (void)pthread_setspecific(key, &s);
     return &s;
   }
   return nullptr;
