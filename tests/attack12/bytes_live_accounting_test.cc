@@ -1,16 +1,14 @@
-// cache::account() reads the slot's size (e->slot.bytes()) before it takes
-// the cache's lock, then stores it as the entry's size under the lock. Two
-// threads that rebuild the same lost value one after the other can store
-// their sizes in the opposite order: the entry then records the size of a
-// value it no longer holds, and bytes_live() (what headroom_keeper sheds a
-// fraction of, and what the budget and the keeper's cap compare against)
-// drifts from what the values hold.
+// bytes_live() against what the values hold, after rebuilds of one key by
+// four threads racing forced drops, with builders alternating between a
+// 16-byte and a 64 KiB value and a fifth thread taking the cache's lock in a
+// loop. Once all threads stop, bytes_live() must equal the bytes of the
+// resource's live blocks (the cache is the resource's only user).
 //
-// Sequence: builders alternate between a 16-byte and a 64 KiB value; every
-// value is dropped right after it is checked, so each access rebuilds. Once
-// all threads stop, every key is read once more (a hit, or a build that is
-// accounted alone), and bytes_live() is compared with the sum of the sizes
-// the entries hold.
+// Written against a suspected race: cache::account() (cache.h:291) reads the
+// slot's size before it takes the lock, and stores it under the lock, so two
+// rebuilds of one value could store their sizes in the opposite order. Not
+// reproduced here (this schedule rarely rebuilds twice at once); kept as a
+// regression test of the accounting.
 #include <doctest/doctest.h>
 
 #include <atomic>
@@ -26,8 +24,12 @@ TEST_CASE("bytes_live() matches what the entries hold after racing rebuilds of d
   constexpr int kKeys = 1;
   dropalloc::cache_options opts;
   dropalloc::cache<int>* self = nullptr;
+  std::atomic<std::uint64_t> compares{0}, served{0};
   opts.value.on_step = [&](dropalloc::value_step s, std::byte* block, std::size_t n, std::size_t) {
-    if (s == dropalloc::value_step::compared && self != nullptr) self->resource().drop_for_testing(block, n);
+    (void)block;
+    (void)n;
+    if (s == dropalloc::value_step::compared && self != nullptr && compares.fetch_add(1) % 2 == 0)
+      self->resource().drop_all_for_testing();
   };
   dropalloc::cache<int> c(opts);
   std::atomic<std::uint64_t> flip{0}, wrong{0};
@@ -46,7 +48,10 @@ TEST_CASE("bytes_live() matches what the entries hold after racing rebuilds of d
   // slot's size waits before storing it while another rebuilds and stores.
   std::atomic<bool> stop{false};
   std::thread hammer([&] {
-    while (!stop.load(std::memory_order_relaxed)) (void)c.bytes_live();
+    while (!stop.load(std::memory_order_relaxed)) {
+      (void)c.bytes_live();
+      c.resource().drop_all_for_testing();
+    }
   });
   std::vector<std::thread> ts;
   for (int t = 0; t < 4; ++t)
@@ -56,6 +61,7 @@ TEST_CASE("bytes_live() matches what the entries hold after racing rebuilds of d
         try {
           if (!c.get_or_build(k, [&, k] { return build(k); }, [&, k](std::string_view v) { return ok(k, v); }))
             wrong.fetch_add(1);
+          served.fetch_add(1);
         } catch (const dropalloc::regenerate_error&) {
         }
       }
@@ -64,20 +70,13 @@ TEST_CASE("bytes_live() matches what the entries hold after racing rebuilds of d
   stop = true;
   hammer.join();
   self = nullptr;  // no more drops
-  std::uint64_t held = 0;
-  for (int k = 0; k < kKeys; ++k)
-    held += c.get_or_build(k, [&, k] { return build(k); }, [](std::string_view v) { return v.size(); });
-  // Sizes as the resource rounds them.
-  std::uint64_t rounded = 0;
-  {
-    dropalloc::cache<int> probe;
-    for (int k = 0; k < kKeys; ++k) {
-      std::size_t n = c.get_or_build(k, [&, k] { return build(k); }, [](std::string_view v) { return v.size(); });
-      probe.get(k, [n] { return std::string(n, 'x'); });
-    }
-    rounded = probe.bytes_live();
-  }
-  MESSAGE("bytes_live " << c.bytes_live() << ", the entries hold " << rounded << " (unrounded " << held << ")");
+  // No access after the threads stop (a rebuild would store a fresh size and
+  // hide the drift): the resource, used by nothing but this cache's values,
+  // says what they hold.
+  auto rs = c.resource().stats();
+  MESSAGE("served " << served.load() << ", drops detected " << c.stats().drops_detected);
+  MESSAGE("bytes_live " << c.bytes_live() << ", the resource's live blocks " << rs.blocks_live << " holding "
+                        << rs.bytes_live << " B");
   CHECK(wrong.load() == 0);
-  CHECK(c.bytes_live() == rounded);
+  CHECK(c.bytes_live() == rs.bytes_live);
 }
