@@ -1,6 +1,6 @@
 // headroom_options::look_ahead (on by default) adds to the usage read now
 // what the cgroup "grew by" since the last poll, measured against
-// expected = usage - freed (headroom.cc:34-35, 50). When the bytes a shed
+// expected = usage - freed (headroom.cc:31, 47). When the bytes a shed
 // frees do not leave the cgroup in full (pages still shared with live
 // blocks, memory kept by the allocator, a neighbour taking the room), usage
 // stays above `expected` and the difference is taken for growth: every poll
