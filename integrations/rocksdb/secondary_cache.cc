@@ -3,6 +3,7 @@
 #include <cstring>
 #include <iostream>
 #include <new>
+#include <stdexcept>
 #include <sstream>
 #include <string_view>
 
@@ -34,6 +35,17 @@ std::string& scratch() {
   thread_local std::string buf;
   return buf;
 }
+
+// Ordinary memory the kernel cannot drop: a scratch grown past this by one
+// large block is given back after use, not kept for the thread's life.
+constexpr std::size_t kScratchKept = 1 << 20;
+
+struct scratch_trimmer {
+  std::string& buf;
+  ~scratch_trimmer() {
+    if (buf.capacity() > kScratchKept) std::string().swap(buf);
+  }
+};
 
 // The blocks sit in a resource of their own: many small blocks, freed on
 // whichever thread RocksDB evicts from.
@@ -89,8 +101,19 @@ rocksdb::Status secondary_cache::Insert(const rocksdb::Slice& key, void* value,
                                             "a CacheItemHelper without size/saveto callbacks");
   }
   std::string& buf = scratch();
+  scratch_trimmer trim_after{buf};
   std::size_t n = helper->size_cb(value);
-  buf.resize(n);
+  // Out of ordinary memory anywhere below: the block is not stored, which is
+  // always allowed, and nothing is left half-inserted.
+  try {
+    buf.resize(n);
+  } catch (const std::bad_alloc&) {
+    c_.insert_rejects.fetch_add(1, std::memory_order_relaxed);
+    return rocksdb::Status::OK();
+  } catch (const std::length_error&) {
+    c_.insert_rejects.fetch_add(1, std::memory_order_relaxed);
+    return rocksdb::Status::OK();
+  }
   rocksdb::Status st = helper->saveto_cb(value, 0, n, buf.data());
   if (!st.ok()) {
     c_.insert_rejects.fetch_add(1, std::memory_order_relaxed);
@@ -102,9 +125,9 @@ rocksdb::Status secondary_cache::Insert(const rocksdb::Slice& key, void* value,
     return rocksdb::Status::OK();
   }
   entry e;
-  e.key.assign(key.data(), key.size());
   e.size = n;
   try {
+    e.key.assign(key.data(), key.size());
     e.block = res_.allocate_block(n == 0 ? 1 : n);
   } catch (const std::bad_alloc&) {
     // No address space or metadata left: not storing a block is always allowed.
@@ -130,8 +153,21 @@ rocksdb::Status secondary_cache::Insert(const rocksdb::Slice& key, void* value,
     std::lock_guard lock(s.mu);
     auto old = s.index.find(std::string_view(e.key));
     if (old != s.index.end()) remove_locked(s, old->second);
-    s.lru.push_front(std::move(e));
-    s.index.emplace(std::string_view(s.lru.front().key), s.lru.begin());
+    try {
+      s.lru.push_front(std::move(e));  // on failure e is unchanged and still owns its block
+    } catch (const std::bad_alloc&) {
+      res_.deallocate(e.block);
+      c_.insert_rejects.fetch_add(1, std::memory_order_relaxed);
+      return rocksdb::Status::OK();
+    }
+    try {
+      s.index.emplace(std::string_view(s.lru.front().key), s.lru.begin());
+    } catch (const std::bad_alloc&) {
+      res_.deallocate(s.lru.front().block);
+      s.lru.pop_front();
+      c_.insert_rejects.fetch_add(1, std::memory_order_relaxed);
+      return rocksdb::Status::OK();
+    }
     s.bytes += n;
     if (std::size_t cap = shard_capacity(); cap != 0) evict_to_locked(s, cap);
     sweep_cold_end_locked(s);
@@ -178,6 +214,7 @@ std::unique_ptr<rocksdb::SecondaryCacheResultHandle> secondary_cache::Lookup(
   c_.lookups.fetch_add(1, std::memory_order_relaxed);
   is_in_sec_cache = false;
   std::string& buf = scratch();
+  scratch_trimmer trim_after{buf};
   shard& s = shard_for(key);
   {
     std::lock_guard lock(s.mu);
@@ -186,7 +223,14 @@ std::unique_ptr<rocksdb::SecondaryCacheResultHandle> secondary_cache::Lookup(
       c_.misses.fetch_add(1, std::memory_order_relaxed);
       return nullptr;
     }
-    if (!copy_out_locked(*it->second, &buf)) {
+    bool whole;
+    try {
+      whole = copy_out_locked(*it->second, &buf);
+    } catch (const std::bad_alloc&) {  // no ordinary memory for the copy: a miss
+      c_.misses.fetch_add(1, std::memory_order_relaxed);
+      return nullptr;
+    }
+    if (!whole) {
       remove_locked(s, it->second);
       c_.drops_detected.fetch_add(1, std::memory_order_relaxed);
       c_.misses.fetch_add(1, std::memory_order_relaxed);
