@@ -189,6 +189,33 @@ class cache {
     options_.byte_budget = bytes;
   }
 
+  // A cap under memory pressure, apart from the owner's budget: the values
+  // hold at most the least of the budget and every cap in force. Each capper
+  // (a headroom_keeper) names its own cap by `who`; 0 bytes lifts it. So a
+  // keeper never widens or removes the budget, nor another keeper's cap.
+  void set_pressure_cap(const void* who, std::uint64_t bytes) {
+    std::lock_guard lock(mu_);
+    for (auto it = caps_.begin(); it != caps_.end(); ++it) {
+      if (it->first != who) continue;
+      if (bytes == 0) {
+        caps_.erase(it);
+      } else {
+        it->second = bytes;
+      }
+      return;
+    }
+    if (bytes != 0) caps_.emplace_back(who, bytes);
+  }
+  // The least cap in force; 0: none.
+  std::uint64_t pressure_cap() const {
+    std::lock_guard lock(mu_);
+    std::uint64_t least = 0;
+    for (const auto& c : caps_) {
+      if (least == 0 || c.second < least) least = c.second;
+    }
+    return least;
+  }
+
  private:
   struct entry {
     entry(droppable_resource& r, const regenerable_options& o, const Key& k, rebuild_cost c)
@@ -294,9 +321,17 @@ class cache {
     if (!e->indexed) return;
     total_bytes_ = total_bytes_ - e->bytes + now;
     e->bytes = now;
-    if (options_.byte_budget != 0 && total_bytes_ > options_.byte_budget) {
-      evict_locked(total_bytes_ - options_.byte_budget, e.get(), &victims);
+    std::uint64_t limit = limit_locked();
+    if (limit != 0 && total_bytes_ > limit) evict_locked(total_bytes_ - limit, e.get(), &victims);
+  }
+
+  // The least of the owner's budget and the pressure caps; 0: none.
+  std::uint64_t limit_locked() const {
+    std::uint64_t limit = options_.byte_budget;
+    for (const auto& c : caps_) {
+      if (limit == 0 || c.second < limit) limit = c.second;
     }
+    return limit;
   }
 
   cache_options options_;
@@ -309,6 +344,7 @@ class cache {
   std::unordered_map<Key, std::shared_ptr<entry>, Hash, Eq> index_;
   std::list<entry*> lru_[3];  // by rebuild_cost; front = most recently used
   std::uint64_t total_bytes_ = 0;
+  std::vector<std::pair<const void*, std::uint64_t>> caps_;  // set_pressure_cap(); usually 0 or 1
 
   std::atomic<std::uint64_t> hits_{0}, misses_{0}, builds_{0}, build_failures_{0}, drops_{0},
       rebuilds_{0}, evictions_{0}, build_ns_{0};

@@ -15,8 +15,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -29,16 +32,18 @@ struct headroom_options {
   // for a neighbour. The cost is the cache's share of that room; at 97/93%
   // a 100 ms spike waited on reclaim again (bench/pressure.py, spike).
   pressure_thresholds thresholds{0.95, 0.90, 10.0, 0.05};
-  std::chrono::milliseconds poll{10};
-  // Judge the headroom one poll ahead: add what the cgroup grew by since the
-  // last poll (after this cache's own shedding) to the usage read now.
+  std::chrono::milliseconds poll{10};  // > 0
+  // Judge the headroom one poll ahead: add what the cgroup grew by since just
+  // after the last poll's shed (read again once the shed is done, so bytes
+  // that did not leave the cgroup are not taken for growth).
   bool look_ahead = true;
   // After a shed, cap the cache at what it kept, and raise the cap only as
   // far as the low watermark allows, so it does not refill the room it gave
-  // up before the next poll. Off by default: measured both ways
-  // (bench/pressure.py, dropalloc-neighbour against -uncapped) it cost hit
-  // rate and did not shorten the neighbour's wait in a way that held across
-  // runs.
+  // up before the next poll. The cap never exceeds the owner's own budget,
+  // and the keeper lifts its cap when destroyed. Off by default: measured
+  // both ways (bench/pressure.py, dropalloc-neighbour against -uncapped) it
+  // cost hit rate and did not shorten the neighbour's wait in a way that held
+  // across runs.
   bool cap = false;
 };
 
@@ -46,18 +51,22 @@ struct headroom_options {
 struct headroom_target {
   // Frees about what the request asks for; returns the bytes freed.
   std::function<std::uint64_t(const shed_request&)> shed;
-  // Caps what the values may hold from now on (0: no cap), so that the cache
-  // does not refill the room it just gave up before the next poll.
+  // Caps what the values may hold from now on (0: lifts this cap), under
+  // whatever limit the cache's owner set. Needed only with headroom_options::cap.
   std::function<void(std::uint64_t)> cap;
-  // What the values hold now.
+  // What the values hold now. Needed only with headroom_options::cap.
   std::function<std::uint64_t()> held;
 };
 
 class headroom_keeper {
  public:
   // Watches the calling process's memory cgroup (or PSI; see pressure_monitor).
+  // Throws std::invalid_argument, saying what is wrong, for options that make
+  // no sense (watermarks outside (0, 1], low above high, a negative PSI
+  // fraction, a poll of 0) or a target without the functions they need.
   explicit headroom_keeper(headroom_target target, const headroom_options& o = {});
   headroom_keeper(pressure_monitor monitor, headroom_target target, const headroom_options& o = {});
+  // Returns within about one shed, whatever the poll interval.
   ~headroom_keeper();
   headroom_keeper(const headroom_keeper&) = delete;
   headroom_keeper& operator=(const headroom_keeper&) = delete;
@@ -65,22 +74,31 @@ class headroom_keeper {
   std::uint64_t sheds() const noexcept { return sheds_.load(std::memory_order_relaxed); }
   std::uint64_t bytes_shed() const noexcept { return bytes_shed_.load(std::memory_order_relaxed); }
   const std::string& description() const noexcept { return description_; }
+  // Polls that ended in an exception from the target or the monitor (the
+  // keeper goes on polling), and the last one's what().
+  std::uint64_t errors() const noexcept { return errors_.load(std::memory_order_relaxed); }
+  std::string last_error() const;
 
  private:
   void watch(pressure_monitor monitor);
+  std::uint64_t poll_once(pressure_monitor& monitor, std::uint64_t expected);
 
   headroom_target target_;
   headroom_options options_;
   std::string description_;
-  std::atomic<bool> stop_{false};
-  std::atomic<std::uint64_t> sheds_{0}, bytes_shed_{0};
+  std::atomic<std::uint64_t> sheds_{0}, bytes_shed_{0}, errors_{0};
   bool capped_ = false;  // the keeper's thread only, then the destructor after join
+  mutable std::mutex mu_;  // guards stop_ and last_error_
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::string last_error_;
   std::thread thread_;
 };
 
 // The target for a dropalloc::cache: evicts its least valuable entries and
 // trims its resource, so the freed pages leave the cgroup now rather than at
-// the next decay; caps it through its byte budget.
+// the next decay; caps it with a pressure cap of its own (cache::set_pressure_cap),
+// which leaves the owner's byte budget alone.
 template <class Cache>
 headroom_target shed_coldest(Cache& c) {
   headroom_target t;
@@ -91,7 +109,10 @@ headroom_target shed_coldest(Cache& c) {
     if (freed != 0) c.resource().trim();
     return freed;
   };
-  t.cap = [&c](std::uint64_t bytes) { c.set_byte_budget(bytes); };
+  // Each target caps under its own name, so two keepers on one cache do not
+  // lift each other's cap.
+  auto name = std::make_shared<char>();
+  t.cap = [&c, name](std::uint64_t bytes) { c.set_pressure_cap(name.get(), bytes); };
   t.held = [&c] { return c.bytes_live(); };
   return t;
 }

@@ -4,8 +4,10 @@
 // kernel's pressure stall information (/proc/pressure/memory).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "allocator/os/cgroup.h"
 
@@ -16,10 +18,14 @@ const char* to_string(pressure_source s) noexcept;
 
 struct pressure_reading {
   pressure_source source = pressure_source::none;
-  std::uint64_t usage = 0;             // cgroup bytes charged
+  // Of the limited cgroup (the process's own or an ancestor's) nearest its limit:
+  std::uint64_t usage = 0;             // bytes charged
   std::uint64_t limit = UINT64_MAX;    // the lower of memory.max and memory.high
-  std::uint64_t throttle_events = 0;   // v2 memory.events "high" + "max", cumulative
+  std::uint64_t throttle_events = 0;   // v2 memory.events "high" + "max", cumulative, all limited cgroups
   double psi_some_avg10 = 0;           // % of the last 10 s some task stalled on memory
+  // % of the time since the previous read that some task stalled on memory;
+  // negative when unknown (the first read, or no "total" in the PSI file).
+  double psi_stall_percent = -1;
 };
 
 // What to shed: bytes to get back under the low watermark, or (when only a
@@ -32,18 +38,27 @@ struct shed_request {
 struct pressure_thresholds {
   double high = 0.90;          // shed when usage exceeds this share of the limit...
   double low = 0.80;           // ...down to this share
-  double psi_avg10 = 10.0;     // PSI "some avg10" (%) that counts as pressure
+  double psi_avg10 = 10.0;     // % of time some task stalled on memory that counts as pressure
   double psi_fraction = 0.05;  // share of the cache shed per poll under PSI pressure
 };
 
+// Empty if the thresholds make sense (0 < low <= high <= 1, psi_avg10 >= 0,
+// 0 <= psi_fraction <= 1); otherwise what is wrong, for an error message.
+std::string invalid_thresholds(const pressure_thresholds& t);
+
 class pressure_monitor {
  public:
-  // Finds the calling process's memory cgroup; where it has no limit, uses PSI.
+  // Finds the calling process's memory cgroup; where neither it nor an
+  // ancestor has a limit, uses PSI. The cgroups to watch are chosen here: a
+  // limit set later on a cgroup that had none is not seen.
   pressure_monitor();
-  // Reads a given cgroup (tests).
+  // Reads a given cgroup and its ancestors up to cg.root (tests, benchmarks).
   explicit pressure_monitor(os::memory_cgroup cg);
 
   bool read(pressure_reading* out);
+  // Turns a reading into what to shed. Under PSI, a stall over the time since
+  // the previous read; without the stall total, the 10 s average, at most
+  // once per 10 s (it stays high that long after a shed has helped).
   shed_request assess(const pressure_reading& r, const pressure_thresholds& t);
   pressure_source source() const noexcept { return source_; }
   const std::string& description() const noexcept { return description_; }
@@ -52,10 +67,15 @@ class pressure_monitor {
   void choose_source();
 
   os::memory_cgroup cg_;
+  std::vector<os::memory_cgroup> limited_;  // cg_ and ancestors with a limit, nearest first
   pressure_source source_ = pressure_source::none;
   std::string description_;
   std::uint64_t last_events_ = 0;
   bool have_events_ = false;
+  std::uint64_t last_psi_total_us_ = 0;
+  std::chrono::steady_clock::time_point last_psi_read_{};
+  std::chrono::steady_clock::time_point last_avg10_shed_{};
+  bool have_psi_total_ = false, have_avg10_shed_ = false;
 };
 
 // Parses the "some" line of /proc/pressure/memory (or a cgroup's

@@ -131,6 +131,7 @@ bool find_memory_cgroup(memory_cgroup* out, std::string* why) {
       if (c == "memory" && !v1.dir.empty()) {
         out->version = 1;
         out->dir = under(v1, path);
+        out->root = v1.dir;
         return true;
       }
     }
@@ -142,6 +143,7 @@ bool find_memory_cgroup(memory_cgroup* out, std::string* why) {
         controllers.find("memory") != std::string::npos) {
       out->version = 2;
       out->dir = dir;
+      out->root = v2.dir;
       return true;
     }
     *why = "cgroup v2 at " + dir + " has no memory controller";
@@ -172,24 +174,47 @@ bool read_cgroup_state(const memory_cgroup& cg, cgroup_memory_state* out) {
   return false;
 }
 
-bool parse_psi_some_avg10(const std::string& text, double* avg10) {
+std::vector<memory_cgroup> cgroup_and_ancestors(const memory_cgroup& cg) {
+  std::vector<memory_cgroup> chain{cg};
+  if (cg.root.empty() || cg.dir.rfind(cg.root, 0) != 0) return chain;
+  std::string dir = cg.dir;
+  for (;;) {
+    auto slash = dir.rfind('/');
+    if (slash == std::string::npos || slash < cg.root.size()) break;
+    dir.resize(slash);
+    if (dir.size() <= cg.root.size()) break;  // the root's own files are not limits
+    chain.push_back({cg.version, dir, cg.root});
+  }
+  return chain;
+}
+
+bool parse_psi_some(const std::string& text, psi_some* out) {
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) {
     if (line.rfind("some ", 0) != 0) continue;
-    auto at = line.find("avg10=");
-    if (at == std::string::npos) return false;
+    auto avg = line.find("avg10=");
+    auto total = line.find("total=");
+    if (avg == std::string::npos) return false;
     char* end = nullptr;
-    double v = std::strtod(line.c_str() + at + 6, &end);
-    if (end == line.c_str() + at + 6) return false;
-    *avg10 = v;
+    double v = std::strtod(line.c_str() + avg + 6, &end);
+    if (end == line.c_str() + avg + 6) return false;
+    out->avg10 = v;
+    out->total_us = total == std::string::npos ? 0 : std::strtoull(line.c_str() + total + 6, nullptr, 10);
     return true;
   }
   return false;
 }
 
-bool read_psi_memory_some_avg10(double* avg10) {
+bool parse_psi_some_avg10(const std::string& text, double* avg10) {
+  psi_some s;
+  if (!parse_psi_some(text, &s)) return false;
+  *avg10 = s.avg10;
+  return true;
+}
+
+bool read_psi_memory_some(psi_some* out) {
   std::string text;
-  return read_file("/proc/pressure/memory", &text) && parse_psi_some_avg10(text, avg10);
+  return read_file("/proc/pressure/memory", &text) && parse_psi_some(text, out);
 }
 
 std::unique_ptr<child_cgroup> child_cgroup::create(const std::string& name, std::uint64_t limit_bytes,
@@ -205,7 +230,7 @@ std::unique_ptr<child_cgroup> child_cgroup::create(const std::string& name, std:
       return nullptr;
     }
   }
-  memory_cgroup cg{parent.version, parent.dir + "/" + name};
+  memory_cgroup cg{parent.version, parent.dir + "/" + name, parent.root};
   if (mkdir(cg.dir.c_str(), 0755) != 0 && errno != EEXIST) {
     *why = "cannot make " + cg.dir + ": " + strerror(errno);
     return nullptr;

@@ -10,17 +10,27 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace dropalloc::os {
 
 struct memory_cgroup {
   int version = 0;   // 1 or 2; 0 when none was found
   std::string dir;   // e.g. /sys/fs/cgroup/memory/user.slice (v1)
+  // Where the hierarchy is mounted (e.g. /sys/fs/cgroup/memory), a prefix of
+  // dir. The cgroups between the two are dir's ancestors, whose limits apply
+  // to dir's processes too. Empty when unknown: only dir itself is read.
+  std::string root;
 };
 
 // Finds the calling process's memory cgroup from /proc/self/cgroup and
 // /proc/self/mountinfo. On failure returns false and says why in *why.
 bool find_memory_cgroup(memory_cgroup* out, std::string* why);
+
+// The cgroup, then its parent, and so on up to (not including) the hierarchy's
+// root: a limit set on any of them (a systemd slice, a container's cgroup over
+// the ones its runtime makes) applies to the processes in the first.
+std::vector<memory_cgroup> cgroup_and_ancestors(const memory_cgroup& cg);
 
 // Reads a counter file of a memory cgroup: v1 and v2 names are both accepted
 // (usage: memory.usage_in_bytes / memory.current). Returns false if unreadable.
@@ -36,9 +46,16 @@ struct cgroup_memory_state {
 };
 bool read_cgroup_state(const memory_cgroup& cg, cgroup_memory_state* out);
 
-// Pressure stall information: the "some avg10" figure of /proc/pressure/memory
-// (percent of the last 10 s some task waited for memory). False without PSI.
-bool read_psi_memory_some_avg10(double* avg10);
+// Pressure stall information, the "some" line of /proc/pressure/memory:
+// avg10 is the percent of the last 10 s some task waited for memory, total the
+// microseconds waited since boot (what a poller differences for its own
+// interval: avg10 stays high for seconds after the stall is over).
+struct psi_some {
+  double avg10 = 0;
+  std::uint64_t total_us = 0;
+};
+bool read_psi_memory_some(psi_some* out);  // false without PSI
+bool parse_psi_some(const std::string& text, psi_some* out);
 bool parse_psi_some_avg10(const std::string& text, double* avg10);
 
 // A child memory cgroup, made under the process's own and removed (rmdir) by

@@ -23,7 +23,7 @@
 
 #include "allocator/cache/headroom.h"
 #include "allocator/dropalloc.h"
-#include "tests/attack12/fake_cgroup.h"
+#include "tests/fake_cgroup.h"
 
 namespace {
 
@@ -64,7 +64,7 @@ dropalloc::headroom_options fast(bool cap) {
 }  // namespace
 
 TEST_CASE("keepers shedding every poll, racing readers, erase, clear, budgets, drops and trim: nothing served wrong") {
-  attack12::fake_cgroup cg(1000, 1000);  // always above the high watermark
+  dropalloc_test::fake_cgroup cg(1000, 1000);  // always above the high watermark
   for (int nthreads : {2, 4, 8}) {
     CAPTURE(nthreads);
     std::atomic<std::uintptr_t> recent[64] = {};
@@ -172,7 +172,7 @@ TEST_CASE("keepers shedding every poll, racing readers, erase, clear, budgets, d
 TEST_CASE("the keeper's own trim() from its thread, while readers of a shared resource run") {
   // Two caches on one resource: a shed of one trims the resource under the
   // other's readers.
-  attack12::fake_cgroup cg(1000, 1000);
+  dropalloc_test::fake_cgroup cg(1000, 1000);
   dropalloc::droppable_resource res;
   dropalloc::cache_options opts;
   opts.resource = &res;
@@ -206,7 +206,7 @@ TEST_CASE("the keeper's own trim() from its thread, while readers of a shared re
 TEST_CASE("a keeper on a missing cgroup, or one that vanishes, says so and stops at once") {
   using clock = std::chrono::steady_clock;
   {
-    dropalloc::pressure_monitor m(dropalloc::os::memory_cgroup{1, "/nonexistent/attack12"});
+    dropalloc::pressure_monitor m(dropalloc::os::memory_cgroup{1, "/nonexistent/attack12", {}});
     CHECK(m.source() != dropalloc::pressure_source::cgroup_v1);
     MESSAGE("missing cgroup: " << m.description());
     dropalloc::pressure_reading r;
@@ -215,7 +215,7 @@ TEST_CASE("a keeper on a missing cgroup, or one that vanishes, says so and stops
   {
     dropalloc::cache<int> c;
     c.get(1, [] { return std::string(5000, 'x'); });
-    auto cg = std::make_unique<attack12::fake_cgroup>(10, 1000);  // far below the watermark
+    auto cg = std::make_unique<dropalloc_test::fake_cgroup>(10, 1000);  // far below the watermark
     auto t0 = clock::now();
     {
       dropalloc::headroom_keeper k(dropalloc::pressure_monitor(cg->cgroup()), dropalloc::shed_coldest(c), fast(true));
@@ -230,7 +230,7 @@ TEST_CASE("a keeper on a missing cgroup, or one that vanishes, says so and stops
   }
   {
     // A limit of "max" (no limit) and a usage above it.
-    attack12::fake_cgroup cg(5000, 0);
+    dropalloc_test::fake_cgroup cg(5000, 0);
     dropalloc::pressure_monitor m(cg.cgroup());
     dropalloc::pressure_reading r;
     if (m.source() == dropalloc::pressure_source::cgroup_v1) {

@@ -9,6 +9,8 @@
 // Made here: outer (256 MiB limit) / inner (no limit); a forked child joins
 // inner and builds a pressure_monitor. Needs root and a writable memory
 // cgroup (tag no-sandbox).
+// Fixed: the monitor watches every limited cgroup from its own up to the
+// hierarchy's root (os::cgroup_and_ancestors).
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>

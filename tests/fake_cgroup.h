@@ -13,7 +13,7 @@
 
 #include "allocator/os/cgroup.h"
 
-namespace attack12 {
+namespace dropalloc_test {
 
 class fake_cgroup {
  public:
@@ -34,7 +34,7 @@ class fake_cgroup {
     unlink((dir_ + "/memory.limit_in_bytes").c_str());
     rmdir(dir_.c_str());
   }
-  dropalloc::os::memory_cgroup cgroup() const { return {1, dir_}; }
+  dropalloc::os::memory_cgroup cgroup() const { return {1, dir_, {}}; }
 
  private:
   void write(const char* name, std::uint64_t v) {
@@ -47,4 +47,4 @@ class fake_cgroup {
   std::string dir_;
 };
 
-}  // namespace attack12
+}  // namespace dropalloc_test
