@@ -117,10 +117,11 @@ TEST_CASE("pressure caps sit under the owner's budget and are lifted one by one"
 TEST_CASE("a cgroup's ancestors up to its hierarchy's root") {
   using dropalloc::os::memory_cgroup;
   auto chain = dropalloc::os::cgroup_and_ancestors(memory_cgroup{1, "/r/mem/a/b", "/r/mem"});
-  REQUIRE(chain.size() == 2);
+  REQUIRE(chain.size() == 3);
   CHECK(chain[0].dir == "/r/mem/a/b");
   CHECK(chain[1].dir == "/r/mem/a");
   CHECK(chain[1].root == "/r/mem");
+  CHECK(chain[2].dir == "/r/mem");  // a container's own cgroup may be mounted there
   CHECK(dropalloc::os::cgroup_and_ancestors(memory_cgroup{1, "/r/mem", "/r/mem"}).size() == 1);
   CHECK(dropalloc::os::cgroup_and_ancestors(memory_cgroup{1, "/r/mem/a/b", {}}).size() == 1);
   CHECK(dropalloc::os::cgroup_and_ancestors(memory_cgroup{2, "/elsewhere/a", "/r/mem"}).size() == 1);

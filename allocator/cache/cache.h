@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -294,13 +295,19 @@ class cache {
   std::uint64_t evict_locked(std::uint64_t want, entry* keep, std::vector<std::shared_ptr<entry>>* out) {
     std::uint64_t freed = 0;
     for (auto& list : lru_) {
-      while (freed < want && !list.empty()) {
-        entry* v = list.back();
-        if (v == keep) break;  // only the entry just built is left in this list
+      // From the cold end; the entry just built is passed over, not a stop:
+      // entries other threads used meanwhile sit in front of it.
+      auto it = list.end();
+      while (freed < want && it != list.begin()) {
+        --it;
+        entry* v = *it;
+        if (v == keep) continue;
+        auto next = std::next(it);  // stays valid when v's node goes
         freed += v->bytes;
         out->push_back(index_.find(v->key)->second);
         unlink_locked(v);
         evictions_.fetch_add(1, std::memory_order_relaxed);
+        it = next;
       }
     }
     return freed;

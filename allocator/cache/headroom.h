@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "allocator/cache/pressure.h"
 
@@ -32,7 +33,7 @@ struct headroom_options {
   // for a neighbour. The cost is the cache's share of that room; at 97/93%
   // a 100 ms spike waited on reclaim again (bench/pressure.py, spike).
   pressure_thresholds thresholds{0.95, 0.90, 10.0, 0.05};
-  std::chrono::milliseconds poll{10};  // > 0
+  std::chrono::milliseconds poll{10};  // > 0 and at most a day
   // Judge the headroom one poll ahead: add what the cgroup grew by since just
   // after the last poll's shed (read again once the shed is done, so bytes
   // that did not leave the cgroup are not taken for growth).
@@ -51,9 +52,10 @@ struct headroom_options {
 struct headroom_target {
   // Frees about what the request asks for; returns the bytes freed.
   std::function<std::uint64_t(const shed_request&)> shed;
-  // Caps what the values may hold from now on (0: lifts this cap), under
-  // whatever limit the cache's owner set. Needed only with headroom_options::cap.
-  std::function<void(std::uint64_t)> cap;
+  // Caps what the values may hold from now on, under whatever limit the
+  // cache's owner set; `who` names the capper (each keeper passes itself), 0
+  // bytes lifts its cap. Needed only with headroom_options::cap.
+  std::function<void(const void* who, std::uint64_t bytes)> cap;
   // What the values hold now. Needed only with headroom_options::cap.
   std::function<std::uint64_t()> held;
 };
@@ -81,13 +83,19 @@ class headroom_keeper {
 
  private:
   void watch(pressure_monitor monitor);
-  std::uint64_t poll_once(pressure_monitor& monitor, std::uint64_t expected);
+  void poll_once(pressure_monitor& monitor);
+  void set_cap(std::uint64_t bytes);
+  void note_error(const char* what) noexcept;
 
   headroom_target target_;
   headroom_options options_;
   std::string description_;
   std::atomic<std::uint64_t> sheds_{0}, bytes_shed_{0}, errors_{0};
-  bool capped_ = false;  // the keeper's thread only, then the destructor after join
+  // The keeper's thread only, then the destructor after join:
+  bool capped_ = false;
+  // Usage of each limit (pressure_reading::limits) just after the last poll's
+  // shed, or at the last poll: what the next poll's growth is measured from.
+  std::vector<std::uint64_t> expected_;
   mutable std::mutex mu_;  // guards stop_ and last_error_
   std::condition_variable wake_;
   bool stop_ = false;
@@ -109,10 +117,7 @@ headroom_target shed_coldest(Cache& c) {
     if (freed != 0) c.resource().trim();
     return freed;
   };
-  // Each target caps under its own name, so two keepers on one cache do not
-  // lift each other's cap.
-  auto name = std::make_shared<char>();
-  t.cap = [&c, name](std::uint64_t bytes) { c.set_pressure_cap(name.get(), bytes); };
+  t.cap = [&c](const void* who, std::uint64_t bytes) { c.set_pressure_cap(who, bytes); };
   t.held = [&c] { return c.bytes_live(); };
   return t;
 }

@@ -18,7 +18,8 @@ std::string invalid_thresholds(const pressure_thresholds& t) {
     return "the watermarks must satisfy 0 < low <= high <= 1 (got low " + std::to_string(t.low) + ", high " +
            std::to_string(t.high) + ")";
   }
-  if (!(t.psi_avg10 >= 0)) return "psi_avg10 must be >= 0 (got " + std::to_string(t.psi_avg10) + ")";
+  // 0 would count "no stall at all" as pressure and shed on every poll.
+  if (!(t.psi_avg10 > 0)) return "psi_avg10 must be > 0 (got " + std::to_string(t.psi_avg10) + ")";
   if (!(t.psi_fraction >= 0 && t.psi_fraction <= 1)) {
     return "psi_fraction must be within [0, 1] (got " + std::to_string(t.psi_fraction) + ")";
   }
@@ -64,16 +65,20 @@ void pressure_monitor::choose_source() {
 bool pressure_monitor::read(pressure_reading* out) {
   out->source = source_;
   if (source_ == pressure_source::cgroup_v1 || source_ == pressure_source::cgroup_v2) {
-    // Of all the limits that apply, report the one nearest to being reached.
+    // Every limit that applies, in the monitor's order; a cgroup that cannot
+    // be read (it vanished) or lost its limit stays in place with no limit,
+    // so the order does not shift under a caller comparing polls.
+    out->limits.assign(limited_.size(), cgroup_usage{});
+    out->throttle_events = 0;
     bool any = false;
     double fullest = -1;
-    out->throttle_events = 0;
-    for (const auto& c : limited_) {
+    for (std::size_t i = 0; i < limited_.size(); ++i) {
       os::cgroup_memory_state st;
-      if (!os::read_cgroup_state(c, &st)) continue;
+      if (!os::read_cgroup_state(limited_[i], &st)) continue;
       std::uint64_t limit = st.limit < st.high ? st.limit : st.high;
       out->throttle_events += st.throttle_events;
       if (limit == UINT64_MAX) continue;
+      out->limits[i] = {st.usage, limit};
       // A limit of 0 is full from the first byte.
       double share = limit == 0 ? 1e300 : static_cast<double>(st.usage) / static_cast<double>(limit);
       if (share > fullest) {
@@ -108,9 +113,19 @@ bool pressure_monitor::read(pressure_reading* out) {
 shed_request pressure_monitor::assess(const pressure_reading& r, const pressure_thresholds& t) {
   shed_request s;
   if (r.source == pressure_source::cgroup_v1 || r.source == pressure_source::cgroup_v2) {
-    auto high = static_cast<std::uint64_t>(static_cast<double>(r.limit) * t.high);
-    auto low = static_cast<std::uint64_t>(static_cast<double>(r.limit) * t.low);
-    if (r.limit != UINT64_MAX && r.usage > high) s.bytes = r.usage - low;
+    // Each limit above its high watermark asks to come down to its low one;
+    // shedding the most any of them asks serves them all.
+    auto judge = [&](const cgroup_usage& c) {
+      if (c.limit == UINT64_MAX) return;
+      auto high = static_cast<std::uint64_t>(static_cast<double>(c.limit) * t.high);
+      auto low = static_cast<std::uint64_t>(static_cast<double>(c.limit) * t.low);
+      if (c.usage > high && c.usage - low > s.bytes) s.bytes = c.usage - low;
+    };
+    if (r.limits.empty()) {
+      judge({r.usage, r.limit});
+    } else {
+      for (const auto& c : r.limits) judge(c);
+    }
     // New memory.high/max events mean the kernel is already reclaiming.
     if (have_events_ && r.throttle_events > last_events_) s.fraction = t.psi_fraction;
     last_events_ = r.throttle_events;

@@ -16,9 +16,19 @@ namespace dropalloc {
 enum class pressure_source : std::uint8_t { none, cgroup_v1, cgroup_v2, psi };
 const char* to_string(pressure_source s) noexcept;
 
+// One limit that applies to the process, and the usage it is judged against.
+struct cgroup_usage {
+  std::uint64_t usage = 0;             // bytes charged
+  std::uint64_t limit = UINT64_MAX;    // the lower of memory.max and memory.high
+};
+
 struct pressure_reading {
   pressure_source source = pressure_source::none;
-  // Of the limited cgroup (the process's own or an ancestor's) nearest its limit:
+  // Every limited cgroup, the process's own and its ancestors', in the same
+  // order at every read of one monitor (a keeper compares them poll to poll).
+  // Empty: the single limit below is all there is (readings made by hand).
+  std::vector<cgroup_usage> limits;
+  // Of the limit nearest to being reached:
   std::uint64_t usage = 0;             // bytes charged
   std::uint64_t limit = UINT64_MAX;    // the lower of memory.max and memory.high
   std::uint64_t throttle_events = 0;   // v2 memory.events "high" + "max", cumulative, all limited cgroups
@@ -42,7 +52,7 @@ struct pressure_thresholds {
   double psi_fraction = 0.05;  // share of the cache shed per poll under PSI pressure
 };
 
-// Empty if the thresholds make sense (0 < low <= high <= 1, psi_avg10 >= 0,
+// Empty if the thresholds make sense (0 < low <= high <= 1, psi_avg10 > 0,
 // 0 <= psi_fraction <= 1); otherwise what is wrong, for an error message.
 std::string invalid_thresholds(const pressure_thresholds& t);
 
@@ -56,7 +66,8 @@ class pressure_monitor {
   explicit pressure_monitor(os::memory_cgroup cg);
 
   bool read(pressure_reading* out);
-  // Turns a reading into what to shed. Under PSI, a stall over the time since
+  // Turns a reading into what to shed. Under cgroup limits, enough to bring
+  // every limit above its high watermark down to its low one. Under PSI, a stall over the time since
   // the previous read; without the stall total, the 10 s average, at most
   // once per 10 s (it stays high that long after a shed has helped).
   shed_request assess(const pressure_reading& r, const pressure_thresholds& t);

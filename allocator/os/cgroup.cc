@@ -80,6 +80,8 @@ bool read_cgroup_u64(const std::string& file, std::uint64_t* value) {
     *value = UINT64_MAX;
     return true;
   }
+  // strtoull would take "-5" for a huge number; the kernel writes digits.
+  if (text.empty() || text[0] < '0' || text[0] > '9') return false;
   char* end = nullptr;
   unsigned long long v = strtoull(text.c_str(), &end, 10);
   if (end == text.c_str()) return false;
@@ -182,8 +184,13 @@ std::vector<memory_cgroup> cgroup_and_ancestors(const memory_cgroup& cg) {
     auto slash = dir.rfind('/');
     if (slash == std::string::npos || slash < cg.root.size()) break;
     dir.resize(slash);
-    if (dir.size() <= cg.root.size()) break;  // the root's own files are not limits
+    if (dir.size() < cg.root.size()) break;
+    // The mount directory itself is included: a container runtime may mount
+    // the container's own cgroup there, limit and all. (At the hierarchy's
+    // true root there is no limit to read: v1 reports it unlimited, v2 has no
+    // memory.max.)
     chain.push_back({cg.version, dir, cg.root});
+    if (dir.size() == cg.root.size()) break;
   }
   return chain;
 }

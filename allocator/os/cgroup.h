@@ -27,9 +27,10 @@ struct memory_cgroup {
 // /proc/self/mountinfo. On failure returns false and says why in *why.
 bool find_memory_cgroup(memory_cgroup* out, std::string* why);
 
-// The cgroup, then its parent, and so on up to (not including) the hierarchy's
-// root: a limit set on any of them (a systemd slice, a container's cgroup over
-// the ones its runtime makes) applies to the processes in the first.
+// The cgroup, then its parent, and so on up to the directory the hierarchy is
+// mounted on (cg.root): a limit set on any of them (a systemd slice, a
+// container's cgroup over the ones its runtime makes, or mounted as its root)
+// applies to the processes in the first.
 std::vector<memory_cgroup> cgroup_and_ancestors(const memory_cgroup& cg);
 
 // Reads a counter file of a memory cgroup: v1 and v2 names are both accepted

@@ -3,6 +3,7 @@
 // files can no longer be read, every poll returns early (pressure_monitor::read
 // returns false) and the cap stays where the last shed left it for as long as
 // the keeper lives: the cache is held at a few KiB with no limit in sight.
+// Fixed: a poll that finds no limit lifts the keeper's cap.
 #include <doctest/doctest.h>
 
 #include <string>

@@ -12,6 +12,7 @@
 // limit); a forked child joins inner, enters a new mount namespace and
 // bind-mounts outer over /sys/fs/cgroup/memory, then builds a
 // pressure_monitor(). Needs root and a writable v1 memory cgroup (no-sandbox).
+// Fixed: os::cgroup_and_ancestors includes the mount directory itself.
 #include <doctest/doctest.h>
 #include <sched.h>
 #include <sys/mount.h>

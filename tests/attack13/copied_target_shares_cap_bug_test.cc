@@ -3,6 +3,8 @@
 // from one target (say one on the cgroup, one on PSI) overwrite each other's
 // cap, and destroying either lifts the cap under the other, which the fix
 // for attack12's finding 1 meant to rule out.
+// Fixed: the keeper names its cap itself (headroom_target::cap takes `who`,
+// and each keeper passes itself), so copies of one target do not share a cap.
 #include <doctest/doctest.h>
 
 #include <string>

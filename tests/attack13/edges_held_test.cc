@@ -153,7 +153,7 @@ TEST_CASE("exceptions from cap() and held() are counted; the keeper polls on and
     shed_calls.fetch_add(1);
     return 4096;
   };
-  t.cap = [](std::uint64_t) { throw std::runtime_error("cap failed"); };
+  t.cap = [](const void*, std::uint64_t) { throw std::runtime_error("cap failed"); };
   t.held = []() -> std::uint64_t { throw 42; };
   dropalloc::headroom_options o;
   o.poll = std::chrono::milliseconds(1);

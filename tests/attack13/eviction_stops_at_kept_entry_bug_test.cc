@@ -6,6 +6,7 @@
 // and the eviction moves on to the next list. So an expensive value is
 // evicted while a normal one stays, and with no other list the cache stays
 // over its budget (or a keeper's pressure cap) until the next build.
+// Fixed: eviction passes over the entry just built and goes on down the list.
 #include <doctest/doctest.h>
 
 #include <string>

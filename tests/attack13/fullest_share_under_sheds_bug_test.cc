@@ -5,6 +5,8 @@
 // watermark and leaves the parent between its watermarks: below high, so no
 // further shed comes, and the parent's neighbours get less room than the
 // policy (shed down to the low watermark) promises.
+// Fixed: assess() asks for the most that any limit above its high watermark
+// needs to come down to its low one.
 #include <doctest/doctest.h>
 
 #include <string>

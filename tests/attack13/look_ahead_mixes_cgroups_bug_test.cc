@@ -3,6 +3,8 @@
 // fullest one changes from a small child to its large parent, the parent's
 // whole usage minus the child's is taken for one poll's growth, and the
 // keeper sheds the cache although neither cgroup came near its watermark.
+// Fixed: the keeper keeps an expected usage per limited cgroup and judges
+// each one's growth against its own usage and limit.
 #include <doctest/doctest.h>
 
 #include <string>
