@@ -17,6 +17,14 @@
 #include <atomic>
 #include <cstdint>
 
+#if defined(__GNUC__)
+#define DROPALLOC_GRACE_LIKELY(x) __builtin_expect(!!(x), 1)
+#define DROPALLOC_GRACE_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define DROPALLOC_GRACE_LIKELY(x) (x)
+#define DROPALLOC_GRACE_UNLIKELY(x) (x)
+#endif
+
 namespace dropalloc::core {
 
 // One per thread that has read: the epoch it entered its read section in, or
@@ -78,6 +86,39 @@ class read_section {
  private:
   reader_slot* slot_ = nullptr;
   bool overflow_ = false;
+};
+
+// The free fast path's read section: the common case of read_section alone
+// (a thread with a slot, outside any section), or nothing at all: when
+// entered() is false the caller must not read the map and takes its slow path,
+// which opens a full read_section. A thread with a slot never reads under the
+// overflow lock (it claims a slot only at depth 0 and then always uses it), so
+// the slot alone decides. Keeps the fast path free of the claim, overflow and
+// nesting branches and their TLS lookups.
+class fast_read_section {
+ public:
+  fast_read_section() noexcept {
+    using namespace grace_internal;
+    reader_slot* slot = t_slot;
+    if (DROPALLOC_GRACE_UNLIKELY(slot == nullptr || slot->epoch.load(std::memory_order_relaxed) != 0)) return;
+    slot_ = slot;
+    std::uint64_t e = g_epoch.load(std::memory_order_acquire);  // as in read_section
+    if (DROPALLOC_GRACE_LIKELY(g_asymmetric.load(std::memory_order_relaxed))) {
+      slot->epoch.store(e, std::memory_order_relaxed);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+    } else {
+      slot->epoch.exchange(e, std::memory_order_seq_cst);
+    }
+  }
+  ~fast_read_section() {
+    if (slot_ != nullptr) slot_->epoch.store(0, std::memory_order_release);
+  }
+  bool entered() const noexcept { return slot_ != nullptr; }
+  fast_read_section(const fast_read_section&) = delete;
+  fast_read_section& operator=(const fast_read_section&) = delete;
+
+ private:
+  reader_slot* slot_ = nullptr;
 };
 
 // Waits until every read section that began before the call has ended. Call it

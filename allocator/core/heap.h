@@ -76,6 +76,9 @@ class heap {
   // The fast paths alone, for front ends that keep their own slow path out of
   // line: nullptr / false means "call allocate() / deallocate()", not failure.
   void* allocate_cached(std::size_t bytes, std::size_t alignment) noexcept;
+  // The same for a size class already looked up (small_class_for or
+  // malloc_class_for; kNoClass and classes above the small ones: nullptr).
+  void* allocate_cached_class(std::size_t cls) noexcept;
   bool deallocate_cached(void* p) noexcept;
   // Makes this the heap whose cache the fast paths above find (they serve
   // only the heap the calling thread used last): out-of-line paths call it
@@ -326,7 +329,10 @@ DROPALLOC_ALWAYS_INLINE tc_heap_cache* heap::current_cache() const noexcept {
 }
 
 DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached(std::size_t bytes, std::size_t alignment) noexcept {
-  std::size_t cls = small_class_for(bytes, alignment);
+  return allocate_cached_class(small_class_for(bytes, alignment));
+}
+
+DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached_class(std::size_t cls) noexcept {
   if (DROPALLOC_UNLIKELY(cls >= kNumSmallClasses)) return nullptr;
   tc_heap_cache* c = current_cache();
   if (DROPALLOC_UNLIKELY(c == nullptr)) return nullptr;
@@ -368,16 +374,20 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // section (core/grace.h), so the arena's metadata stays mapped meanwhile.
     // Once the exchange has succeeded the block is ours, and a block that is
     // not free keeps its arena from being unmapped.
-    read_section reading;
+    fast_read_section reading;  // not entered (first use, nested): the slow path
+    if (DROPALLOC_UNLIKELY(!reading.entered())) return false;
     // The map indices are masked rather than range-checked: an address outside
     // the map's range lands on some entry, and the offset check below rejects it.
     segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
     if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
     // Arenas of classes above 4 KiB and large blocks have fast_capacity 0:
-    // the slow path. An offset past the span yields an index past it too.
+    // the slow path. No separate check of off against the span: an index
+    // below fast_capacity whose block starts at off puts off inside the
+    // arena (i < 2^24 and block_size < 2^18, so i * block_size cannot wrap),
+    // and a wrapped off (p below base) gives an i whose product misses it.
     auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
     const std::uint64_t i = (off * s->magic) >> 40;
-    if (DROPALLOC_UNLIKELY(off >= s->span || i * s->block_size != off || i >= s->fast_capacity)) return false;
+    if (DROPALLOC_UNLIKELY(i >= s->fast_capacity || i * s->block_size != off)) return false;
     auto idx = static_cast<std::uint32_t>(i);
     st = &s->state[idx];
     const std::uint8_t now = st->load(std::memory_order_relaxed);

@@ -317,6 +317,21 @@ constexpr std::size_t small_class_for(std::size_t size, std::size_t alignment) {
   return detail::kLookupByAlign[alignment >> 4][(size + 7) >> 3];
 }
 
+// malloc's lookup: small_class_for(size, size <= 8 ? 8 : 16) in one table,
+// so the shim's fast path computes no alignment. Size 0 and sizes above
+// kMaxSmallSize get kNoClass (the slow path).
+namespace detail {
+inline constexpr auto kMallocLookup = [] {
+  std::array<std::uint8_t, kMaxSmallSize / 8 + 1> t = kLookup16;
+  t[1] = kLookup8[1];  // up to 8 bytes need only 8-byte alignment
+  return t;
+}();
+}  // namespace detail
+constexpr std::size_t malloc_class_for(std::size_t size) {
+  if (size - 1 >= kMaxSmallSize) return kNoClass;
+  return detail::kMallocLookup[(size + 7) >> 3];
+}
+
 namespace detail {
 constexpr bool small_lookup_agrees() {
   for (std::size_t align = 1; align <= 32; align *= 2) {
@@ -332,6 +347,9 @@ constexpr bool small_lookup_agrees() {
     for (std::size_t size : {0, 1, 8, 24, 100, 4096}) {
       if (small_class_for(size, align) != kNoClass) return false;
     }
+  }
+  for (std::size_t size = 0; size <= kMaxSmallSize + 1; ++size) {
+    if (malloc_class_for(size) != small_class_for(size, size <= 8 ? 8 : 16)) return false;
   }
   return true;
 }

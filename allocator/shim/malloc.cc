@@ -215,6 +215,20 @@ void* realloc_impl(void* p, std::size_t bytes) {
   return q;
 }
 
+// The slow paths of malloc and free, out of line: with them inline the fast
+// paths saved and restored registers that only the slow paths use.
+[[gnu::noinline]] void* malloc_slow(std::size_t bytes) noexcept {
+  return dropalloc::shim::alloc_slow(bytes, malloc_align(bytes));
+}
+
+[[gnu::noinline]] void free_slow(void* p) noexcept {
+  if (p == nullptr) return;
+  // A refused free writes a report; free never changes errno.
+  int saved = errno;
+  release(p);
+  errno = saved;
+}
+
 }  // namespace
 
 extern "C" {
@@ -222,16 +236,13 @@ extern "C" {
 #define DROPALLOC_EXPORT __attribute__((visibility("default")))
 
 DROPALLOC_EXPORT void* malloc(size_t bytes) {
-  if (void* p = dropalloc::shim::try_alloc_cached(bytes, malloc_align(bytes))) return p;
-  return dropalloc::shim::alloc_slow(bytes, malloc_align(bytes));
+  if (void* p = dropalloc::shim::try_malloc_cached(bytes)) return p;
+  return malloc_slow(bytes);
 }
 
 DROPALLOC_EXPORT void free(void* p) {
-  if (dropalloc::shim::try_release_cached(p) || p == nullptr) return;
-  // A refused free writes a report; free never changes errno.
-  int saved = errno;
-  release(p);
-  errno = saved;
+  if (dropalloc::shim::try_release_cached(p)) return;
+  free_slow(p);
 }
 
 DROPALLOC_EXPORT void* calloc(size_t n, size_t size) {

@@ -81,9 +81,14 @@ void* new_or_null(std::size_t bytes, std::align_val_t a, const char* runtime_for
   return next != nullptr ? next(bytes, a, std::nothrow_t{}) : nullptr;
 }
 
+// Out of line, so that the inline fast paths save no registers for it.
+[[gnu::noinline]] void delete_slow(void* p) noexcept {
+  if (p != nullptr) dropalloc::shim::release(p);
+}
+
 inline void delete_impl(void* p) noexcept {
-  if (dropalloc::shim::try_release_cached(p) || p == nullptr) return;
-  dropalloc::shim::release(p);
+  if (dropalloc::shim::try_release_cached(p)) return;
+  delete_slow(p);
 }
 
 // The cached fast path inline; the standard's retry loop out of line.
@@ -96,8 +101,15 @@ inline void* new_fast(std::size_t bytes, std::size_t alignment) {
 
 #define DROPALLOC_EXPORT __attribute__((visibility("default")))
 
-DROPALLOC_EXPORT void* operator new(std::size_t n) { return new_fast(n, malloc_align(n)); }
-DROPALLOC_EXPORT void* operator new[](std::size_t n) { return new_fast(n, malloc_align(n)); }
+// operator new(n) aligns as malloc does, so it shares malloc's class table.
+DROPALLOC_EXPORT void* operator new(std::size_t n) {
+  if (void* p = dropalloc::shim::try_malloc_cached(n)) return p;
+  return new_or_throw(n, malloc_align(n));
+}
+DROPALLOC_EXPORT void* operator new[](std::size_t n) {
+  if (void* p = dropalloc::shim::try_malloc_cached(n)) return p;
+  return new_or_throw(n, malloc_align(n));
+}
 DROPALLOC_EXPORT void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
   return new_or_null(n, "_ZnwmRKSt9nothrow_t");
 }

@@ -59,6 +59,12 @@ DROPALLOC_ALWAYS_INLINE void* try_alloc_cached(std::size_t bytes, std::size_t al
   if (DROPALLOC_UNLIKELY(h == nullptr || g_droppable != nullptr)) return nullptr;
   return h->allocate_cached(bytes, alignment);
 }
+// try_alloc_cached(bytes, malloc_align(bytes)), with malloc's own class table.
+DROPALLOC_ALWAYS_INLINE void* try_malloc_cached(std::size_t bytes) noexcept {
+  core::heap* h = g_general.load(std::memory_order_acquire);
+  if (DROPALLOC_UNLIKELY(h == nullptr || g_droppable != nullptr)) return nullptr;
+  return h->allocate_cached_class(core::malloc_class_for(bytes));
+}
 DROPALLOC_ALWAYS_INLINE bool try_release_cached(void* p) noexcept {
   core::heap* h = g_general.load(std::memory_order_acquire);
   return DROPALLOC_LIKELY(h != nullptr) && h->deallocate_cached(p);  // nullptr: false
