@@ -223,12 +223,21 @@ void exit_frees() {
       free(q);
       free(q);  // refused
     });
+    uint64_t r0 = refused();
     t.join();
+    uint64_t r1 = refused();
     free(p);  // refused: already freed by the thread
+    uint64_t r2 = refused();
+    if (getenv("EXIT_FREES_TRACE") != nullptr && (r1 - r0 != 2 || r2 - r1 != 1)) {
+      fprintf(stderr, "exit_frees: round %d: thread refused %llu (expected 2: q, the key's block), free(p) %llu\n", i,
+              (unsigned long long)(r1 - r0), (unsigned long long)(r2 - r1));
+    }
   }
   stop.store(true);
   trimmer.join();
-  CHECK(refused() == before + 3 * kThreads);
+  uint64_t got = refused() - before;
+  if (got != 3 * kThreads) fprintf(stderr, "exit_frees: refused %llu, expected %d\n", (unsigned long long)got, 3 * kThreads);
+  CHECK(got == 3 * kThreads);
 }
 
 }  // namespace
