@@ -210,11 +210,7 @@ class cache {
   // The least cap in force; 0: none.
   std::uint64_t pressure_cap() const {
     std::lock_guard lock(mu_);
-    std::uint64_t least = 0;
-    for (const auto& c : caps_) {
-      if (least == 0 || c.second < least) least = c.second;
-    }
-    return least;
+    return least_cap_locked(0);
   }
 
  private:
@@ -332,14 +328,16 @@ class cache {
     if (limit != 0 && total_bytes_ > limit) evict_locked(total_bytes_ - limit, e.get(), &victims);
   }
 
-  // The least of the owner's budget and the pressure caps; 0: none.
-  std::uint64_t limit_locked() const {
-    std::uint64_t limit = options_.byte_budget;
+  // The least of `start` and the pressure caps, 0 counting as none.
+  std::uint64_t least_cap_locked(std::uint64_t start) const {
+    std::uint64_t least = start;
     for (const auto& c : caps_) {
-      if (limit == 0 || c.second < limit) limit = c.second;
+      if (least == 0 || c.second < least) least = c.second;
     }
-    return limit;
+    return least;
   }
+  // The least of the owner's budget and the pressure caps; 0: none.
+  std::uint64_t limit_locked() const { return least_cap_locked(options_.byte_budget); }
 
   cache_options options_;
   std::unique_ptr<droppable_resource> own_;
