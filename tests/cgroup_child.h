@@ -108,4 +108,48 @@ bool child_ran_cleanly(const cgroup_run<Result>& run) {
   return true;
 }
 
+// What a forked child run by run_child_in_dir() reported: its waitpid status
+// and the text it wrote back.
+struct child_report {
+  int status = 0;
+  std::string text;
+};
+
+// Forks a child, moves it into the existing cgroup directory `dir` (writes
+// its pid to dir/cgroup.procs) and only then lets it run work(&text), whose
+// return value becomes the child's exit status. For tests that build their
+// own cgroup trees (a limit on a parent, a bind-mounted container cgroup).
+template <class Work>
+child_report run_child_in_dir(const std::string& dir, Work work) {
+  child_report out;
+  int go[2], back[2];
+  REQUIRE(pipe(go) == 0);
+  REQUIRE(pipe(back) == 0);
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    char c;
+    close(go[1]);
+    close(back[0]);
+    if (read(go[0], &c, 1) != 1) _exit(100);  // not moved: the parent closed the pipe
+    std::string text;
+    const int code = work(&text);
+    if (write(back[1], text.data(), text.size()) < 0) _exit(101);
+    _exit(code);
+  }
+  close(go[0]);
+  close(back[1]);
+  FILE* procs = std::fopen((dir + "/cgroup.procs").c_str(), "w");
+  const bool moved = procs != nullptr && std::fprintf(procs, "%d", pid) > 0 && std::fclose(procs) == 0;
+  if (moved) REQUIRE(write(go[1], "x", 1) == 1);
+  close(go[1]);  // a child never moved sees end-of-file and exits
+  char buf[1024];
+  for (ssize_t n; (n = read(back[0], buf, sizeof buf)) > 0;) out.text.append(buf, static_cast<std::size_t>(n));
+  close(back[0]);
+  waitpid(pid, &out.status, 0);
+  REQUIRE_MESSAGE(moved, "could not move the child into " << dir);
+  return out;
+}
+
 }  // namespace dropalloc::testing

@@ -15,20 +15,33 @@
 
 namespace dropalloc_test {
 
+// A fresh directory under the test's temporary directory.
+inline std::string make_tmpdir(const char* prefix = "fakecg") {
+  const char* base = getenv("TEST_TMPDIR");
+  std::string templ = std::string(base != nullptr ? base : "/tmp") + "/" + prefix + ".XXXXXX";
+  return mkdtemp(templ.data());
+}
+
+// Writes dir/name by writing a new file and renaming it over the old one, so
+// a concurrent reader never sees a half-written number.
+inline void put(const std::string& dir, const std::string& name, const std::string& text) {
+  std::string tmp = dir + "/." + name;
+  { std::ofstream(tmp) << text; }
+  rename(tmp.c_str(), (dir + "/" + name).c_str());
+}
+inline void put(const std::string& dir, const std::string& name, std::uint64_t v) {
+  put(dir, name, std::to_string(v) + "\n");
+}
+
 class fake_cgroup {
  public:
-  fake_cgroup(std::uint64_t usage, std::uint64_t limit) {
-    const char* base = getenv("TEST_TMPDIR");
-    std::string templ = std::string(base != nullptr ? base : "/tmp") + "/fakecg.XXXXXX";
-    dir_ = mkdtemp(templ.data());
-    set(usage, limit);
-  }
+  fake_cgroup(std::uint64_t usage, std::uint64_t limit) : dir_(make_tmpdir()) { set(usage, limit); }
   ~fake_cgroup() { remove(); }
   void set(std::uint64_t usage, std::uint64_t limit) {
-    write("memory.limit_in_bytes", limit);
-    write("memory.usage_in_bytes", usage);
+    put(dir_, "memory.limit_in_bytes", limit);
+    put(dir_, "memory.usage_in_bytes", usage);
   }
-  void set_usage(std::uint64_t usage) { write("memory.usage_in_bytes", usage); }
+  void set_usage(std::uint64_t usage) { put(dir_, "memory.usage_in_bytes", usage); }
   void remove() {
     unlink((dir_ + "/memory.usage_in_bytes").c_str());
     unlink((dir_ + "/memory.limit_in_bytes").c_str());
@@ -37,13 +50,6 @@ class fake_cgroup {
   dropalloc::os::memory_cgroup cgroup() const { return {1, dir_, {}}; }
 
  private:
-  void write(const char* name, std::uint64_t v) {
-    // Written to a new file and renamed over the old one, so a concurrent
-    // reader never sees a half-written number.
-    std::string tmp = dir_ + "/." + name;
-    { std::ofstream(tmp) << v << "\n"; }
-    rename(tmp.c_str(), (dir_ + "/" + name).c_str());
-  }
   std::string dir_;
 };
 

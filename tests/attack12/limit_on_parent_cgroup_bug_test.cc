@@ -21,6 +21,7 @@
 
 #include "allocator/cache/pressure.h"
 #include "allocator/os/cgroup.h"
+#include "tests/cgroup_child.h"
 
 TEST_CASE("a process under a limited parent cgroup gets a cgroup signal, not PSI") {
   std::string why;
@@ -39,35 +40,14 @@ TEST_CASE("a process under a limited parent cgroup gets a cgroup signal, not PSI
   }
   std::string inner = cg.dir + "/inner";
   REQUIRE(mkdir(inner.c_str(), 0755) == 0);
-  int go[2], back[2];
-  REQUIRE(pipe(go) == 0);
-  REQUIRE(pipe(back) == 0);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    char c;
-    close(go[1]);
-    if (read(go[0], &c, 1) != 1) _exit(100);
+  const auto child = dropalloc::testing::run_child_in_dir(inner, [](std::string* text) {
     dropalloc::pressure_monitor m;
-    std::string d = m.description();
-    if (write(back[1], d.data(), d.size()) < 0) _exit(101);
-    _exit(static_cast<int>(m.source()));
-  }
-  close(go[0]);
-  close(back[1]);
-  FILE* procs = std::fopen((inner + "/cgroup.procs").c_str(), "w");
-  REQUIRE(procs != nullptr);
-  std::fprintf(procs, "%d", pid);
-  std::fclose(procs);
-  REQUIRE(write(go[1], "x", 1) == 1);
-  close(go[1]);
-  char buf[512] = {};
-  ssize_t n = read(back[0], buf, sizeof buf - 1);
-  (void)n;
-  close(back[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
+    *text = m.description();
+    return static_cast<int>(m.source());
+  });
   rmdir(inner.c_str());
+  const int status = child.status;
+  const std::string buf = child.text;
   REQUIRE(WIFEXITED(status));
   auto source = static_cast<dropalloc::pressure_source>(WEXITSTATUS(status));
   MESSAGE("cgroup v" << cg.version << ", limit 256 MiB on " << cg.dir << "; the monitor in inner/ chose: " << buf);

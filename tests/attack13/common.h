@@ -8,31 +8,18 @@
 
 #include <chrono>
 #include <cstdint>
-#include <fstream>
 #include <string>
 #include <thread>
 
 #include "allocator/os/cgroup.h"
+#include "tests/fake_cgroup.h"
 
 namespace attack13 {
 
 using namespace std::chrono_literals;
 
-inline std::string make_tmpdir() {
-  const char* base = getenv("TEST_TMPDIR");
-  std::string templ = std::string(base != nullptr ? base : "/tmp") + "/a13.XXXXXX";
-  return mkdtemp(templ.data());
-}
-
-// Writes a file by rename, so a concurrent reader never sees half a number.
-inline void put(const std::string& dir, const std::string& name, const std::string& text) {
-  std::string tmp = dir + "/." + name;
-  { std::ofstream(tmp) << text; }
-  rename(tmp.c_str(), (dir + "/" + name).c_str());
-}
-inline void put(const std::string& dir, const std::string& name, std::uint64_t v) {
-  put(dir, name, std::to_string(v) + "\n");
-}
+using dropalloc_test::put;
+inline std::string make_tmpdir() { return dropalloc_test::make_tmpdir("a13"); }
 
 // A v1-style cgroup directory: usage and limit.
 inline void v1(const std::string& dir, std::uint64_t usage, std::uint64_t limit) {

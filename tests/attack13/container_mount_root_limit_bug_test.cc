@@ -26,6 +26,7 @@
 
 #include "allocator/cache/pressure.h"
 #include "allocator/os/cgroup.h"
+#include "tests/cgroup_child.h"
 
 TEST_CASE("a process in a sub-cgroup of a container's bind-mounted cgroup sees the container's limit") {
   std::string why;
@@ -41,50 +42,27 @@ TEST_CASE("a process in a sub-cgroup of a container's bind-mounted cgroup sees t
   }
   const std::string inner = cg.dir + "/inner";
   REQUIRE(mkdir(inner.c_str(), 0755) == 0);
-  int go[2], back[2];
-  REQUIRE(pipe(go) == 0);
-  REQUIRE(pipe(back) == 0);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    char c;
-    close(go[1]);
-    if (read(go[0], &c, 1) != 1) _exit(100);
-    std::string report;
+  const auto child = dropalloc::testing::run_child_in_dir(inner, [&cg](std::string* report) {
     if (unshare(CLONE_NEWNS) != 0) {
-      report = std::string("unshare: ") + strerror(errno);
+      *report = std::string("unshare: ") + strerror(errno);
     } else if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-      report = std::string("make-private: ") + strerror(errno);
+      *report = std::string("make-private: ") + strerror(errno);
     } else if (mount(cg.dir.c_str(), cg.root.c_str(), nullptr, MS_BIND, nullptr) != 0) {
-      report = std::string("bind: ") + strerror(errno);
+      *report = std::string("bind: ") + strerror(errno);
     } else {
       dropalloc::os::memory_cgroup found;
       std::string w;
       bool ok = dropalloc::os::find_memory_cgroup(&found, &w);
       dropalloc::pressure_monitor m;
-      report = "found " + std::string(ok ? "" : "nothing ") + "dir=" + found.dir + " root=" + found.root +
-               "; monitor: " + m.description();
-      if (write(back[1], report.data(), report.size()) < 0) _exit(101);
-      _exit(10 + static_cast<int>(m.source()));
+      *report = "found " + std::string(ok ? "" : "nothing ") + "dir=" + found.dir + " root=" + found.root +
+                "; monitor: " + m.description();
+      return 10 + static_cast<int>(m.source());
     }
-    if (write(back[1], report.data(), report.size()) < 0) _exit(101);
-    _exit(102);
-  }
-  close(go[0]);
-  close(back[1]);
-  FILE* procs = std::fopen((inner + "/cgroup.procs").c_str(), "w");
-  REQUIRE(procs != nullptr);
-  std::fprintf(procs, "%d", pid);
-  std::fclose(procs);
-  REQUIRE(write(go[1], "x", 1) == 1);
-  close(go[1]);
-  char buf[1024] = {};
-  ssize_t n = read(back[0], buf, sizeof buf - 1);
-  (void)n;
-  close(back[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
+    return 102;
+  });
   rmdir(inner.c_str());
+  const int status = child.status;
+  const std::string buf = child.text;
   MESSAGE("limit 256 MiB on " << cg.dir << ", bind-mounted at " << cg.root << "; the child in inner/: " << buf);
   REQUIRE(WIFEXITED(status));
   REQUIRE(WEXITSTATUS(status) >= 10);
