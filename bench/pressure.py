@@ -9,7 +9,9 @@ set of scenarios.
 
 Every run gets a fresh child memory cgroup made under this process's own
 (cgroup v1 memory.limit_in_bytes / memory.oom_control, or v2 memory.max /
-memory.events), removed afterwards, even on error. Where none can be made the
+memory.events), made and removed by bench/cgroupctl (//allocator:cgroup, the
+same code the allocator and its tests use), removed afterwards even on error.
+Where none can be made the
 driver says exactly why and exits with status 3: it never runs without the
 limit.
 
@@ -67,93 +69,53 @@ class NoCgroup(Exception):
     pass
 
 
+def cgroupctl(*argv):
+    """Runs bench/cgroupctl (//allocator:cgroup, the one implementation of
+    memory cgroups here) and returns its `cgroup k=v ...` line as a dict, or
+    raises NoCgroup with its reason."""
+    tool = None
+    for cand in ("bench", os.path.dirname(os.path.abspath(__file__))):
+        if os.access(os.path.join(cand, "cgroupctl"), os.X_OK):
+            tool = os.path.join(cand, "cgroupctl")
+            break
+    if tool is None:
+        # Not a missing cgroup: a broken setup, which must not read as "skipped".
+        log("pressure: cannot find bench/cgroupctl; use `bazel run -c opt //bench:pressure`")
+        sys.exit(4)
+    r = subprocess.run([tool] + [str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True)
+    if r.returncode != 0:
+        raise NoCgroup(r.stderr.strip().replace("cgroupctl: ", "", 1) or "cgroupctl failed")
+    return parse_kv(r.stdout.strip())
+
+
 def own_memory_cgroup():
     """(version, dir) of this process's memory cgroup, or raises NoCgroup."""
-    try:
-        cgroups = open("/proc/self/cgroup").read()
-        mounts = open("/proc/self/mountinfo").read()
-    except OSError as e:
-        raise NoCgroup("cannot read /proc/self/cgroup or mountinfo: %s" % e)
-    v1 = v2 = None
-    for line in mounts.splitlines():
-        left, _, right = line.partition(" - ")
-        f, r = left.split(), right.split()
-        if len(f) < 5 or len(r) < 3:
-            continue
-        if r[0] == "cgroup" and "memory" in r[2].split(","):
-            v1 = (f[3], f[4])
-        elif r[0] == "cgroup2":
-            v2 = (f[3], f[4])
-
-    def under(m, path):
-        root, mdir = m
-        if root != "/" and path.startswith(root):
-            path = path[len(root):]
-        return mdir + ("" if path == "/" else path)
-
-    v2_path = None
-    for line in cgroups.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) < 3:
-            continue
-        if parts[0] == "0" and parts[1] == "":
-            v2_path = parts[2]
-        if "memory" in parts[1].split(",") and v1:
-            return 1, under(v1, parts[2])
-    if v2_path is not None and v2:
-        d = under(v2, v2_path)
-        try:
-            if "memory" in open(d + "/cgroup.controllers").read().split():
-                return 2, d
-        except OSError:
-            pass
-        raise NoCgroup("cgroup v2 at %s has no memory controller" % d)
-    raise NoCgroup("no memory cgroup controller is mounted")
+    kv = cgroupctl("probe")
+    return int(kv["version"]), kv["dir"]
 
 
 class Cgroup:
     """A child memory cgroup with a limit; remove() kills what is left in it."""
 
     def __init__(self, name, limit):
-        self.version, parent = own_memory_cgroup()
-        if self.version == 2:
-            try:
-                if "memory" not in open(parent + "/cgroup.subtree_control").read().split():
-                    self._write(parent + "/cgroup.subtree_control", "+memory")
-            except OSError as e:
-                raise NoCgroup("cannot enable the memory controller for children of %s: %s" % (parent, e))
-        self.dir = os.path.join(parent, name)
-        try:
-            os.mkdir(self.dir)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise NoCgroup("cannot make %s: %s" % (self.dir, e.strerror))
-        try:
-            self._write(self.dir + ("/memory.limit_in_bytes" if self.version == 1 else "/memory.max"), str(limit))
-        except OSError as e:
-            self.remove()
-            raise NoCgroup("cannot set the limit of %s: %s" % (self.dir, e.strerror))
-
-    @staticmethod
-    def _write(path, value):
-        with open(path, "w") as f:
-            f.write(value)
+        kv = cgroupctl("create", name, int(limit))
+        self.version, self.dir = int(kv["version"]), kv["dir"]
+        self.usage_file, self.events_file = kv["usage"], kv["events"]
 
     def add(self, pid):
-        self._write(self.dir + "/cgroup.procs", str(pid))
+        with open(self.dir + "/cgroup.procs", "w") as f:
+            f.write(str(pid))
 
     def usage(self):
-        name = "/memory.usage_in_bytes" if self.version == 1 else "/memory.current"
         try:
-            return int(open(self.dir + name).read())
+            return int(open(self.usage_file).read())
         except (OSError, ValueError):
             return 0
 
     def oom_kills(self):
-        name = "/memory.oom_control" if self.version == 1 else "/memory.events"
         try:
-            for line in open(self.dir + name):
+            for line in open(self.events_file):
                 k, _, v = line.partition(" ")
                 if k == "oom_kill":
                     return int(v)
@@ -168,23 +130,12 @@ class Cgroup:
             return []
 
     def remove(self):
-        # Only our own children can be in it (it was made for them); kill
-        # stragglers, then retry rmdir while exiting processes leave.
-        for _ in range(300):
-            for pid in self.procs():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                os.rmdir(self.dir)
-                return True
-            except FileNotFoundError:
-                return True
-            except OSError:
-                time.sleep(0.01)
-        log("pressure: could not remove %s" % self.dir)
-        return False
+        try:
+            cgroupctl("remove", self.dir)
+            return True
+        except NoCgroup as e:
+            log("pressure: %s" % e)
+            return False
 
 
 # --- processes -----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -247,6 +248,40 @@ std::unique_ptr<child_cgroup> child_cgroup::create(const std::string& name, std:
   return child;
 }
 
+std::unique_ptr<child_cgroup> child_cgroup::open_existing(const std::string& dir, std::string* why) {
+  memory_cgroup parent;
+  if (!find_memory_cgroup(&parent, why)) return nullptr;
+  const std::string prefix = parent.dir + "/";
+  if (dir.rfind(prefix, 0) != 0 || dir.size() == prefix.size() ||
+      dir.find('/', prefix.size()) != std::string::npos || dir.find("..") != std::string::npos) {
+    *why = dir + " is not a child of this process's memory cgroup " + parent.dir;
+    return nullptr;
+  }
+  struct stat st;
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    *why = "no cgroup at " + dir;
+    return nullptr;
+  }
+  return std::unique_ptr<child_cgroup>(new child_cgroup(memory_cgroup{parent.version, dir, parent.root}));
+}
+
+int child_cgroup::kill_all() {
+  std::string procs;
+  if (!read_file(cg_.dir + "/cgroup.procs", &procs)) return 0;
+  int signalled = 0;
+  std::istringstream in(procs);
+  for (long pid; in >> pid;) {
+    if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), SIGKILL) == 0) ++signalled;
+  }
+  return signalled;
+}
+
+bool child_cgroup::try_remove() {
+  if (rmdir(cg_.dir.c_str()) != 0 && errno != ENOENT) return false;
+  keep_ = true;  // nothing left for the destructor
+  return true;
+}
+
 bool child_cgroup::set_limit(std::uint64_t limit_bytes, std::string* why) {
   std::string file = cg_.version == 1 ? "/memory.limit_in_bytes" : "/memory.max";
   return write_file(cg_.dir + file, std::to_string(limit_bytes), why);
@@ -263,6 +298,7 @@ cgroup_memory_state child_cgroup::state() const {
 }
 
 child_cgroup::~child_cgroup() {
+  if (keep_) return;
   // Processes that just exited may still be leaving the cgroup: retry ~2 s.
   for (int i = 0; i < 200; ++i) {
     if (rmdir(cg_.dir.c_str()) == 0 || errno == ENOENT) return;

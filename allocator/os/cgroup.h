@@ -67,6 +67,10 @@ class child_cgroup {
   // delegated, ...) if the cgroup cannot be made.
   static std::unique_ptr<child_cgroup> create(const std::string& name, std::uint64_t limit_bytes,
                                               std::string* why);
+  // Takes charge of a cgroup an earlier create() made and keep() left behind
+  // (named by its directory). Refuses anything that is not a direct child of
+  // the process's own memory cgroup, so it can never remove someone else's.
+  static std::unique_ptr<child_cgroup> open_existing(const std::string& dir, std::string* why);
   ~child_cgroup();
   child_cgroup(const child_cgroup&) = delete;
   child_cgroup& operator=(const child_cgroup&) = delete;
@@ -75,10 +79,20 @@ class child_cgroup {
   bool set_limit(std::uint64_t limit_bytes, std::string* why);
   cgroup_memory_state state() const;
   const memory_cgroup& cgroup() const { return cg_; }
+  // Sends SIGKILL to every process in the cgroup (processes of our own
+  // making, in a cgroup made for them); returns how many were signalled.
+  int kill_all();
+  // Leaves the cgroup in place when this object goes (a tool that makes the
+  // cgroup for a later process to use and remove).
+  void keep() { keep_ = true; }
+  // One rmdir now: true once the cgroup is gone (the destructor then has
+  // nothing left to do). Fails while processes are still leaving it.
+  bool try_remove();
 
  private:
   explicit child_cgroup(memory_cgroup cg) : cg_(std::move(cg)) {}
   memory_cgroup cg_;
+  bool keep_ = false;
 };
 
 }  // namespace dropalloc::os
