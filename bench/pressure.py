@@ -9,9 +9,9 @@ set of scenarios.
 
 Every run gets a fresh child memory cgroup made under this process's own
 (cgroup v1 memory.limit_in_bytes / memory.oom_control, or v2 memory.max /
-memory.events), made and removed by bench/cgroupctl (//allocator:cgroup, the
-same code the allocator and its tests use), removed afterwards even on error.
-Where none can be made the
+memory.events) by bench/cgroupctl (//allocator:cgroup, the same code the
+allocator and its tests use), and removed afterwards, even on error. Where
+none can be made the
 driver says exactly why and exits with status 3: it never runs without the
 limit.
 

@@ -127,6 +127,27 @@ TEST_CASE("a cgroup's ancestors up to its hierarchy's root") {
   CHECK(dropalloc::os::cgroup_and_ancestors(memory_cgroup{2, "/elsewhere/a", "/r/mem"}).size() == 1);
 }
 
+TEST_CASE("child_cgroup::open_existing takes only a direct child of our own cgroup") {
+  dropalloc::os::memory_cgroup own;
+  std::string why;
+  if (!dropalloc::os::find_memory_cgroup(&own, &why)) {
+    MESSAGE("SKIPPED: " << why);
+    return;
+  }
+  using dropalloc::os::child_cgroup;
+  const std::string parent = own.dir.substr(0, own.dir.rfind('/'));
+  for (const std::string& dir : {own.dir, own.dir + "/", parent, std::string("/"), own.dir + "/a/b",
+                                 own.dir + "/..", own.dir + "/../x", parent + "/other"}) {
+    CAPTURE(dir);
+    why.clear();
+    CHECK(child_cgroup::open_existing(dir, &why) == nullptr);
+    CHECK(!why.empty());
+  }
+  why.clear();
+  CHECK(child_cgroup::open_existing(own.dir + "/no-such-child-" + std::to_string(getpid()), &why) == nullptr);
+  CHECK(why.find("no cgroup") != std::string::npos);
+}
+
 TEST_CASE("a monitor watches a limit set on an ancestor, and reports the fullest limit") {
   fake_v1_cgroup outer(900, 1000);
   std::string inner = outer.cgroup().dir + "/inner";
