@@ -384,11 +384,12 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // the map's range lands on some entry, and the offset check below rejects it.
     segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
     if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
-    // Arenas of classes above 4 KiB and large blocks have fast_capacity 0:
-    // the slow path. No separate check of off against the span: an index
-    // below fast_capacity whose block starts at off puts off inside the
-    // arena (i < 2^24 and block_size < 2^18, so i * block_size cannot wrap),
-    // and a wrapped off (p below base) gives an i whose product misses it.
+    // Arenas of classes above 64 KiB (no thread cache holds them) and large
+    // blocks have fast_capacity 0: the slow path. No separate check of off
+    // against the span: an index below fast_capacity whose block starts at
+    // off puts off inside the arena (i < 2^24 and block_size < 2^18, so
+    // i * block_size cannot wrap), and a wrapped off (p below base) gives an
+    // i whose product misses it.
     auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
     const std::uint64_t i = (off * s->magic) >> 40;
     if (DROPALLOC_UNLIKELY(i >= s->fast_capacity || i * s->block_size != off)) return false;

@@ -1,6 +1,7 @@
 #include "allocator/core/segment.h"
 
 #include "allocator/core/grace.h"
+#include "allocator/core/thread_cache.h"
 
 #include <errno.h>
 
@@ -79,7 +80,8 @@ segment* build(os::os_interface& os, std::byte* base, std::size_t span, heap* ow
   s->cls = cls;
   s->block_size = block_size;
   s->capacity = capacity;
-  s->fast_capacity = cls < kNumSmallClasses ? capacity : 0;
+  // Every class a thread cache holds: its frees take the inline fast path.
+  s->fast_capacity = cls < kNumCachedClasses ? capacity : 0;
   s->magic = capacity > 1 ? ((std::uint64_t{1} << 40) + block_size - 1) / block_size : 0;
   s->gen_base = g_gen_floor.load(std::memory_order_acquire);
   // Zero-filled memory is a valid state for these arrays: all blocks free,

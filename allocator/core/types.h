@@ -204,7 +204,8 @@ struct segment {
   std::uint32_t block_size;        // bytes per block (large: the page-rounded request)
   std::uint32_t capacity;          // blocks in the arena (large: 1)
   std::uint32_t fast_capacity;     // blocks the free fast path may take: capacity for
-                                   // small classes, 0 otherwise (they go the slow way)
+                                   // classes a thread cache holds (up to 64 KiB), 0
+                                   // otherwise (they go the slow way)
   std::uint64_t magic;             // ceil(2^40 / block_size): off * magic >> 40 is
                                    // off / block_size for every off < kSegmentSize;
                                    // 0 for a large block (every offset maps to block 0)
