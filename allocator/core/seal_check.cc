@@ -242,6 +242,13 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
     if (req.n != 0) std::memcpy(start, req.src, req.n);
     zero_tail(start + req.n, size - req.n);
   }
+  // After the last write of the contents (ours, or the caller's before seal())
+  // and before the witnesses are read and the seal is published: no CPU may
+  // still read one of these pages through a translation from before a drop
+  // that was in flight meanwhile (os.h, "stale translations"). It would see
+  // the page's contents from before the drop, an older life's bytes, and
+  // their non-zero witness words would pass for this seal's.
+  os_->settle_translations();
   // A rewritten block holds nothing of its old seal: its witnesses are moot.
   const bool verify_old = was_sealed && from == seal_from::any_but_dropped;
   // Re-sealed (sealed -> sealed) or revived (dropped -> sealed): new contents,

@@ -17,7 +17,9 @@
 //             at any instant.
 //   generation  a number that changes whenever a block is freed; a caller holds
 //             (pointer, generation) and asks whether that block is intact.
-//   seal      declare a block fully written: record its witnesses and
+//   seal      declare a block fully written: make a translation barrier (no
+//             CPU still reads its pages as they were before a drop in flight:
+//             os/os.h, "stale translations"), record its witnesses, and
 //             MADV_FREE its pages so the kernel drops them oldest first.
 //   witness   for each page a sealed block touches, the index of the first
 //             non-zero 8-byte word of the block's portion of that page. The page
@@ -105,11 +107,13 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //
 //   free ----allocate----> live
 //   live, sealed, dropped ----free----> free       generation + 1 if observed
-//   live ----seal / seal_all----> sealed           witnesses from the contents now
+//   live ----seal / seal_all----> sealed           a translation barrier, then
+//                                                  witnesses from the contents now
 //   live, sealed, dropped ----write_and_seal----> sealed   under the seal lock:
 //                                                  unsealed (live) from the first byte
 //                                                  written, then src and zeros to the
-//                                                  end, witnesses, a compare, and only
+//                                                  end, a translation barrier,
+//                                                  witnesses, a compare, and only
 //                                                  then sealed (-> dropped if the
 //                                                  compare failed: a page went)
 //   dropped ----seal_rewritten----> sealed         the caller rewrote all of it;

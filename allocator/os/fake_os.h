@@ -99,6 +99,18 @@ class fake_os final : public os_interface {
     return madvise(p, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
   }
   std::size_t resident_bytes(const void*, std::size_t) noexcept override { return 0; }
+  // Calls of settle_translations(), and a hook run at each before the real
+  // barrier (the fake's drops are real MADV_DONTNEEDs, so it needs one):
+  // for tests of where in a seal the barrier falls.
+  std::atomic<int> settles{0};
+  using settle_hook = void (*)(void* ctx);
+  settle_hook on_settle = nullptr;
+  void* on_settle_ctx = nullptr;
+  int settle_translations() noexcept override {
+    ++settles;
+    if (on_settle != nullptr) on_settle(on_settle_ctx);
+    return translation_barrier();
+  }
   backing arena_backing() noexcept override { return reported_backing; }
   // What arena_backing() answers. The fake's drops act like MAP_DROPPABLE's on
   // any page; a test of behaviour that differs between the two says which.

@@ -336,6 +336,44 @@ bool register_process_barrier() noexcept {
 int process_barrier() noexcept { return membarrier(kMembarrierPrivateExpedited) == 0 ? 0 : errno; }
 
 namespace {
+// The page translation_barrier() advises: read-only private memory, read
+// once so that its page table exists (the kernel's walk of it is what looks
+// for a pending reclaim flush) and maps the shared zero page, which MADV_FREE
+// passes over. Never written, so never dirty: advising it flushes nothing.
+std::atomic<void*> g_barrier_page{nullptr};
+
+void* barrier_page() noexcept {
+  void* p = g_barrier_page.load(std::memory_order_acquire);
+  if (p != nullptr) return p;
+  int saved = errno;
+  void* fresh = mmap(nullptr, kPageSize, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (fresh == MAP_FAILED) {
+    errno = saved;
+    return nullptr;
+  }
+  madvise(fresh, kPageSize, MADV_NOHUGEPAGE);  // a huge zero page has no page table below it
+  (void)*static_cast<volatile const unsigned char*>(fresh);
+  if (!g_barrier_page.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) {
+    munmap(fresh, kPageSize);  // another thread mapped one first: p is it
+  } else {
+    p = fresh;
+  }
+  errno = saved;
+  return p;
+}
+}  // namespace
+
+int translation_barrier() noexcept {
+  void* page = barrier_page();
+  if (page == nullptr) return ENOMEM;
+  int saved = errno;
+  int rc = madvise(page, kPageSize, MADV_FREE);
+  int result = rc == 0 ? 0 : errno;
+  errno = saved;
+  return result;
+}
+
+namespace {
 // Reads a small /proc file into buf with read(2), not stdio: callers may be
 // inside malloc. Returns the length, 0 on failure.
 std::size_t read_proc(const char* path, char* buf, std::size_t size) {

@@ -29,6 +29,30 @@ namespace os {
 
 inline constexpr std::size_t kPageSize = 4096;  // drop and witness granularity
 
+// ---- stale translations --------------------------------------------------------
+// Linux takes a page out of the page tables (MADV_DONTNEED, munmap, reclaim
+// dropping a droppable or MADV_FREE page) in two steps: the page-table entry
+// is cleared under the page-table lock, and the TLB flush that makes the other
+// CPUs forget the old page comes later, after that lock is released (mmu_gather
+// for zaps, the batched flush of reclaim). In between, a thread may fault a
+// new page in at the address and write it, while another CPU still reads the
+// old page through its TLB: it sees the contents from before the drop, not
+// zeros and not what was just written. A seal taken then would vouch for
+// bytes that some CPU does not see: its witness words, read through the same
+// stale translation, hold the old contents and look intact.
+//
+// Returns once no CPU can read, through a translation cached before the call,
+// a page that the page tables no longer map. It is madvise(MADV_FREE) of one
+// clean private page mapped for the purpose: the kernel ends every such call
+// with a flush of the whole address space if another thread's unmap is still
+// waiting for its flush (mm_tlb_flush_nested in tlb_finish_mmu), and begins
+// its page-table walk by flushing any batched reclaim flush still pending
+// (flush_tlb_batched_pending). Neither costs a flush otherwise, so it is one
+// system call (well under a microsecond), against an MADV_FREE of dirty pages
+// that always flushes. Returns 0 or an errno value (the page could not be
+// mapped: then no barrier was made).
+int translation_barrier() noexcept;
+
 class os_interface {
  public:
   virtual ~os_interface() = default;
@@ -65,6 +89,11 @@ class os_interface {
   // errno of the failed MAP_DROPPABLE probe that caused the fallback (0 if
   // none, -1 if the fallback was forced).
   virtual int fallback_reason() noexcept = 0;
+  // translation_barrier() below: a sealer calls it after the block's bytes
+  // were written and before its seal can be seen. Fakes override it to watch
+  // the order; they should still call translation_barrier(), since their
+  // drops are real MADV_DONTNEEDs.
+  virtual int settle_translations() noexcept { return translation_barrier(); }
 };
 
 // The process-wide Linux implementation: probes MAP_DROPPABLE once and falls
