@@ -102,7 +102,10 @@ bool child_ran_cleanly(const cgroup_run<Result>& run) {
     return false;
   }
   REQUIRE_MESSAGE(run.joined, run.why);
-  REQUIRE_MESSAGE(WIFEXITED(run.status), "child killed by signal " << WTERMSIG(run.status));
+  REQUIRE_MESSAGE(WIFEXITED(run.status), "child killed by signal " << WTERMSIG(run.status) << " (cgroup v"
+                                                                  << run.cgroup_version << ": OOM kills "
+                                                                  << run.state.oom_kills << ", usage "
+                                                                  << (run.state.usage >> 20) << " MiB)");
   REQUIRE(WEXITSTATUS(run.status) == 0);
   REQUIRE(run.got_result);
   return true;
