@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -151,6 +152,59 @@ TEST_CASE("seal, seal_rewritten, seal_all: a barrier before each seal is publish
     f.require_one_barrier_in_order();
     CHECK(f.res.check(c.ptr, c.generation) == block_state::intact);
     f.res.deallocate(c.ptr, size);
+  });
+}
+
+TEST_CASE("seal_all: one barrier for every block it seals, before the first is published") {
+  for (auto backing : kBackings) {
+    CAPTURE(static_cast<int>(backing));
+    fake_resource f(backing);
+    std::vector<block_ref> blocks;
+    for (std::size_t size : kSizes) {
+      for (int k = 0; k < 3; ++k) {
+        blocks.push_back(f.res.allocate_block(size));
+        fill(blocks.back().ptr, size, k + 20);
+      }
+    }
+    f.expect(blocks.front(), nullptr, 0);
+    REQUIRE(f.res.seal_all() == blocks.size());
+    CHECK(f.w.barriers == 1);
+    CHECK(f.w.published_after == 1);
+    for (auto& b : blocks) CHECK(f.res.check(b.ptr, b.generation) == block_state::intact);
+    for (std::size_t i = 0; i < blocks.size(); ++i) f.res.deallocate(blocks[i].ptr, kSizes[i / 3]);
+  }
+}
+
+TEST_CASE("no barrier, no seal: every seal flavour refuses, and no handle reads intact") {
+  for_each_block([](fake_resource& f, block_ref& b, std::size_t size, std::vector<unsigned char>& src) {
+    fill(b.ptr, size, 30);
+    REQUIRE(f.res.seal(b) == block_state::intact);
+    const block_ref sealed = b;
+
+    f.os.settle_error = ENOMEM;
+    fill(b.ptr, size, 31);  // written after its seal; the re-seal cannot be made
+    block_ref resealing = b;
+    CHECK(f.res.seal(resealing) == block_state::unsealed);
+    CHECK(f.res.check(sealed.ptr, sealed.generation) == block_state::stale);  // its contents changed
+    CHECK(f.res.check(b.ptr, f.res.generation(b.ptr)) == block_state::unsealed);
+
+    fill(src.data(), size, 32);
+    block_ref writing{b.ptr, f.res.generation(b.ptr)};
+    CHECK(f.res.write_and_seal(writing, src.data(), size) == block_state::unsealed);
+    CHECK(f.res.check(writing.ptr, writing.generation) == block_state::unsealed);
+
+    block_ref c = f.res.allocate_block(size);
+    fill(c.ptr, size, 33);
+    CHECK(f.res.seal_all() == 0);
+    CHECK(f.res.check(c.ptr, c.generation) == block_state::unsealed);
+
+    f.os.settle_error = 0;  // the barrier works again: so do seals
+    CHECK(f.res.write_and_seal(writing, src.data(), size) == block_state::intact);
+    CHECK(std::memcmp(b.ptr, src.data(), size) == 0);
+    CHECK(f.res.seal_all() == 1);
+    CHECK(f.res.check(c.ptr, c.generation) == block_state::intact);
+    f.res.deallocate(c.ptr, size);
+    b = writing;
   });
 }
 

@@ -76,6 +76,8 @@ heap::heap(const heap_options& options)
       options_(options),
       id_(g_next_heap_id.fetch_add(1, std::memory_order_relaxed)),
       slot_(-1) {
+  // Seals need the barrier's page: mapped now, a seal never lacks it later.
+  (void)os::prepare_translation_barrier();
   registry_t& r = registry();
   lock_guard guard(r.lock);
   next_heap_ = r.all_heaps;

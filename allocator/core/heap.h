@@ -220,7 +220,9 @@ class heap {
   void link_all(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
-  enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live };
+  // unsettled: no translation barrier could be made, so nothing was sealed
+  // (the block is left live, at a new generation if its contents changed).
+  enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live, unsettled };
   enum class seal_from : std::uint8_t { live_only, any_but_dropped, rewritten, written_here };
   // What seal_block does: how it may leave each state, which generation it
   // requires (0: any), and for written_here the bytes it writes and verifies.
@@ -229,6 +231,9 @@ class heap {
     std::uint64_t expected_gen = 0;
     const std::byte* src = nullptr;
     std::size_t n = 0;
+    // The caller made a translation barrier after the last write of the
+    // contents (seal_all: one for all it seals), so the seal needs none.
+    bool settled = false;
   };
   seal_outcome seal_block(segment* s, std::uint32_t idx, const seal_request& req,
                           std::uint64_t* sealed_gen = nullptr) noexcept;

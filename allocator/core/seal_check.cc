@@ -248,9 +248,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   // that was in flight meanwhile (os.h, "stale translations"). It would see
   // the page's contents from before the drop, an older life's bytes, and
   // their non-zero witness words would pass for this seal's.
-  os_->settle_translations();
-  // A rewritten block holds nothing of its old seal: its witnesses are moot.
-  const bool verify_old = was_sealed && from == seal_from::any_but_dropped;
+  //
   // Re-sealed (sealed -> sealed) or revived (dropped -> sealed): new contents,
   // so a new generation. A reader that copied the block before or during the
   // rewrite holds the old one, and its check after the copy must not say
@@ -258,6 +256,19 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   // bytes over a page lost unseen meanwhile (the rewrite also restores the
   // old witness words, so no look at them can tell).
   const std::uint64_t gen = meta::gen(m) + (was_sealed || was_dropped ? 1 : 0);
+  if (!req.settled && os_->settle_translations() != 0) {
+    // No barrier (its page could not be mapped): witnesses read now could
+    // come from a page that is already gone. The block stays unsealed; its
+    // generation moves as the seal's would have, since its contents may
+    // have changed (written here, or re-sealed after a write).
+    if (gen != meta::gen(m) && !word.compare_exchange_strong(m, meta::make(gen, 0), std::memory_order_acq_rel)) {
+      return seal_outcome::not_live;
+    }
+    if (sealed_gen != nullptr && writes) *sealed_gen = s->generation_of(meta::make(gen, 0));
+    return seal_outcome::unsettled;
+  }
+  // A rewritten block holds nothing of its old seal: its witnesses are moot.
+  const bool verify_old = was_sealed && from == seal_from::any_but_dropped;
 
   bool lost = false;
   const std::uint64_t first_w = take_witnesses(s, idx, m, verify_old, &lost);
@@ -318,6 +329,9 @@ block_state heap::seal(void* p, const seal_request& req, std::uint64_t* sealed_g
     case seal_outcome::lost:
       if (sealed_gen != nullptr) *sealed_gen = gen;  // written_here only: the new life, dropped
       return block_state::dropped;
+    case seal_outcome::unsettled:
+      if (sealed_gen != nullptr) *sealed_gen = gen;  // written_here only: the new life, unsealed
+      return block_state::unsealed;
     default: return block_state::stale;
   }
   if (sealed_gen != nullptr) *sealed_gen = gen;
@@ -401,6 +415,12 @@ void heap::advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexc
 
 std::size_t heap::seal_all() noexcept {
   std::size_t sealed = 0;
+  // One barrier for every block sealed below: the caller wrote them before
+  // this call. A page dropped after the barrier shows in its witness (read
+  // through a stale translation, the witness word holds the caller's bytes,
+  // which read as zeros once the flush is done), as for a page dropped
+  // after a seal.
+  if (os_->settle_translations() != 0) return 0;
   lock_guard guard(segments_lock_);
   for (segment* s = all_; s != nullptr; s = s->all_next) {
     // Advise only the pages of blocks this call sealed, one call per run of
@@ -413,7 +433,9 @@ std::size_t heap::seal_all() noexcept {
     for (std::uint32_t i = 0; i < bump; ++i) {
       if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
       std::uint64_t gen = 0;
-      if (seal_block(s, i, seal_request{seal_from::live_only, 0, nullptr, 0}, &gen) != seal_outcome::sealed) continue;
+      if (seal_block(s, i, seal_request{seal_from::live_only, 0, nullptr, 0, true}, &gen) != seal_outcome::sealed) {
+        continue;
+      }
       ++sealed;
       if (fallback) {
         // Unsealed data must never be given to the kernel here: each block

@@ -106,9 +106,13 @@ class fake_os final : public os_interface {
   using settle_hook = void (*)(void* ctx);
   settle_hook on_settle = nullptr;
   void* on_settle_ctx = nullptr;
+  // Non-zero: every barrier fails with this error (as if its page could not
+  // be mapped), and seals must refuse.
+  int settle_error = 0;
   int settle_translations() noexcept override {
     ++settles;
     if (on_settle != nullptr) on_settle(on_settle_ctx);
+    if (settle_error != 0) return settle_error;
     return translation_barrier();
   }
   backing arena_backing() noexcept override { return reported_backing; }

@@ -363,15 +363,27 @@ void* barrier_page() noexcept {
 }
 }  // namespace
 
+// Kernels before 4.5 have no MADV_FREE: there MADV_DONTNEED of the same page
+// does the same (it zaps the zero-page entry, flushes, and ends with the same
+// check for a nested flush). Decided once, at the first EINVAL.
+std::atomic<int> g_barrier_advice{MADV_FREE};
+
 int translation_barrier() noexcept {
   void* page = barrier_page();
   if (page == nullptr) return ENOMEM;
   int saved = errno;
-  int rc = madvise(page, kPageSize, MADV_FREE);
+  int advice = g_barrier_advice.load(std::memory_order_relaxed);
+  int rc = madvise(page, kPageSize, advice);
+  if (rc != 0 && errno == EINVAL && advice == MADV_FREE) {
+    g_barrier_advice.store(MADV_DONTNEED, std::memory_order_relaxed);
+    rc = madvise(page, kPageSize, MADV_DONTNEED);
+  }
   int result = rc == 0 ? 0 : errno;
   errno = saved;
   return result;
 }
+
+int prepare_translation_barrier() noexcept { return barrier_page() != nullptr ? 0 : ENOMEM; }
 
 namespace {
 // Reads a small /proc file into buf with read(2), not stdio: callers may be

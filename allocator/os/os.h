@@ -50,8 +50,12 @@ inline constexpr std::size_t kPageSize = 4096;  // drop and witness granularity
 // (flush_tlb_batched_pending). Neither costs a flush otherwise, so it is one
 // system call (well under a microsecond), against an MADV_FREE of dirty pages
 // that always flushes. Returns 0 or an errno value (the page could not be
-// mapped: then no barrier was made).
+// mapped: then no barrier was made, and a seal must not be published).
 int translation_barrier() noexcept;
+// Maps the page translation_barrier() needs, if not yet done, so that a seal
+// later never finds it missing for want of memory. Returns 0 or ENOMEM.
+// Heaps call it when they are made; the page stays mapped for good.
+int prepare_translation_barrier() noexcept;
 
 class os_interface {
  public:

@@ -30,7 +30,7 @@ void* holder(void*) {
   (void)g_r->check(g_b);
   g_ready.fetch_add(1);
   char c;
-  (void)read(g_pipe[0], &c, 1);
+  if (read(g_pipe[0], &c, 1) < 0) return nullptr;  // woken either way: by a byte or by EOF
   return nullptr;
 }
 
