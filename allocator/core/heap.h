@@ -243,6 +243,9 @@ class heap {
   void advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
   block_state seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
+  // check() for everything but the common case (an intact block, read
+  // without a retry), which check() answers itself.
+  block_state check_slow(const void* p, std::uint64_t generation) noexcept;
 
   static bool retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;
 

@@ -155,19 +155,23 @@ bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was, std::uint
   return true;
 }
 
-// Whether a page holding data was lost since the seal whose meta word is m:
-// the witness of the block's first portion is in m, those of its later
-// portions (a straddling block) in page_witness.
-bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept {
-  const std::byte* start = block_start(s, idx);
+namespace {
+// Whether a page holding data was lost since the seal whose meta word is m,
+// of the block at start whose pages are run: the witness of its first portion
+// is in m, those of its later portions (a straddling block) in page_witness.
+inline bool lost_since_seal(const segment* s, const std::byte* start, page_run run, std::uint64_t m) {
   std::uint64_t w = meta::witness(m);
   if (w != 0 && load_word(start + (w - 1) * 8) == 0) return true;
-  const page_run run = block_pages(s, idx);
   for (std::size_t p = run.first + 1; p <= run.last; ++p) {
     std::uint16_t pw = s->page_witness[p].load(std::memory_order_relaxed);
     if (pw != 0 && load_word(s->base + p * kPage + (pw - 1u) * 8u) == 0) return true;
   }
   return false;
+}
+}  // namespace
+
+bool heap::witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept {
+  return lost_since_seal(s, block_start(s, idx), block_pages(s, idx), m);
 }
 
 // Seals block idx: the transitions live -> sealed, sealed -> sealed (re-seal)
@@ -460,10 +464,49 @@ std::size_t heap::seal_all() noexcept {
   return sealed;
 }
 
+// The common case first: a block of ours, sealed at this generation, every
+// witness non-zero, nothing moving meanwhile. The reads are check_slow's, in
+// its order, with the same validation, but no retry and no other answer:
+// anything else is asked again, from the start, of check_slow. Kept apart so
+// that it compiles to a short leaf (no loop state, no spills).
 block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   // Orders the caller's reads of the block before the witness reads below:
   // the safe read protocol is read, then check.
   load_fence();
+  {
+    fast_read_section reading;  // not entered (first use, nested): the slow path
+    if (DROPALLOC_LIKELY(reading.entered())) {
+      // Masked lookup, as in the free fast path: an address outside the map's
+      // range lands on some entry, whose offset check rejects it.
+      const auto a = reinterpret_cast<std::uintptr_t>(p);
+      const segment* s = segment_at(a);
+      if (DROPALLOC_LIKELY(s != nullptr && s->owner == this)) {
+        const std::uint64_t off = a - reinterpret_cast<std::uintptr_t>(s->base);
+        const std::uint64_t i = (off * s->magic) >> 40;  // as block_index()
+        if (DROPALLOC_LIKELY(off < s->span && i * s->block_size == off && i < s->capacity)) {
+          const auto idx = static_cast<std::uint32_t>(i);
+          const page_run run{off / kPage, (off + block_bytes(s) - 1) / kPage};
+          std::atomic<std::uint32_t>* seals = run.straddles() ? &s->seal_count[run.first] : nullptr;
+          const std::uint32_t count = seals != nullptr ? seals->load(std::memory_order_acquire) : 0;
+          const std::uint8_t st = s->state[idx].load(std::memory_order_acquire);
+          const std::uint64_t m = s->meta[idx].load(std::memory_order_acquire);
+          if ((st & state::kMask) == state::kSealed && s->generation_of(m) == generation &&
+              !lost_since_seal(s, s->base + off, run, m)) {
+            load_fence();  // the witness reads above happen before the re-reads below
+            if ((seals == nullptr || seals->load(std::memory_order_acquire) == count) &&
+                s->state[idx].load(std::memory_order_acquire) == st &&
+                s->meta[idx].load(std::memory_order_acquire) == m) {
+              return block_state::intact;
+            }
+          }
+        }
+      }
+    }
+  }
+  return check_slow(p, generation);
+}
+
+__attribute__((noinline)) block_state heap::check_slow(const void* p, std::uint64_t generation) noexcept {
   if (p == nullptr) return block_state::foreign;
   read_section reading;
   for (;;) {
