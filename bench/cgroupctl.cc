@@ -56,13 +56,8 @@ int remove_cgroup(const std::string& dir) {
   std::string why;
   auto cg = child_cgroup::open_existing(dir, &why);
   if (!cg) return fail(why);
-  // Killed processes leave the cgroup only once they have exited: retry for
-  // about 3 s.
-  for (int i = 0; i < 300; ++i) {
-    cg->kill_all();
-    if (cg->try_remove()) return 0;
-    usleep(10000);
-  }
+  // Killed processes leave the cgroup only once they have exited: about 3 s.
+  if (cg->remove(300, true)) return 0;
   cg->keep();
   return fail("could not remove " + dir);
 }

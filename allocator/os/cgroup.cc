@@ -276,10 +276,16 @@ int child_cgroup::kill_all() {
   return signalled;
 }
 
-bool child_cgroup::try_remove() {
-  if (rmdir(cg_.dir.c_str()) != 0 && errno != ENOENT) return false;
-  keep_ = true;  // nothing left for the destructor
-  return true;
+bool child_cgroup::remove(int tries, bool kill_first) {
+  for (int i = 0; i < tries; ++i) {
+    if (i != 0) usleep(10000);
+    if (kill_first) kill_all();
+    if (rmdir(cg_.dir.c_str()) == 0 || errno == ENOENT) {
+      keep_ = true;  // nothing left for the destructor
+      return true;
+    }
+  }
+  return false;
 }
 
 bool child_cgroup::set_limit(std::uint64_t limit_bytes, std::string* why) {
@@ -299,12 +305,9 @@ cgroup_memory_state child_cgroup::state() const {
 
 child_cgroup::~child_cgroup() {
   if (keep_) return;
-  // Processes that just exited may still be leaving the cgroup: retry ~2 s.
-  for (int i = 0; i < 200; ++i) {
-    if (rmdir(cg_.dir.c_str()) == 0 || errno == ENOENT) return;
-    usleep(10000);
+  if (!remove(200, false)) {  // about 2 s
+    fprintf(stderr, "dropalloc: could not remove cgroup %s: %s\n", cg_.dir.c_str(), strerror(errno));
   }
-  fprintf(stderr, "dropalloc: could not remove cgroup %s: %s\n", cg_.dir.c_str(), strerror(errno));
 }
 
 }  // namespace dropalloc::os

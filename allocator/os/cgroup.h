@@ -85,9 +85,11 @@ class child_cgroup {
   // Leaves the cgroup in place when this object goes (a tool that makes the
   // cgroup for a later process to use and remove).
   void keep() { keep_ = true; }
-  // One rmdir now: true once the cgroup is gone (the destructor then has
-  // nothing left to do). Fails while processes are still leaving it.
-  bool try_remove();
+  // Removes the cgroup (rmdir): true once it is gone (the destructor then
+  // has nothing left to do). Processes that exited may still be leaving it,
+  // so it tries every 10 ms, `tries` times; with kill_first it sends SIGKILL
+  // to what is still in it before each try.
+  bool remove(int tries, bool kill_first);
 
  private:
   explicit child_cgroup(memory_cgroup cg) : cg_(std::move(cg)) {}

@@ -4,6 +4,7 @@
 // dropalloc::droppable_resource only (no other allocator has these calls).
 //   seal/<n>B    write one word per page (re-dirtying it, as a writer would),
 //                then seal(): records the witnesses and MADV_FREEs the pages
+//   seal_all/<n>B  every block freshly written, then one seal_all() for all
 //   check/<n>B   check(ptr, generation) on sealed, intact blocks (16 MiB of
 //                them: metadata and witness words mostly come from memory)
 //   check_hot/<n>B  the same over 16 blocks checked again and again: the
@@ -59,6 +60,25 @@ void bm_seal(benchmark::State& state, std::size_t n) {
   set_counters(state, b);
 }
 
+// Every block freshly allocated and written (one store per page, untimed),
+// then all sealed by one seal_all() (timed): one translation barrier for all
+// of them, one madvise per run of adjacent blocks.
+void bm_seal_all(benchmark::State& state, std::size_t n) {
+  blocks b(n);
+  for (auto _ : state) {
+    state.PauseTiming();
+    for (auto& r : b.refs) {
+      b.res.deallocate(r.ptr, n);
+      r = b.res.allocate_block(n);
+      auto* p = static_cast<char*>(r.ptr);
+      for (std::size_t off = 0; off < n; off += 4096) p[off] = 0x5a;
+    }
+    state.ResumeTiming();
+    if (b.res.seal_all() != b.refs.size()) state.SkipWithError("seal_all() did not seal every block");
+  }
+  set_counters(state, b);
+}
+
 void bm_check(benchmark::State& state, std::size_t n, bool hot) {
   blocks b(n, hot);
   for (auto& r : b.refs) b.res.seal(r.ptr);
@@ -77,6 +97,7 @@ int main(int argc, char** argv) {
   g_quick = bench::take_flag(&argc, argv, "--quick");
   for (std::size_t n : {64u, 4096u, 65536u, 262144u}) {
     benchmark::RegisterBenchmark(("seal/" + std::to_string(n) + "B").c_str(), bm_seal, n)->UseRealTime();
+    benchmark::RegisterBenchmark(("seal_all/" + std::to_string(n) + "B").c_str(), bm_seal_all, n)->UseRealTime();
     benchmark::RegisterBenchmark(("check/" + std::to_string(n) + "B").c_str(), bm_check, n, false)->UseRealTime();
     benchmark::RegisterBenchmark(("check_hot/" + std::to_string(n) + "B").c_str(), bm_check, n, true)->UseRealTime();
   }
