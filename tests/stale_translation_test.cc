@@ -175,7 +175,7 @@ TEST_CASE("seal_all: one barrier for every block it seals, before the first is p
   }
 }
 
-TEST_CASE("no barrier, no seal: every seal flavour refuses, and no handle reads intact") {
+TEST_CASE("no barrier, no seal: every seal flavour refuses and takes the block as lost") {
   for_each_block([](fake_resource& f, block_ref& b, std::size_t size, std::vector<unsigned char>& src) {
     fill(b.ptr, size, 30);
     REQUIRE(f.res.seal(b) == block_state::intact);
@@ -184,27 +184,31 @@ TEST_CASE("no barrier, no seal: every seal flavour refuses, and no handle reads 
     f.os.settle_error = ENOMEM;
     fill(b.ptr, size, 31);  // written after its seal; the re-seal cannot be made
     block_ref resealing = b;
-    CHECK(f.res.seal(resealing) == block_state::unsealed);
+    CHECK(f.res.seal(resealing) == block_state::dropped);
     CHECK(f.res.check(sealed.ptr, sealed.generation) == block_state::stale);  // its contents changed
-    CHECK(f.res.check(b.ptr, f.res.generation(b.ptr)) == block_state::unsealed);
+    block_ref now{b.ptr, f.res.generation(b.ptr)};
+    CHECK(f.res.check(now) == block_state::dropped);
+    CHECK(f.res.seal(now) == block_state::dropped);  // a retry does not take it back
 
     fill(src.data(), size, 32);
-    block_ref writing{b.ptr, f.res.generation(b.ptr)};
-    CHECK(f.res.write_and_seal(writing, src.data(), size) == block_state::unsealed);
-    CHECK(f.res.check(writing.ptr, writing.generation) == block_state::unsealed);
+    CHECK(f.res.write_and_seal(now, src.data(), size) == block_state::dropped);
+    CHECK(f.res.check(now) == block_state::dropped);
 
     block_ref c = f.res.allocate_block(size);
     fill(c.ptr, size, 33);
     CHECK(f.res.seal_all() == 0);
     CHECK(f.res.check(c.ptr, c.generation) == block_state::unsealed);
+    block_ref live = c;
+    CHECK(f.res.seal(live) == block_state::dropped);  // live -> dropped: nothing to vouch with
+    CHECK(f.res.seal_all() == 0);                     // and seal_all() leaves it so
 
-    f.os.settle_error = 0;  // the barrier works again: so do seals
-    CHECK(f.res.write_and_seal(writing, src.data(), size) == block_state::intact);
+    f.os.settle_error = 0;  // the barrier works again: a rewrite revives both
+    CHECK(f.res.write_and_seal(now, src.data(), size) == block_state::intact);
     CHECK(std::memcmp(b.ptr, src.data(), size) == 0);
-    CHECK(f.res.seal_all() == 1);
-    CHECK(f.res.check(c.ptr, c.generation) == block_state::intact);
+    CHECK(f.res.seal(live) == block_state::dropped);
+    CHECK(f.res.seal_rewritten(live) == block_state::intact);
     f.res.deallocate(c.ptr, size);
-    b = writing;
+    b = now;
   });
 }
 

@@ -159,6 +159,7 @@ std::size_t heap::purge_free_pages(segment* s, std::uint64_t now, bool all, bool
 }
 
 std::size_t heap::decay(bool all) noexcept {
+  flush_advice();  // before any arena goes: its queued blocks need no advice then
   decay_pending_.store(false, std::memory_order_release);
   bool more = false;
   std::size_t released = release_large_cache(all, &more);

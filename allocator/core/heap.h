@@ -220,8 +220,8 @@ class heap {
   void link_all(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
-  // unsettled: no translation barrier could be made, so nothing was sealed
-  // (the block is left live, at a new generation if its contents changed).
+  // unsettled: no translation barrier could be made, so nothing was sealed:
+  // the block is left dropped (at a new generation if its contents changed).
   enum class seal_outcome : std::uint8_t { sealed, lost, skipped, not_live, unsettled };
   enum class seal_from : std::uint8_t { live_only, any_but_dropped, rewritten, written_here };
   // What seal_block does: how it may leave each state, which generation it
@@ -242,6 +242,23 @@ class heap {
   // private fallback, a shared page only while its other blocks are sealed.
   void advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
   block_state seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
+  // Deferred seal advice (core/advice.cc). In MAP_DROPPABLE arenas a seal's
+  // MADV_FREE only ranks its pages for reclaim (any page there may go at any
+  // time, advised or not), so it can wait: seals queue (block, generation)
+  // and the queue is advised in one pass, adjacent pages in one call, when
+  // it is full, when its oldest entry is kAdviceDelayMs old (at the next
+  // seal), and on seal_all(), decay() and trim(). The private fallback
+  // advises at once (advise_sealed): there the advice decides what the
+  // kernel may take, and takes the neighbours' seal locks.
+  void advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
+  void flush_advice() noexcept;
+  struct pending_advice {
+    const void* block;
+    std::uint64_t gen;
+  };
+  void give_advice(pending_advice* batch, int n) noexcept;
+  static constexpr int kAdviceBatch = 64;
+  static constexpr std::uint64_t kAdviceDelayMs = 10;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
   // check() for everything but the common case (an intact block, read
   // without a retry), which check() answers itself.
@@ -278,6 +295,12 @@ class heap {
   bool cache_large(segment* s) noexcept;  // false: not kept, caller unmaps
   // Returns the bytes unmapped; *more set when entries are kept (not yet old).
   std::size_t release_large_cache(bool all, bool* more = nullptr) noexcept;
+  // The advice queue (advise_later). Taken with try_lock by sealers (one
+  // that finds it busy advises at once), held only to copy entries in or out.
+  mutex advice_lock_;
+  pending_advice advice_[kAdviceBatch] = {};
+  int advice_count_ = 0;            // guarded by advice_lock_
+  std::uint64_t advice_since_ms_ = 0;  // when advice_[0] was queued
   std::atomic<bool> decay_pending_{false};  // something for decay() to hand back
   std::atomic<std::uint64_t> drops_detected_{0};
   std::atomic<std::uint64_t> misuse_refused_{0};

@@ -261,14 +261,19 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   // old witness words, so no look at them can tell).
   const std::uint64_t gen = meta::gen(m) + (was_sealed || was_dropped ? 1 : 0);
   if (!req.settled && os_->settle_translations() != 0) {
-    // No barrier (its page could not be mapped): witnesses read now could
-    // come from a page that is already gone. The block stays unsealed; its
-    // generation moves as the seal's would have, since its contents may
-    // have changed (written here, or re-sealed after a write).
+    // No barrier (its page could not be mapped, or the kernel refused the
+    // call): witnesses read now could come from a page that is already gone.
+    // The block is taken as lost: dropped, which neither seal() nor
+    // seal_all() takes back (a seal_all() whose one barrier came before
+    // these writes must not seal them), only a rewrite does (write_and_seal,
+    // seal_rewritten), with a barrier of its own. Its generation moves as the
+    // seal's would have, since its contents may have changed.
+    const std::uint8_t dropped = static_cast<std::uint8_t>((st & ~state::kMask) | state::kDropped);
     if (gen != meta::gen(m) && !word.compare_exchange_strong(m, meta::make(gen, 0), std::memory_order_acq_rel)) {
       return seal_outcome::not_live;
     }
-    if (sealed_gen != nullptr && writes) *sealed_gen = s->generation_of(meta::make(gen, 0));
+    if (!sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) return seal_outcome::not_live;
+    if (sealed_gen != nullptr) *sealed_gen = s->generation_of(meta::make(gen, 0));
     return seal_outcome::unsettled;
   }
   // A rewritten block holds nothing of its old seal: its witnesses are moot.
@@ -334,12 +339,16 @@ block_state heap::seal(void* p, const seal_request& req, std::uint64_t* sealed_g
       if (sealed_gen != nullptr) *sealed_gen = gen;  // written_here only: the new life, dropped
       return block_state::dropped;
     case seal_outcome::unsettled:
-      if (sealed_gen != nullptr) *sealed_gen = gen;  // written_here only: the new life, unsealed
-      return block_state::unsealed;
+      if (sealed_gen != nullptr && req.from == seal_from::written_here) *sealed_gen = gen;
+      return block_state::dropped;
     default: return block_state::stale;
   }
   if (sealed_gen != nullptr) *sealed_gen = gen;
-  advise_sealed(s, idx, gen);
+  if (os_->arena_backing() == backing::droppable) {
+    advise_later(s, idx, gen);
+  } else {
+    advise_sealed(s, idx, gen);
+  }
   // A page may have gone while we read it or before the advice: look again.
   return check(p, gen);
 }
@@ -425,6 +434,7 @@ std::size_t heap::seal_all() noexcept {
   // which read as zeros once the flush is done), as for a page dropped
   // after a seal.
   if (os_->settle_translations() != 0) return 0;
+  flush_advice();  // the seals before this call: advised now, older first
   lock_guard guard(segments_lock_);
   for (segment* s = all_; s != nullptr; s = s->all_next) {
     // Advise only the pages of blocks this call sealed, one call per run of

@@ -159,15 +159,18 @@ tc_heap_cache* heap::thread_cache() noexcept {
 void heap::lock_all() noexcept {
   for (auto& c : classes_) c.lock.lock();
   segments_lock_.lock();
+  advice_lock_.lock();  // a leaf: held only to copy the queue
 }
 
 void heap::unlock_all() noexcept {
+  advice_lock_.unlock();
   segments_lock_.unlock();
   for (auto& c : classes_) c.lock.unlock();
 }
 
 // Lock order everywhere: registry, then class locks, then a heap's segments
-// lock, then the readers' overflow lock, then the seal locks, then the
+// lock, then its advice lock (sealers inside a read section only try it),
+// then the readers' overflow lock, then the seal locks, then the
 // segment-map initialisation lock.
 void prefork_all() noexcept {
   registry_t& r = registry();

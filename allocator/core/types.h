@@ -135,6 +135,12 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                                                  old witnesses are read again after
 //                                                  the new ones are taken, so a page
 //                                                  lost during the re-seal counts too
+//   live, sealed, dropped ----any seal whose translation barrier fails----> dropped
+//                                                  nothing sealed: no witness can be
+//                                                  trusted without the barrier, so the
+//                                                  block is taken as lost (generation + 1
+//                                                  if it was sealed or dropped, or written
+//                                                  here); only a rewrite takes it back
 //   sealed ----check finds a zero witness----> dropped   (sticky)
 //   seal_all never touches sealed or dropped blocks.
 //   drop (kernel)   changes contents, not states: check() turns sealed into

@@ -84,8 +84,10 @@ class fake_os final : public os_interface {
   // Zero the pages being sealed, as a kernel drop right after the witnesses
   // were recorded would: for tests of what a seal reports then.
   std::atomic<bool> drop_on_seal{false};
+  std::atomic<std::size_t> sealed_bytes{0};  // summed over seal_pages() calls
   int seal_pages(void* p, std::size_t bytes) noexcept override {
     ++seals;
+    sealed_bytes += bytes;
     if (drop_on_seal.load()) return drop_pages(p, bytes);
     return 0;
   }

@@ -99,10 +99,10 @@ class droppable_resource final : public std::pmr::memory_resource {
   // generation: a generation names one sealed version, so read generation(p)
   // again after it, or use seal(block_ref&), which does. Returns the check
   // right after sealing: intact, dropped (a page went meanwhile), stale (not a
-  // live block) or foreign (not ours); `unsealed` if the seal could not be
-  // made safely (the kernel refused the barrier every seal makes, for want
-  // of memory): nothing was sealed, and a block sealed before is now
-  // unsealed at a new generation.
+  // live block) or foreign (not ours). `dropped` also if the seal could not
+  // be made safely (the kernel refused the barrier every seal makes): the
+  // block is then taken as lost, as if a page had gone (a block sealed
+  // before gets a new generation); rewrite it as for any dropped block.
   block_state seal(void* p) noexcept { return heap_.seal(p); }
   // seal() through a handle: `stale` (nothing sealed) unless its generation
   // is still the block's, so an old handle never seals a later block that
@@ -140,8 +140,8 @@ class droppable_resource final : public std::pmr::memory_resource {
   // live, sealed or dropped block (a revival). A block that was sealed or
   // dropped before gets a new generation (see seal()); the block_ref overload
   // takes it into the handle. `dropped`: a page went meanwhile, the block is
-  // dropped (write again), so a later check() never says intact. `unsealed`:
-  // written but not sealed (see seal()), at its new generation. `stale` /
+  // dropped (write again), so a later check() never says intact; also if
+  // the seal could not be made safely (see seal()). `stale` /
   // `foreign`: p is not a live block of this resource, nothing was written.
   // Throws std::length_error if n exceeds usable_size(p), and
   // std::invalid_argument if src is null with n > 0, writing nothing. src is

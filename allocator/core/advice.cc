@@ -1,0 +1,92 @@
+// Deferred seal advice: MADV_FREE for sealed blocks in MAP_DROPPABLE arenas,
+// given in batches rather than one system call (and one TLB flush) per seal.
+//
+// Why deferring is safe there: MADV_FREE changes no contents; it only lets
+// the kernel take a page without writing it back, and a droppable page can be
+// taken at any time anyway. Truth rests on the witnesses, which the seal
+// recorded before it returned. What the advice buys is an order: sealed pages
+// go before others, oldest first. A batch keeps that order to within its few
+// milliseconds. A block freed, or re-sealed, before its advice is given is
+// skipped (its generation moved); one whose page was written since by a
+// neighbour gets the page advised all the same, as an immediate seal's
+// advice would have been (a write after the advice makes the page dirty
+// again, and the kernel then keeps it).
+#include <algorithm>
+
+#include "allocator/core/heap.h"
+#include "allocator/core/heap_internal.h"
+
+namespace dropalloc::core {
+
+using internal::now_ms;
+
+void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept {
+  pending_advice batch[kAdviceBatch];
+  int n = 0;
+  if (!advice_lock_.try_lock()) {
+    advise_sealed(s, idx, gen);  // another sealer is queueing or flushing: no waiting
+    return;
+  }
+  const std::uint64_t now = now_ms();
+  if (advice_count_ == 0) advice_since_ms_ = now;
+  advice_[advice_count_++] = pending_advice{block_start(s, idx), gen};
+  if (advice_count_ == kAdviceBatch || now - advice_since_ms_ >= kAdviceDelayMs) {
+    n = advice_count_;
+    std::copy(advice_, advice_ + n, batch);
+    advice_count_ = 0;
+  }
+  advice_lock_.unlock();
+  if (n != 0) give_advice(batch, n);
+}
+
+void heap::flush_advice() noexcept {
+  pending_advice batch[kAdviceBatch];
+  int n = 0;
+  {
+    lock_guard guard(advice_lock_);
+    n = advice_count_;
+    std::copy(advice_, advice_ + n, batch);
+    advice_count_ = 0;
+  }
+  if (n != 0) give_advice(batch, n);
+}
+
+void heap::give_advice(pending_advice* batch, int n) noexcept {
+  // Arenas may have been unmapped since the entries were queued: each block
+  // is looked up afresh, inside a read section (what is found stays mapped
+  // until the advice is given), and advised only if still sealed at the
+  // generation queued. Generations never repeat at an address, so a block
+  // of a new arena mapped there is never taken for the queued one.
+  std::sort(batch, batch + n, [](const pending_advice& a, const pending_advice& b) {
+    return reinterpret_cast<std::uintptr_t>(a.block) < reinterpret_cast<std::uintptr_t>(b.block);
+  });
+  read_section reading;
+  const segment* run_arena = nullptr;
+  std::byte* run_from = nullptr;
+  std::byte* run_to = nullptr;
+  for (int k = 0; k < n; ++k) {
+    std::uint32_t idx = 0;
+    segment* s = find_block(batch[k].block, &idx);
+    if (s == nullptr) continue;
+    if ((s->state[idx].load(std::memory_order_acquire) & state::kMask) != state::kSealed ||
+        s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != batch[k].gen) {
+      continue;
+    }
+    const page_run run = block_pages(s, idx);
+    std::byte* from = s->base + run.first * kPage;
+    std::byte* to = s->base + (run.last + 1) * kPage;
+    // One call per run of adjacent pages of one arena (the next arena need
+    // not begin where this one ends).
+    if (s == run_arena && from <= run_to) {
+      if (to > run_to) run_to = to;
+      continue;
+    }
+    if (run_arena != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
+    run_arena = s;
+    run_from = from;
+    run_to = to;
+  }
+  if (run_arena != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
+}
+
+}  // namespace dropalloc::core

@@ -1,0 +1,122 @@
+// Seal advice (MADV_FREE of sealed pages). In MAP_DROPPABLE arenas it is
+// queued and given in batches, adjacent pages in one call; in the private
+// fallback it is given at once, only for pages whose blocks are all sealed.
+// The fake OS counts seal_pages() calls and their bytes.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "allocator/dropalloc.h"
+#include "allocator/os/fake_os.h"
+
+using dropalloc::block_ref;
+using dropalloc::block_state;
+using dropalloc::droppable_resource;
+
+namespace {
+
+constexpr std::size_t kBlock = 16 * 1024;  // a class of whole pages: blocks start on page boundaries
+
+struct fixture {
+  dropalloc::os::fake_os os;
+  droppable_resource res;
+  static dropalloc::resource_options options(dropalloc::os::fake_os& os, dropalloc::backing b) {
+    os.reported_backing = b;
+    dropalloc::resource_options o;
+    o.os = &os;
+    return o;
+  }
+  explicit fixture(dropalloc::backing b) : res(options(os, b)) {}
+  block_ref written(int seed) {
+    block_ref b = res.allocate_block(kBlock);
+    std::memset(b.ptr, seed, kBlock);
+    return b;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("droppable arenas: seals queue their advice, and seal_all() gives it, adjacent blocks in one call") {
+  fixture f(dropalloc::backing::droppable);
+  std::vector<block_ref> blocks;
+  for (int i = 0; i < 3; ++i) blocks.push_back(f.written(i + 1));
+  // Adjacent in the arena (a fresh resource hands a class's blocks out in order).
+  for (int i = 1; i < 3; ++i) {
+    REQUIRE(static_cast<char*>(blocks[i].ptr) - static_cast<char*>(blocks[i - 1].ptr) == static_cast<long>(kBlock));
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  for (auto& b : blocks) REQUIRE(f.res.seal(b) == block_state::intact);
+  auto took = std::chrono::steady_clock::now() - t0;
+  const int before = f.os.seals.load();
+  CHECK(f.res.seal_all() == 0);  // nothing live to seal; the queue is flushed
+  CHECK(f.os.sealed_bytes == 3 * kBlock);
+  // A queue older than its delay is flushed by the next seal: only a slow
+  // run (a sanitizer, a loaded machine) may have split the three.
+  if (took < std::chrono::milliseconds(5)) {
+    CHECK(before == 0);
+    CHECK(f.os.seals == 1);
+  }
+  for (auto& b : blocks) CHECK(f.res.check(b) == block_state::intact);
+  for (auto& b : blocks) f.res.deallocate(b.ptr, kBlock);
+}
+
+TEST_CASE("droppable arenas: a block freed or re-sealed before its advice is not advised for that life") {
+  fixture f(dropalloc::backing::droppable);
+  block_ref freed = f.written(5);
+  REQUIRE(f.res.seal(freed) == block_state::intact);  // queued: the queue was empty
+  f.res.deallocate(freed.ptr, kBlock);
+  CHECK(f.res.trim() >= 0);
+  CHECK(f.os.sealed_bytes == 0);
+
+  block_ref b = f.written(6);
+  REQUIRE(f.res.seal(b) == block_state::intact);
+  std::memset(b.ptr, 7, kBlock);
+  const int before = f.os.seals.load();
+  REQUIRE(f.res.seal(b) == block_state::intact);  // re-sealed: a new generation, queued again
+  f.res.seal_all();
+  // Its first seal's entry is stale (the generation moved): one advice, for the second.
+  if (before == 0) CHECK(f.os.sealed_bytes == kBlock);
+  CHECK(f.res.check(b) == block_state::intact);
+  f.res.deallocate(b.ptr, kBlock);
+}
+
+TEST_CASE("droppable arenas: a full queue is advised by the seal that fills it") {
+  fixture f(dropalloc::backing::droppable);
+  std::vector<block_ref> blocks;
+  for (int i = 0; i < 200; ++i) blocks.push_back(f.written(i % 250 + 1));
+  for (auto& b : blocks) REQUIRE(f.res.seal(b) == block_state::intact);
+  // 200 seals, a queue of 64: at least three batches went without any flush.
+  CHECK(f.os.sealed_bytes >= 3 * 64 * kBlock);
+  CHECK(f.os.seals <= 200);
+  f.res.seal_all();
+  CHECK(f.os.sealed_bytes == 200 * kBlock);
+  for (auto& b : blocks) f.res.deallocate(b.ptr, kBlock);
+}
+
+TEST_CASE("private fallback: each seal advises at once") {
+  fixture f(dropalloc::backing::private_fallback);
+  std::vector<block_ref> blocks;
+  for (int i = 0; i < 3; ++i) blocks.push_back(f.written(i + 1));
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(f.res.seal(blocks[i]) == block_state::intact);
+    CHECK(f.os.seals == i + 1);
+  }
+  CHECK(f.os.sealed_bytes == 3 * kBlock);
+  for (auto& b : blocks) f.res.deallocate(b.ptr, kBlock);
+}
+
+TEST_CASE("droppable arenas: queued advice survives its arena going away") {
+  fixture f(dropalloc::backing::droppable);
+  block_ref b = f.written(9);
+  REQUIRE(f.res.seal(b) == block_state::intact);
+  f.res.deallocate(b.ptr, kBlock);
+  CHECK(f.res.trim() > 0);  // the arena is unmapped; its queued entry is dropped unadvised
+  block_ref c = f.written(10);  // perhaps at the same address, in a new arena
+  REQUIRE(f.res.seal(c) == block_state::intact);
+  f.res.seal_all();
+  CHECK(f.os.sealed_bytes == kBlock);
+  CHECK(f.res.check(c) == block_state::intact);
+  f.res.deallocate(c.ptr, kBlock);
+}
