@@ -95,6 +95,22 @@ TEST_CASE("droppable arenas: a full queue is advised by the seal that fills it")
   for (auto& b : blocks) f.res.deallocate(b.ptr, kBlock);
 }
 
+TEST_CASE("droppable arenas: the queue holds at most 1 MiB of pages") {
+  fixture f(dropalloc::backing::droppable);
+  constexpr std::size_t kBig = 256 * 1024;
+  std::vector<block_ref> blocks;
+  for (int i = 0; i < 8; ++i) {
+    blocks.push_back(f.res.allocate_block(kBig));
+    std::memset(blocks.back().ptr, i + 1, kBig);
+    REQUIRE(f.res.seal(blocks.back()) == block_state::intact);
+  }
+  // The fourth block filled the queue's 256 pages: advised without a flush.
+  CHECK(f.os.sealed_bytes >= 4 * kBig);
+  f.res.seal_all();
+  CHECK(f.os.sealed_bytes == 8 * kBig);
+  for (auto& b : blocks) f.res.deallocate(b.ptr, kBig);
+}
+
 TEST_CASE("private fallback: each seal advises at once") {
   fixture f(dropalloc::backing::private_fallback);
   std::vector<block_ref> blocks;

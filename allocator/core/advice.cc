@@ -28,9 +28,14 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
     return;
   }
   const std::uint64_t now = now_ms();
-  if (advice_count_ == 0) advice_since_ms_ = now;
+  if (advice_count_ == 0) {
+    advice_since_ms_ = now;
+    advice_pages_ = 0;
+  }
+  const page_run run = block_pages(s, idx);
+  advice_pages_ += run.last - run.first + 1;
   advice_[advice_count_++] = pending_advice{block_start(s, idx), gen};
-  if (advice_count_ == kAdviceBatch || now - advice_since_ms_ >= kAdviceDelayMs) {
+  if (advice_count_ == kAdviceBatch || advice_pages_ >= kAdviceMaxPages || now - advice_since_ms_ >= kAdviceDelayMs) {
     n = advice_count_;
     std::copy(advice_, advice_ + n, batch);
     advice_count_ = 0;

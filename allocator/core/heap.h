@@ -246,8 +246,11 @@ class heap {
   // MADV_FREE only ranks its pages for reclaim (any page there may go at any
   // time, advised or not), so it can wait: seals queue (block, generation)
   // and the queue is advised in one pass, adjacent pages in one call, when
-  // it is full, when its oldest entry is kAdviceDelayMs old (at the next
-  // seal), and on seal_all(), decay() and trim(). The private fallback
+  // it holds kAdviceBatch blocks or kAdviceMaxPages pages, when its oldest
+  // entry is kAdviceDelayMs old (at the next seal), and on seal_all(),
+  // decay() and trim(). Until then the pages are dirty droppable pages,
+  // which the kernel may drop as readily as unsealed ones: the bounds keep
+  // that to a few milliseconds and at most 1 MiB (plus one block). The private fallback
   // advises at once (advise_sealed): there the advice decides what the
   // kernel may take, and takes the neighbours' seal locks.
   void advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
@@ -258,6 +261,7 @@ class heap {
   };
   void give_advice(pending_advice* batch, int n) noexcept;
   static constexpr int kAdviceBatch = 64;
+  static constexpr std::size_t kAdviceMaxPages = 256;
   static constexpr std::uint64_t kAdviceDelayMs = 10;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
   // check() for everything but the common case (an intact block, read
@@ -300,6 +304,7 @@ class heap {
   mutex advice_lock_;
   pending_advice advice_[kAdviceBatch] = {};
   int advice_count_ = 0;            // guarded by advice_lock_
+  std::size_t advice_pages_ = 0;    // pages of the queued blocks (guarded by advice_lock_)
   std::uint64_t advice_since_ms_ = 0;  // when advice_[0] was queued
   std::atomic<bool> decay_pending_{false};  // something for decay() to hand back
   std::atomic<std::uint64_t> drops_detected_{0};
