@@ -59,21 +59,26 @@ void heap::decay_class_on_free(class_state& c, std::uint64_t now) noexcept {
 
 std::size_t heap::release_large_cache(bool all, bool* more) noexcept {
   std::size_t released = 0;
-  lock_guard guard(segments_lock_);
-  std::uint64_t now = now_ms();
-  for (int i = 0; i < kLargeCacheSlots; ++i) {
-    segment* c = large_cache_[i];
-    if (c == nullptr) continue;
-    if (!all && now - large_cached_ms_[i] < options_.empty_arena_decay_ms) {
-      if (more != nullptr) *more = true;
-      continue;
+  segment* evicted[kLargeCacheSlots];
+  int n_evicted = 0;
+  {
+    lock_guard guard(segments_lock_);
+    std::uint64_t now = now_ms();
+    for (int i = 0; i < kLargeCacheSlots; ++i) {
+      segment* c = large_cache_[i];
+      if (c == nullptr) continue;
+      if (!all && now - large_cached_ms_[i] < options_.empty_arena_decay_ms) {
+        if (more != nullptr) *more = true;
+        continue;
+      }
+      large_cache_[i] = nullptr;
+      large_cache_bytes_ -= c->span;
+      released += c->span;
+      unlink_all_locked(c);
+      evicted[n_evicted++] = c;
     }
-    large_cache_[i] = nullptr;
-    large_cache_bytes_ -= c->span;
-    released += c->span;
-    unlink_all_locked(c);
-    destroy_segment(*os_, c);
   }
+  destroy_segments(*os_, evicted, n_evicted);  // outside the lock, one grace period
   return released;
 }
 

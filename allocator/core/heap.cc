@@ -245,40 +245,49 @@ segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
 }
 
 bool heap::cache_large(segment* s) noexcept {
-  lock_guard guard(segments_lock_);
-  if (s->span > kLargeCacheMaxBytes / 2) return false;
-  std::uint64_t now = now_ms();
-  // Make room: drop expired entries, then the oldest, until this one fits.
-  for (int i = 0; i < kLargeCacheSlots; ++i) {
-    segment* c = large_cache_[i];
-    if (c != nullptr && now - large_cached_ms_[i] >= options_.empty_arena_decay_ms) {
+  // Mappings pushed out to make room are unmapped after the lock is released:
+  // with it held, every other thread's large allocation and free would wait
+  // for a grace period and the munmaps.
+  segment* evicted[kLargeCacheSlots];
+  int n_evicted = 0;
+  bool kept = false;
+  {
+    lock_guard guard(segments_lock_);
+    if (s->span > kLargeCacheMaxBytes / 2) return false;
+    std::uint64_t now = now_ms();
+    auto evict = [&](int i) {
+      segment* c = large_cache_[i];
       large_cache_[i] = nullptr;
       large_cache_bytes_ -= c->span;
       unlink_all_locked(c);
-      destroy_segment(*os_, c);
-    }
-  }
-  int slot = -1;
-  while (true) {
-    int oldest = -1;
+      evicted[n_evicted++] = c;
+    };
+    // Make room: drop expired entries, then the oldest, until this one fits.
     for (int i = 0; i < kLargeCacheSlots; ++i) {
-      if (large_cache_[i] == nullptr) slot = i;
-      else if (oldest < 0 || large_cached_ms_[i] < large_cached_ms_[oldest]) oldest = i;
+      if (large_cache_[i] != nullptr && now - large_cached_ms_[i] >= options_.empty_arena_decay_ms) evict(i);
     }
-    if (slot >= 0 && large_cache_bytes_ + s->span <= kLargeCacheMaxBytes) break;
-    if (oldest < 0) return false;
-    segment* c = large_cache_[oldest];
-    large_cache_[oldest] = nullptr;
-    large_cache_bytes_ -= c->span;
-    unlink_all_locked(c);
-    destroy_segment(*os_, c);
+    int slot = -1;
+    while (true) {
+      int oldest = -1;
+      for (int i = 0; i < kLargeCacheSlots; ++i) {
+        if (large_cache_[i] == nullptr) slot = i;
+        else if (oldest < 0 || large_cached_ms_[i] < large_cached_ms_[oldest]) oldest = i;
+      }
+      if (slot >= 0 && large_cache_bytes_ + s->span <= kLargeCacheMaxBytes) break;
+      if (oldest < 0) break;
+      evict(oldest);
+    }
+    if (slot >= 0 && large_cache_bytes_ + s->span <= kLargeCacheMaxBytes) {
+      set_counter(&s->live, 0);
+      note_decay_work();
+      large_cache_[slot] = s;
+      large_cached_ms_[slot] = now;
+      large_cache_bytes_ += s->span;
+      kept = true;
+    }
   }
-  set_counter(&s->live, 0);
-  note_decay_work();
-  large_cache_[slot] = s;
-  large_cached_ms_[slot] = now;
-  large_cache_bytes_ += s->span;
-  return true;
+  destroy_segments(*os_, evicted, n_evicted);
+  return kept;
 }
 
 std::uint32_t heap::take_blocks(std::uint32_t cls, cached_block* out, std::uint32_t want, int* err) noexcept {

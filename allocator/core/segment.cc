@@ -179,4 +179,11 @@ void destroy_segment(os::os_interface& os, segment* s) {
   unmap_segment(os, s);
 }
 
+void destroy_segments(os::os_interface& os, segment* const* list, int n) {
+  if (n == 0) return;
+  for (int i = 0; i < n; ++i) unregister_segment(list[i]);
+  wait_for_readers();
+  for (int i = 0; i < n; ++i) unmap_segment(os, list[i]);
+}
+
 }  // namespace dropalloc::core

@@ -115,6 +115,10 @@ segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes,
 // generation floor above every generation the segment used, and waiting for a
 // grace period in between (core/grace.h): no lock-free reader still holds it.
 void destroy_segment(os::os_interface& os, segment* s);
+// destroy_segment for n segments under one grace period. Callers unlink
+// them from every list first, and call it holding no heap lock: the wait
+// for readers and the unmaps take a while, and other threads want the lock.
+void destroy_segments(os::os_interface& os, segment* const* list, int n);
 // The two halves, for callers that destroy many segments under one grace
 // period: unregister each, wait_for_readers() once, then unmap each.
 void unregister_segment(segment* s);
