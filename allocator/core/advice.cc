@@ -24,7 +24,7 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
   pending_advice batch[kAdviceBatch];
   int n = 0;
   if (!advice_lock_.try_lock()) {
-    advise_sealed(s, idx, gen);  // another sealer is queueing or flushing: no waiting
+    advise_sealed(s, idx, gen);  // another thread is adding to the queue or copying it out: no waiting
     return;
   }
   const std::uint64_t now = now_ms();
