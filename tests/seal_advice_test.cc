@@ -6,8 +6,10 @@
 
 #include <chrono>
 #include <cstring>
+#include <thread>
 #include <vector>
 
+#include "allocator/core/heap.h"
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
 
@@ -109,6 +111,26 @@ TEST_CASE("droppable arenas: the queue holds at most 1 MiB of pages") {
   f.res.seal_all();
   CHECK(f.os.sealed_bytes == 8 * kBig);
   for (auto& b : blocks) f.res.deallocate(b.ptr, kBig);
+}
+
+TEST_CASE("droppable arenas: with a purger thread the queue is advised without a further seal") {
+  // The core heap: the resource runs a purger only over the real OS.
+  dropalloc::os::fake_os os;
+  os.reported_backing = dropalloc::backing::droppable;
+  dropalloc::core::heap_options o;
+  o.os = &os;
+  o.empty_arena_decay_ms = 20;
+  o.background_decay = true;
+  dropalloc::core::heap h(o);
+  dropalloc::core::alloc_error err{};
+  void* p = h.allocate(kBlock, 16, &err);
+  REQUIRE(p != nullptr);
+  std::memset(p, 3, kBlock);
+  REQUIRE(h.seal(p) == block_state::intact);  // queued; no seal follows
+  // Liveness, not speed: the purger runs a quarter of the decay time later.
+  for (int i = 0; i < 1000 && os.sealed_bytes == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(os.sealed_bytes == kBlock);
+  h.deallocate(p);
 }
 
 TEST_CASE("private fallback: each seal advises at once") {

@@ -28,7 +28,8 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
     return;
   }
   const std::uint64_t now = now_ms();
-  if (advice_count_ == 0) {
+  const bool first = advice_count_ == 0;
+  if (first) {
     advice_since_ms_ = now;
     advice_pages_ = 0;
   }
@@ -41,7 +42,13 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
     advice_count_ = 0;
   }
   advice_lock_.unlock();
-  if (n != 0) give_advice(batch, n);
+  if (n != 0) {
+    give_advice(batch, n);
+  } else if (first) {
+    // Decay flushes the queue: a heap with a purger thread gives the advice
+    // even if no further seal comes.
+    note_decay_work();
+  }
 }
 
 void heap::flush_advice() noexcept {

@@ -242,13 +242,15 @@ class heap {
   // private fallback, a shared page only while its other blocks are sealed.
   void advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
   block_state seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
+  block_state seal_in_section(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
   // Deferred seal advice (core/advice.cc). In MAP_DROPPABLE arenas a seal's
   // MADV_FREE only ranks its pages for reclaim (any page there may go at any
   // time, advised or not), so it can wait: seals queue (block, generation)
   // and the queue is advised in one pass, adjacent pages in one call, when
   // it holds kAdviceBatch blocks or kAdviceMaxPages pages, when its oldest
   // entry is kAdviceDelayMs old (at the next seal), and on seal_all(),
-  // decay() and trim(). Until then the pages are dirty droppable pages,
+  // decay() and trim() (a queue that starts counts as decay work, so a
+  // heap's purger thread flushes it when no further seal comes). Until then the pages are dirty droppable pages,
   // which the kernel may drop as readily as unsealed ones: the bounds keep
   // that to a few milliseconds and at most 1 MiB (plus one block). The private fallback
   // advises at once (advise_sealed): there the advice decides what the

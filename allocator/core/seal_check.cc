@@ -7,6 +7,7 @@
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/grace.h"
+#include "allocator/core/purger.h"
 
 namespace dropalloc::core {
 
@@ -326,6 +327,14 @@ block_state heap::write_and_seal(void* p, const void* src, std::size_t n, std::u
 }
 
 block_state heap::seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept {
+  const block_state answer = seal_in_section(p, req, sealed_gen);
+  // Queued advice may have asked for the purger thread: started here, out of
+  // the read section and holding no lock (starting a thread allocates).
+  purger::start_if_requested();
+  return answer;
+}
+
+block_state heap::seal_in_section(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept {
   std::uint64_t gen = 0;
   if (sealed_gen != nullptr) *sealed_gen = 0;
   if (p == nullptr) return block_state::foreign;
