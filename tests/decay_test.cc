@@ -123,7 +123,7 @@ TEST_CASE("a recycled large mapping hands back its pages past the new request, a
   res.deallocate(big, kBig, 8);  // kept in the large-mapping cache
   std::uint64_t before = os.released_bytes.load();
   void* small = res.allocate(kSmall, 8);
-  CHECK(small == big);  // the cached mapping, at most twice the request, is reused
+  CHECK(small == big);  // the cached mapping, at most four times the request, is reused
   CHECK(os.released_bytes.load() - before == kBig - kSmall);  // exactly its tail
   fill(small, kSmall, 4);
   CHECK(holds(small, kSmall, 4));

@@ -203,7 +203,7 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
   }
   std::size_t span = (bytes == 0 ? kPage : (bytes + kPage - 1) / kPage * kPage);
   if (segment* cached = reuse_large(span, alignment)) {
-    // A recycled mapping may be up to twice the request. Its pages past the
+    // A recycled mapping may be up to four times the request. Its pages past the
     // request go back now: left as they are, they would stay resident for as
     // long as the block lives (5-25 MiB blocks: 480 MiB peak with them, 403
     // without, for about 375 MiB live at most).
@@ -225,13 +225,14 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
 }
 
 // A cached mapping fits if it is big enough but not wastefully so (at most
-// twice the request) and aligned as asked.
+// four times the request: its pages past the request are released) and
+// aligned as asked.
 segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
   lock_guard guard(segments_lock_);
   int best = -1;
   for (int i = 0; i < kLargeCacheSlots; ++i) {
     segment* s = large_cache_[i];
-    if (s == nullptr || s->span < span || s->span / 2 > span) continue;
+    if (s == nullptr || s->span < span || s->span / 4 > span) continue;
     if (reinterpret_cast<std::uintptr_t>(s->base) % alignment != 0) continue;
     if (best < 0 || s->span < large_cache_[best]->span) best = i;
   }

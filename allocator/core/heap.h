@@ -292,7 +292,7 @@ class heap {
   // Recently freed large mappings kept for reuse (guarded by segments_lock_):
   // growing vectors and other large churn would otherwise pay munmap, mmap and
   // a page fault per page every time. Still registered and in all_, state free.
-  static constexpr int kLargeCacheSlots = 8;
+  static constexpr int kLargeCacheSlots = 16;
   static constexpr std::size_t kLargeCacheMaxBytes = 64u << 20;
   segment* large_cache_[kLargeCacheSlots] = {};
   std::uint64_t large_cached_ms_[kLargeCacheSlots] = {};

@@ -141,6 +141,11 @@ TEST_CASE("a double free racing the background purger never reads an unmapped ar
   dropalloc::resource_options o;
   o.thread_cache = false;  // the free empties the arena at once
   o.background_decay = true;
-  o.empty_arena_decay_ms = 20;  // the spare empty arena goes after ten decay times
+  // The spare empty arena goes after ten decay times. The purger blocks every
+  // signal, so its first look at the arena (a quarter of the decay time after
+  // the first free) must come after the freeing thread has faulted and made
+  // the header page readable again: 20 ms (a 5 ms tick) crashed the test
+  // about once in 30 runs on a loaded machine.
+  o.empty_arena_decay_ms = 200;
   race(o, /*use_trim=*/false);
 }
