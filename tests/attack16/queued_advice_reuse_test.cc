@@ -78,7 +78,10 @@ TEST_CASE("heap destroyed with entries queued; a new heap in the same storage an
     for (int i = 0; i < 20; ++i) {
       bs.push_back(d->allocate_block(i % 2 == 0 ? 6000 : 100));
       std::memset(bs.back().ptr, i + 1, i % 2 == 0 ? 6000 : 100);
-      REQUIRE(d->seal(bs.back()) == block_state::intact);
+      // A queue older than its delay is flushed by the next seal, this block
+      // included, and drop_on_seal zeroes what is advised: dropped then.
+      const block_state st = d->seal(bs.back());
+      REQUIRE((st == block_state::intact || st == block_state::dropped));
     }
     d.reset();  // entries queued, arenas unmapped
     // The fallback heap maps arenas now (same sizes: the fake may reuse the address).
