@@ -84,6 +84,11 @@ int main(int argc, char** argv) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     std::fprintf(stderr, "eviction_order: the child failed (status %d; cgroup OOM kills %llu)\n", status,
                  static_cast<unsigned long long>(st.oom_kills));
+    if (st.oom_kills != 0) {
+      std::fprintf(stderr,
+                   "eviction_order: its own bookkeeping (16 B per block) and the blocks' metadata are ordinary "
+                   "memory charged to the cgroup: use bigger blocks, less total or a higher limit\n");
+    }
     return 1;
   }
   return 0;
