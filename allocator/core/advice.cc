@@ -21,45 +21,29 @@ namespace dropalloc::core {
 using internal::now_ms;
 
 void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept {
-  pending_advice batch[kAdviceBatch];
+  pending_advice batch[advice_queue::kBatch];
   int n = 0;
-  if (!advice_lock_.try_lock()) {
-    advise_sealed(s, idx, gen);  // another thread is adding to the queue or copying it out: no waiting
-    return;
-  }
-  const std::uint64_t now = now_ms();
-  const bool first = advice_count_ == 0;
-  if (first) {
-    advice_since_ms_ = now;
-    advice_pages_ = 0;
-  }
   const page_run run = block_pages(s, idx);
-  advice_pages_ += run.last - run.first + 1;
-  advice_[advice_count_++] = pending_advice{block_start(s, idx), gen};
-  if (advice_count_ == kAdviceBatch || advice_pages_ >= kAdviceMaxPages || now - advice_since_ms_ >= kAdviceDelayMs) {
-    n = advice_count_;
-    std::copy(advice_, advice_ + n, batch);
-    advice_count_ = 0;
-  }
-  advice_lock_.unlock();
-  if (n != 0) {
-    give_advice(batch, n);
-  } else if (first) {
-    // Decay flushes the queue: a heap with a purger thread gives the advice
-    // even if no further seal comes.
-    note_decay_work();
+  switch (advice_.add(pending_advice{block_start(s, idx), gen}, run.last - run.first + 1, now_ms(), batch, &n)) {
+    case advice_queue::added::busy:
+      advise_sealed(s, idx, gen);  // another thread is adding to the queue or emptying it: no waiting
+      break;
+    case advice_queue::added::first:
+      // Decay flushes the queue: a heap with a purger thread gives the
+      // advice even if no further seal comes.
+      note_decay_work();
+      break;
+    case advice_queue::added::queued:
+      break;
+    case advice_queue::added::full:
+      give_advice(batch, n);
+      break;
   }
 }
 
 void heap::flush_advice() noexcept {
-  pending_advice batch[kAdviceBatch];
-  int n = 0;
-  {
-    lock_guard guard(advice_lock_);
-    n = advice_count_;
-    std::copy(advice_, advice_ + n, batch);
-    advice_count_ = 0;
-  }
+  pending_advice batch[advice_queue::kBatch];
+  const int n = advice_.take_all(batch);
   if (n != 0) give_advice(batch, n);
 }
 

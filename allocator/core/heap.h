@@ -10,6 +10,7 @@
 #include <cstdint>
 #include "allocator/core/mutex.h"
 
+#include "allocator/core/advice_queue.h"
 #include "allocator/core/grace.h"
 #include "allocator/core/segment.h"
 #include "allocator/core/thread_cache.h"
@@ -243,28 +244,21 @@ class heap {
   void advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
   block_state seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
   block_state seal_in_section(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
-  // Deferred seal advice (core/advice.cc). In MAP_DROPPABLE arenas a seal's
-  // MADV_FREE only ranks its pages for reclaim (any page there may go at any
-  // time, advised or not), so it can wait: seals queue (block, generation)
-  // and the queue is advised in one pass, adjacent pages in one call, when
-  // it holds kAdviceBatch blocks or kAdviceMaxPages pages, when its oldest
-  // entry is kAdviceDelayMs old (at the next seal), and on seal_all(),
-  // decay() and trim() (a queue that starts counts as decay work, so a
-  // heap's purger thread flushes it when no further seal comes). Until then the pages are dirty droppable pages,
-  // which the kernel may drop as readily as unsealed ones: the bounds keep
-  // that to a few milliseconds and at most 1 MiB (plus one block). The private fallback
-  // advises at once (advise_sealed): there the advice decides what the
-  // kernel may take, and takes the neighbours' seal locks.
+  // Deferred seal advice (core/advice.cc, queue in core/advice_queue.h). In
+  // MAP_DROPPABLE arenas a seal's MADV_FREE only ranks its pages for reclaim
+  // (any page there may go at any time, advised or not), so it can wait:
+  // seals queue (block, generation) and the queue is advised in one pass,
+  // adjacent pages in one call, when it is full (64 blocks or 1 MiB of
+  // pages), when its oldest entry is 10 ms old (at the next seal), and on
+  // seal_all(), decay() and trim(); a queue that starts counts as decay work,
+  // so a heap's purger thread flushes it when no further seal comes. Until
+  // then the pages are dirty droppable pages, which the kernel may drop as
+  // readily as unsealed ones. The private fallback advises at once
+  // (advise_sealed): there the advice decides what the kernel may take, and
+  // takes the neighbours' seal locks.
   void advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
   void flush_advice() noexcept;
-  struct pending_advice {
-    const void* block;
-    std::uint64_t gen;
-  };
   void give_advice(pending_advice* batch, int n) noexcept;
-  static constexpr int kAdviceBatch = 64;
-  static constexpr std::size_t kAdviceMaxPages = 256;
-  static constexpr std::uint64_t kAdviceDelayMs = 10;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
   // check() for everything but the common case (an intact block, read
   // without a retry), which check() answers itself.
@@ -301,13 +295,7 @@ class heap {
   bool cache_large(segment* s) noexcept;  // false: not kept, caller unmaps
   // Returns the bytes unmapped; *more set when entries are kept (not yet old).
   std::size_t release_large_cache(bool all, bool* more = nullptr) noexcept;
-  // The advice queue (advise_later). Taken with try_lock by sealers (one
-  // that finds it busy advises at once), held only to copy entries in or out.
-  mutex advice_lock_;
-  pending_advice advice_[kAdviceBatch] = {};
-  int advice_count_ = 0;            // guarded by advice_lock_
-  std::size_t advice_pages_ = 0;    // pages of the queued blocks (guarded by advice_lock_)
-  std::uint64_t advice_since_ms_ = 0;  // when advice_[0] was queued
+  advice_queue advice_;  // seal advice waiting to be given (advise_later)
   std::atomic<bool> decay_pending_{false};  // something for decay() to hand back
   std::atomic<std::uint64_t> drops_detected_{0};
   std::atomic<std::uint64_t> misuse_refused_{0};

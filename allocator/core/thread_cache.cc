@@ -159,11 +159,11 @@ tc_heap_cache* heap::thread_cache() noexcept {
 void heap::lock_all() noexcept {
   for (auto& c : classes_) c.lock.lock();
   segments_lock_.lock();
-  advice_lock_.lock();  // a leaf: held only to copy the queue
+  advice_.lock();  // a leaf: held only to copy the queue
 }
 
 void heap::unlock_all() noexcept {
-  advice_lock_.unlock();
+  advice_.unlock();
   segments_lock_.unlock();
   for (auto& c : classes_) c.lock.unlock();
 }

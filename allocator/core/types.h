@@ -20,7 +20,8 @@
 //   seal      declare a block fully written: make a translation barrier (no
 //             CPU still reads its pages as they were before a drop in flight:
 //             os/os.h, "stale translations"), record its witnesses, and
-//             MADV_FREE its pages so the kernel drops them oldest first.
+//             MADV_FREE its pages so the kernel drops them oldest first (with
+//             MAP_DROPPABLE queued and given in batches: core/advice.cc).
 //   witness   for each page a sealed block touches, the index of the first
 //             non-zero 8-byte word of the block's portion of that page. The page
 //             was dropped iff that word now reads zero. A portion holding only
