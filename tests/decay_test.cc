@@ -130,6 +130,33 @@ TEST_CASE("a recycled large mapping hands back its pages past the new request, a
   res.deallocate(small, kSmall, 8);
 }
 
+TEST_CASE("a recycled large mapping is live only once its tail is released: a racing seal_all() never seals it") {
+  dropalloc::os::fake_os os;
+  os.reported_backing = dropalloc::backing::droppable;
+  droppable_resource res(fake_options(os));
+  constexpr std::size_t kBig = 8u << 20, kSmall = 3u << 20;
+  void* big = res.allocate(kBig, 8);
+  fill(big, kBig, 5);
+  res.deallocate(big, kBig, 8);  // kept in the large-mapping cache
+  struct racer {
+    droppable_resource* res;
+    std::size_t sealed = 0;
+    static void run(void* ctx) {
+      auto* r = static_cast<racer*>(ctx);
+      r->sealed += r->res->seal_all();  // another thread's seal_all, in the window
+    }
+  } r{&res};
+  os.on_release = &racer::run;
+  os.on_release_ctx = &r;
+  dropalloc::block_ref b = res.allocate_block(kSmall);
+  os.on_release = nullptr;
+  CHECK(b.ptr == big);  // the recycled mapping, its tail released
+  CHECK(r.sealed == 0);  // not live yet while its tail went
+  // Before the fix: sealed with the old life's tail, then the tail zeroed: dropped.
+  CHECK(res.check(b) == dropalloc::block_state::unsealed);
+  res.deallocate(b.ptr, kSmall);
+}
+
 TEST_CASE("the background purger hands freed memory back while the program makes no call") {
   dropalloc::resource_options o;
   o.empty_arena_decay_ms = 20;

@@ -209,6 +209,10 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
     // without, for about 375 MiB live at most).
     if (cached->span > span) (void)os_->release_pages(cached->base + span, cached->span - span);
     if (zero) memset(cached->base, 0, bytes);  // a recycled mapping holds old data
+    // Live only now: a seal_all() racing this allocation may seal the block
+    // as soon as it is live, and its tail released after that seal would
+    // read as a lost page (the block dropped before its owner had it).
+    cached->state[0].store(state::kLive, std::memory_order_release);
     return cached->base;
   }
   int os_err = 0;
@@ -241,7 +245,8 @@ segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
   large_cache_[best] = nullptr;
   large_cache_bytes_ -= s->span;
   set_counter(&s->live, 1);
-  s->state[0].store(state::kLive, std::memory_order_release);
+  // Still free: the caller makes it live once it is ready (allocate_large).
+  // Out of the cache, nobody else hands it out meanwhile.
   return s;
 }
 

@@ -91,9 +91,13 @@ class fake_os final : public os_interface {
     if (drop_on_seal.load()) return drop_pages(p, bytes);
     return 0;
   }
+  // Run before each release, for tests of what may happen meanwhile.
+  void (*on_release)(void* ctx) = nullptr;
+  void* on_release_ctx = nullptr;
   int release_pages(void* p, std::size_t bytes) noexcept override {
     ++releases;
     released_bytes += bytes;
+    if (on_release != nullptr) on_release(on_release_ctx);
     return madvise(p, bytes, MADV_DONTNEED) == 0 ? 0 : errno;
   }
   int drop_pages(void* p, std::size_t bytes) noexcept override {
