@@ -71,11 +71,8 @@ std::size_t heap::release_large_cache(bool all, bool* more) noexcept {
         if (more != nullptr) *more = true;
         continue;
       }
-      large_cache_[i] = nullptr;
-      large_cache_bytes_ -= c->span;
       released += c->span;
-      unlink_all_locked(c);
-      evicted[n_evicted++] = c;
+      evicted[n_evicted++] = take_cached_large(i);
     }
   }
   destroy_segments(*os_, evicted, n_evicted);  // outside the lock, one grace period

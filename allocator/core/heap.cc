@@ -250,6 +250,14 @@ segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
   return s;
 }
 
+segment* heap::take_cached_large(int i) noexcept {
+  segment* c = large_cache_[i];
+  large_cache_[i] = nullptr;
+  large_cache_bytes_ -= c->span;
+  unlink_all_locked(c);
+  return c;
+}
+
 bool heap::cache_large(segment* s) noexcept {
   // Mappings pushed out to make room are unmapped after the lock is released:
   // with it held, every other thread's large allocation and free would wait
@@ -261,13 +269,7 @@ bool heap::cache_large(segment* s) noexcept {
     lock_guard guard(segments_lock_);
     if (s->span > kLargeCacheMaxBytes / 2) return false;
     std::uint64_t now = now_ms();
-    auto evict = [&](int i) {
-      segment* c = large_cache_[i];
-      large_cache_[i] = nullptr;
-      large_cache_bytes_ -= c->span;
-      unlink_all_locked(c);
-      evicted[n_evicted++] = c;
-    };
+    auto evict = [&](int i) { evicted[n_evicted++] = take_cached_large(i); };
     // Make room: drop expired entries, then the oldest, until this one fits.
     for (int i = 0; i < kLargeCacheSlots; ++i) {
       if (large_cache_[i] != nullptr && now - large_cached_ms_[i] >= options_.empty_arena_decay_ms) evict(i);

@@ -293,6 +293,9 @@ class heap {
   std::size_t large_cache_bytes_ = 0;
   segment* reuse_large(std::size_t span, std::size_t alignment) noexcept;
   bool cache_large(segment* s) noexcept;  // false: not kept, caller unmaps
+  // Removes entry i from the cache and from all_ (under segments_lock_); the
+  // caller unmaps it, after the lock is released (destroy_segments).
+  segment* take_cached_large(int i) noexcept;
   // Returns the bytes unmapped; *more set when entries are kept (not yet old).
   std::size_t release_large_cache(bool all, bool* more = nullptr) noexcept;
   advice_queue advice_;  // seal advice waiting to be given (advise_later)
