@@ -159,3 +159,34 @@ TEST_CASE("droppable arenas: queued advice survives its arena going away") {
   CHECK(f.res.check(c) == block_state::intact);
   f.res.deallocate(c.ptr, kBlock);
 }
+
+TEST_CASE("private fallback: a block found dropped has its pages advised again; MAP_DROPPABLE arenas do not") {
+  // Reading a reclaimed page faults it back in, and where the kernel maps no
+  // shared zero page that is ordinary memory nobody would give back: in the
+  // fallback, finding the loss advises the block's pages once more.
+  for (dropalloc::backing b : {dropalloc::backing::private_fallback, dropalloc::backing::droppable}) {
+    CAPTURE(static_cast<int>(b));
+    fixture f(b);
+    block_ref lost = f.written(7);
+    block_ref resealed = f.written(8);
+    REQUIRE(f.res.seal(lost) == block_state::intact);
+    REQUIRE(f.res.seal(resealed) == block_state::intact);
+    CHECK(f.res.seal_all() == 0);  // gives queued advice (MAP_DROPPABLE)
+    const std::size_t advised = f.os.sealed_bytes;
+    REQUIRE(advised == 2 * kBlock);
+    // Found by check().
+    REQUIRE(f.res.drop_for_testing(lost.ptr, kBlock) == 0);
+    CHECK(f.res.check(lost) == block_state::dropped);
+    const bool fallback = b == dropalloc::backing::private_fallback;
+    CHECK(f.os.sealed_bytes == advised + (fallback ? kBlock : 0));
+    CHECK(f.res.check(lost) == block_state::dropped);  // once: the state already says so
+    CHECK(f.os.sealed_bytes == advised + (fallback ? kBlock : 0));
+    // Found by a re-seal.
+    REQUIRE(f.res.drop_for_testing(resealed.ptr, kBlock) == 0);
+    CHECK(f.res.seal(resealed) == block_state::dropped);
+    CHECK(f.res.seal_all() == 0);
+    CHECK(f.os.sealed_bytes == advised + (fallback ? 2 * kBlock : 0));
+    f.res.deallocate(lost);
+    f.res.deallocate(resealed);
+  }
+}

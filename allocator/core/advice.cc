@@ -57,9 +57,7 @@ void heap::give_advice(pending_advice* batch, int n) noexcept {
     return reinterpret_cast<std::uintptr_t>(a.block) < reinterpret_cast<std::uintptr_t>(b.block);
   });
   read_section reading;
-  const segment* run_arena = nullptr;
-  std::byte* run_from = nullptr;
-  std::byte* run_to = nullptr;
+  internal::seal_advice_runs runs(*os_);
   for (int k = 0; k < n; ++k) {
     std::uint32_t idx = 0;
     segment* s = find_block(batch[k].block, &idx);
@@ -68,21 +66,9 @@ void heap::give_advice(pending_advice* batch, int n) noexcept {
         s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != batch[k].gen) {
       continue;
     }
-    const page_run run = block_pages(s, idx);
-    std::byte* from = s->base + run.first * kPage;
-    std::byte* to = s->base + (run.last + 1) * kPage;
-    // One call per run of adjacent pages of one arena (the next arena need
-    // not begin where this one ends).
-    if (s == run_arena && from <= run_to) {
-      if (to > run_to) run_to = to;
-      continue;
-    }
-    if (run_arena != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
-    run_arena = s;
-    run_from = from;
-    run_to = to;
+    runs.add(s, idx);
   }
-  if (run_arena != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
+  runs.flush();  // inside the read section: the arenas stay mapped meanwhile
 }
 
 }  // namespace dropalloc::core

@@ -242,6 +242,14 @@ class heap {
   // while it still is (it may have been freed and reused since), and in the
   // private fallback, a shared page only while its other blocks are sealed.
   void advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
+  // In the private fallback, a block just found dropped: its pages are
+  // advised again, on advise_sealed's terms. Reading a page the kernel
+  // reclaimed faults it back in, and on kernels that map no shared zero page
+  // for a read fault (some virtual machines' kernels) that is a fresh page of
+  // ordinary memory, which no one would give back until the block is freed:
+  // the drop check's own reads of a lost block's witnesses, and the caller's
+  // reads before its check, would pin one page per page lost.
+  void readvise_dropped(segment* s, std::uint32_t idx) noexcept;
   block_state seal(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
   block_state seal_in_section(void* p, const seal_request& req, std::uint64_t* sealed_gen) noexcept;
   // Deferred seal advice (core/advice.cc, queue in core/advice_queue.h). In

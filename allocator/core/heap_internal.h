@@ -8,6 +8,8 @@
 #include "allocator/core/mutex.h"
 
 #include "allocator/core/heap.h"
+#include "allocator/core/segment.h"
+#include "allocator/os/os.h"
 
 namespace dropalloc::core::internal {
 
@@ -62,5 +64,42 @@ inline void set_counter(std::uint32_t* field, std::uint32_t value) {
 inline std::uint32_t read_counter(const std::uint32_t* field) {
   return __atomic_load_n(field, __ATOMIC_RELAXED);
 }
+
+// Seal advice for many blocks: their pages gathered into runs of adjacent
+// pages of one arena, one os::seal_pages call per run. Blocks are added in
+// address order (a block whose pages overlap or touch the run extends it).
+// The caller keeps every added block's arena mapped until flush().
+class seal_advice_runs {
+ public:
+  explicit seal_advice_runs(os::os_interface& os) noexcept : os_(os) {}
+  seal_advice_runs(const seal_advice_runs&) = delete;
+  seal_advice_runs& operator=(const seal_advice_runs&) = delete;
+
+  void add(const segment* s, std::uint32_t idx) noexcept {
+    const page_run run = block_pages(s, idx);
+    std::byte* from = s->base + run.first * kPage;
+    std::byte* to = s->base + (run.last + 1) * kPage;
+    // The next arena need not begin where this one ends: a run stays in one.
+    if (s == arena_ && from <= to_) {
+      if (to > to_) to_ = to;
+      return;
+    }
+    flush();
+    arena_ = s;
+    from_ = from;
+    to_ = to;
+  }
+
+  void flush() noexcept {
+    if (arena_ != nullptr) os_.seal_pages(from_, static_cast<std::size_t>(to_ - from_));
+    arena_ = nullptr;
+  }
+
+ private:
+  os::os_interface& os_;
+  const segment* arena_ = nullptr;  // nullptr: no run open
+  std::byte* from_ = nullptr;
+  std::byte* to_ = nullptr;
+};
 
 }  // namespace dropalloc::core::internal

@@ -346,6 +346,7 @@ block_state heap::seal_in_section(void* p, const seal_request& req, std::uint64_
     case seal_outcome::sealed: break;
     case seal_outcome::lost:
       if (sealed_gen != nullptr) *sealed_gen = gen;  // written_here only: the new life, dropped
+      readvise_dropped(s, idx);
       return block_state::dropped;
     case seal_outcome::unsettled:
       if (sealed_gen != nullptr && req.from == seal_from::written_here) *sealed_gen = gen;
@@ -423,8 +424,10 @@ void heap::advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexc
   // the seal that wanted it was made under that lock, since released, and
   // the block may have been freed and handed out again meanwhile, its new
   // life written but not sealed. Advise only the life that was sealed.
-  if (!locks.hold(seal_lock_for(block_start(s, idx))) ||
-      (s->state[idx].load(std::memory_order_acquire) & state::kMask) != state::kSealed ||
+  // A block found dropped since its seal, at the same generation, is the same
+  // life: it holds nothing worth keeping (readvise_dropped).
+  const std::uint8_t kind = s->state[idx].load(std::memory_order_acquire) & state::kMask;
+  if (!locks.hold(seal_lock_for(block_start(s, idx))) || (kind != state::kSealed && kind != state::kDropped) ||
       s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != gen) {
     return;
   }
@@ -433,6 +436,11 @@ void heap::advise_sealed(segment* s, std::uint32_t idx, std::uint64_t gen) noexc
     if (to > from && !page_held_only_by_sealed(s, idx, run.last, locks)) --to;
   }
   if (to > from) os_->seal_pages(s->base + from * kPage, (to - from) * kPage);
+}
+
+void heap::readvise_dropped(segment* s, std::uint32_t idx) noexcept {
+  if (os_->arena_backing() == backing::droppable) return;
+  advise_sealed(s, idx, s->generation_of(s->meta[idx].load(std::memory_order_acquire)));
 }
 
 std::size_t heap::seal_all() noexcept {
@@ -445,14 +453,13 @@ std::size_t heap::seal_all() noexcept {
   if (os_->settle_translations() != 0) return 0;
   flush_advice();  // the seals before this call: advised now, older first
   lock_guard guard(segments_lock_);
+  const bool fallback = os_->arena_backing() != backing::droppable;
+  // Advise only the pages of blocks this call sealed, one call per run of
+  // them: advising a page again that was read since its seal would clear its
+  // referenced bit and make the kernel drop it early.
+  internal::seal_advice_runs runs(*os_);
   for (segment* s = all_; s != nullptr; s = s->all_next) {
-    // Advise only the pages of blocks this call sealed, one call per run of
-    // them: advising a page again that was read since its seal would clear
-    // its referenced bit and make the kernel drop it early.
-    std::byte* run_from = nullptr;
-    std::byte* run_to = nullptr;
     std::uint32_t bump = read_counter(&s->bump);
-    const bool fallback = os_->arena_backing() != backing::droppable;
     for (std::uint32_t i = 0; i < bump; ++i) {
       if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
       std::uint64_t gen = 0;
@@ -467,19 +474,10 @@ std::size_t heap::seal_all() noexcept {
         advise_sealed(s, i, gen);
         continue;
       }
-      const page_run run = block_pages(s, i);
-      std::byte* from = s->base + run.first * kPage;
-      std::byte* to = s->base + (run.last + 1) * kPage;
-      if (run_to != nullptr && from <= run_to) {
-        if (to > run_to) run_to = to;
-        continue;
-      }
-      if (run_to != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
-      run_from = from;
-      run_to = to;
+      runs.add(s, i);
     }
-    if (run_to != nullptr) os_->seal_pages(run_from, static_cast<std::size_t>(run_to - run_from));
   }
+  runs.flush();  // under the segments lock: no arena is unmapped meanwhile
   return sealed;
 }
 
@@ -564,6 +562,7 @@ __attribute__((noinline)) block_state heap::check_slow(const void* p, std::uint6
       if (word.load(std::memory_order_acquire) == m &&
           sb.compare_exchange_strong(st, dropped, std::memory_order_acq_rel)) {
         drops_detected_.fetch_add(1, std::memory_order_relaxed);
+        readvise_dropped(s, idx);
         return block_state::dropped;
       }
       continue;  // freed or resealed meanwhile: answer afresh
