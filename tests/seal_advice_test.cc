@@ -12,6 +12,7 @@
 #include "allocator/core/heap.h"
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/fake_resource.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
@@ -24,13 +25,7 @@ constexpr std::size_t kBlock = 16 * 1024;  // a class of whole pages: blocks sta
 struct fixture {
   dropalloc::os::fake_os os;
   droppable_resource res;
-  static dropalloc::resource_options options(dropalloc::os::fake_os& os, dropalloc::backing b) {
-    os.reported_backing = b;
-    dropalloc::resource_options o;
-    o.os = &os;
-    return o;
-  }
-  explicit fixture(dropalloc::backing b) : res(options(os, b)) {}
+  explicit fixture(dropalloc::backing b) : res(dropalloc::testing::on_fake_os(os, b)) {}
   block_ref written(int seed) {
     block_ref b = res.allocate_block(kBlock);
     std::memset(b.ptr, seed, kBlock);

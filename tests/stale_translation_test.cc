@@ -29,6 +29,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/fake_resource.h"
 #include "allocator/os/os.h"
 
 using dropalloc::block_ref;
@@ -63,13 +64,7 @@ struct fake_resource {
   dropalloc::os::fake_os os;
   droppable_resource res;
   watch w;
-  static dropalloc::resource_options options(dropalloc::os::fake_os& os, dropalloc::backing b) {
-    os.reported_backing = b;
-    dropalloc::resource_options o;
-    o.os = &os;
-    return o;
-  }
-  explicit fake_resource(dropalloc::backing b) : res(options(os, b)) {
+  explicit fake_resource(dropalloc::backing b) : res(dropalloc::testing::on_fake_os(os, b)) {
     w.res = &res;
     os.on_settle = &watch::hook;
     os.on_settle_ctx = &w;

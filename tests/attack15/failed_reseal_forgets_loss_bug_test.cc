@@ -21,19 +21,17 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/attack15/common.h"
+#include "tests/fake_resource.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
+using attack15::fill;
+using attack15::name;
+
 namespace {
-
-std::string name(block_state s) { return dropalloc::to_string(s); }
-
-void fill(void* p, std::size_t n, int seed) {
-  auto* b = static_cast<unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
-}
 
 struct dropper {
   droppable_resource* res = nullptr;
@@ -51,13 +49,7 @@ struct fake_resource {
   dropalloc::os::fake_os os;
   droppable_resource res;
   dropper d;
-  static dropalloc::resource_options options(dropalloc::os::fake_os& os, dropalloc::backing b) {
-    os.reported_backing = b;
-    dropalloc::resource_options o;
-    o.os = &os;
-    return o;
-  }
-  explicit fake_resource(dropalloc::backing b) : res(options(os, b)) {
+  explicit fake_resource(dropalloc::backing b) : res(dropalloc::testing::on_fake_os(os, b)) {
     d.res = &res;
     os.on_settle = &dropper::hook;
     os.on_settle_ctx = &d;

@@ -24,19 +24,17 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/attack15/common.h"
+#include "tests/fake_resource.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
+using attack15::fill;
+using attack15::name;
+
 namespace {
-
-std::string name(block_state s) { return dropalloc::to_string(s); }
-
-void fill(void* p, std::size_t n, int seed) {
-  auto* b = static_cast<unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
-}
 
 struct world;
 
@@ -54,13 +52,7 @@ struct world {
   int good_barriers_after_write = 0;
   bool written = false;
 
-  static dropalloc::resource_options options(dropalloc::os::fake_os& os, dropalloc::backing b) {
-    os.reported_backing = b;
-    dropalloc::resource_options o;
-    o.os = &os;
-    return o;
-  }
-  explicit world(dropalloc::backing b) : res(options(os, b)) {
+  explicit world(dropalloc::backing b) : res(dropalloc::testing::on_fake_os(os, b)) {
     os.on_settle = &hook;
     os.on_settle_ctx = this;
   }
