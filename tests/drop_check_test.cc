@@ -270,3 +270,38 @@ TEST_CASE("write_and_seal copies, seals and verifies") {
   CHECK(local == 0);
   res.deallocate(b.ptr, src.size());
 }
+
+TEST_CASE("write_and_seal of a short value into a long block: the tail reads zero, and only the value's pages count") {
+  droppable_resource res;
+  // 16 or more whole pages past the value go back to the OS in one call;
+  // fewer are zeroed word by word. Both must read as zeros afterwards, hold
+  // no witness (dropping them loses nothing) and leave the value's pages
+  // watched. The block first holds other bytes everywhere: a reused block.
+  for (std::size_t pages : {8u, 20u, 64u}) {
+    for (std::size_t n : {std::size_t{1}, kPage - 5, 3 * kPage + 1}) {
+      CAPTURE(pages);
+      CAPTURE(n);
+      const std::size_t size = pages * kPage;
+      auto b = res.allocate_block(size);
+      std::memset(b.ptr, 0x5a, size);
+      std::vector<unsigned char> src(n);
+      fill(src.data(), n, static_cast<int>(pages + n));
+      REQUIRE(res.write_and_seal(b, src.data(), n) == block_state::intact);
+      const auto* p = static_cast<const unsigned char*>(b.ptr);
+      CHECK(std::memcmp(p, src.data(), n) == 0);
+      std::size_t nonzero = 0;
+      for (std::size_t i = n; i < size; ++i) nonzero += p[i] != 0;
+      CHECK(nonzero == 0);
+      // Pages wholly past the value: nothing to lose.
+      const std::size_t first_tail_page = (n + kPage - 1) / kPage;
+      for (std::size_t pg = first_tail_page; pg < pages; pg += 5) {
+        REQUIRE(res.drop_for_testing(static_cast<char*>(b.ptr) + pg * kPage, kPage) == 0);
+      }
+      CHECK(res.check(b) == block_state::intact);
+      // The value's last page is watched.
+      REQUIRE(res.drop_for_testing(static_cast<char*>(b.ptr) + (n - 1) / kPage * kPage, 1) == 0);
+      CHECK(res.check(b) == block_state::dropped);
+      res.deallocate(b.ptr, size);
+    }
+  }
+}

@@ -49,26 +49,43 @@ inline const std::byte* portion_end(const segment* s, std::uint32_t idx, std::si
   return block_end < page_end ? block_end : page_end;
 }
 
+// Whole pages of a block's tail that write_and_seal handed back to the OS
+// instead of zeroing them by hand (release_tail): they read as zeros (a drop
+// changes nothing there), so they need no witness and no comparison, and are
+// not read, which on a kernel without a shared zero page would make each one
+// resident. Empty: from == to.
+struct zero_span {
+  const std::byte* from = nullptr;
+  const std::byte* to = nullptr;
+  bool holds(const std::byte* a, const std::byte* b) const { return from < to && from <= a && b <= to; }
+};
+
 // Takes the witnesses of block idx from what it holds now: stores those of
 // its later portions (a straddling block) in page_witness and returns that
 // of its first portion (for the meta word). With verify_old, *lost tells
 // whether a witness of the old seal (meta word m) read zero after the new
 // one of its page was taken; then the rest is not taken.
-std::uint64_t take_witnesses(segment* s, std::uint32_t idx, std::uint64_t m, bool verify_old, bool* lost) {
+std::uint64_t take_witnesses(segment* s, std::uint32_t idx, std::uint64_t m, bool verify_old, bool* lost,
+                             const zero_span& released = {}) {
   const std::byte* start = block_start(s, idx);
   const page_run run = block_pages(s, idx);
   // Raised before the witnesses change (acq_rel: the stores below stay after
   // it), so a check that read any of them sees the count move. A block within
   // one page has its only witness in the meta word, which changes at once.
   if (run.straddles()) s->seal_count[run.first].fetch_add(1, std::memory_order_acq_rel);
-  const std::uint64_t first_w = first_nonzero_word(start, static_cast<std::size_t>(portion_end(s, idx, run.first) - start));
+  const std::byte* first_end = portion_end(s, idx, run.first);
+  const std::uint64_t first_w =
+      released.holds(start, first_end) ? 0 : first_nonzero_word(start, static_cast<std::size_t>(first_end - start));
   load_fence();  // the new witness was taken before the old one is read again
   const std::uint64_t old_first_w = meta::witness(m);
   *lost = verify_old && old_first_w != 0 && load_word(start + (old_first_w - 1) * 8) == 0;
   for (std::size_t p = run.first + 1; p <= run.last && !*lost; ++p) {
     const std::byte* page = s->base + p * kPage;
     std::uint16_t old_w = s->page_witness[p].load(std::memory_order_relaxed);
-    auto w = static_cast<std::uint16_t>(first_nonzero_word(page, static_cast<std::size_t>(portion_end(s, idx, p) - page)));
+    const std::byte* end = portion_end(s, idx, p);
+    auto w = released.holds(page, end)
+                 ? std::uint16_t{0}
+                 : static_cast<std::uint16_t>(first_nonzero_word(page, static_cast<std::size_t>(end - page)));
     load_fence();
     *lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
     s->page_witness[p].store(w, std::memory_order_relaxed);
@@ -76,11 +93,8 @@ std::uint64_t take_witnesses(segment* s, std::uint32_t idx, std::uint64_t m, boo
   return first_w;
 }
 
-// Whether [p, p + size) holds src[0, n) followed by zeros. Reads with
-// load_word where it can, like every read of droppable memory here.
-bool holds_written(const std::byte* p, std::size_t size, const std::byte* src, std::size_t n) {
-  if (n != 0 && std::memcmp(p, src, n) != 0) return false;
-  std::size_t i = n;
+// Whether [p + i, p + size) reads as zeros.
+bool holds_zeros(const std::byte* p, std::size_t i, std::size_t size) {
   for (; i < size && i % 8 != 0; ++i) {
     if (p[i] != std::byte{0}) return false;
   }
@@ -93,8 +107,23 @@ bool holds_written(const std::byte* p, std::size_t size, const std::byte* src, s
   return true;
 }
 
+// Whether [p, p + size) holds src[0, n) followed by zeros. Reads with
+// load_word where it can, like every read of droppable memory here; the
+// pages of `released` read as zeros whatever happens to them, unread.
+bool holds_written(const std::byte* p, std::size_t size, const std::byte* src, std::size_t n,
+                   const zero_span& released = {}) {
+  if (n != 0 && std::memcmp(p, src, n) != 0) return false;
+  if (released.from < released.to) {
+    const auto from = static_cast<std::size_t>(released.from - p);
+    const auto to = static_cast<std::size_t>(released.to - p);
+    return holds_zeros(p, n, from) && holds_zeros(p, to, size);
+  }
+  return holds_zeros(p, n, size);
+}
+
 // Zeroes [p, p + bytes), writing only words that are not zero already: a
-// tail never written (a fresh mapping's) stays untouched, not resident.
+// tail never written (a fresh mapping's) stays untouched, not resident
+// where reads map the shared zero page.
 void zero_tail(std::byte* p, std::size_t bytes) {
   std::size_t i = 0;
   for (; i < bytes && (reinterpret_cast<std::uintptr_t>(p + i) % 8) != 0; ++i) p[i] = std::byte{0};
@@ -102,6 +131,29 @@ void zero_tail(std::byte* p, std::size_t bytes) {
     if (load_word(p + i) != 0) __atomic_store_n(reinterpret_cast<std::uint64_t*>(p + i), 0, __ATOMIC_RELAXED);
   }
   for (; i < bytes; ++i) p[i] = std::byte{0};
+}
+
+// Tails of at least this many whole pages go back to the OS in one call
+// rather than being read and zeroed word by word.
+constexpr std::size_t kReleasedTailPages = 16;
+
+// Zeroes [from, to), the tail of a block write_and_seal is writing: its
+// whole pages, if there are enough of them, by handing them back to the OS
+// (they read as zeros until written again), the rest by zero_tail. Returns
+// the pages handed back (empty if none were, or the OS refused).
+zero_span release_tail(os::os_interface& os, std::byte* from, std::byte* to) {
+  const auto a = reinterpret_cast<std::uintptr_t>(from);
+  const auto b = reinterpret_cast<std::uintptr_t>(to);
+  const std::uintptr_t first = (a + kPage - 1) / kPage * kPage;
+  const std::uintptr_t last = b / kPage * kPage;
+  if (last <= first || (last - first) / kPage < kReleasedTailPages ||
+      os.release_pages(reinterpret_cast<void*>(first), last - first) != 0) {
+    zero_tail(from, static_cast<std::size_t>(to - from));
+    return {};
+  }
+  zero_tail(from, first - a);
+  zero_tail(reinterpret_cast<std::byte*>(last), b - last);
+  return zero_span{reinterpret_cast<const std::byte*>(first), reinterpret_cast<const std::byte*>(last)};
 }
 
 }  // namespace
@@ -243,9 +295,10 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   }
   std::byte* start = block_start(s, idx);
   const std::size_t size = block_bytes(s);
+  zero_span released;
   if (writes) {
     if (req.n != 0) std::memcpy(start, req.src, req.n);
-    zero_tail(start + req.n, size - req.n);
+    released = release_tail(*os_, start + req.n, start + size);
   }
   // After the last write of the contents (ours, or the caller's before seal())
   // and before the witnesses are read and the seal is published: no CPU may
@@ -281,12 +334,12 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   const bool verify_old = was_sealed && from == seal_from::any_but_dropped;
 
   bool lost = false;
-  const std::uint64_t first_w = take_witnesses(s, idx, m, verify_old, &lost);
+  const std::uint64_t first_w = take_witnesses(s, idx, m, verify_old, &lost, released);
   if (writes && !lost) {
     // After the witnesses were taken: a page lost before shows here; one lost
     // later has a witness taken from the right bytes, which check() sees.
     load_fence();
-    lost = !holds_written(start, size, req.src, req.n);
+    lost = !holds_written(start, size, req.src, req.n, released);
   }
   const std::uint64_t sealed_m = meta::make(gen, first_w);
   if (lost) {
