@@ -112,7 +112,12 @@ class heap {
   // compares it with what was written before anyone can see it sealed: all
   // under the block's seal lock, so a free waits for it, and with the block
   // unsealed from the first byte written (a reader checking meanwhile gets
-  // `unsealed` or, later, `stale`, never `intact` over half-written bytes).
+  // `unsealed`). A block sealed or dropped before gets a new generation, so
+  // a reader who copied it during the write reads `stale` afterwards, never
+  // `intact` over half-written bytes. A live block keeps its generation (the
+  // first seal of a fresh block keeps allocate_block's, whatever path seals
+  // it): readers must not be given a fresh block's handle before its first
+  // seal has returned.
   // From any state but free: live, sealed or dropped -> sealed, or -> dropped
   // if the comparison failed (a page went meanwhile). n must not exceed the
   // block's usable size (checked under the lock: `stale` otherwise, nothing

@@ -116,7 +116,9 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                                                  end, a translation barrier,
 //                                                  witnesses, a compare, and only
 //                                                  then sealed (-> dropped if the
-//                                                  compare failed: a page went)
+//                                                  compare failed: a page went);
+//                                                  generation + 1 unless it was live
+//                                                  (a first seal keeps allocate's)
 //   dropped ----seal_rewritten----> sealed         the caller rewrote all of it;
 //                                                  generation + 1: a new life, so a
 //                                                  reader who copied it while it was

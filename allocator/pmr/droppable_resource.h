@@ -135,11 +135,15 @@ class droppable_resource final : public std::pmr::memory_resource {
   // them (to usable_size(p)), and seals it: `intact` only if it was found to
   // hold exactly that after sealing, which covers the time before the seal
   // too. From the first byte written until then the block reads `unsealed`,
-  // and it is sealed only once verified, so no reader ever gets `intact`
-  // over a half-written or half-lost copy; a free of it waits. Works on a
+  // and it is sealed only once verified; a free of it waits. Works on a
   // live, sealed or dropped block (a revival). A block that was sealed or
-  // dropped before gets a new generation (see seal()); the block_ref overload
-  // takes it into the handle. `dropped`: a page went meanwhile, the block is
+  // dropped before gets a new generation (see seal()), so a reader who copied
+  // it during the write reads `stale`, never `intact` over a half-written or
+  // half-lost copy; the block_ref overload takes the new generation into the
+  // handle. A fresh block's first seal, this one included, keeps the
+  // generation allocate_block gave: nothing could tell a reader who copied
+  // it mid-write, so give readers a fresh block's handle only once this
+  // call has returned. `dropped`: a page went meanwhile, the block is
   // dropped (write again), so a later check() never says intact; also if
   // the seal could not be made safely (see seal()). `stale` /
   // `foreign`: p is not a live block of this resource, nothing was written.
