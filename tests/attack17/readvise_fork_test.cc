@@ -66,14 +66,17 @@ TEST_CASE("fallback re-advice with forks: no deadlock, no hang") {
     REQUIRE(pid >= 0);
     if (pid == 0) {
       alarm(30);
-      auto r = res.check_all();
+      // The arenas read as zeros here, so no block that held data is intact;
+      // but a block may have been sealed over zeros (a neighbour's drop
+      // zeroed its page between its write and its seal), and such a block
+      // reads intact anywhere: the sweep's counts prove nothing here.
+      (void)res.check_all();
       block_ref b = res.allocate_block(3000);
       std::memset(b.ptr, 5, 3000);
       int rc = res.seal(b) == block_state::intact ? 0 : 3;
       (void)res.check_all();
       res.deallocate(b);
-      // The arenas read as zeros here: no block that held data is intact.
-      _exit(r.intact == 0 ? rc : 4);
+      _exit(rc);
     }
     ++children;
     int status = 0;
@@ -88,6 +91,8 @@ TEST_CASE("fallback re-advice with forks: no deadlock, no hang") {
       waitpid(pid, &status, 0);
     } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
       ++failed;
+      MESSAGE("child " << i << (WIFEXITED(status) ? ": exit " : ": signal ")
+                       << (WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status)));
     }
   }
   stop = true;
