@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "allocator/dropalloc.h"
+#include "tests/attack17/workload.h"
 
 #ifndef MADV_PAGEOUT
 #define MADV_PAGEOUT 21
@@ -29,49 +30,19 @@ using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
+using attack17::fill;
+using attack17::owned;
+using attack17::pick_size;
+using attack17::seconds;
+
 namespace {
 
 constexpr std::uintptr_t kPage = 4096;
-
-void fill(unsigned char* b, std::size_t n, std::uint64_t seed) {
-  std::uint64_t x = seed * 0x9e3779b97f4a7c15ull + 11;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (i % 8 == 0) {
-      x ^= x << 13;
-      x ^= x >> 7;
-      x ^= x << 17;
-    }
-    b[i] = static_cast<unsigned char>((x >> (8 * (i % 8))) | 1);
-  }
-}
-
-std::size_t pick_size(std::mt19937_64& rng) {
-  switch (rng() % 6) {
-    case 0: return 8 + rng() % 120;
-    case 1: return 3000;
-    case 2: return 2000 + rng() % 48;
-    case 3: return 5000 + rng() % 100;
-    case 4: return 12000;
-    default: return 600 + rng() % 200;
-  }
-}
-
-double seconds() {
-  const char* s = std::getenv("MODEL_SECONDS");
-  return s != nullptr ? std::atof(s) : 6.0;
-}
 
 struct slot {
   std::atomic<void*> ptr{nullptr};
   std::atomic<std::uint64_t> gen{0};
   std::atomic<std::size_t> n{0};
-};
-
-struct owned {
-  block_ref b{nullptr, 0};
-  std::size_t n = 0;
-  std::vector<unsigned char> want;
-  enum { unsealed, sealed, unknown } model = unsealed;
 };
 
 }  // namespace
