@@ -103,6 +103,13 @@ dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p);
  * generation (dropalloc_generation): handles from before read STALE. NULL r:
  * FOREIGN. */
 dropalloc_state dropalloc_seal_rewritten(dropalloc_resource* r, void* p);
+/* dropalloc_seal of n blocks at once, for about the price of one: the system
+ * call every seal makes is made once, first, for the whole batch. Write every
+ * block, then seal them together. states[i] (states may be NULL) receives
+ * what dropalloc_seal(r, blocks[i]) would return. Returns how many are
+ * DROPALLOC_INTACT. NULL r, or NULL blocks with n > 0: every state (if any)
+ * FOREIGN, nothing sealed, returns 0. */
+size_t dropalloc_seal_many(dropalloc_resource* r, void* const* blocks, size_t n, dropalloc_state* states);
 /* Seals every live block of the resource that is not sealed yet (sealed and
  * dropped blocks keep their state); returns how many. Call it when no thread is
  * still writing an unsealed block of the resource. */

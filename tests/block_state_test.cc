@@ -12,20 +12,18 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/pattern.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
+using dropalloc::testing::fill;
+
 namespace {
 
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kSizes[] = {64, 16 * 1024};
-
-void fill(void* p, std::size_t n, int seed) {
-  auto* b = static_cast<unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
-}
 
 bool all_zero(const void* p, std::size_t n) {
   auto* b = static_cast<const unsigned char*>(p);

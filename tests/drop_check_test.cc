@@ -9,18 +9,16 @@
 #include <vector>
 
 #include "allocator/dropalloc.h"
+#include "tests/pattern.h"
 
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
+using dropalloc::testing::fill;
+
 namespace {
 
 constexpr std::size_t kPage = 4096;
-
-void fill(void* p, std::size_t n, std::uint32_t seed) {
-  auto* b = static_cast<unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
-}
 
 }  // namespace
 

@@ -31,17 +31,15 @@
 #include "allocator/os/fake_os.h"
 #include "tests/fake_resource.h"
 #include "allocator/os/os.h"
+#include "tests/pattern.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
-namespace {
+using dropalloc::testing::fill;
 
-void fill(void* p, std::size_t n, int seed) {
-  auto* b = static_cast<unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
-}
+namespace {
 
 // What the fake OS's hook sees of the block being sealed at each barrier.
 struct watch {

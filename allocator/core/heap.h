@@ -108,6 +108,15 @@ class heap {
   // seal() that also takes a dropped block back to sealed: only for callers
   // that rewrote every byte.
   block_state seal_rewritten(void* p, std::uint64_t* sealed_gen = nullptr, std::uint64_t expected_gen = 0) noexcept;
+  // seal() of n blocks, with one translation barrier for all of them, made
+  // first: the caller wrote them all before the call, as for seal_all(). Per
+  // block i, answers[i] is what seal(blocks[i], &sealed_gens[i],
+  // expected_gens[i]) would answer; sealed_gens and expected_gens may be null
+  // (no generations wanted; any generation). If the barrier cannot be made,
+  // each block is sealed as seal() would be, with a barrier of its own.
+  // Returns how many answers are `intact`.
+  std::size_t seal_many(void* const* blocks, std::size_t n, block_state* answers,
+                        std::uint64_t* sealed_gens = nullptr, const std::uint64_t* expected_gens = nullptr) noexcept;
   // Copies src[0, n) into the block, zeroes the rest of it, seals it and
   // compares it with what was written before anyone can see it sealed: all
   // under the block's seal lock, so a free waits for it, and with the block

@@ -370,6 +370,29 @@ block_state heap::seal_rewritten(void* p, std::uint64_t* sealed_gen, std::uint64
   return seal(p, seal_request{seal_from::rewritten, expected_gen, nullptr, 0}, sealed_gen);
 }
 
+std::size_t heap::seal_many(void* const* blocks, std::size_t n, block_state* answers, std::uint64_t* sealed_gens,
+                            const std::uint64_t* expected_gens) noexcept {
+  // One barrier for the whole batch: the caller wrote every block before this
+  // call, so the barrier comes after the last write of each and before any
+  // witness is read, which is all a seal needs of it (seal_block). The
+  // batch's later blocks are sealed a while after it: a page dropped in
+  // between is a page dropped before their seal, which reads as zeros and is
+  // sealed as zeros (what seal() says of a drop before it), or one dropped
+  // after their witnesses were read, which check() sees.
+  const bool settled = n != 0 && os_->settle_translations() == 0;
+  std::size_t intact = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const seal_request req{seal_from::any_but_dropped, expected_gens != nullptr ? expected_gens[i] : 0, nullptr, 0,
+                           settled};
+    std::uint64_t gen = 0;
+    answers[i] = seal_in_section(blocks[i], req, &gen);
+    if (sealed_gens != nullptr) sealed_gens[i] = gen;
+    if (answers[i] == block_state::intact) ++intact;
+  }
+  purger::start_if_requested();  // as seal(): out of every read section, no lock held
+  return intact;
+}
+
 block_state heap::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
                                  std::uint64_t expected_gen) noexcept {
   *gen = 0;

@@ -110,6 +110,8 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //   live, sealed, dropped ----free----> free       generation + 1 if observed
 //   live ----seal / seal_all----> sealed           a translation barrier, then
 //                                                  witnesses from the contents now
+//                                                  (seal_many: seal of each block,
+//                                                  one barrier first for them all)
 //   live, sealed, dropped ----write_and_seal----> sealed   under the seal lock:
 //                                                  unsealed (live) from the first byte
 //                                                  written, then src and zeros to the

@@ -139,6 +139,55 @@ const std::byte* source_copy(const void* src, std::size_t n, std::unique_ptr<std
 
 }  // namespace
 
+namespace {
+
+void require_answers(std::size_t blocks, std::size_t answers) {
+  if (answers >= blocks) return;
+  char what[160];
+  snprintf(what, sizeof what, "dropalloc: seal_many of %zu blocks with room for %zu answers", blocks, answers);
+  throw std::invalid_argument(what);
+}
+
+}  // namespace
+
+std::size_t droppable_resource::seal_many(std::span<void* const> blocks, std::span<block_state> answers) {
+  require_answers(blocks.size(), answers.size());
+  return heap_.seal_many(blocks.data(), blocks.size(), answers.data());
+}
+
+std::size_t droppable_resource::seal_many(std::span<block_ref> blocks, std::span<block_state> answers) {
+  require_answers(blocks.size(), answers.size());
+  // In batches on the stack: no allocation, and one barrier per batch.
+  constexpr std::size_t kBatch = 128;
+  void* ptrs[kBatch];
+  std::uint64_t expected[kBatch];
+  std::uint64_t sealed[kBatch];
+  block_state got[kBatch];
+  std::size_t at[kBatch];
+  std::size_t intact = 0;
+  for (std::size_t from = 0; from < blocks.size(); from += kBatch) {
+    const std::size_t to = std::min(blocks.size(), from + kBatch);
+    std::size_t k = 0;
+    for (std::size_t i = from; i < to; ++i) {
+      const block_ref& b = blocks[i];
+      if (b.generation == 0) {  // as through_handle: no generation, nothing sealed
+        answers[i] = b.ptr == nullptr || !heap_.owns(b.ptr) ? block_state::foreign : block_state::stale;
+        continue;
+      }
+      ptrs[k] = b.ptr;
+      expected[k] = b.generation;
+      at[k] = i;
+      ++k;
+    }
+    intact += heap_.seal_many(ptrs, k, got, sealed, expected);
+    for (std::size_t j = 0; j < k; ++j) {
+      answers[at[j]] = got[j];
+      if (sealed[j] != 0) blocks[at[j]].generation = sealed[j];
+    }
+  }
+  return intact;
+}
+
 block_state droppable_resource::write_and_seal(void* p, const void* src, std::size_t n, std::uint64_t* gen,
                                                std::uint64_t expected_gen) {
   *gen = 0;

@@ -11,6 +11,7 @@
 #include <iosfwd>
 #include <memory_resource>
 #include <new>
+#include <span>
 
 #include "allocator/core/heap.h"
 #include "allocator/core/types.h"
@@ -131,6 +132,20 @@ class droppable_resource final : public std::pmr::memory_resource {
       return heap_.seal_rewritten(p, gen, expected);
     });
   }
+  // seal() of many blocks at once, for about the price of one: every seal
+  // makes a system call (a barrier against the kernel's stale page
+  // translations, see seal()), and here one call serves the whole batch, made
+  // first. So write every block, then seal them together; a block still being
+  // written during the call is sealed as it reads, as by seal(). answers[i]
+  // receives what seal(blocks[i]) would answer (null, foreign and duplicate
+  // pointers included: a second seal of a block is a re-seal). Returns how
+  // many answers are `intact`. Throws std::invalid_argument, sealing nothing,
+  // if answers is shorter than blocks.
+  std::size_t seal_many(std::span<void* const> blocks, std::span<block_state> answers);
+  // seal_many() through handles: each as seal(block_ref&), so a handle whose
+  // generation is no longer its block's seals nothing (`stale`), and on
+  // return each handle names what was sealed. One barrier per 128 handles.
+  std::size_t seal_many(std::span<block_ref> blocks, std::span<block_state> answers);
   // Makes the block hold n bytes copied from ordinary memory and zeros after
   // them (to usable_size(p)), and seals it: `intact` only if it was found to
   // hold exactly that after sealing, which covers the time before the seal

@@ -83,6 +83,24 @@ DROPALLOC_EXPORT dropalloc_state dropalloc_seal_rewritten(dropalloc_resource* r,
   return to_c(r->heap.seal_rewritten(p));
 }
 
+DROPALLOC_EXPORT size_t dropalloc_seal_many(dropalloc_resource* r, void* const* blocks, size_t n,
+                                             dropalloc_state* states) {
+  if (r == nullptr || (blocks == nullptr && n != 0)) {
+    for (size_t i = 0; states != nullptr && i < n; ++i) states[i] = DROPALLOC_FOREIGN;
+    return 0;
+  }
+  // Through a buffer on the stack, a batch at a time: one barrier per batch.
+  constexpr size_t kBatch = 128;
+  dropalloc::block_state got[kBatch];
+  size_t intact = 0;
+  for (size_t from = 0; from < n; from += kBatch) {
+    const size_t k = n - from < kBatch ? n - from : kBatch;
+    intact += r->heap.seal_many(blocks + from, k, got);
+    for (size_t j = 0; states != nullptr && j < k; ++j) states[from + j] = to_c(got[j]);
+  }
+  return intact;
+}
+
 DROPALLOC_EXPORT size_t dropalloc_seal_all(dropalloc_resource* r) { return r != nullptr ? r->heap.seal_all() : 0; }
 
 DROPALLOC_EXPORT dropalloc_state dropalloc_check(dropalloc_resource* r, const void* p, uint64_t generation) {

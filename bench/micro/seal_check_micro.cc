@@ -4,6 +4,8 @@
 // dropalloc::droppable_resource only (no other allocator has these calls).
 //   seal/<n>B    write one word per page (re-dirtying it, as a writer would),
 //                then seal(): records the witnesses and MADV_FREEs the pages
+//   seal_many/<n>B  as seal/<n>B, but 64 blocks written, then sealed by one
+//                seal_many() (one translation barrier for the 64)
 //   seal_all/<n>B  every block freshly written, then one seal_all() for all
 //   check/<n>B   check(ptr, generation) on sealed, intact blocks (16 MiB of
 //                them: metadata and witness words mostly come from memory)
@@ -13,7 +15,9 @@
 // divides the time by them.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstring>
+#include <span>
 #include <vector>
 
 #include "allocator/dropalloc.h"
@@ -60,6 +64,28 @@ void bm_seal(benchmark::State& state, std::size_t n) {
   set_counters(state, b);
 }
 
+// As bm_seal, 64 blocks at a time: write them, then one seal_many().
+void bm_seal_many(benchmark::State& state, std::size_t n) {
+  blocks b(n);
+  constexpr std::size_t kBatch = 64;
+  std::vector<void*> ptrs;
+  for (auto& r : b.refs) ptrs.push_back(r.ptr);
+  dropalloc::block_state answers[kBatch];
+  std::size_t intact = 0;
+  for (auto _ : state) {
+    for (std::size_t from = 0; from < ptrs.size(); from += kBatch) {
+      const std::size_t k = std::min(kBatch, ptrs.size() - from);
+      for (std::size_t i = from; i < from + k; ++i) {
+        auto* p = static_cast<char*>(ptrs[i]);
+        for (std::size_t off = 0; off < n; off += 4096) p[off] = 0x5a;
+      }
+      intact += b.res.seal_many(std::span<void* const>(ptrs.data() + from, k), std::span(answers, k));
+    }
+  }
+  if (intact != ptrs.size() * state.iterations()) state.SkipWithError("seal_many() left a block not intact");
+  set_counters(state, b);
+}
+
 // Every block freshly allocated and written (one store per page, untimed),
 // then all sealed by one seal_all() (timed): one translation barrier for all
 // of them, one madvise per run of adjacent blocks.
@@ -97,6 +123,7 @@ int main(int argc, char** argv) {
   g_quick = bench::take_flag(&argc, argv, "--quick");
   for (std::size_t n : {64u, 4096u, 65536u, 262144u}) {
     benchmark::RegisterBenchmark(("seal/" + std::to_string(n) + "B").c_str(), bm_seal, n)->UseRealTime();
+    benchmark::RegisterBenchmark(("seal_many/" + std::to_string(n) + "B").c_str(), bm_seal_many, n)->UseRealTime();
     benchmark::RegisterBenchmark(("seal_all/" + std::to_string(n) + "B").c_str(), bm_seal_all, n)->UseRealTime();
     benchmark::RegisterBenchmark(("check/" + std::to_string(n) + "B").c_str(), bm_check, n, false)->UseRealTime();
     benchmark::RegisterBenchmark(("check_hot/" + std::to_string(n) + "B").c_str(), bm_check, n, true)->UseRealTime();

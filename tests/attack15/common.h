@@ -5,15 +5,13 @@
 #include <string>
 
 #include "allocator/dropalloc.h"
+#include "tests/pattern.h"
 
 namespace attack15 {
 
 inline std::string name(dropalloc::block_state s) { return dropalloc::to_string(s); }
 
 // Contents with no zero byte, different per seed: every page has a witness.
-inline void fill(void* p, std::size_t n, int seed) {
-  auto* b = static_cast<unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
-}
+using dropalloc::testing::fill;
 
 }  // namespace attack15

@@ -326,21 +326,55 @@ void runner::op_rewrite_dropped(shadow_block* b) {
 }
 
 void runner::op_seal(shadow_block* b) {
+  if (r_.chance(35)) return op_seal_many(b);
   auto lk = owner_lock();
   sync(b);
   note("seal " + where(*b));
-  answers want = m_.expect_seal(*b);
-  const bool resealing = b->st == model::life::sealed;
-  const std::uint64_t before = b->gen;
+  const seal_before before = before_seal(b);
   block_state got = res_.seal(b->ptr);
+  after_seal(b, before, got, "seal()");
+}
+
+// seal() of b and up to three more of this runner's blocks in one
+// seal_many(): each answer must be what seal() may answer for it alone.
+void runner::op_seal_many(shadow_block* b) {
+  auto lk = owner_lock();
+  std::vector<shadow_block*> batch{b};
+  const std::uint64_t more = r_.below(4);
+  for (std::uint64_t k = 0; k < more; ++k) {
+    shadow_block* o = pick();
+    if (std::find(batch.begin(), batch.end(), o) == batch.end()) batch.push_back(o);
+  }
+  std::vector<void*> ptrs;
+  std::vector<seal_before> before;
+  std::string what = "seal_many";
+  for (shadow_block* x : batch) {
+    sync(x);
+    before.push_back(before_seal(x));
+    ptrs.push_back(x->ptr);
+    what += " " + where(*x);
+  }
+  note(what);
+  std::vector<block_state> got(ptrs.size(), block_state::foreign);
+  std::size_t intact = res_.seal_many(ptrs, got);
+  expect(intact == static_cast<std::size_t>(std::count(got.begin(), got.end(), block_state::intact)),
+         "seal-many-count", "returned " + std::to_string(intact));
+  for (std::size_t i = 0; i < batch.size(); ++i) after_seal(batch[i], before[i], got[i], "seal_many()");
+}
+
+runner::seal_before runner::before_seal(shadow_block* b) {
+  return seal_before{m_.expect_seal(*b), b->st == model::life::sealed, b->gen};
+}
+
+void runner::after_seal(shadow_block* b, const seal_before& before, block_state got, const char* call) {
   refresh_generation(b);
-  expect(allows(want, got), "seal-answer",
-         where(*b) + ": seal() said " + name(got) + ", the promise allows " + describe(want));
-  if (resealing && got == block_state::intact) {
+  expect(allows(before.want, got), "seal-answer",
+         where(*b) + ": " + call + " said " + name(got) + ", the promise allows " + describe(before.want));
+  if (before.resealing && got == block_state::intact) {
     // New contents may hide a page lost unseen: the old generation must not
     // vouch for them.
-    expect(b->gen > before, "reseal-kept-generation", where(*b) + ": re-sealed at the same generation");
-    block_state old = res_.check(b->ptr, before);
+    expect(b->gen > before.gen, "reseal-kept-generation", where(*b) + ": re-sealed at the same generation");
+    block_state old = res_.check(b->ptr, before.gen);
     expect(old == block_state::stale, "reseal-old-handle-not-stale",
            where(*b) + ": the generation before the re-seal said " + name(old));
   }

@@ -111,6 +111,15 @@ class runner {
   void op_allocate();
   void op_write(shadow_block* b);
   void op_seal(shadow_block* b);
+  void op_seal_many(shadow_block* b);
+  // What op_seal and op_seal_many expect of a seal, taken before it.
+  struct seal_before {
+    answers want;
+    bool resealing;
+    std::uint64_t gen;
+  };
+  seal_before before_seal(shadow_block* b);
+  void after_seal(shadow_block* b, const seal_before& before, block_state got, const char* call);
   void op_rewrite_dropped(shadow_block* b);
   void op_write_and_seal(shadow_block* b);
   void op_drop(shadow_block* b);
