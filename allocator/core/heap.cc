@@ -158,6 +158,7 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
   int os_err = 0;
   tc_heap_cache* c = cls < kNumCachedClasses ? thread_cache() : nullptr;
   if (c != nullptr) {
+    if (t_current.bias != nullptr) rebias_if_due(t_current.bias);
     tc_bin& bin = c->bins[cls];
     cached_block* items = c->items[cls];
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);
@@ -558,6 +559,7 @@ std::uint64_t heap::generation(const void* p) const noexcept {
     // From now on a handle to this life may exist: its free must move the
     // generation. Compare-and-exchange against the free's own (retire), so
     // exactly one of them goes first.
+    if ((st & state::kObserved) == 0) before_state_write(st, t_current.live_state);
     if ((st & state::kObserved) == 0 &&
         !sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved), std::memory_order_acq_rel)) {
       continue;

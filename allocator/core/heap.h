@@ -13,6 +13,7 @@
 #include "allocator/core/advice_queue.h"
 #include "allocator/core/grace.h"
 #include "allocator/core/segment.h"
+#include "allocator/core/tag_bias.h"
 #include "allocator/core/thread_cache.h"
 #include "allocator/core/types.h"
 #include "allocator/os/os.h"
@@ -370,9 +371,24 @@ DROPALLOC_ALWAYS_INLINE bool heap::retire(segment* s, std::uint32_t idx, std::ui
   do {
     if ((st & state::kMask) == state::kFree) return false;
     if ((st & state::kObserved) != 0) return retire_observed(s, idx, was);
+    before_state_write(st, t_current.live_state);
   } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
   *was = st;
   return true;
+}
+
+// The owner's free of its own live, never-observed block while its tag is
+// biased: plain stores, bracketed by in_free (core/tag_bias.h, steps 1-4).
+// False (nothing written) when the tag is not biased: exchange instead.
+DROPALLOC_ALWAYS_INLINE bool free_biased(std::atomic<std::uint8_t>* st) noexcept {
+  tag_bias* b = t_current.bias;
+  if (b == nullptr || b->mode.load(std::memory_order_relaxed) != bias::kBiased) return false;
+  b->in_free.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // step 1 before step 2 (the CPU may still reorder: see tag_bias.h)
+  const bool biased = b->mode.load(std::memory_order_relaxed) == bias::kBiased;
+  if (biased) st->store(state::kFree, std::memory_order_release);
+  b->in_free.store(0, std::memory_order_release);
+  return biased;
 }
 
 DROPALLOC_ALWAYS_INLINE tc_heap_cache* heap::current_cache() const noexcept {
@@ -455,13 +471,20 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // Live and never observed (owned by this thread, or by another: see
     // state::kTagShift). Anything else (observed, sealed, dropped, free) takes
     // the slow path.
+    // Another thread's block: its owner's bias must be revoked first, which
+    // the slow path does (a system call: kept off this path).
     const bool other_thread = now != t_current.live_state;
-    if (other_thread && (now & (state::kMask | state::kObserved)) != state::kLive) return false;
-    // Compare-and-exchange, not a store: a racing generation() may have marked
-    // the block observed since we read `now` (then the slow path moves its
-    // generation), and of two racing frees only one may win.
+    if (other_thread &&
+        ((now & (state::kMask | state::kObserved)) != state::kLive || !owner_never_plain(now))) {
+      return false;
+    }
+    // Compare-and-exchange, not a store, unless this thread's tag is biased:
+    // a racing generation() may have marked the block observed since we read
+    // `now` (then the slow path moves its generation), and of two racing
+    // frees only one may win.
     std::uint8_t expected = now;
-    if (DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
+    if ((other_thread || !free_biased(st)) &&
+        DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
                                                         std::memory_order_relaxed))) {
       return false;
     }

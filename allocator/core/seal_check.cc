@@ -200,6 +200,7 @@ bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was, std::uint
   }
   do {
     if ((st & state::kMask) == state::kFree) return false;
+    before_state_write(st, t_current.live_state);
   } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
   // Unobserved here is possible only if someone cleared the mark, which no
   // path does; the generation moves whenever it was observed.
@@ -252,6 +253,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   // Observed first: from now on a free of this block takes the slow path and
   // moves the generation, which the meta-word exchange below would notice.
   while ((st & state::kMask) != state::kFree && (st & state::kObserved) == 0) {
+    before_state_write(st, t_current.live_state);
     if (sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved),
                                  std::memory_order_acq_rel)) {
       st |= state::kObserved;
@@ -539,9 +541,15 @@ std::size_t heap::seal_all() noexcept {
     for (std::uint32_t i = 0; i < bump; ++i) {
       if ((s->state[i].load(std::memory_order_relaxed) & state::kMask) != state::kLive) continue;
       std::uint64_t gen = 0;
-      if (seal_block(s, i, seal_request{seal_from::live_only, 0, nullptr, 0, true}, &gen) != seal_outcome::sealed) {
-        continue;
+      seal_outcome sealed_here;
+      {
+        // Not for the arena (the lock keeps it mapped) but for biased frees:
+        // a tag's owner biases it again only once writers that found it
+        // revoked have left the read section they wrote in (core/tag_bias.h).
+        read_section reading;
+        sealed_here = seal_block(s, i, seal_request{seal_from::live_only, 0, nullptr, 0, true}, &gen);
       }
+      if (sealed_here != seal_outcome::sealed) continue;
       ++sealed;
       if (fallback) {
         // Unsealed data must never be given to the kernel here: each block

@@ -10,11 +10,12 @@
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/grace.h"
 #include "allocator/core/purger.h"
+#include "allocator/core/tag_bias.h"
 
 namespace dropalloc::core {
 
 __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
-__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive, 0, nullptr};
+__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive, nullptr, 0, nullptr};
 
 namespace internal {
 
@@ -30,15 +31,21 @@ using internal::registry_t;
 
 namespace {
 
-// A tag no live thread holds, or (all taken) one shared round-robin.
-std::uint32_t take_thread_tag(registry_t& r) {
+// A tag no live thread holds, or (all taken) one shared round-robin, whose
+// bias is then revoked for good (core/tag_bias.h).
+std::uint32_t take_thread_tag(registry_t& r, bool* exclusive) {
   for (std::uint32_t tag = 1; tag <= state::kTags; ++tag) {
     if ((r.tags_in_use & (1u << tag)) == 0) {
       r.tags_in_use |= 1u << tag;
+      *exclusive = true;
+      bias_tag_taken(tag, true);
       return tag;
     }
   }
-  return 1 + r.next_shared_tag++ % state::kTags;
+  *exclusive = false;
+  const std::uint32_t tag = 1 + r.next_shared_tag++ % state::kTags;
+  bias_tag_taken(tag, false);
+  return tag;
 }
 
 }  // namespace
@@ -75,6 +82,7 @@ void flush_thread_caches(tc_table* t) noexcept {
   bool shared = false;
   for (tc_table* o = r.tables; o != nullptr; o = o->next) shared = shared || o->tag == t->tag;
   if (!shared) r.tags_in_use &= ~(1u << t->tag);
+  bias_tag_released(t->tag, shared);
 }
 
 namespace {
@@ -87,6 +95,10 @@ namespace {
 void flush_at_thread_exit(void* arg) {
   auto* table = static_cast<tc_table*>(arg);
   t_exited = true;
+  // No more plain frees, and no block of ours from now on: the tag goes back
+  // to the registry below, and a thread that takes it next owns its blocks.
+  t_current.bias = nullptr;
+  t_current.live_state = state::kLive;
   t_current.heap_id = 0;
   t_current.cache = nullptr;
   t_current.other_heap_id = 0;
@@ -116,9 +128,10 @@ tc_heap_cache* heap::thread_cache() noexcept {
     if (t == nullptr) return nullptr;
     registry_t& r = registry();
     std::uint32_t tag;
+    bool exclusive = false;
     {
       lock_guard guard(r.lock);
-      tag = take_thread_tag(r);
+      tag = take_thread_tag(r, &exclusive);
       t->tag = tag;
       t->next = r.tables;
       if (r.tables != nullptr) r.tables->prev = t;
@@ -129,6 +142,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
     // with the exited thread, as the blocks of a leaked object would.
     (void)call_at_thread_exit(flush_at_thread_exit, t);
     t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
+    t_current.bias = exclusive ? &g_tag_bias[tag] : nullptr;
   }
   tc_heap_cache* c = t->caches[slot_].load(std::memory_order_relaxed);
   if (c == nullptr) {
@@ -198,6 +212,7 @@ void postfork_child() noexcept {
   purger::forget_after_fork();
   heap::resume_decay_after_fork();
   reset_readers_after_fork();
+  if (!grace_internal::g_asymmetric.load(std::memory_order_relaxed)) bias_off_after_fork();
   registry_t& r = registry();
   tc_table* mine = t_cache_table;
   for (;;) {

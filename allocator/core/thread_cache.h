@@ -104,10 +104,14 @@ extern __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec")
 // -> cache -> id. Heap ids are never reused and a thread's caches are
 // unmapped only when it exits (which clears this first), so a matching id
 // means the cache is valid and belongs to that heap.
+struct tag_bias;
 struct tc_current {
   std::uint64_t heap_id;  // the last heap used; 0 = none
   struct tc_heap_cache* cache;
   std::uint8_t live_state;  // state::kLive | this thread's tag << state::kTagShift
+  // This thread's tag's bias (core/tag_bias.h) if it holds the tag alone;
+  // null otherwise: its frees then always exchange.
+  tag_bias* bias;
   std::uint64_t other_heap_id;  // the one used before it; 0 = none
   struct tc_heap_cache* other_cache;
 };

@@ -160,7 +160,10 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 // are serialised by a lock; allocate, free and check take none. Every change
 // of a live block's state byte is a compare-and-exchange (frees included), so
 // a free, a seal and generation() marking it observed are ordered: of two
-// racing frees one wins, and no observation is lost to a free. A free of an
+// racing frees one wins, and no observation is lost to a free. One exception
+// keeps that order by other means: a thread frees its own never-observed
+// block with a plain store while its tag is biased, and any other thread
+// revokes that bias before it writes such a block's state (core/tag_bias.h). A free of an
 // observed block also takes its seal lock, so it never falls between a
 // sealer's meta-word and state-byte exchanges.
 namespace state {

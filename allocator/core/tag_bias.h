@@ -1,0 +1,111 @@
+// Biased frees: while no other thread writes the state bytes of a thread's
+// live blocks, that thread frees its own blocks with a plain store instead of
+// a compare-and-exchange (whose full fence was most of a free's time).
+//
+// Every change of a live block's state byte is otherwise a compare-and-
+// exchange (core/types.h), so that racing writers (a free on another thread,
+// generation() or a seal marking the block observed) are ordered against the
+// owner's free. A plain store could overwrite such a write: a lost observed
+// mark would let an old handle read `intact` on the block's next life, and
+// two frees that both won would put one block in two bins. So the owner
+// stores plainly only while its tag is *biased*, and a thread about to write
+// the state byte of another thread's live, unobserved block first *revokes*
+// that bias, then writes as before:
+//
+//   owner's free              1. in_free = 1        revoker          a. mode = revoking
+//   (plain stores and loads)  2. mode == biased?                     b. process barrier
+//                             3. state = free                        c. wait for in_free == 0
+//                             4. in_free = 0                         d. mode = revoked
+//
+// The process barrier (membarrier) runs a full fence on every thread of the
+// process, at some point of the owner's free. If step 2 comes after that
+// point, the owner sees `revoking` and takes the compare-and-exchange. If it
+// comes before, so does step 1, and the revoker sees in_free set (or already
+// cleared, with the store of step 3 visible) and waits until step 3 is
+// visible before it writes. Either way the revoker's exchange sees the free.
+// The cost falls on the rare side: a revocation is a system call, and a tag
+// revoked stays revoked for kRebiasAfterMs, so a program that keeps freeing
+// across threads pays it a few times a second at most (and frees as before).
+//
+// Only the owning thread re-biases its tag, from its allocation slow path
+// (no lock held, no read section open): mode = rebiasing, then a grace period
+// (core/grace.h), then biased. Every writer that found its tag `revoked` did
+// so inside a read section and wrote in that same section, so the grace
+// period waits for it; a writer that starts later finds `rebiasing` or
+// `biased` and revokes again.
+//
+// Biasing needs the process barrier (a kernel with membarrier, and not under
+// TSan, which cannot see what it orders: core/grace.cc) and a tag held by one
+// thread only; a tag shared by several threads (more than state::kTags at
+// once) is never biased.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "allocator/core/types.h"
+
+namespace dropalloc::core {
+
+namespace bias {
+inline constexpr std::uint8_t kBiased = 0;     // the owner frees with plain stores
+inline constexpr std::uint8_t kRevoking = 1;   // a revoker waits for the owner's free in flight
+inline constexpr std::uint8_t kRevoked = 2;    // every writer uses compare-and-exchange
+inline constexpr std::uint8_t kRebiasing = 3;  // the owner waits out writers that saw kRevoked
+inline constexpr std::uint8_t kShared = 4;     // held by several threads: revoked until all let go
+// How long a revoked tag stays revoked before its owner biases it again.
+inline constexpr std::uint64_t kRebiasAfterMs = 100;
+}  // namespace bias
+
+// One per thread tag, each on a cache line of its own: the owner writes
+// in_free around each biased free; other threads only read mode unless they
+// revoke.
+struct alignas(64) tag_bias {
+  std::atomic<std::uint8_t> mode{bias::kRevoked};
+  std::atomic<std::uint8_t> in_free{0};       // written by the owner only
+  std::atomic<std::uint64_t> revoked_ms{0};   // when the last revocation ended
+};
+
+extern tag_bias g_tag_bias[state::kTags + 1];  // by tag; [0] unused (tag 0 = no owner)
+
+// Revokes the bias of `tag`; returns once its owner writes its blocks' state
+// bytes only by compare-and-exchange, leaving the tag in mode `to` (kRevoked,
+// or kShared, which only the tag's release ends). Waits for nothing but the
+// owner's free in flight (a few instructions), so it may be called with
+// locks held.
+void revoke_bias(std::uint32_t tag, std::uint8_t to = bias::kRevoked) noexcept;
+
+// Whether the thread that allocated a block whose state reads `st` never
+// frees with a plain store now: no tag, or its bias is revoked (or shared).
+// Before a thread writes the state byte of a block that read `st`: if that
+// is another thread's live, never-observed block (the only kind its owner
+// frees with a plain store), the owner's bias must be revoked first. Call it
+// inside the read section the write is made in, before the write.
+inline bool owner_never_plain(std::uint8_t st) noexcept {
+  const std::uint32_t tag = st >> state::kTagShift;
+  if (tag == 0) return true;
+  const std::uint8_t m = g_tag_bias[tag].mode.load(std::memory_order_acquire);
+  return m == bias::kRevoked || m == bias::kShared;
+}
+inline void before_state_write(std::uint8_t st, std::uint8_t my_live_state) noexcept {
+  if ((st & (state::kMask | state::kObserved)) != state::kLive || st == my_live_state) return;
+  if (!owner_never_plain(st)) revoke_bias(st >> state::kTagShift);
+}
+
+// The owner's side, from its allocation slow path: biases its tag again once
+// it has stayed revoked for kRebiasAfterMs. Does nothing inside a read section.
+void rebias_if_due(tag_bias* b) noexcept;
+// Tests: how long a revoked tag stays revoked (kRebiasAfterMs unless set; 0
+// re-biases at every allocation slow path, so races meet biased frees often).
+void set_rebias_after_ms_for_testing(std::uint64_t ms) noexcept;
+
+// Registry transitions (registry lock held). A tag taken by a thread alone
+// is left revoked; its owner biases it later. A tag given to a second thread
+// is revoked for good. A tag given up by its last thread: revoked, and no
+// longer shared.
+void bias_tag_taken(std::uint32_t tag, bool exclusive) noexcept;
+void bias_tag_released(std::uint32_t tag, bool still_held) noexcept;
+// In a forked child where the process barrier no longer works: no bias.
+void bias_off_after_fork() noexcept;
+
+}  // namespace dropalloc::core
