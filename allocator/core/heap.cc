@@ -559,7 +559,7 @@ std::uint64_t heap::generation(const void* p) const noexcept {
     // From now on a handle to this life may exist: its free must move the
     // generation. Compare-and-exchange against the free's own (retire), so
     // exactly one of them goes first.
-    if ((st & state::kObserved) == 0) before_state_write(st, t_current.live_state);
+    if ((st & state::kObserved) == 0 && !before_state_write(sb, st)) return 0;  // a handler inside its free
     if ((st & state::kObserved) == 0 &&
         !sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved), std::memory_order_acq_rel)) {
       continue;

@@ -371,24 +371,35 @@ DROPALLOC_ALWAYS_INLINE bool heap::retire(segment* s, std::uint32_t idx, std::ui
   do {
     if ((st & state::kMask) == state::kFree) return false;
     if ((st & state::kObserved) != 0) return retire_observed(s, idx, was);
-    before_state_write(st, t_current.live_state);
+    if (!before_state_write(sb, st)) return false;  // a handler inside this block's free: freed already
   } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
   *was = st;
   return true;
 }
 
-// The owner's free of its own live, never-observed block while its tag is
-// biased: plain stores, bracketed by in_free (core/tag_bias.h, steps 1-4).
-// False (nothing written) when the tag is not biased: exchange instead.
-DROPALLOC_ALWAYS_INLINE bool free_biased(std::atomic<std::uint8_t>* st) noexcept {
+// The owner's free of its own live, never-observed block (its state read
+// `now`) while its tag is biased: plain stores, bracketed by in_free
+// (core/tag_bias.h, steps 1-4). kExchange (nothing written) when the tag is
+// not biased or the state moved meanwhile; kSlowPath when this is a signal
+// handler that interrupted another free of this thread (the slow path sorts
+// out a second free of the same block).
+enum class own_free : std::uint8_t { kDone, kExchange, kSlowPath };
+DROPALLOC_ALWAYS_INLINE own_free free_biased(std::atomic<std::uint8_t>* st, std::uint8_t now) noexcept {
   tag_bias* b = t_current.bias;
-  if (b == nullptr || b->mode.load(std::memory_order_relaxed) != bias::kBiased) return false;
+  if (b == nullptr || b->mode.load(std::memory_order_relaxed) != bias::kBiased) return own_free::kExchange;
+  if (DROPALLOC_UNLIKELY(b->in_free.load(std::memory_order_relaxed) != 0)) return own_free::kSlowPath;
+  b->freeing.store(st, std::memory_order_relaxed);
   b->in_free.store(1, std::memory_order_relaxed);
-  std::atomic_signal_fence(std::memory_order_seq_cst);  // step 1 before step 2 (the CPU may still reorder: see tag_bias.h)
-  const bool biased = b->mode.load(std::memory_order_relaxed) == bias::kBiased;
-  if (biased) st->store(state::kFree, std::memory_order_release);
+  // Step 1 before step 2 for the compiler (the CPU may still reorder them:
+  // see tag_bias.h), and before the state is read again: a signal handler
+  // that ran since `now` was read, and wrote this byte, shows here; one that
+  // runs from here on finds the byte in `freeing` and leaves it alone.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  const bool plain = b->mode.load(std::memory_order_relaxed) == bias::kBiased &&
+                     st->load(std::memory_order_relaxed) == now;
+  if (plain) st->store(state::kFree, std::memory_order_release);
   b->in_free.store(0, std::memory_order_release);
-  return biased;
+  return plain ? own_free::kDone : own_free::kExchange;
 }
 
 DROPALLOC_ALWAYS_INLINE tc_heap_cache* heap::current_cache() const noexcept {
@@ -483,7 +494,9 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // `now` (then the slow path moves its generation), and of two racing
     // frees only one may win.
     std::uint8_t expected = now;
-    if ((other_thread || !free_biased(st)) &&
+    const own_free own = other_thread ? own_free::kExchange : free_biased(st, now);
+    if (DROPALLOC_UNLIKELY(own == own_free::kSlowPath)) return false;
+    if (own == own_free::kExchange &&
         DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
                                                         std::memory_order_relaxed))) {
       return false;

@@ -200,7 +200,7 @@ bool retire_observed(segment* s, std::uint32_t idx, std::uint8_t* was, std::uint
   }
   do {
     if ((st & state::kMask) == state::kFree) return false;
-    before_state_write(st, t_current.live_state);
+    if (!before_state_write(sb, st)) return false;  // a handler inside its free: freed already
   } while (!sb.compare_exchange_weak(st, state::kFree, std::memory_order_acq_rel, std::memory_order_relaxed));
   // Unobserved here is possible only if someone cleared the mark, which no
   // path does; the generation moves whenever it was observed.
@@ -253,7 +253,7 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   // Observed first: from now on a free of this block takes the slow path and
   // moves the generation, which the meta-word exchange below would notice.
   while ((st & state::kMask) != state::kFree && (st & state::kObserved) == 0) {
-    before_state_write(st, t_current.live_state);
+    if (!before_state_write(sb, st)) return seal_outcome::not_live;  // a handler inside its free
     if (sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved),
                                  std::memory_order_acq_rel)) {
       st |= state::kObserved;

@@ -104,10 +104,17 @@ void bias_tag_released(std::uint32_t tag, bool still_held) noexcept {
   b.mode.store(bias::kRevoked, std::memory_order_release);
 }
 
-void bias_off_after_fork() noexcept {
-  // One thread in the child: no free is in flight anywhere. Never biased
-  // again without the barrier (rebias_if_due), shared or not.
-  for (tag_bias& b : g_tag_bias) b.mode.store(bias::kRevoked, std::memory_order_relaxed);
+void bias_after_fork(bool barrier_works) noexcept {
+  // One thread in the child, in its fork handler: no free is in flight
+  // anywhere, and no revocation or re-bias either. Without the barrier no
+  // tag is biased again (rebias_if_due).
+  for (tag_bias& b : g_tag_bias) {
+    b.in_free.store(0, std::memory_order_relaxed);
+    const std::uint8_t m = b.mode.load(std::memory_order_relaxed);
+    if (!barrier_works || m == bias::kRevoking || m == bias::kRebiasing) {
+      b.mode.store(m == bias::kShared ? bias::kShared : bias::kRevoked, std::memory_order_relaxed);
+    }
+  }
 }
 
 }  // namespace dropalloc::core

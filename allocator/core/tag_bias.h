@@ -34,6 +34,12 @@
 // period waits for it; a writer that starts later finds `rebiasing` or
 // `biased` and revokes again.
 //
+// A signal handler on the owner thread is the one writer that program order
+// does not put before or after the owner's free: the free records the byte it
+// frees (`freeing`) and reads the state again after in_free is set, and a
+// handler that finds its own thread freeing that byte answers as for a free
+// block instead of writing it (before_state_write).
+//
 // Biasing needs the process barrier (a kernel with membarrier, and not under
 // TSan, which cannot see what it orders: core/grace.cc) and a tag held by one
 // thread only; a tag shared by several threads (more than state::kTags at
@@ -43,6 +49,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "allocator/core/thread_cache.h"
 #include "allocator/core/types.h"
 
 namespace dropalloc::core {
@@ -63,6 +70,10 @@ inline constexpr std::uint64_t kRebiasAfterMs = 100;
 struct alignas(64) tag_bias {
   std::atomic<std::uint8_t> mode{bias::kRevoked};
   std::atomic<std::uint8_t> in_free{0};       // written by the owner only
+  // The state byte the owner's free in flight is freeing (valid while
+  // in_free is set): a signal handler on the owner thread that interrupts
+  // that free must not write it (before_state_write).
+  std::atomic<std::atomic<std::uint8_t>*> freeing{nullptr};
   std::atomic<std::uint64_t> revoked_ms{0};   // when the last revocation ended
 };
 
@@ -77,19 +88,30 @@ void revoke_bias(std::uint32_t tag, std::uint8_t to = bias::kRevoked) noexcept;
 
 // Whether the thread that allocated a block whose state reads `st` never
 // frees with a plain store now: no tag, or its bias is revoked (or shared).
-// Before a thread writes the state byte of a block that read `st`: if that
-// is another thread's live, never-observed block (the only kind its owner
-// frees with a plain store), the owner's bias must be revoked first. Call it
-// inside the read section the write is made in, before the write.
 inline bool owner_never_plain(std::uint8_t st) noexcept {
   const std::uint32_t tag = st >> state::kTagShift;
   if (tag == 0) return true;
   const std::uint8_t m = g_tag_bias[tag].mode.load(std::memory_order_acquire);
   return m == bias::kRevoked || m == bias::kShared;
 }
-inline void before_state_write(std::uint8_t st, std::uint8_t my_live_state) noexcept {
-  if ((st & (state::kMask | state::kObserved)) != state::kLive || st == my_live_state) return;
+
+// Before a thread writes the state byte sb, which read `st`. Another
+// thread's live, never-observed block (the only kind its owner frees with a
+// plain store): the owner's bias is revoked first. This thread's own such
+// block: fine, its frees are ordered with this write by program order,
+// unless this is a signal handler that interrupted the free of that very
+// block; then false: do not write, answer as for a free block (the
+// interrupted free completes when the handler returns). Call it inside the
+// read section the write is made in, before the write.
+inline bool before_state_write(std::atomic<std::uint8_t>& sb, std::uint8_t st) noexcept {
+  if ((st & (state::kMask | state::kObserved)) != state::kLive) return true;
+  if (st == t_current.live_state) {
+    const tag_bias* b = t_current.bias;
+    return b == nullptr || b->in_free.load(std::memory_order_relaxed) == 0 ||
+           b->freeing.load(std::memory_order_relaxed) != &sb;
+  }
   if (!owner_never_plain(st)) revoke_bias(st >> state::kTagShift);
+  return true;
 }
 
 // The owner's side, from its allocation slow path: biases its tag again once
@@ -105,7 +127,10 @@ void set_rebias_after_ms_for_testing(std::uint64_t ms) noexcept;
 // longer shared.
 void bias_tag_taken(std::uint32_t tag, bool exclusive) noexcept;
 void bias_tag_released(std::uint32_t tag, bool still_held) noexcept;
-// In a forked child where the process barrier no longer works: no bias.
-void bias_off_after_fork() noexcept;
+// In a forked child (only the forking thread exists): a revocation or a
+// re-bias that another thread had begun never ends there, and a free another
+// thread had in flight never clears in_free; both are settled. Where the
+// process barrier no longer works, no tag stays biased.
+void bias_after_fork(bool barrier_works) noexcept;
 
 }  // namespace dropalloc::core

@@ -212,7 +212,7 @@ void postfork_child() noexcept {
   purger::forget_after_fork();
   heap::resume_decay_after_fork();
   reset_readers_after_fork();
-  if (!grace_internal::g_asymmetric.load(std::memory_order_relaxed)) bias_off_after_fork();
+  bias_after_fork(grace_internal::g_asymmetric.load(std::memory_order_relaxed));
   registry_t& r = registry();
   tc_table* mine = t_cache_table;
   for (;;) {
