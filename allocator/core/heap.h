@@ -389,6 +389,7 @@ DROPALLOC_ALWAYS_INLINE own_free free_biased(std::atomic<std::uint8_t>* st, std:
   if (b == nullptr || b->mode.load(std::memory_order_relaxed) != bias::kBiased) return own_free::kExchange;
   if (DROPALLOC_UNLIKELY(b->in_free.load(std::memory_order_relaxed) != 0)) return own_free::kSlowPath;
   b->freeing.store(st, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // a handler that sees in_free sees this byte
   b->in_free.store(1, std::memory_order_relaxed);
   // Step 1 before step 2 for the compiler (the CPU may still reorder them:
   // see tag_bias.h), and before the state is read again: a signal handler

@@ -17,6 +17,20 @@ namespace {
 
 std::atomic<std::uint64_t> g_rebias_after_ms{bias::kRebiasAfterMs};
 
+// Set while this thread revokes: a signal handler that interrupts it must not
+// wait for a revocation (its own, interrupted, would never end).
+__thread bool t_revoking __attribute__((tls_model("initial-exec"))) = false;
+struct revoking_guard {
+  revoking_guard() noexcept {
+    t_revoking = true;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~revoking_guard() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    t_revoking = false;
+  }
+};
+
 // A full fence on every thread of the process. Where the barrier was
 // registered but is refused now (a seccomp filter installed since), biasing
 // stops for good; the owner's plain store may still sit in its store buffer,
@@ -31,13 +45,16 @@ void fence_every_thread() noexcept {
 
 }  // namespace
 
-void revoke_bias(std::uint32_t tag, std::uint8_t to) noexcept {
+bool revoke_bias(std::uint32_t tag, std::uint8_t to) noexcept {
   tag_bias& b = g_tag_bias[tag];
+  const tag_bias* mine = t_current.bias;
+  if (t_revoking || (mine != nullptr && mine->in_free.load(std::memory_order_relaxed) != 0)) return false;
+  revoking_guard guard;
   for (int spins = 0;; ++spins) {
     std::uint8_t m = b.mode.load(std::memory_order_acquire);
-    if (m == bias::kShared || (m == bias::kRevoked && to == bias::kRevoked)) return;
+    if (m == bias::kShared || (m == bias::kRevoked && to == bias::kRevoked)) return true;
     if (m == bias::kRevoked) {  // to kShared: nothing in flight to wait for
-      if (b.mode.compare_exchange_weak(m, to, std::memory_order_acq_rel)) return;
+      if (b.mode.compare_exchange_weak(m, to, std::memory_order_acq_rel)) return true;
       continue;
     }
     if (m == bias::kRevoking) {  // another thread is revoking it: wait for the end
@@ -57,6 +74,7 @@ void revoke_bias(std::uint32_t tag, std::uint8_t to) noexcept {
   }
   b.revoked_ms.store(internal::now_ms(), std::memory_order_relaxed);
   b.mode.store(to, std::memory_order_release);
+  return true;
 }
 
 void rebias_if_due(tag_bias* b) noexcept {
@@ -91,7 +109,7 @@ void set_rebias_after_ms_for_testing(std::uint64_t ms) noexcept {
 void bias_tag_taken(std::uint32_t tag, bool exclusive) noexcept {
   // Taken alone: left as it is, revoked (bias_tag_released), biased later by
   // its owner. Taken by a second thread: its first holder may be biased.
-  if (tag != 0 && !exclusive) revoke_bias(tag, bias::kShared);
+  if (tag != 0 && !exclusive) (void)revoke_bias(tag, bias::kShared);  // not from a signal handler: true
 }
 
 void bias_tag_released(std::uint32_t tag, bool still_held) noexcept {

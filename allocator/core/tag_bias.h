@@ -38,7 +38,10 @@
 // does not put before or after the owner's free: the free records the byte it
 // frees (`freeing`) and reads the state again after in_free is set, and a
 // handler that finds its own thread freeing that byte answers as for a free
-// block instead of writing it (before_state_write).
+// block instead of writing it (before_state_write). A handler never waits for
+// a revocation either (revoke_bias refuses inside this thread's own free or
+// revocation): the code it interrupted, or another thread's handler in the
+// same spot, could be what it waits for. It answers as for a free block.
 //
 // Biasing needs the process barrier (a kernel with membarrier, and not under
 // TSan, which cannot see what it orders: core/grace.cc) and a tag held by one
@@ -83,8 +86,11 @@ extern tag_bias g_tag_bias[state::kTags + 1];  // by tag; [0] unused (tag 0 = no
 // bytes only by compare-and-exchange, leaving the tag in mode `to` (kRevoked,
 // or kShared, which only the tag's release ends). Waits for nothing but the
 // owner's free in flight (a few instructions), so it may be called with
-// locks held.
-void revoke_bias(std::uint32_t tag, std::uint8_t to = bias::kRevoked) noexcept;
+// locks held. False, having done nothing, when called from a signal handler
+// that interrupted this thread's own biased free or revocation: waiting
+// there could wait for the interrupted code itself, or for another thread
+// whose handler waits for this one.
+bool revoke_bias(std::uint32_t tag, std::uint8_t to = bias::kRevoked) noexcept;
 
 // Whether the thread that allocated a block whose state reads `st` never
 // frees with a plain store now: no tag, or its bias is revoked (or shared).
@@ -100,9 +106,10 @@ inline bool owner_never_plain(std::uint8_t st) noexcept {
 // plain store): the owner's bias is revoked first. This thread's own such
 // block: fine, its frees are ordered with this write by program order,
 // unless this is a signal handler that interrupted the free of that very
-// block; then false: do not write, answer as for a free block (the
-// interrupted free completes when the handler returns). Call it inside the
-// read section the write is made in, before the write.
+// block. False in that case, and when a signal handler cannot revoke (see
+// revoke_bias): do not write, answer as for a free block (generation 0, a
+// seal `stale`, a free refused; never `intact`). Call it inside the read
+// section the write is made in, before the write.
 inline bool before_state_write(std::atomic<std::uint8_t>& sb, std::uint8_t st) noexcept {
   if ((st & (state::kMask | state::kObserved)) != state::kLive) return true;
   if (st == t_current.live_state) {
@@ -110,8 +117,7 @@ inline bool before_state_write(std::atomic<std::uint8_t>& sb, std::uint8_t st) n
     return b == nullptr || b->in_free.load(std::memory_order_relaxed) == 0 ||
            b->freeing.load(std::memory_order_relaxed) != &sb;
   }
-  if (!owner_never_plain(st)) revoke_bias(st >> state::kTagShift);
-  return true;
+  return owner_never_plain(st) || revoke_bias(st >> state::kTagShift);
 }
 
 // The owner's side, from its allocation slow path: biases its tag again once
