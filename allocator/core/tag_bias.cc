@@ -17,17 +17,17 @@ namespace {
 
 std::atomic<std::uint64_t> g_rebias_after_ms{bias::kRebiasAfterMs};
 
-// Set while this thread revokes: a signal handler that interrupts it must not
-// wait for a revocation (its own, interrupted, would never end).
-__thread bool t_revoking __attribute__((tls_model("initial-exec"))) = false;
+// Marks this thread as revoking (t_current.revoking) for the length of a
+// revocation: a signal handler that interrupts it must not wait for a
+// revocation (its own, interrupted, would never end).
 struct revoking_guard {
   revoking_guard() noexcept {
-    t_revoking = true;
+    t_current.revoking = true;
     std::atomic_signal_fence(std::memory_order_seq_cst);
   }
   ~revoking_guard() {
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    t_revoking = false;
+    t_current.revoking = false;
   }
 };
 
@@ -48,7 +48,7 @@ void fence_every_thread() noexcept {
 bool revoke_bias(std::uint32_t tag, std::uint8_t to) noexcept {
   tag_bias& b = g_tag_bias[tag];
   const tag_bias* mine = t_current.bias;
-  if (t_revoking || (mine != nullptr && mine->in_free.load(std::memory_order_relaxed) != 0)) return false;
+  if (t_current.revoking || (mine != nullptr && mine->in_free.load(std::memory_order_relaxed) != 0)) return false;
   revoking_guard guard;
   for (int spins = 0;; ++spins) {
     std::uint8_t m = b.mode.load(std::memory_order_acquire);

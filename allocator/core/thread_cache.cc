@@ -15,7 +15,7 @@
 namespace dropalloc::core {
 
 __thread tc_table* t_cache_table __attribute__((tls_model("initial-exec"))) = nullptr;
-__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive, nullptr, 0, nullptr};
+__thread tc_current t_current __attribute__((tls_model("initial-exec"))) = {0, nullptr, state::kLive, nullptr, false, 0, nullptr};
 
 namespace internal {
 

@@ -112,6 +112,7 @@ struct tc_current {
   // This thread's tag's bias (core/tag_bias.h) if it holds the tag alone;
   // null otherwise: its frees then always exchange.
   tag_bias* bias;
+  bool revoking;  // inside revoke_bias (core/tag_bias.cc)
   std::uint64_t other_heap_id;  // the one used before it; 0 = none
   struct tc_heap_cache* other_cache;
 };
