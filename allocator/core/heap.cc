@@ -158,7 +158,7 @@ void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t 
   int os_err = 0;
   tc_heap_cache* c = cls < kNumCachedClasses ? thread_cache() : nullptr;
   if (c != nullptr) {
-    if (t_current.bias != nullptr) rebias_if_due(t_current.bias);
+    maybe_rebias(t_current.bias);
     tc_bin& bin = c->bins[cls];
     cached_block* items = c->items[cls];
     std::uint32_t n = bin.count.load(std::memory_order_relaxed);

@@ -78,10 +78,7 @@ bool revoke_bias(std::uint32_t tag, std::uint8_t to) noexcept {
 }
 
 void rebias_if_due(tag_bias* b) noexcept {
-  if (b->mode.load(std::memory_order_relaxed) != bias::kRevoked ||
-      !grace_internal::g_asymmetric.load(std::memory_order_relaxed)) {
-    return;
-  }
+  if (!grace_internal::g_asymmetric.load(std::memory_order_relaxed)) return;
   // Not from inside a read section: the grace period below would wait for it.
   if (grace_internal::t_overflow_depth != 0 ||
       (grace_internal::t_slot != nullptr && grace_internal::t_slot->epoch.load(std::memory_order_relaxed) != 0)) {
@@ -106,10 +103,9 @@ void set_rebias_after_ms_for_testing(std::uint64_t ms) noexcept {
   g_rebias_after_ms.store(ms, std::memory_order_relaxed);
 }
 
-void bias_tag_taken(std::uint32_t tag, bool exclusive) noexcept {
-  // Taken alone: left as it is, revoked (bias_tag_released), biased later by
-  // its owner. Taken by a second thread: its first holder may be biased.
-  if (tag != 0 && !exclusive) (void)revoke_bias(tag, bias::kShared);  // not from a signal handler: true
+void bias_tag_shared(std::uint32_t tag) noexcept {
+  // Its first holder may be biased.
+  if (tag != 0) (void)revoke_bias(tag, bias::kShared);  // not from a signal handler: true
 }
 
 void bias_tag_released(std::uint32_t tag, bool still_held) noexcept {

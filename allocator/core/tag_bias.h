@@ -122,16 +122,20 @@ inline bool before_state_write(std::atomic<std::uint8_t>& sb, std::uint8_t st) n
 
 // The owner's side, from its allocation slow path: biases its tag again once
 // it has stayed revoked for kRebiasAfterMs. Does nothing inside a read section.
+// The common answer (not revoked: nothing to do) inline; the rest out of line.
 void rebias_if_due(tag_bias* b) noexcept;
+inline void maybe_rebias(tag_bias* b) noexcept {
+  if (b != nullptr && b->mode.load(std::memory_order_relaxed) == bias::kRevoked) rebias_if_due(b);
+}
 // Tests: how long a revoked tag stays revoked (kRebiasAfterMs unless set; 0
 // re-biases at every allocation slow path, so races meet biased frees often).
 void set_rebias_after_ms_for_testing(std::uint64_t ms) noexcept;
 
 // Registry transitions (registry lock held). A tag taken by a thread alone
-// is left revoked; its owner biases it later. A tag given to a second thread
-// is revoked for good. A tag given up by its last thread: revoked, and no
-// longer shared.
-void bias_tag_taken(std::uint32_t tag, bool exclusive) noexcept;
+// needs none: it is left revoked, and its owner biases it later. A tag given
+// to a second thread is revoked for good (bias_tag_shared). A tag given up by
+// its last thread: revoked, and no longer shared.
+void bias_tag_shared(std::uint32_t tag) noexcept;
 void bias_tag_released(std::uint32_t tag, bool still_held) noexcept;
 // In a forked child (only the forking thread exists): a revocation or a
 // re-bias that another thread had begun never ends there, and a free another

@@ -37,14 +37,13 @@ std::uint32_t take_thread_tag(registry_t& r, bool* exclusive) {
   for (std::uint32_t tag = 1; tag <= state::kTags; ++tag) {
     if ((r.tags_in_use & (1u << tag)) == 0) {
       r.tags_in_use |= 1u << tag;
-      *exclusive = true;
-      bias_tag_taken(tag, true);
+      *exclusive = true;  // left revoked: its owner biases it later
       return tag;
     }
   }
   *exclusive = false;
   const std::uint32_t tag = 1 + r.next_shared_tag++ % state::kTags;
-  bias_tag_taken(tag, false);
+  bias_tag_shared(tag);
   return tag;
 }
 
