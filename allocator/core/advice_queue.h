@@ -17,7 +17,11 @@ struct pending_advice {
 
 class advice_queue {
  public:
-  static constexpr int kBatch = 64;                  // entries
+  // Entries. One madvise (and TLB-flush interrupt) per batch of small blocks:
+  // at 64, for 64 B blocks, that was one call per page; at 256, seal_many() of
+  // 64 B blocks went from 0.31 to 0.245 us per block, with the eviction order
+  // unchanged (bench/eviction). Copies of a batch live on the stack (4 KiB).
+  static constexpr int kBatch = 256;
   static constexpr std::size_t kMaxPages = 256;      // pages of the queued blocks (1 MiB)
   static constexpr std::uint64_t kMaxAgeMs = 10;     // of the oldest entry, looked at on add
 

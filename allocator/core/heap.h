@@ -271,7 +271,7 @@ class heap {
   // MAP_DROPPABLE arenas a seal's MADV_FREE only ranks its pages for reclaim
   // (any page there may go at any time, advised or not), so it can wait:
   // seals queue (block, generation) and the queue is advised in one pass,
-  // adjacent pages in one call, when it is full (64 blocks or 1 MiB of
+  // adjacent pages in one call, when it is full (256 blocks or 1 MiB of
   // pages), when its oldest entry is 10 ms old (at the next seal), and on
   // seal_all(), decay() and trim(); a queue that starts counts as decay work,
   // so a heap's purger thread flushes it when no further seal comes. Until

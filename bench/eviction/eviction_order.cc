@@ -2,9 +2,10 @@
 // under a memory cgroup limit, by age. A child process in a fresh child
 // memory cgroup writes and seals `total` bytes of blocks of one size through
 // droppable_resource, one after another, far more than the limit, then
-// checks every block and prints how many of each tenth (oldest first) are
-// still intact. Sealed pages are advised (MADV_FREE) so that the kernel drops
-// them oldest first: the newest tenths should survive, the oldest go.
+// checks every block (newest first) and prints how many of each tenth
+// (oldest first) are still intact. Sealed pages are advised (MADV_FREE) so
+// that the kernel drops them oldest first: the newest tenths should survive,
+// the oldest go.
 //
 //   bazel run -c opt //bench:eviction_order -- [block_bytes] [total_mib] [limit_mib]
 //   (defaults 4096, 512, 64; needs a writable memory cgroup: root here)
@@ -35,13 +36,21 @@ int run_child(std::size_t block, std::size_t total) {
     res.seal(b);
     refs.push_back(b);
   }
-  std::printf("%s, %zu blocks of %zu B; intact by age, oldest tenth first:",
-              dropalloc::to_string(res.arena_backing()), n, block);
-  for (int d = 0; d < 10; ++d) {
+  // Checked newest first: a check reads a witness word of each page, and on
+  // a kernel that maps no shared zero page for a read fault, reading a page
+  // the kernel dropped faults in a fresh page, charged to the cgroup. Checked
+  // oldest first, the lost tenths' fresh pages would push the newest sealed
+  // pages out before their turn came, and the run would report what its own
+  // reads evicted rather than what survived the writing.
+  double share[10];
+  for (int d = 9; d >= 0; --d) {
     std::size_t intact = 0, from = n * d / 10, to = n * (d + 1) / 10;
     for (std::size_t i = from; i < to; ++i) intact += res.check(refs[i]) == dropalloc::block_state::intact;
-    std::printf(" %3.0f%%", 100.0 * static_cast<double>(intact) / static_cast<double>(to - from));
+    share[d] = 100.0 * static_cast<double>(intact) / static_cast<double>(to - from);
   }
+  std::printf("%s, %zu blocks of %zu B; intact by age, oldest tenth first:",
+              dropalloc::to_string(res.arena_backing()), n, block);
+  for (double s : share) std::printf(" %3.0f%%", s);
   std::printf("\n");
   std::fflush(stdout);
   return 0;
