@@ -379,15 +379,15 @@ DROPALLOC_ALWAYS_INLINE bool heap::retire(segment* s, std::uint32_t idx, std::ui
 
 // The owner's free of its own live, never-observed block (its state read
 // `now`) while its tag is biased: plain stores, bracketed by in_free
-// (core/tag_bias.h, steps 1-4). kExchange (nothing written) when the tag is
-// not biased or the state moved meanwhile; kSlowPath when this is a signal
-// handler that interrupted another free of this thread (the slow path sorts
-// out a second free of the same block).
-enum class own_free : std::uint8_t { kDone, kExchange, kSlowPath };
-DROPALLOC_ALWAYS_INLINE own_free free_biased(std::atomic<std::uint8_t>* st, std::uint8_t now) noexcept {
+// (core/tag_bias.h, steps 1-4). True once freed; false, nothing written,
+// when the tag is not biased or the state moved meanwhile (then the caller
+// exchanges). Called only inside deallocate_cached's fast read section, so
+// in_free is always clear on entry: a signal handler that interrupts a
+// biased free finds that section open, and a free it makes leaves the fast
+// path before it gets here (fast_read_section does not nest).
+DROPALLOC_ALWAYS_INLINE bool free_biased(std::atomic<std::uint8_t>* st, std::uint8_t now) noexcept {
   tag_bias* b = t_current.bias;
-  if (b == nullptr || b->mode.load(std::memory_order_relaxed) != bias::kBiased) return own_free::kExchange;
-  if (DROPALLOC_UNLIKELY(b->in_free.load(std::memory_order_relaxed) != 0)) return own_free::kSlowPath;
+  if (b == nullptr || b->mode.load(std::memory_order_relaxed) != bias::kBiased) return false;
   b->freeing.store(st, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);  // a handler that sees in_free sees this byte
   b->in_free.store(1, std::memory_order_relaxed);
@@ -400,7 +400,7 @@ DROPALLOC_ALWAYS_INLINE own_free free_biased(std::atomic<std::uint8_t>* st, std:
                      st->load(std::memory_order_relaxed) == now;
   if (plain) st->store(state::kFree, std::memory_order_release);
   b->in_free.store(0, std::memory_order_release);
-  return plain ? own_free::kDone : own_free::kExchange;
+  return plain;
 }
 
 DROPALLOC_ALWAYS_INLINE tc_heap_cache* heap::current_cache() const noexcept {
@@ -495,9 +495,8 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // `now` (then the slow path moves its generation), and of two racing
     // frees only one may win.
     std::uint8_t expected = now;
-    const own_free own = other_thread ? own_free::kExchange : free_biased(st, now);
-    if (DROPALLOC_UNLIKELY(own == own_free::kSlowPath)) return false;
-    if (own == own_free::kExchange &&
+    const bool freed_plain = !other_thread && free_biased(st, now);
+    if (!freed_plain &&
         DROPALLOC_UNLIKELY(!st->compare_exchange_strong(expected, state::kFree, std::memory_order_acq_rel,
                                                         std::memory_order_relaxed))) {
       return false;
