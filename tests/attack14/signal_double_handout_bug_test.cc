@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "allocator/core/heap.h"
+#include "tests/signal_storm.h"
 
 using dropalloc::core::alloc_error;
 using dropalloc::core::heap;
@@ -54,10 +55,7 @@ TEST_CASE("a signal handler's frees nested in the thread's own free: no block ha
   alloc_error err;
   constexpr int kCount = 40000;
   for (int i = 0; i < kCount; ++i) g_stash.push_back(h.allocate(32, 8, &err));
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sa.sa_flags = SA_RESTART;
-  REQUIRE(sigaction(SIGUSR1, &sa, nullptr) == 0);
+  REQUIRE(dropalloc::testing::install_signal_handler(SIGUSR1, on_signal));
   // The 32-byte bin (capacity 128) one short of full.
   std::vector<void*> fill;
   for (int i = 0; i < 127; ++i) fill.push_back(h.allocate(32, 8, &err));

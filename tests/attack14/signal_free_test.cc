@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "allocator/core/heap.h"
+#include "tests/signal_storm.h"
 
 using dropalloc::core::alloc_error;
 using dropalloc::core::heap;
@@ -49,10 +50,7 @@ TEST_CASE("frees in a signal handler nested in read sections and fast frees") {
   heap h;
   g_heap = &h;
   alloc_error err;
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sa.sa_flags = SA_RESTART;
-  REQUIRE(sigaction(SIGUSR1, &sa, nullptr) == 0);
+  REQUIRE(dropalloc::testing::install_signal_handler(SIGUSR1, on_signal));
   const pthread_t self = pthread_self();
   std::uint64_t base_refused = h.stats().misuse_refused;
   for (int round = 0; round < 20; ++round) {

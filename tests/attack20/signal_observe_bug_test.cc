@@ -19,24 +19,24 @@
 // allocating and freeing are: allocator/shim/README.md).
 #include <doctest/doctest.h>
 
-#include <pthread.h>
 #include <signal.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstring>
-#include <thread>
 
 #include "allocator/core/grace.h"
 #include "allocator/core/tag_bias.h"
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
 #include "tests/pattern.h"
+#include "tests/signal_storm.h"
 
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 using dropalloc::testing::fill;
+using dropalloc::testing::install_signal_handler;
+using dropalloc::testing::signal_storm;
 namespace core = dropalloc::core;
 
 namespace {
@@ -86,22 +86,13 @@ outcome run(int mode, std::chrono::milliseconds budget) {
   g_mode.store(mode);
   g_seen_ptr.store(nullptr);
   g_in_window.store(0);
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGUSR1, &sa, nullptr);
+  REQUIRE(install_signal_handler(SIGUSR1, on_signal));
 
   outcome out;
-  std::atomic<bool> stop{false};
-  std::atomic<bool> owner_ready{false};
-  pthread_t owner_thread{};
-  std::thread owner([&] {
-    owner_thread = pthread_self();
+  signal_storm(SIGUSR1, [&](auto ready) {
     // Warm up: a thread cache, a tag, the tag biased.
     for (int i = 0; i < 100; ++i) res.deallocate(res.allocate(64 * 1024, 8), 64 * 1024, 8);
-    owner_ready.store(true);
+    ready();
     const auto until = std::chrono::steady_clock::now() + budget;
     std::size_t round = 0;
     while (std::chrono::steady_clock::now() < until && out.lost == 0) {
@@ -126,15 +117,7 @@ outcome run(int mode, std::chrono::milliseconds budget) {
         if (out.lost != 0) break;
       }
     }
-    stop.store(true);
   });
-  while (!owner_ready.load()) std::this_thread::yield();
-  while (!stop.load()) {
-    pthread_kill(owner_thread, SIGUSR1);
-    for (int i = 0; i < 200; ++i) asm volatile("" ::: "memory");
-  }
-  owner.join();
-  signal(SIGUSR1, SIG_IGN);
   g_res = nullptr;
   out.windows = g_in_window.load();
   core::set_rebias_after_ms_for_testing(core::bias::kRebiasAfterMs);

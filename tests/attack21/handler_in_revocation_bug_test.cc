@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -31,8 +30,10 @@
 #include "allocator/core/tag_bias.h"
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
+#include "tests/signal_storm.h"
 
 using dropalloc::droppable_resource;
+using dropalloc::testing::install_signal_handler;
 namespace core = dropalloc::core;
 
 namespace {
@@ -70,12 +71,7 @@ TEST_CASE("generation() from a handler that interrupted a revocation of the same
   core::set_rebias_after_ms_for_testing(0);
   droppable_resource res;
   g_res = &res;
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGUSR1, &sa, nullptr);
+  REQUIRE(install_signal_handler(SIGUSR1, on_signal));
 
   // The owner publishes batches of fresh blocks (live, never observed) and
   // re-biases its tag between batches (allocation slow path, delay 0).

@@ -11,7 +11,6 @@
 // reads intact on the block's next life.
 #include <doctest/doctest.h>
 
-#include <pthread.h>
 #include <signal.h>
 
 #include <atomic>
@@ -20,18 +19,20 @@
 #include <cstring>
 #include <span>
 #include <string>
-#include <thread>
 
 #include "allocator/core/grace.h"
 #include "allocator/core/tag_bias.h"
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
 #include "tests/pattern.h"
+#include "tests/signal_storm.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 using dropalloc::testing::fill;
+using dropalloc::testing::install_signal_handler;
+using dropalloc::testing::signal_storm;
 namespace core = dropalloc::core;
 
 namespace {
@@ -112,22 +113,13 @@ outcome run(int m, std::chrono::milliseconds budget) {
   g_frees.store(0);
   g_handle.store(0);
   g_res = &res;
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGUSR1, &sa, nullptr);
+  REQUIRE(install_signal_handler(SIGUSR1, on_signal));
 
   outcome out;
-  std::atomic<bool> stop{false};
-  std::atomic<bool> ready{false};
-  pthread_t tid{};
-  std::thread owner([&] {
-    tid = pthread_self();
+  signal_storm(SIGUSR1, [&](auto ready) {
     for (int i = 0; i < 100; ++i) res.deallocate(res.allocate(64 * 1024, 8), 64 * 1024, 8);
     t_owner = true;
-    ready.store(true);
+    ready();
     const auto until = std::chrono::steady_clock::now() + budget;
     std::uint64_t round = 0;
     while (std::chrono::steady_clock::now() < until && out.lost == 0 && out.twice == 0) {
@@ -157,15 +149,7 @@ outcome run(int m, std::chrono::milliseconds budget) {
       }
     }
     t_owner = false;
-    stop.store(true);
   });
-  while (!ready.load()) std::this_thread::yield();
-  while (!stop.load()) {
-    pthread_kill(tid, SIGUSR1);
-    for (int i = 0; i < 200; ++i) asm volatile("" ::: "memory");
-  }
-  owner.join();
-  signal(SIGUSR1, SIG_IGN);
   g_res = nullptr;
   core::set_rebias_after_ms_for_testing(core::bias::kRebiasAfterMs);
   out.in_window = g_acted[1].load();

@@ -25,15 +25,16 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <thread>
 
 #include "allocator/core/grace.h"
 #include "allocator/core/tag_bias.h"
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
+#include "tests/signal_storm.h"
 
 using dropalloc::droppable_resource;
+using dropalloc::testing::install_signal_handler;
 namespace core = dropalloc::core;
 
 namespace {
@@ -87,12 +88,7 @@ TEST_CASE("generation() from handlers inside two threads' biased frees, each on 
   core::set_rebias_after_ms_for_testing(0);
   droppable_resource res;
   g_res = &res;
-  struct sigaction sa;
-  std::memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  sigaction(SIGUSR1, &sa, nullptr);
+  REQUIRE(install_signal_handler(SIGUSR1, on_signal));
 
   std::atomic<bool> stop{false};
   std::atomic<int> ready{0};
