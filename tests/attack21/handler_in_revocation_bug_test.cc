@@ -78,6 +78,7 @@ TEST_CASE("generation() from a handler that interrupted a revocation of the same
   std::atomic<bool> stop{false};
   std::atomic<void**> batch{nullptr};
   std::atomic<int> batches{0};
+  std::atomic<bool> observer_done{false};
   std::thread owner([&] {
     g_owner_bias.store(nullptr);
     std::vector<void*> keep;
@@ -91,7 +92,9 @@ TEST_CASE("generation() from a handler that interrupted a revocation of the same
       g_owner_bias.store(core::t_current.bias);
       g_spare.store(arr[kBatch]);
       batch.store(arr);
-      while (batch.load() != nullptr && !stop.load()) std::this_thread::yield();
+      // The observer may still be reading arr after stop is set: wait until it
+      // has handed the batch back or has left its loop.
+      while (batch.load() != nullptr && !observer_done.load()) std::this_thread::yield();
       g_spare.store(nullptr);
       for (int i = 0; i <= kBatch; ++i) keep.push_back(arr[i]);
       delete[] arr;
@@ -100,7 +103,6 @@ TEST_CASE("generation() from a handler that interrupted a revocation of the same
     for (void* p : keep) res.deallocate(p, kSize, 8);
   });
 
-  std::atomic<bool> observer_done{false};
   pthread_t observer_tid{};
   std::atomic<bool> observer_ready{false};
   std::thread observer([&] {
