@@ -123,6 +123,10 @@ heap::~heap() {
 
 void heap::link_all(segment* s) noexcept {
   lock_guard guard(segments_lock_);
+  link_all_locked(s);
+}
+
+void heap::link_all_locked(segment* s) noexcept {
   s->all_prev = nullptr;
   s->all_next = all_;
   if (all_ != nullptr) all_->all_prev = s;

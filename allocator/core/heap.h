@@ -74,6 +74,14 @@ class heap {
   void* allocate_zeroed(std::size_t bytes, std::size_t alignment, alloc_error* err) noexcept;
   // Frees a block; double, foreign and interior frees are refused and reported.
   void deallocate(void* p) noexcept;
+  // realloc's cheap case: the live large block starting at p, never
+  // observed, grows to hold `bytes` where it is (its mapping is extended;
+  // nothing is copied, and the new bytes read as zeros). False, with the
+  // block as it was, when that cannot be done: not such a block, the address
+  // space after it taken, or no memory for its new metadata. The caller
+  // then copies. The block keeps its address but starts a new life under a
+  // new header: handles to its earlier lives read stale, as after a free.
+  bool grow_large_in_place(void* p, std::size_t bytes) noexcept;
 
   // The fast paths alone, for front ends that keep their own slow path out of
   // line: nullptr / false means "call allocate() / deallocate()", not failure.
@@ -234,6 +242,7 @@ class heap {
   // quarter of the decay time (under the class lock).
   void decay_class_on_free(class_state& c, std::uint64_t now) noexcept;
   void link_all(segment* s) noexcept;
+  void link_all_locked(segment* s) noexcept;
   void unlink_all(segment* s) noexcept;
   void unlink_all_locked(segment* s) noexcept;
   // unsettled: no translation barrier could be made, so nothing was sealed:

@@ -130,32 +130,34 @@ segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, st
 segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes, std::size_t alignment,
                       int* err) {
   std::size_t span = round_up(bytes == 0 ? 1 : bytes, kPage);
-  std::size_t pages = span / kPage;
-  if (pages > 0xffffffffu) {
-    *err = ENOMEM;
-    return nullptr;
-  }
   std::size_t align = alignment > kSegmentSize ? alignment : kSegmentSize;
   auto* base = static_cast<std::byte*>(os.map_arena(span, align, err));
   if (base == nullptr) return nullptr;
-  if (!ensure_leaves(os, base, span, err)) {
-    os.unmap_arena(base, span);
-    return nullptr;
-  }
-  segment* s = build(os, base, span, owner, kLargeClass,
-                     static_cast<std::uint32_t>(span > 0xffffffffu ? 0 : span), 1, err);
+  segment* s = large_header(os, owner, base, span, err);
   if (s == nullptr) {
     os.unmap_arena(base, span);
     return nullptr;
   }
-  s->bump = 1;
-  s->live = 1;
-  s->state[0].store(state::kLive, std::memory_order_relaxed);
   set_map(s, s);
   return s;
 }
 
-void unregister_segment(segment* s) {
+segment* large_header(os::os_interface& os, heap* owner, std::byte* base, std::size_t span, int* err) {
+  if (span / kPage > 0xffffffffu) {  // page numbers are 32-bit
+    *err = ENOMEM;
+    return nullptr;
+  }
+  if (!ensure_leaves(os, base, span, err)) return nullptr;
+  segment* s = build(os, base, span, owner, kLargeClass,
+                     static_cast<std::uint32_t>(span > 0xffffffffu ? 0 : span), 1, err);
+  if (s == nullptr) return nullptr;
+  s->bump = 1;
+  s->live = 1;
+  s->state[0].store(state::kLive, std::memory_order_relaxed);
+  return s;
+}
+
+void raise_generation_floor(const segment* s) {
   std::uint64_t max_gen = 0;
   for (std::uint32_t i = 0; i < s->capacity; ++i) {
     std::uint64_t g = meta::gen(s->meta[i].load(std::memory_order_relaxed));
@@ -165,6 +167,12 @@ void unregister_segment(segment* s) {
   std::uint64_t cur = g_gen_floor.load(std::memory_order_relaxed);
   while (cur < floor && !g_gen_floor.compare_exchange_weak(cur, floor, std::memory_order_acq_rel)) {
   }
+}
+
+void publish_segment(segment* s) { set_map(s, s); }
+
+void unregister_segment(segment* s) {
+  raise_generation_floor(s);
   set_map(s, nullptr);
 }
 

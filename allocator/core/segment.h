@@ -111,6 +111,20 @@ segment* create_segment(os::os_interface& os, heap* owner, std::uint32_t cls, st
 segment* create_large(os::os_interface& os, heap* owner, std::size_t bytes,
                       std::size_t alignment, int* err);
 
+// The header and metadata of a large block mapped at [base, base + span)
+// (live, as create_large makes it), with the map's leaves for that range,
+// not yet in the map (publish_segment). Used when a large block grows in
+// place. nullptr (and an errno value in *err) on failure.
+segment* large_header(os::os_interface& os, heap* owner, std::byte* base, std::size_t span, int* err);
+// Enters s in the map for every 4 MiB its span touches, replacing whatever
+// the entries held (the header of the same block before it grew).
+void publish_segment(segment* s);
+
+// Raises the process's generation floor (the least generation base a new
+// segment gets) above every generation s has used: a handle into s never
+// matches a generation of a later segment at the same addresses.
+void raise_generation_floor(const segment* s);
+
 // Unregisters and unmaps the arena and its metadata, first raising the global
 // generation floor above every generation the segment used, and waiting for a
 // grace period in between (core/grace.h): no lock-free reader still holds it.

@@ -152,6 +152,15 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                   dropped when it sees it.
 //   fork            the child's droppable arenas read as zeros: sealed blocks
 //                   with data read dropped there; states are inherited.
+//   live ----grow in place----> live               realloc of a large block never
+//                                                  observed (core/large_grow.cc): free
+//                                                  under its old header from the claim
+//                                                  on (a racing free is a double free),
+//                                                  live under a new one at the same
+//                                                  address, whose generations start
+//                                                  above the old header's; live again
+//                                                  under the old one if the growth
+//                                                  fails (tests/large_grow_test.cc)
 //   trim / decay    unmap arenas with no live block (no state changes); handles
 //                   into them read stale, since unmapping raises the process's
 //                   generation floor above every generation the arena used.

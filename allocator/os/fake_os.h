@@ -65,6 +65,16 @@ class fake_os final : public os_interface {
     last_unmapped = p;
     last_unmapped_bytes = bytes;
   }
+  // Calls of extend_arena, and an errno value they fail with (0: none).
+  std::atomic<int> extends{0};
+  int extend_error = 0;
+  int extend_arena(void* p, std::size_t old_bytes, std::size_t new_bytes) noexcept override {
+    ++extends;
+    if (extend_error != 0) return extend_error;
+    if (mremap(p, old_bytes, new_bytes, 0) == MAP_FAILED) return errno;
+    arena_bytes_mapped += new_bytes - old_bytes;
+    return 0;
+  }
   void* map_metadata(std::size_t bytes, int* err) noexcept override {
     if (metadata_maps.fetch_add(1) + 1 == fail_metadata_call.load()) {
       *err = fail_errno;

@@ -122,6 +122,17 @@ class linux_os final : public os_interface {
     errno = saved;
   }
 
+  int extend_arena(void* p, std::size_t old_bytes, std::size_t new_bytes) noexcept override {
+    int saved = errno;
+    // No MREMAP_MAYMOVE: the kernel grows the mapping where it is or fails
+    // and leaves it alone. The new pages inherit the mapping's kind
+    // (droppable or private) and its advice (wipe-on-fork, no dump).
+    void* q = mremap(p, old_bytes, new_bytes, 0);
+    int result = q == MAP_FAILED ? errno : 0;
+    errno = saved;
+    return result;
+  }
+
   void* map_metadata(std::size_t bytes, int* err) noexcept override {
     int saved = errno;
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,

@@ -8,6 +8,7 @@
 //   * nothing here allocates through malloc (the LD_PRELOAD shim sits on top).
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 
@@ -66,6 +67,12 @@ class os_interface {
   // stores an errno value in *err.
   virtual void* map_arena(std::size_t bytes, std::size_t alignment, int* err) noexcept = 0;
   virtual void unmap_arena(void* p, std::size_t bytes) noexcept = 0;
+  // Grows the arena mapping [p, p + old_bytes) to new_bytes in place
+  // (mremap without moving it): its pages stay where they are, and the new
+  // ones read as zeros. Fails when the address space after it is taken.
+  // Returns 0, or an errno value with the mapping unchanged. The default is
+  // a layer that cannot (callers then copy instead).
+  virtual int extend_arena(void*, std::size_t, std::size_t) noexcept { return ENOSYS; }
 
   // Ordinary zero-filled private memory for metadata. Never droppable.
   virtual void* map_metadata(std::size_t bytes, int* err) noexcept = 0;

@@ -206,6 +206,9 @@ void* realloc_impl(void* p, std::size_t bytes) {
     return nullptr;
   }
   if (fits_in_place(have, bytes)) return p;
+  // A request only a mapping of its own can hold: if p has one, try to grow
+  // that where it is first (no copy, no page faults over the old bytes).
+  if (bytes > have && bytes > dropalloc::core::kMaxClassSize && dropalloc::shim::grow_in_place(p, bytes)) return p;
   void* q = alloc(bytes, malloc_align(bytes));
   if (q == nullptr) return nullptr;  // the old block stays valid, as C requires
   memcpy(q, p, bytes < have ? bytes : have);

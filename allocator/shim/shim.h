@@ -120,6 +120,13 @@ inline void release(void* p) noexcept {
   h->deallocate(p);
 }
 
+// realloc's growth of a large block where it is (heap::grow_large_in_place);
+// false: the caller copies.
+inline bool grow_in_place(void* p, std::size_t bytes) noexcept {
+  core::heap* h = heap_for(p);
+  return h != nullptr && h->grow_large_in_place(p, bytes);
+}
+
 // Usable bytes of a live block of ours, 0 for anything else.
 inline std::size_t usable(const void* p) noexcept {
   core::heap* h = heap_for(p);

@@ -123,7 +123,7 @@ static void test_realloc(void) {
   size_t n = 10;
   for (size_t next = 16; next <= (4u << 20); next = next * 3 / 2 + 1) {
     p = realloc(p, next);
-    CHECK(p != NULL);
+    CHECK(p != NULL && malloc_usable_size(p) >= next);
     CHECK(same(p, n, 1));
     fill(p, next, 1);
     n = next;
