@@ -70,9 +70,15 @@ DROPALLOC_ALWAYS_INLINE bool try_release_cached(void* p) noexcept {
   return DROPALLOC_LIKELY(h != nullptr) && h->deallocate_cached(p);  // nullptr: false
 }
 
+// Whether requests of `bytes` go to the droppable heap
+// (DROPALLOC_DROPPABLE_RANGE): every call that picks a heap by size asks this.
+inline bool in_droppable_range(std::size_t bytes) noexcept {
+  return DROPALLOC_UNLIKELY(g_droppable != nullptr) && bytes >= g_drop_min && bytes <= g_drop_max;
+}
+
 // nullptr with errno = ENOMEM on failure; errno untouched on success.
 inline void* alloc(std::size_t bytes, std::size_t alignment) noexcept {
-  if (DROPALLOC_UNLIKELY(g_droppable != nullptr) && bytes >= g_drop_min && bytes <= g_drop_max) {
+  if (in_droppable_range(bytes)) {
     return alloc_droppable(bytes, alignment);
   }
   core::alloc_error err;
@@ -84,7 +90,7 @@ inline void* alloc(std::size_t bytes, std::size_t alignment) noexcept {
 // alloc() with the first `bytes` zeroed (calloc). Fresh mappings are already
 // zero and are not touched, so a huge calloc does not fault in every page.
 inline void* alloc_zeroed(std::size_t bytes, std::size_t alignment) noexcept {
-  if (DROPALLOC_UNLIKELY(g_droppable != nullptr) && bytes >= g_drop_min && bytes <= g_drop_max) {
+  if (in_droppable_range(bytes)) {
     void* p = alloc_droppable(bytes, alignment);
     if (p != nullptr) memset(p, 0, bytes);
     return p;
@@ -121,10 +127,13 @@ inline void release(void* p) noexcept {
 }
 
 // realloc's growth of a large block where it is (heap::grow_large_in_place);
-// false: the caller copies.
+// false: the caller copies. Only within the heap the new size belongs to: a
+// block that must change heaps (DROPALLOC_DROPPABLE_RANGE: into or out of
+// droppable memory) is copied, or it would keep the old heap's kind of memory.
 inline bool grow_in_place(void* p, std::size_t bytes) noexcept {
   core::heap* h = heap_for(p);
-  return h != nullptr && h->grow_large_in_place(p, bytes);
+  if (h == nullptr || h != (in_droppable_range(bytes) ? g_droppable : general())) return false;
+  return h->grow_large_in_place(p, bytes);
 }
 
 // Usable bytes of a live block of ours, 0 for anything else.
