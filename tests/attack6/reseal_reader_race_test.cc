@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -80,6 +81,8 @@ void run(droppable_resource& res, double seconds) {
   std::vector<std::atomic<std::uint64_t>> published(slots.size());
   for (auto& v : published) v = 1;
   std::atomic<std::uint64_t> intact_reads{0}, wrong{0}, wrong_version{0}, writes{0};
+  std::mutex first_wrong_lock;
+  std::string first_wrong;  // what the first wrong copy held, for the failure message
 
   std::thread writer([&] {
     std::mt19937_64 rng(1);
@@ -182,7 +185,25 @@ void run(droppable_resource& res, double seconds) {
       if (res.check(s.ptr, g) != block_state::intact) continue;
       intact_reads.fetch_add(1, std::memory_order_relaxed);
       const std::uint64_t v = version_of(copies[i], s.id);
-      if (v == 0) wrong.fetch_add(1, std::memory_order_relaxed);
+      if (v == 0) {
+        wrong.fetch_add(1, std::memory_order_relaxed);
+        // Where the copy went wrong: which block, which word (and its page
+        // within the block), what it held against what the first word held.
+        std::size_t bad = 0;
+        while (bad < copies[i].size() && copies[i][bad] == copies[i][0]) ++bad;
+        std::size_t zeros = 0;
+        for (std::uint64_t w : copies[i]) zeros += w == 0;
+        std::lock_guard<std::mutex> hold(first_wrong_lock);
+        if (first_wrong.empty()) {
+          const auto addr = reinterpret_cast<std::uintptr_t>(s.ptr);
+          first_wrong = "block " + std::to_string(s.id) + " (" + std::to_string(s.usable) + " B at page offset " +
+                        std::to_string(addr % 4096) + "), generation " + std::to_string(g) + ": word " +
+                        std::to_string(bad) + " of " + std::to_string(copies[i].size()) + " (byte " +
+                        std::to_string(bad * 8) + ") holds " + std::to_string(bad < copies[i].size() ? copies[i][bad] : 0) +
+                        ", word 0 holds " + std::to_string(copies[i][0]) + ", " + std::to_string(zeros) +
+                        " zero words; published version " + std::to_string(kept_version[i]);
+        }
+      }
       else if (v != kept_version[i]) wrong_version.fetch_add(1, std::memory_order_relaxed);
     }
   };
@@ -196,7 +217,7 @@ void run(droppable_resource& res, double seconds) {
   MESSAGE("writes " << writes.load() << ", intact reads " << intact_reads.load() << ", wrong " << wrong.load()
                     << ", old version " << wrong_version.load());
   CHECK(intact_reads.load() > 100);
-  CHECK(wrong.load() == 0);
+  CHECK_MESSAGE(wrong.load() == 0, first_wrong);
   CHECK(wrong_version.load() == 0);
   for (block_ref& b : handles) res.deallocate(b);
 }
