@@ -95,7 +95,10 @@ void dropalloc_free(dropalloc_resource* r, void* p);
  * block that lost a page since its seal is not resealed: it becomes (and the
  * call returns) DROPPED; rewrite it and use dropalloc_seal_rewritten. A
  * re-seal of a block sealed before gives it a new generation (a generation
- * names one sealed version): read dropalloc_generation after it. */
+ * names one sealed version): read dropalloc_generation after it. Plain
+ * writes to a sealed block are invisible until this call: a check before it
+ * returns answers for the old seal, so keep readers from checking a block
+ * you are updating in place until it has returned. */
 dropalloc_state dropalloc_seal(dropalloc_resource* r, void* p);
 /* dropalloc_seal for a block rewritten entirely since it was found DROPPED:
  * also takes a dropped block back to sealed. It vouches for what it reads, so

@@ -110,7 +110,11 @@ class droppable_resource final : public std::pmr::memory_resource {
   // took the same address. On return the handle names what was sealed: a
   // re-seal (of a block sealed before) gives the block a new generation, so
   // that a reader holding the old one, who may have copied bytes from before
-  // or during the rewrite, reads `stale` instead of `intact`.
+  // or during the rewrite, reads `stale` instead of `intact` once the seal
+  // has returned. Before that the plain writes are invisible here: a check
+  // answers for the old seal, also over a copy holding zeros of a page your
+  // write has since put back. Keep readers from checking until the seal has
+  // returned, or use write_and_seal(), during which checks read `unsealed`.
   block_state seal(block_ref& b) noexcept {
     return through_handle(b, [this](void* p, std::uint64_t* gen, std::uint64_t expected) {
       return heap_.seal(p, gen, expected);
