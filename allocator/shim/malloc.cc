@@ -194,13 +194,16 @@ void* realloc_impl(void* p, std::size_t bytes) {
     errno = saved;
     return nullptr;
   }
-  std::size_t have = usable(p);
+  // One lookup of p's heap serves the size, the growth and the free below
+  // (heaps live as long as the process).
+  dropalloc::core::heap* h = dropalloc::shim::heap_for(p);
+  std::size_t have = h == nullptr ? 0 : h->usable_size(p);
   if (have == 0) {
     // Not a live block of ours: its size is unknown, so it cannot be copied.
-    if (dropalloc::shim::heap_for(p) == nullptr) {
+    if (h == nullptr) {
       dropalloc::shim::release_foreign(p);
     } else {
-      release(p);  // a freed or interior pointer: the heap refuses and reports it
+      dropalloc::shim::release_to(h, p);  // a freed or interior pointer: the heap refuses and reports it
     }
     errno = ENOMEM;
     return nullptr;
@@ -208,12 +211,14 @@ void* realloc_impl(void* p, std::size_t bytes) {
   if (fits_in_place(have, bytes)) return p;
   // A request only a mapping of its own can hold: if p has one, try to grow
   // that where it is first (no copy, no page faults over the old bytes).
-  if (bytes > have && bytes > dropalloc::core::kMaxClassSize && dropalloc::shim::grow_in_place(p, bytes)) return p;
+  if (bytes > have && bytes > dropalloc::core::kMaxClassSize && dropalloc::shim::grow_in_place(h, p, bytes)) {
+    return p;
+  }
   void* q = alloc(bytes, malloc_align(bytes));
   if (q == nullptr) return nullptr;  // the old block stays valid, as C requires
   memcpy(q, p, bytes < have ? bytes : have);
   int saved = errno;
-  release(p);
+  dropalloc::shim::release_to(h, p);
   errno = saved;
   return q;
 }

@@ -119,19 +119,25 @@ inline core::heap* heap_for(const void* p) noexcept {
   return DROPALLOC_UNLIKELY(h != g_droppable || h == nullptr) ? general() : h;
 }
 
-inline void release(void* p) noexcept {
-  core::heap* h = heap_for(p);
-  if (DROPALLOC_UNLIKELY(h == nullptr)) return release_foreign(p);
+// Frees p into h, its heap_for(p) (not nullptr): for callers that looked the
+// heap up already.
+inline void release_to(core::heap* h, void* p) noexcept {
   h->make_current();  // then deallocate() starts with the fast path (see heap::make_current)
   h->deallocate(p);
 }
 
-// realloc's growth of a large block where it is (heap::grow_large_in_place);
-// false: the caller copies. Only within the heap the new size belongs to: a
-// block that must change heaps (DROPALLOC_DROPPABLE_RANGE: into or out of
-// droppable memory) is copied, or it would keep the old heap's kind of memory.
-inline bool grow_in_place(void* p, std::size_t bytes) noexcept {
+inline void release(void* p) noexcept {
   core::heap* h = heap_for(p);
+  if (DROPALLOC_UNLIKELY(h == nullptr)) return release_foreign(p);
+  release_to(h, p);
+}
+
+// realloc's growth of a large block where it is (heap::grow_large_in_place);
+// h is heap_for(p); false: the caller copies. Only within the heap the new
+// size belongs to: a block that must change heaps (DROPALLOC_DROPPABLE_RANGE:
+// into or out of droppable memory) is copied, or it would keep the old heap's
+// kind of memory.
+inline bool grow_in_place(core::heap* h, void* p, std::size_t bytes) noexcept {
   if (h == nullptr || h != (in_droppable_range(bytes) ? g_droppable : general())) return false;
   return h->grow_large_in_place(p, bytes);
 }
