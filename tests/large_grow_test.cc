@@ -16,29 +16,21 @@
 
 #include "allocator/core/heap.h"
 #include "allocator/os/fake_os.h"
+#include "tests/core_heap.h"
 #include "tests/pattern.h"
 
 namespace core = dropalloc::core;
 namespace os = dropalloc::os;
 using dropalloc::block_state;
+using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
+using dropalloc::testing::holds;
+using dropalloc::testing::with_os;
 
 namespace {
 
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kLarge = 300 * 1024;  // above the largest class: a mapping of its own
-
-core::heap_options with_os(os::os_interface* o) {
-  core::heap_options opt;
-  opt.os = o;
-  return opt;
-}
-
-bool holds(const void* p, std::size_t n, std::size_t seed) {
-  std::vector<unsigned char> want(n);
-  fill(want.data(), n, seed);
-  return std::memcmp(p, want.data(), n) == 0;
-}
 
 bool all_zero(const void* p, std::size_t n) {
   auto* b = static_cast<const unsigned char*>(p);
@@ -48,13 +40,6 @@ bool all_zero(const void* p, std::size_t n) {
   return true;
 }
 
-void* large(core::heap& h, std::size_t bytes = kLarge) {
-  core::alloc_error err = core::alloc_error::none;
-  void* p = h.allocate(bytes, 16, &err);
-  REQUIRE(p != nullptr);
-  return p;
-}
-
 // Grows p to `bytes`, retrying with fresh blocks when the address space after
 // one is taken (another mapping may sit there): returns the block that grew,
 // its first `keep` bytes filled with `seed` before the growth.
@@ -62,7 +47,7 @@ void* grown_block(core::heap& h, std::size_t keep, std::size_t bytes, std::size_
   std::vector<void*> failed;
   void* got = nullptr;
   for (int i = 0; i < 8 && got == nullptr; ++i) {
-    void* p = large(h, keep);
+    void* p = allocate_large(h, keep);
     fill(p, keep, seed);
     if (h.grow_large_in_place(p, bytes)) got = p;
     else failed.push_back(p);
@@ -104,7 +89,7 @@ TEST_CASE("refused, with the block as it was: not a live, never-observed large b
   os::fake_os fos;
   core::heap h(with_os(&fos));
   core::heap other(with_os(&fos));
-  void* p = large(h);
+  void* p = allocate_large(h, kLarge);
   fill(p, kLarge, 3);
   const std::size_t span = h.usable_size(p);
   core::alloc_error err = core::alloc_error::none;
@@ -142,7 +127,7 @@ TEST_CASE("refused, with the block as it was: not a live, never-observed large b
 TEST_CASE("a failed mremap or metadata map leaves the block live, whole and freeable") {
   os::fake_os fos;
   core::heap h(with_os(&fos));
-  void* p = large(h);
+  void* p = allocate_large(h, kLarge);
   fill(p, kLarge, 5);
   const std::size_t span = h.usable_size(p);
   const int maps = fos.metadata_maps.load(), unmaps = fos.metadata_unmaps.load();
@@ -175,13 +160,13 @@ TEST_CASE("after a growth no handle of an earlier life at the address reads inta
   core::heap h(with_os(&fos));
   // An earlier life, sealed and handed out, then freed: the mapping goes to
   // the large cache and comes back for the next request of its size.
-  void* first = large(h);
+  void* first = allocate_large(h, kLarge);
   fill(first, kLarge, 1);
   std::uint64_t old_gen = 0;
   REQUIRE(h.seal(first, &old_gen) == block_state::intact);
   REQUIRE(h.check(first, old_gen) == block_state::intact);
   h.deallocate(first);
-  void* p = large(h);
+  void* p = allocate_large(h, kLarge);
   if (p != first) {
     h.deallocate(p);
     MESSAGE("the cached mapping was not reused: nothing to test here");
@@ -220,7 +205,7 @@ TEST_CASE("readers on other threads racing growths: no crash, no answer for a li
   std::thread grower([&] {
     std::map<void*, std::uint64_t> ended;
     for (int round = 0; round < 300; ++round) {
-      void* p = large(h, kLarge + static_cast<std::size_t>(round % 7) * kPage);
+      void* p = allocate_large(h, kLarge + static_cast<std::size_t>(round % 7) * kPage);
       std::size_t have = h.usable_size(p);
       fill(p, have, round);
       if (round % 3 == 0) {

@@ -4,12 +4,21 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
+#include <vector>
 
 namespace dropalloc::testing {
 
 inline void fill(void* p, std::size_t n, std::size_t seed) {
   auto* b = static_cast<unsigned char*>(p);
   for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>((seed + i * 131) % 251 + 1);
+}
+
+// Whether p's first n bytes hold what fill(p, n, seed) wrote.
+inline bool holds(const void* p, std::size_t n, std::size_t seed) {
+  std::vector<unsigned char> want(n);
+  fill(want.data(), n, seed);
+  return std::memcmp(p, want.data(), n) == 0;
 }
 
 }  // namespace dropalloc::testing

@@ -13,36 +13,21 @@
 #include "allocator/core/heap.h"
 #include "allocator/core/segment.h"
 #include "allocator/os/fake_os.h"
+#include "tests/core_heap.h"
 #include "tests/pattern.h"
 
 namespace core = dropalloc::core;
 namespace os = dropalloc::os;
 using dropalloc::block_state;
+using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
+using dropalloc::testing::holds;
+using dropalloc::testing::with_os;
 
 namespace {
 
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kMiB = std::size_t{1} << 20;
-
-core::heap_options with_os(os::os_interface* o) {
-  core::heap_options opt;
-  opt.os = o;
-  return opt;
-}
-
-bool holds(const void* p, std::size_t n, std::size_t seed) {
-  std::vector<unsigned char> want(n);
-  fill(want.data(), n, seed);
-  return std::memcmp(p, want.data(), n) == 0;
-}
-
-void* large(core::heap& h, std::size_t bytes, std::size_t alignment = 16) {
-  core::alloc_error err = core::alloc_error::none;
-  void* p = h.allocate(bytes, alignment, &err);
-  REQUIRE(p != nullptr);
-  return p;
-}
 
 }  // namespace
 
@@ -53,7 +38,7 @@ TEST_CASE("growth across a 4 MiB map entry, 8 MiB aligned: lookups, refusals and
   void* p = nullptr;
   std::vector<void*> failed;
   for (int i = 0; i < 8 && p == nullptr; ++i) {
-    void* q = large(h, 300 * 1024, 8 * kMiB);
+    void* q = allocate_large(h, 300 * 1024, 8 * kMiB);
     REQUIRE(reinterpret_cast<std::uintptr_t>(q) % (8 * kMiB) == 0);
     fill(q, 300 * 1024, 9);
     if (h.grow_large_in_place(q, 6 * kMiB + 100)) p = q;
@@ -95,7 +80,7 @@ TEST_CASE("a free of the same block racing its growth: one wins, the other is re
   core::heap h(with_os(&fos));
   std::uint64_t still_live = 0;
   for (int round = 0; round < 300; ++round) {
-    void* p = large(h, 300 * 1024 + static_cast<std::size_t>(round % 5) * kPage);
+    void* p = allocate_large(h, 300 * 1024 + static_cast<std::size_t>(round % 5) * kPage);
     fill(p, 300 * 1024, static_cast<std::size_t>(round));
     std::atomic<int> go{0};
     bool grew = false;
@@ -135,7 +120,7 @@ TEST_CASE("sweeps racing growths: seal_all, check_all, stats and trim see one bl
   std::atomic<long> bad{0}, grown{0};
   std::thread grower([&] {
     for (int round = 0; round < 400; ++round) {
-      void* p = large(h, 300 * 1024);
+      void* p = allocate_large(h, 300 * 1024);
       fill(p, 300 * 1024, static_cast<std::size_t>(round));
       std::size_t have = 300 * 1024;
       for (int step = 0; step < 3; ++step) {
