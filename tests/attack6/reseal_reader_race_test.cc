@@ -96,8 +96,9 @@ void run(droppable_resource& res, double seconds) {
       slot& s = slots[i];
       block_ref& b = handles[i];
       std::vector<std::uint64_t> buf(s.usable / 8);
-      // Mostly refreshes with the bytes the block already holds, which race the
-      // readers; now and then new contents, with the readers kept out.
+      // Mostly refreshes with the bytes the block already holds (those by
+      // write_and_seal race the readers); now and then new contents, with the
+      // readers kept out.
       const bool same = rng() % 4 != 0;
       const auto pick = static_cast<unsigned>(rng() % 4);
       // Plain writes (picks 1-3) are invisible to the allocator until their
