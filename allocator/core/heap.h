@@ -412,12 +412,18 @@ DROPALLOC_ALWAYS_INLINE bool free_biased(std::atomic<std::uint8_t>* st, std::uin
   return plain;
 }
 
-// Brings the line holding *p into this CPU's cache ready to be written
-// (x86 prefetchw: a no-op hint where the CPU lacks it). __builtin_prefetch
-// with rw = 1 emits it only when the compiler targets such a CPU.
+// Whether this CPU has prefetchw (CPUID 0x80000001, ECX bit 8), read once
+// when the library is loaded (core/heap.cc); false until then, so a free
+// that runs before our initialisers skips the hint. Checked, not assumed:
+// the instruction is architectural only on CPUs that report it.
+extern bool g_cpu_has_prefetchw;
+
+// Brings the line holding *p into this CPU's cache ready to be written: a
+// hint, nothing is written. __builtin_prefetch with rw = 1 emits prefetchw
+// only when the compiler targets a CPU known to have it.
 DROPALLOC_ALWAYS_INLINE void prefetch_for_write(const void* p) noexcept {
 #if defined(__x86_64__) && defined(__GNUC__)
-  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+  if (DROPALLOC_LIKELY(g_cpu_has_prefetchw)) asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
 #else
   __builtin_prefetch(p, 1);
 #endif
@@ -498,7 +504,6 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // a block another thread allocated has its state line in that thread's
     // cache, and a plain read then fetches it shared and the exchange below
     // fetches it again to own it (two transfers). With prefetchw it is one.
-    // Only a hint: nothing is written, and a CPU without it treats it as a no-op.
     prefetch_for_write(st);
     const std::uint8_t now = st->load(std::memory_order_relaxed);
     bin = &c->bins[s->cls];
