@@ -413,9 +413,9 @@ DROPALLOC_ALWAYS_INLINE bool free_biased(std::atomic<std::uint8_t>* st, std::uin
 }
 
 // Whether this CPU has prefetchw (CPUID 0x80000001, ECX bit 8), read once
-// when the library is loaded (core/heap.cc); false until then, so a free
-// that runs before our initialisers skips the hint. Checked, not assumed:
-// the instruction is architectural only on CPUs that report it.
+// when the library is loaded (core/cpu_features.cc); false until then, so a
+// free that runs before our initialisers skips the hint. Checked, not
+// assumed: the instruction is architectural only on CPUs that report it.
 extern bool g_cpu_has_prefetchw;
 
 // Brings the line holding *p into this CPU's cache ready to be written: a
