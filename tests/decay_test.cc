@@ -20,18 +20,11 @@ using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
 using dropalloc::testing::fill;
+using dropalloc::testing::holds;
 
 namespace {
 
 constexpr std::size_t kPage = 4096;
-
-bool holds(const void* p, std::size_t n, std::uint32_t seed) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (b[i] != static_cast<unsigned char>((seed + i * 131) % 251 + 1)) return false;
-  }
-  return true;
-}
 
 dropalloc::resource_options fake_options(dropalloc::os::fake_os& os) {
   dropalloc::resource_options o;

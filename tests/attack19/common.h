@@ -25,12 +25,7 @@ inline std::string name(dropalloc::block_state s) { return dropalloc::to_string(
 
 // Contents of seed `seed`: no zero byte, so every word witnesses its page.
 using dropalloc::testing::fill;
-
-inline bool holds(const void* p, std::size_t n, std::uint64_t seed) {
-  std::vector<unsigned char> want(n);
-  fill(want.data(), n, seed);
-  return std::memcmp(p, want.data(), n) == 0;
-}
+using dropalloc::testing::holds;
 
 inline std::vector<unsigned char> snapshot(const void* p, std::size_t n) {
   const auto* b = static_cast<const unsigned char*>(p);
