@@ -99,8 +99,8 @@ bool holds(const entry& e) {
 std::size_t pick_size(std::mt19937_64& r) {
   unsigned k = r() % 100;
   if (k < 70) return 8 + r() % 1017;          // small, lines shared between threads
-  if (k < 90) return 1024 + r() % 3073;       // up to 4 KiB: still the fast paths
-  if (k < 99) return 4097 + r() % 60000;      // cached classes on the slow paths
+  if (k < 90) return 1024 + r() % 3073;       // up to 4 KiB
+  if (k < 99) return 4097 + r() % 60000;      // cached classes above 4 KiB (bins of 2-31: refills often)
   return 300000 + r() % 100000;               // a mapping of its own
 }
 

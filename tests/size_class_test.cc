@@ -52,3 +52,24 @@ TEST_CASE("every class is 8-byte granular and its alignment divides it") {
     CHECK(is_small_class(cls) == (s <= kMaxSmallSize));
   }
 }
+
+TEST_CASE("the fast paths' lookups agree with class_for for every size they serve") {
+  // Every alignment, power of two or not, up to twice the largest they serve.
+  for (std::size_t align = 0; align <= 32; ++align) {
+    const bool served_align = align != 0 && (align & (align - 1)) == 0 && align <= 16;
+    for (std::size_t size = 0; size <= kMaxCachedSize + 2 * kPage; ++size) {
+      const bool served = served_align && size >= 1 && size <= kMaxCachedSize;
+      CAPTURE(size);
+      CAPTURE(align);
+      REQUIRE(small_class_for(size, align) == (served ? class_for(size, align) : kNoClass));
+    }
+  }
+  for (std::size_t size = 0; size <= kMaxCachedSize + 2 * kPage; ++size) {
+    CAPTURE(size);
+    REQUIRE(malloc_class_for(size) == small_class_for(size, size <= 8 ? 8 : 16));
+  }
+  for (std::size_t size : {kMaxClassSize, kMaxClassSize + 1, std::size_t{1} << 40, ~std::size_t{0}}) {
+    CHECK(small_class_for(size, 8) == kNoClass);
+    CHECK(malloc_class_for(size) == kNoClass);
+  }
+}

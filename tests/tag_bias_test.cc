@@ -24,6 +24,7 @@
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
 #include "tests/pattern.h"
+#include "tests/slow_alloc.h"
 
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
@@ -54,10 +55,11 @@ std::uint32_t next_delay(std::uint32_t& seed, std::uint32_t most = 400) {
   return (seed >> 16) % most;
 }
 
-// 64 KiB: the largest cached class. Its allocations always take the slow
-// path (where the owner re-biases), its frees the fast path (where it frees
-// biased).
-constexpr std::size_t kBig = 64 * 1024;
+// 64 KiB at alignment 32 (tests/slow_alloc.h): its allocations always take
+// the slow path (where the owner re-biases), its frees the fast path (where
+// it frees biased).
+constexpr std::size_t kBig = dropalloc::testing::kSlowAllocBytes;
+constexpr std::size_t kBigAlign = dropalloc::testing::kSlowAllocAlign;
 
 }  // namespace
 
@@ -68,15 +70,15 @@ TEST_CASE("a thread's tag is biased after its first allocations, revoked by anot
   }
   droppable_resource res;
   std::vector<void*> mine;
-  for (int i = 0; i < 4; ++i) mine.push_back(res.allocate(kBig, 8));
+  for (int i = 0; i < 4; ++i) mine.push_back(res.allocate(kBig, kBigAlign));
   core::tag_bias* b = my_bias();
   REQUIRE(b != nullptr);
   CHECK(b->mode.load() == core::bias::kBiased);
-  res.deallocate(mine.back(), kBig, 8);  // biased: a plain store
+  res.deallocate(mine.back(), kBig, kBigAlign);  // biased: a plain store
   mine.pop_back();
   CHECK(b->mode.load() == core::bias::kBiased);
   // Another thread frees one of ours: it must revoke first.
-  std::thread([&] { res.deallocate(mine.back(), kBig, 8); }).join();
+  std::thread([&] { res.deallocate(mine.back(), kBig, kBigAlign); }).join();
   mine.pop_back();
   CHECK(b->mode.load() == core::bias::kRevoked);
   // Another thread asks for a generation: the tag is revoked already, nothing to do.
@@ -86,9 +88,9 @@ TEST_CASE("a thread's tag is biased after its first allocations, revoked by anot
   CHECK(b->mode.load() == core::bias::kRevoked);
   // Biased again once it stayed revoked long enough, at an allocation slow path.
   std::this_thread::sleep_for(std::chrono::milliseconds(core::bias::kRebiasAfterMs + 20));
-  mine.push_back(res.allocate(kBig, 8));
+  mine.push_back(res.allocate(kBig, kBigAlign));
   CHECK(b->mode.load() == core::bias::kBiased);
-  for (void* p : mine) res.deallocate(p, kBig, 8);
+  for (void* p : mine) res.deallocate(p, kBig, kBigAlign);
   CHECK(res.stats().blocks_live == 0);
   CHECK(res.stats().misuse_refused == 0);
 }
@@ -120,7 +122,7 @@ TEST_CASE("generation() racing the owner's biased free: no observation is lost")
   std::uint32_t seed = 11;
   int lost = 0, observed = 0, reused = 0;
   for (int r = 1; r <= kRounds; ++r) {
-    void* p = res.allocate(kBig, 8);
+    void* p = res.allocate(kBig, kBigAlign);
     fill(p, 64, static_cast<std::size_t>(r));
     target.store(p);
     go.store(r, std::memory_order_release);
@@ -129,11 +131,11 @@ TEST_CASE("generation() racing the owner's biased free: no observation is lost")
     // share of rounds.
     // Every fourth round far longer, so that it often comes after all of it.
     spin(next_delay(seed, r % 4 == 0 ? 100000 : 8000));
-    res.deallocate(p, kBig, 8);
+    res.deallocate(p, kBig, kBigAlign);
     while (answered.load(std::memory_order_acquire) < r) {
     }
     const std::uint64_t g = got.load(std::memory_order_relaxed);
-    void* q = res.allocate(kBig, 8);
+    void* q = res.allocate(kBig, kBigAlign);
     fill(q, 64, static_cast<std::size_t>(r) + 1000000);
     (void)res.seal(q);
     if (g != 0) {
@@ -141,7 +143,7 @@ TEST_CASE("generation() racing the owner's biased free: no observation is lost")
       reused += q == p;
       if (res.check(p, g) == block_state::intact) ++lost;
     }
-    res.deallocate(q, kBig, 8);
+    res.deallocate(q, kBig, kBigAlign);
   }
   observer.join();
   MESSAGE("rounds whose generation() came before the free: " << observed << " (address reused in " << reused
@@ -164,30 +166,30 @@ TEST_CASE("the owner's biased free racing another thread's free of the same bloc
       while (go.load(std::memory_order_acquire) < r) {
       }
       spin(next_delay(seed));
-      res.deallocate(target.load(), kBig, 8);
+      res.deallocate(target.load(), kBig, kBigAlign);
       finished.store(r, std::memory_order_release);
     }
   });
   std::uint32_t seed = 3;
   std::set<void*> live;
   for (int r = 1; r <= kRounds; ++r) {
-    void* p = res.allocate(kBig, 8);
+    void* p = res.allocate(kBig, kBigAlign);
     REQUIRE(live.insert(p).second);  // never handed out twice
     target.store(p);
     go.store(r, std::memory_order_release);
     spin(next_delay(seed));
-    res.deallocate(p, kBig, 8);  // races the other thread's free of p
+    res.deallocate(p, kBig, kBigAlign);  // races the other thread's free of p
     while (finished.load(std::memory_order_acquire) < r) {
     }
     live.erase(p);
     // Hold a few blocks for a while: a block freed twice would come back twice.
     std::vector<void*> held;
     for (int k = 0; k < 3; ++k) {
-      held.push_back(res.allocate(kBig, 8));
+      held.push_back(res.allocate(kBig, kBigAlign));
       REQUIRE(live.insert(held.back()).second);
     }
     for (void* h : held) {
-      res.deallocate(h, kBig, 8);
+      res.deallocate(h, kBig, kBigAlign);
       live.erase(h);
     }
   }
@@ -206,23 +208,25 @@ TEST_CASE("more threads than tags: shared tags are never biased, and their block
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      void* first = res.allocate(kBig, 8);  // takes a tag (and biases it, if alone)
+      void* first = res.allocate(kBig, kBigAlign);  // takes a tag (and biases it, if alone)
       tags[static_cast<std::size_t>(t)] = core::t_current.live_state >> core::state::kTagShift;
       ++ready;
       while (!go.load()) std::this_thread::yield();
       std::vector<std::pair<void*, std::size_t>> blocks;
       for (int i = 0; i < 2000; ++i) {
         const std::size_t size = i % 2 == 0 ? 48 : kBig;
-        void* p = res.allocate(size, 8);
+        const std::size_t align = size == kBig ? kBigAlign : 8;
+        void* p = res.allocate(size, align);
         fill(p, 48, static_cast<std::size_t>(t * 7 + i));
         blocks.emplace_back(p, size);
         if (blocks.size() > 64) {
-          res.deallocate(blocks.front().first, blocks.front().second, 8);
+          const std::size_t front = blocks.front().second;
+          res.deallocate(blocks.front().first, front, front == kBig ? kBigAlign : 8);
           blocks.erase(blocks.begin());
         }
       }
-      for (auto [p, size] : blocks) res.deallocate(p, size, 8);
-      res.deallocate(first, kBig, 8);
+      for (auto [p, size] : blocks) res.deallocate(p, size, size == kBig ? kBigAlign : 8);
+      res.deallocate(first, kBig, kBigAlign);
     });
   }
   while (ready.load() < kThreads) std::this_thread::yield();
@@ -244,13 +248,13 @@ TEST_CASE("more threads than tags: shared tags are never biased, and their block
 TEST_CASE("fork while biased: the child frees and allocates, and its blocks are whole") {
   droppable_resource res;
   std::vector<void*> mine;
-  for (int i = 0; i < 8; ++i) mine.push_back(res.allocate(kBig, 8));
+  for (int i = 0; i < 8; ++i) mine.push_back(res.allocate(kBig, kBigAlign));
   std::fflush(nullptr);
   pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
     int bad = 0;
-    for (void* p : mine) res.deallocate(p, kBig, 8);
+    for (void* p : mine) res.deallocate(p, kBig, kBigAlign);
     for (int i = 0; i < 1000; ++i) {
       void* p = res.allocate(64, 8);
       fill(p, 64, static_cast<std::size_t>(i));
@@ -263,7 +267,7 @@ TEST_CASE("fork while biased: the child frees and allocates, and its blocks are 
   REQUIRE(waitpid(pid, &status, 0) == pid);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
-  for (void* p : mine) res.deallocate(p, kBig, 8);
+  for (void* p : mine) res.deallocate(p, kBig, kBigAlign);
   CHECK(res.stats().blocks_live == 0);
 }
 
@@ -278,7 +282,7 @@ TEST_CASE("fork in the middle of a revocation: the child settles it instead of w
     return;
   }
   droppable_resource res;
-  void* p = res.allocate(kBig, 8);
+  void* p = res.allocate(kBig, kBigAlign);
   core::tag_bias* b = my_bias();
   REQUIRE(b != nullptr);
   const std::uint8_t mode = b->mode.load();
@@ -309,5 +313,5 @@ TEST_CASE("fork in the middle of a revocation: the child settles it instead of w
   }
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
-  res.deallocate(p, kBig, 8);
+  res.deallocate(p, kBig, kBigAlign);
 }

@@ -87,7 +87,7 @@ class heap {
   // line: nullptr / false means "call allocate() / deallocate()", not failure.
   void* allocate_cached(std::size_t bytes, std::size_t alignment) noexcept;
   // The same for a size class already looked up (small_class_for or
-  // malloc_class_for; kNoClass and classes above the small ones: nullptr).
+  // malloc_class_for; kNoClass and classes no thread cache holds: nullptr).
   void* allocate_cached_class(std::size_t cls) noexcept;
   bool deallocate_cached(void* p) noexcept;
   // Makes this the heap whose cache the fast paths above find (they serve
@@ -438,7 +438,7 @@ DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached(std::size_t bytes, std::size
 }
 
 DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached_class(std::size_t cls) noexcept {
-  if (DROPALLOC_UNLIKELY(cls >= kNumSmallClasses)) return nullptr;
+  if (DROPALLOC_UNLIKELY(cls >= kNumCachedClasses)) return nullptr;
   tc_heap_cache* c = current_cache();
   if (DROPALLOC_UNLIKELY(c == nullptr)) return nullptr;
   tc_bin& bin = c->bins[cls];
@@ -451,7 +451,7 @@ DROPALLOC_ALWAYS_INLINE void* heap::allocate_cached_class(std::size_t cls) noexc
   // else brings a block into cache before that first store: fetch the block
   // this bin hands out next now. In batch workloads that spread over many
   // classes, "next" is dozens of allocations away, time enough for a miss.
-  // Not for page-sized blocks: there the next block is a page of its own
+  // Not for blocks of a page or more: there the next block is a page of its own
   // that may never have been touched, and a prefetch of a page not yet
   // faulted in costs a failed page walk on every call (a malloc(4096)/free
   // loop ran at 120 ns a pair with it, 33 ns without, here).

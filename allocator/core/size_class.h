@@ -41,7 +41,8 @@
 namespace dropalloc::core {
 
 inline constexpr std::size_t kPage = 4096;
-inline constexpr std::size_t kMaxSmallSize = 4096;       // largest class on the fast paths
+inline constexpr std::size_t kMaxSmallSize = 4096;       // largest class of the fine lookup table
+inline constexpr std::size_t kMaxCachedSize = 64 * 1024;  // largest class thread caches hold
 inline constexpr std::size_t kMaxClassSize = 256 * 1024;  // larger: a mapping of its own
 inline constexpr std::size_t kMaxCacheableAlign = 4096;  // larger alignments: own mapping
 inline constexpr std::size_t kLargeGranule = 64;         // class spacing from 4 to 8 KiB
@@ -258,23 +259,32 @@ static_assert(class_for(24, 16) == 3 && class_for(4096, 4096) == kNumSmallClasse
 static_assert(class_for(4097, 8) == kNumSmallClasses && class_for(kMaxClassSize, 8) == kNumClasses - 1);
 static_assert(class_for(kMaxClassSize + 1, 8) == kNoClass && class_for(8, 8192) == kNoClass);
 
-// The fast paths' lookup: one load for a small request aligned to at most 16
-// bytes (row 0 of the table serves alignments 1-8, row 1 alignment 16).
-// Anything else, size 0 included, gets kNoClass and goes to the slow path,
-// which asks class_for.
+// The fast paths' lookup: one load for a request of up to kMaxCachedSize bytes
+// aligned to at most 16 (row 0 of the small table serves alignments 1-8, row 1
+// alignment 16; above kMaxSmallSize every class is a multiple of 64, so the
+// 64-byte table serves both). Anything else, size 0 included, gets kNoClass
+// and goes to the slow path, which asks class_for.
 namespace detail {
 inline constexpr std::array<std::array<std::uint8_t, kMaxSmallSize / 8 + 1>, 2> kLookupByAlign = {
     kLookup8, kLookup16};
+static_assert(kSizeClasses[kNumSmallClasses].size % kLargeGranule == 0 && kLargeGranule % 16 == 0);
+// Classes above kMaxSmallSize, for a size from kMaxSmallSize + 1 to
+// kMaxCachedSize: the large table, whose class is a multiple of 16.
+constexpr std::size_t cached_class_above_small(std::size_t size) {
+  return kLargeLookup[(size + kLargeGranule - 1) / kLargeGranule];
+}
 }  // namespace detail
 constexpr std::size_t small_class_for(std::size_t size, std::size_t alignment) {
   // alignment - 1 >= 16 also catches 0; the slow path reports bad alignments.
-  if (size - 1 >= kMaxSmallSize || alignment - 1 >= 16 || (alignment & (alignment - 1)) != 0) return kNoClass;
-  return detail::kLookupByAlign[alignment >> 4][(size + 7) >> 3];
+  if (alignment - 1 >= 16 || (alignment & (alignment - 1)) != 0) return kNoClass;
+  if (size - 1 < kMaxSmallSize) return detail::kLookupByAlign[alignment >> 4][(size + 7) >> 3];
+  if (size - 1 < kMaxCachedSize) return detail::cached_class_above_small(size);
+  return kNoClass;
 }
 
-// malloc's lookup: small_class_for(size, size <= 8 ? 8 : 16) in one table,
-// so the shim's fast path computes no alignment. Size 0 and sizes above
-// kMaxSmallSize get kNoClass (the slow path).
+// malloc's lookup: small_class_for(size, size <= 8 ? 8 : 16) with one table
+// for small sizes, so the shim's fast path computes no alignment. Size 0 and
+// sizes above kMaxCachedSize get kNoClass (the slow path).
 namespace detail {
 inline constexpr auto kMallocLookup = [] {
   std::array<std::uint8_t, kMaxSmallSize / 8 + 1> t = kLookup16;
@@ -283,8 +293,9 @@ inline constexpr auto kMallocLookup = [] {
 }();
 }  // namespace detail
 constexpr std::size_t malloc_class_for(std::size_t size) {
-  if (size - 1 >= kMaxSmallSize) return kNoClass;
-  return detail::kMallocLookup[(size + 7) >> 3];
+  if (size - 1 < kMaxSmallSize) return detail::kMallocLookup[(size + 7) >> 3];
+  if (size - 1 < kMaxCachedSize) return detail::cached_class_above_small(size);
+  return kNoClass;
 }
 
 namespace detail {
@@ -305,6 +316,18 @@ constexpr bool small_lookup_agrees() {
   }
   for (std::size_t size = 0; size <= kMaxSmallSize + 1; ++size) {
     if (malloc_class_for(size) != small_class_for(size, size <= 8 ? 8 : 16)) return false;
+  }
+  // Above the small table, at every class's edges (tests/size_class_test.cc
+  // checks every size): the class is class_for's at alignments up to 16.
+  for (std::size_t cls = kNumSmallClasses - 1; cls < kNumClasses; ++cls) {
+    const std::size_t edge = kSizeClasses[cls].size;
+    for (std::size_t size : {edge - 1, edge, edge + 1}) {
+      for (std::size_t align = 1; align <= 16; align *= 2) {
+        const std::size_t want = size <= kMaxCachedSize ? class_for(size, align) : kNoClass;
+        if (small_class_for(size, align) != want) return false;
+      }
+      if (malloc_class_for(size) != small_class_for(size, 16)) return false;
+    }
   }
   return true;
 }

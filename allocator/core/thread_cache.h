@@ -23,11 +23,11 @@ inline constexpr int kMaxCachedHeaps = 64;
 // 512 ran glibc_simple 10% faster for 10-15% more.
 inline constexpr std::uint32_t kBinSlots = 256;
 
-// Size classes up to 64 KiB are cached per thread: small ones on the inline
-// fast paths, larger ones through the out-of-line slow paths, which still
-// take no lock. Larger classes always go to their arenas.
-inline constexpr std::size_t kNumCachedClasses = class_for(64 * 1024, 8) + 1;
-static_assert(kSizeClasses[kNumCachedClasses - 1].size == 64 * 1024);
+// Size classes up to kMaxCachedSize (64 KiB) are cached per thread and served
+// by the inline fast paths; a refill or flush takes no lock unless it reaches
+// the transfer cache. Larger classes always go to their arenas.
+inline constexpr std::size_t kNumCachedClasses = class_for(kMaxCachedSize, 8) + 1;
+static_assert(kSizeClasses[kNumCachedClasses - 1].size == kMaxCachedSize);
 
 // Small classes cache up to 64 KiB each, between 16 and kBinSlots blocks;
 // classes above 4 KiB up to 128 KiB each (2-16 blocks), so a thread holds at

@@ -1,6 +1,7 @@
 // Run with libdropalloc.so preloaded (shim_fast_paths_preload_test): malloc's
 // own class table and the out-of-line slow paths of malloc, free, operator
-// new and delete, at every size up to past the largest small class, and every
+// new and delete, at every size up to past the largest small class (then a
+// spread to past the largest class the fast paths serve), and every
 // kind of bad free through the new fast free path. Linked against libc and
 // libstdc++ only; exits non-zero on the first failed check.
 #include <dlfcn.h>
@@ -58,10 +59,15 @@ uint64_t foreign_ignored() {
 
 void* volatile g_sink;
 
+// Every size to past the largest small class (4 KiB), then a spread to the
+// largest class the fast paths serve (64 KiB), every size around it.
+size_t next_size(size_t n) { return n < 4200 || n >= 65400 ? n + 1 : n + 61; }
+constexpr size_t kLastSize = 66 * 1024;
+
 void sizes_and_alignment() {
   // Two live blocks of each size must not overlap and must have the
   // alignment malloc promises; all of the usable size is writable.
-  for (size_t n = 0; n <= 4200; ++n) {
+  for (size_t n = 0; n <= kLastSize; n = next_size(n)) {
     auto* a = static_cast<unsigned char*>(malloc(opaque(n)));
     auto* b = static_cast<unsigned char*>(malloc(opaque(n)));
     CHECK(a != nullptr && b != nullptr && a != b);
@@ -78,7 +84,7 @@ void sizes_and_alignment() {
     CHECK(malloc_usable_size(a) == 0);  // freed: not a live block any more
   }
   // operator new(n): the same table, the same promises.
-  for (size_t n = 0; n <= 4200; n += 1) {
+  for (size_t n = 0; n <= kLastSize; n = next_size(n)) {
     auto* a = static_cast<unsigned char*>(::operator new(opaque(n)));
     CHECK(reinterpret_cast<uintptr_t>(a) % (n <= 8 ? 8 : 16) == 0);
     CHECK(malloc_usable_size(a) >= n);

@@ -18,6 +18,7 @@
 #include "allocator/core/tag_bias.h"
 #include "allocator/dropalloc.h"
 #include "tests/pattern.h"
+#include "tests/slow_alloc.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
@@ -27,7 +28,9 @@ namespace core = dropalloc::core;
 
 namespace {
 
-constexpr std::size_t kBig = 64 * 1024;  // allocated by the slow path (re-biases), freed biased
+// Allocated by the slow path (re-biases), freed biased.
+constexpr std::size_t kBig = dropalloc::testing::kSlowAllocBytes;
+constexpr std::size_t kBigAlign = dropalloc::testing::kSlowAllocAlign;
 
 void spin(std::uint32_t n) {
   for (std::uint32_t i = 0; i < n; ++i) asm volatile("" ::: "memory");
@@ -93,20 +96,20 @@ TEST_CASE("every cross-thread writer against the owner's biased free") {
   std::set<void*> live;
   int lost = 0, observed = 0;
   for (int r = 1; r <= kRounds; ++r) {
-    void* p = res.allocate(kBig, 8);
+    void* p = res.allocate(kBig, kBigAlign);
     REQUIRE(live.insert(p).second);
     fill(p, 64, static_cast<std::size_t>(r));
     target.store(p);
     go.store(r, std::memory_order_release);
     spin(next(seed, r % 2 == 0 ? 400000 : 3000));
-    res.deallocate(p, kBig, 8);
+    res.deallocate(p, kBig, kBigAlign);
     while (done.load(std::memory_order_acquire) < r) {
     }
     live.erase(p);
     const std::uint64_t g = got.load(std::memory_order_relaxed);
     std::vector<void*> held;
     for (int k = 0; k < 3; ++k) {
-      void* q = res.allocate(kBig, 8);
+      void* q = res.allocate(kBig, kBigAlign);
       REQUIRE(live.insert(q).second);  // a block freed twice would come back twice
       fill(q, 64, static_cast<std::size_t>(r) * 3 + k + 1000000);
       (void)res.seal(q);
@@ -117,7 +120,7 @@ TEST_CASE("every cross-thread writer against the owner's biased free") {
       if (res.check(p, g) == block_state::intact) ++lost;
     }
     for (void* q : held) {
-      res.deallocate(q, kBig, 8);
+      res.deallocate(q, kBig, kBigAlign);
       live.erase(q);
     }
   }

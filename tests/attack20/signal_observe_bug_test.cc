@@ -31,11 +31,13 @@
 #include "allocator/dropalloc.h"
 #include "tests/pattern.h"
 #include "tests/signal_storm.h"
+#include "tests/slow_alloc.h"
 
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 using dropalloc::testing::fill;
 using dropalloc::testing::install_signal_handler;
+using dropalloc::testing::slow_alloc_and_free;
 using dropalloc::testing::signal_storm;
 namespace core = dropalloc::core;
 
@@ -91,7 +93,7 @@ outcome run(int mode, std::chrono::milliseconds budget) {
   outcome out;
   signal_storm(SIGUSR1, [&](auto ready) {
     // Warm up: a thread cache, a tag, the tag biased.
-    for (int i = 0; i < 100; ++i) res.deallocate(res.allocate(64 * 1024, 8), 64 * 1024, 8);
+    for (int i = 0; i < 100; ++i) slow_alloc_and_free(res);
     ready();
     const auto until = std::chrono::steady_clock::now() + budget;
     std::size_t round = 0;

@@ -31,9 +31,11 @@
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
 #include "tests/signal_storm.h"
+#include "tests/slow_alloc.h"
 
 using dropalloc::droppable_resource;
 using dropalloc::testing::install_signal_handler;
+using dropalloc::testing::slow_alloc_and_free;
 namespace core = dropalloc::core;
 
 namespace {
@@ -86,7 +88,7 @@ TEST_CASE("generation() from a handler that interrupted a revocation of the same
       void** arr = new void*[kBatch + 1];
       for (int i = 0; i <= kBatch; ++i) arr[i] = res.allocate(kSize, 8);
       for (int i = 0; i < 100; ++i) {
-        res.deallocate(res.allocate(64 * 1024, 8), 64 * 1024, 8);
+        slow_alloc_and_free(res);
         if (core::t_current.bias != nullptr && core::t_current.bias->mode.load() == core::bias::kBiased) break;
       }
       g_owner_bias.store(core::t_current.bias);

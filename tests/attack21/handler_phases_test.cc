@@ -26,12 +26,14 @@
 #include "allocator/dropalloc.h"
 #include "tests/pattern.h"
 #include "tests/signal_storm.h"
+#include "tests/slow_alloc.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 using dropalloc::testing::fill;
 using dropalloc::testing::install_signal_handler;
+using dropalloc::testing::slow_alloc_and_free;
 using dropalloc::testing::signal_storm;
 namespace core = dropalloc::core;
 
@@ -117,7 +119,7 @@ outcome run(int m, std::chrono::milliseconds budget) {
 
   outcome out;
   signal_storm(SIGUSR1, [&](auto ready) {
-    for (int i = 0; i < 100; ++i) res.deallocate(res.allocate(64 * 1024, 8), 64 * 1024, 8);
+    for (int i = 0; i < 100; ++i) slow_alloc_and_free(res);
     t_owner = true;
     ready();
     const auto until = std::chrono::steady_clock::now() + budget;
@@ -125,7 +127,7 @@ outcome run(int m, std::chrono::milliseconds budget) {
     while (std::chrono::steady_clock::now() < until && out.lost == 0 && out.twice == 0) {
       for (int k = 0; k < 1000; ++k) {
         ++round;
-        if (round % 64 == 0) res.deallocate(res.allocate(64 * 1024, 8), 64 * 1024, 8);  // re-bias
+        if (round % 64 == 0) slow_alloc_and_free(res);  // re-bias
         void* p = res.allocate(kSize, 8);
         fill(p, kSize, round);
         g_target.store(p, std::memory_order_relaxed);

@@ -32,9 +32,11 @@
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
 #include "tests/signal_storm.h"
+#include "tests/slow_alloc.h"
 
 using dropalloc::droppable_resource;
 using dropalloc::testing::install_signal_handler;
+using dropalloc::testing::slow_alloc_and_free;
 namespace core = dropalloc::core;
 
 namespace {
@@ -100,7 +102,7 @@ TEST_CASE("generation() from handlers inside two threads' biased frees, each on 
     // Tag biased (re-biased at each allocation slow path while the delay is 0).
     core::tag_bias* b = nullptr;
     for (int i = 0; i < 100000; ++i) {
-      res.deallocate(res.allocate(64 * 1024, 8), 64 * 1024, 8);
+      slow_alloc_and_free(res);
       b = core::t_current.bias;
       if (b != nullptr && b->mode.load() == core::bias::kBiased) break;
     }

@@ -29,8 +29,13 @@ probe="$TEST_SRCDIR/$TEST_WORKSPACE/tests/fastpath/probe"
 # hint): a block another thread allocated then costs one line transfer, not
 # two (alternated runs, 3-4 each: larson 0.397 -> 0.369 s and 0.438 -> 0.408
 # s, xmalloc 0.160 -> 0.153 s, rptest 0.168 -> 0.163 s; glibc_simple,
-# cfrac_like and mstress within the noise).
-declare -A budget=([dropalloc_probe_allocate]=47 [dropalloc_probe_malloc]=47 [dropalloc_probe_free]=153)
+# cfrac_like and mstress within the noise). The allocation paths grew from 45
+# to 52 when they began to serve the thread-cached classes above 4 KiB (up to
+# 64 KiB: a second table lookup, on a branch small sizes do not take; before,
+# those sizes went through the out-of-line slow path on every allocation):
+# a malloc(16384)/free loop 20 -> 7 ns a pair, rptest 0.157 -> 0.140 s
+# (7 alternated runs each); glibc_simple and xmalloc unchanged.
+declare -A budget=([dropalloc_probe_allocate]=54 [dropalloc_probe_malloc]=54 [dropalloc_probe_free]=153)
 
 if ! command -v objdump >/dev/null; then
   echo "FAIL: objdump (binutils) is not installed" >&2
