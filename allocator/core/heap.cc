@@ -208,11 +208,13 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
   }
   std::size_t span = (bytes == 0 ? kPage : (bytes + kPage - 1) / kPage * kPage);
   if (segment* cached = reuse_large(span, alignment)) {
-    // A recycled mapping may be up to four times the request. Its pages past the
-    // request go back now: left as they are, they would stay resident for as
-    // long as the block lives (5-25 MiB blocks: 480 MiB peak with them, 403
-    // without, for about 375 MiB live at most).
-    if (cached->span > span) (void)os_->release_pages(cached->base + span, cached->span - span);
+    // A recycled mapping may be up to four times the request. Its pages past
+    // the request stay as they are while the tails kept so are few (see
+    // keep_large_tail); past that they go back now, or they would stay
+    // resident for as long as the block lives (5-25 MiB blocks: 480 MiB peak
+    // with them, 403 without, for about 375 MiB live at most).
+    const std::size_t tail = cached->span - span;
+    if (tail != 0 && !keep_large_tail(cached, tail)) (void)os_->release_pages(cached->base + span, tail);
     if (zero) memset(cached->base, 0, bytes);  // a recycled mapping holds old data
     // Live only now: a seal_all() racing this allocation may seal the block
     // as soon as it is live, and its tail released after that seal would
@@ -231,6 +233,25 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
   }
   link_all(s);
   return s->base;
+}
+
+bool heap::keep_large_tail(segment* s, std::size_t bytes) noexcept {
+  // Only in ordinary memory. A droppable block's seal puts witnesses on every
+  // page that holds data: an old life's tail would make a drop there count
+  // against a block whose caller never wrote it. Released, it reads zero.
+  if (os_->arena_backing() != backing::ordinary) return false;
+  std::size_t kept = large_tail_kept_bytes_.load(std::memory_order_relaxed);
+  do {
+    if (kept + bytes > kLargeTailKeptMaxBytes) return false;
+  } while (!large_tail_kept_bytes_.compare_exchange_weak(kept, kept + bytes, std::memory_order_relaxed));
+  s->large_tail_kept = bytes;
+  return true;
+}
+
+void heap::forget_large_tail(segment* s) noexcept {
+  if (s->large_tail_kept == 0) return;
+  large_tail_kept_bytes_.fetch_sub(s->large_tail_kept, std::memory_order_relaxed);
+  s->large_tail_kept = 0;
 }
 
 // A cached mapping fits if it is big enough but not wastefully so (at most
@@ -455,6 +476,7 @@ void heap::deallocate_generation(void* p, std::uint64_t expected_gen) noexcept {
 // After retire(): the block is free and ours. `st` is its state before.
 void heap::deallocate_retired(segment* s, std::uint32_t idx, void* p, std::uint8_t st) noexcept {
   if (s->cls == kLargeClass) {
+    forget_large_tail(s);  // the whole mapping is free now: its tail is no longer a live block's
     // The mapping goes away or into the large cache. retire() moved the
     // generation of an observed block, so a reuse of the cached mapping
     // reads stale to old handles.

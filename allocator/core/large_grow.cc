@@ -62,6 +62,7 @@ bool heap::grow_large_in_place(void* p, std::size_t bytes) noexcept {
     // finds the block where the map does.
     publish_segment(grown);
   }
+  forget_large_tail(old);  // the request now covers the old tail, and the new header has none
   wait_for_readers();
   os_->unmap_metadata(old->meta_base, old->meta_bytes);
   return true;

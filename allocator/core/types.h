@@ -273,6 +273,11 @@ struct segment {
                                    // 0 = none since the free pages were last handed
                                    // to the OS (heap::decay). The last, not the first:
                                    // an arena still churning keeps its warm pages
+  // Large blocks only, written by whoever holds the live block (the thread
+  // that allocated it, then the one that frees or grows it).
+  std::size_t large_tail_kept;     // bytes past the request left resident when a cached
+                                   // mapping was reused for a smaller one (counted in
+                                   // the heap's large_tail_kept_bytes_); 0 = none
   segment* next;                   // class list links
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)
