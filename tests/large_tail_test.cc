@@ -26,29 +26,33 @@ constexpr std::size_t kRequest = 4 * kMiB;
 constexpr std::size_t kTail = kMapping - kRequest;
 static_assert(2 * kTail == core::kLargeTailKeptMaxBytes, "two tails fill the bound, a third passes it");
 
-core::heap_options options(dropalloc::os::fake_os* os) {
-  core::heap_options opt = dropalloc::testing::with_os(os);
-  opt.empty_arena_decay_ms = 600000;  // nothing leaves the large cache on a clock during the test
-  return opt;
-}
-
-// n mappings of kMapping, written and freed: in the large cache.
-void cache_mappings(core::heap& h, int n) {
-  void* p[4] = {};
-  for (int i = 0; i < n; ++i) {
-    p[i] = allocate_large(h, kMapping);
-    fill(p[i], kMapping, static_cast<std::size_t>(i) + 1);
+// A core heap over a fake OS reporting `memory`, with `n` mappings of
+// kMapping written and freed: in its large cache.
+struct heap_with_cached_mappings {
+  dropalloc::os::fake_os os;
+  core::heap h;
+  heap_with_cached_mappings(dropalloc::backing memory, int n) : h(options(&os, memory)) {
+    void* p[4] = {};
+    for (int i = 0; i < n; ++i) {
+      p[i] = allocate_large(h, kMapping);
+      fill(p[i], kMapping, static_cast<std::size_t>(i) + 1);
+    }
+    for (int i = 0; i < n; ++i) h.deallocate(p[i]);
   }
-  for (int i = 0; i < n; ++i) h.deallocate(p[i]);
-}
+  static core::heap_options options(dropalloc::os::fake_os* os, dropalloc::backing memory) {
+    os->reported_backing = memory;
+    core::heap_options opt = dropalloc::testing::with_os(os);
+    opt.empty_arena_decay_ms = 600000;  // nothing leaves the large cache on a clock during the test
+    return opt;
+  }
+};
 
 }  // namespace
 
 TEST_CASE("ordinary memory: reused mappings keep their tails up to the bound, then release them") {
-  dropalloc::os::fake_os os;
-  os.reported_backing = dropalloc::backing::ordinary;
-  core::heap h(options(&os));
-  cache_mappings(h, 3);
+  heap_with_cached_mappings t(dropalloc::backing::ordinary, 3);
+  auto& os = t.os;
+  auto& h = t.h;
   const std::uint64_t maps = os.arena_maps.load();
   const std::uint64_t before = os.released_bytes.load();
 
@@ -74,10 +78,9 @@ TEST_CASE("ordinary memory: reused mappings keep their tails up to the bound, th
 }
 
 TEST_CASE("ordinary memory: a block that grows in place gives its kept tail's share back") {
-  dropalloc::os::fake_os os;
-  os.reported_backing = dropalloc::backing::ordinary;
-  core::heap h(options(&os));
-  cache_mappings(h, 3);
+  heap_with_cached_mappings t(dropalloc::backing::ordinary, 3);
+  auto& os = t.os;
+  auto& h = t.h;
   void* a = allocate_large(h, kRequest);
   void* b = allocate_large(h, kRequest);  // the bound is full
   fill(a, kRequest, 3);
@@ -97,10 +100,9 @@ TEST_CASE("ordinary memory: a block that grows in place gives its kept tail's sh
 }
 
 TEST_CASE("private fallback memory: every reused mapping releases its tail") {
-  dropalloc::os::fake_os os;
-  os.reported_backing = dropalloc::backing::private_fallback;
-  core::heap h(options(&os));
-  cache_mappings(h, 1);
+  heap_with_cached_mappings t(dropalloc::backing::private_fallback, 1);
+  auto& os = t.os;
+  auto& h = t.h;
   const std::uint64_t before = os.released_bytes.load();
   void* a = allocate_large(h, kRequest);
   CHECK(os.released_bytes.load() - before == kTail);
