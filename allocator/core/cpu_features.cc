@@ -1,6 +1,6 @@
 // What the free fast path may ask of this CPU beyond baseline x86-64, found
-// once when the library is loaded (heap.h, prefetch_for_write).
-#include "allocator/core/heap.h"
+// once when the library is loaded (cpu_features.h, prefetch_for_write).
+#include "allocator/core/cpu_features.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>

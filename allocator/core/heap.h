@@ -11,6 +11,7 @@
 #include "allocator/core/mutex.h"
 
 #include "allocator/core/advice_queue.h"
+#include "allocator/core/cpu_features.h"
 #include "allocator/core/grace.h"
 #include "allocator/core/segment.h"
 #include "allocator/core/tag_bias.h"
@@ -424,23 +425,6 @@ DROPALLOC_ALWAYS_INLINE bool free_biased(std::atomic<std::uint8_t>* st, std::uin
   if (plain) st->store(state::kFree, std::memory_order_release);
   b->in_free.store(0, std::memory_order_release);
   return plain;
-}
-
-// Whether this CPU has prefetchw (CPUID 0x80000001, ECX bit 8), read once
-// when the library is loaded (core/cpu_features.cc); false until then, so a
-// free that runs before our initialisers skips the hint. Checked, not
-// assumed: the instruction is architectural only on CPUs that report it.
-extern bool g_cpu_has_prefetchw;
-
-// Brings the line holding *p into this CPU's cache ready to be written: a
-// hint, nothing is written. __builtin_prefetch with rw = 1 emits prefetchw
-// only when the compiler targets a CPU known to have it.
-DROPALLOC_ALWAYS_INLINE void prefetch_for_write(const void* p) noexcept {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (DROPALLOC_LIKELY(g_cpu_has_prefetchw)) asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
-#else
-  __builtin_prefetch(p, 1);
-#endif
 }
 
 DROPALLOC_ALWAYS_INLINE tc_heap_cache* heap::current_cache() const noexcept {

@@ -9,7 +9,7 @@
 #include <sstream>
 #include <string>
 
-#include "allocator/core/heap.h"
+#include "allocator/core/cpu_features.h"
 
 namespace {
 
