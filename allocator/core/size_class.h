@@ -237,6 +237,9 @@ inline constexpr std::size_t kNoClass = ~std::size_t{0};
 // The smallest class that holds `size` bytes at `alignment` (a power of two),
 // or kNoClass when the request needs a mapping of its own.
 constexpr std::size_t class_for(std::size_t size, std::size_t alignment) {
+  // No class for an alignment that is not a power of two (0 included: the
+  // search below divides by it); the callers' slow paths report it.
+  if (alignment == 0 || (alignment & (alignment - 1)) != 0) return kNoClass;
   if (size == 0) size = 1;
   if (alignment > kMaxCacheableAlign || size > kMaxClassSize) return kNoClass;
   std::size_t cls;
@@ -258,6 +261,7 @@ static_assert(class_for(1, 1) == 0 && class_for(8, 8) == 0 && class_for(9, 8) ==
 static_assert(class_for(24, 16) == 3 && class_for(4096, 4096) == kNumSmallClasses - 1);
 static_assert(class_for(4097, 8) == kNumSmallClasses && class_for(kMaxClassSize, 8) == kNumClasses - 1);
 static_assert(class_for(kMaxClassSize + 1, 8) == kNoClass && class_for(8, 8192) == kNoClass);
+static_assert(class_for(8192, 0) == kNoClass && class_for(8192, 24) == kNoClass && class_for(24, 0) == kNoClass);
 
 // The fast paths' lookup: one load for a request of up to kMaxCachedSize bytes
 // aligned to at most 16 (row 0 of the small table serves alignments 1-8, row 1
