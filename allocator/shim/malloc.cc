@@ -208,7 +208,7 @@ void* realloc_impl(void* p, std::size_t bytes) {
     errno = ENOMEM;
     return nullptr;
   }
-  if (fits_in_place(have, bytes)) return p;
+  if (fits_in_place(have, bytes) && dropalloc::shim::serves_size(h, bytes)) return p;
   // A request only a mapping of its own can hold: if p has one, try to grow
   // that where it is first (no copy, no page faults over the old bytes).
   if (bytes > have && bytes > dropalloc::core::kMaxClassSize && dropalloc::shim::grow_in_place(h, p, bytes)) {

@@ -132,13 +132,20 @@ inline void release(void* p) noexcept {
   release_to(h, p);
 }
 
+// Whether h is the heap that serves requests of `bytes`: realloc may keep a
+// block where it is only then, or a block resized into or out of
+// DROPALLOC_DROPPABLE_RANGE would keep the other heap's kind of memory.
+inline bool serves_size(const core::heap* h, std::size_t bytes) noexcept {
+  return h != nullptr && h == (in_droppable_range(bytes) ? g_droppable : general());
+}
+
 // realloc's growth of a large block where it is (heap::grow_large_in_place);
 // h is heap_for(p); false: the caller copies. Only within the heap the new
 // size belongs to: a block that must change heaps (DROPALLOC_DROPPABLE_RANGE:
 // into or out of droppable memory) is copied, or it would keep the old heap's
 // kind of memory.
 inline bool grow_in_place(core::heap* h, void* p, std::size_t bytes) noexcept {
-  if (h == nullptr || h != (in_droppable_range(bytes) ? g_droppable : general())) return false;
+  if (!serves_size(h, bytes)) return false;
   return h->grow_large_in_place(p, bytes);
 }
 
