@@ -5,6 +5,8 @@
 #include <doctest/doctest.h>
 
 #include <cstddef>
+#include <set>
+#include <vector>
 
 #include "allocator/core/heap.h"
 #include "allocator/os/os.h"
@@ -23,6 +25,25 @@ inline void* allocate_large(core::heap& h, std::size_t bytes, std::size_t alignm
   void* p = h.allocate(bytes, alignment, &err);
   REQUIRE(p != nullptr);
   return p;
+}
+
+// For every class in [first, last): `count` blocks from h, all distinct (no
+// block got into a bin twice), then freed.
+inline void require_distinct_blocks(core::heap& h, std::size_t first, std::size_t last, int count,
+                                    std::size_t alignment) {
+  for (std::size_t cls = first; cls < last; ++cls) {
+    const std::size_t size = core::kSizeClasses[cls].size;
+    std::set<void*> seen;
+    std::vector<void*> got;
+    for (int i = 0; i < count; ++i) {
+      core::alloc_error err = core::alloc_error::none;
+      void* q = h.allocate(size, alignment, &err);
+      REQUIRE(q != nullptr);
+      REQUIRE(seen.insert(q).second);
+      got.push_back(q);
+    }
+    for (void* q : got) h.deallocate(q);
+  }
 }
 
 }  // namespace dropalloc::testing

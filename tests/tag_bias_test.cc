@@ -60,6 +60,8 @@ std::uint32_t next_delay(std::uint32_t& seed, std::uint32_t most = 400) {
 // it frees biased).
 constexpr std::size_t kBig = dropalloc::testing::kSlowAllocBytes;
 constexpr std::size_t kBigAlign = dropalloc::testing::kSlowAllocAlign;
+// The alignment a block of `size` is allocated and freed with in these tests.
+constexpr std::size_t align_for(std::size_t size) { return size == kBig ? kBigAlign : 8; }
 
 }  // namespace
 
@@ -215,17 +217,15 @@ TEST_CASE("more threads than tags: shared tags are never biased, and their block
       std::vector<std::pair<void*, std::size_t>> blocks;
       for (int i = 0; i < 2000; ++i) {
         const std::size_t size = i % 2 == 0 ? 48 : kBig;
-        const std::size_t align = size == kBig ? kBigAlign : 8;
-        void* p = res.allocate(size, align);
+        void* p = res.allocate(size, align_for(size));
         fill(p, 48, static_cast<std::size_t>(t * 7 + i));
         blocks.emplace_back(p, size);
         if (blocks.size() > 64) {
-          const std::size_t front = blocks.front().second;
-          res.deallocate(blocks.front().first, front, front == kBig ? kBigAlign : 8);
+          res.deallocate(blocks.front().first, blocks.front().second, align_for(blocks.front().second));
           blocks.erase(blocks.begin());
         }
       }
-      for (auto [p, size] : blocks) res.deallocate(p, size, size == kBig ? kBigAlign : 8);
+      for (auto [p, size] : blocks) res.deallocate(p, size, align_for(size));
       res.deallocate(first, kBig, kBigAlign);
     });
   }

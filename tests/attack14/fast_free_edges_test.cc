@@ -8,12 +8,12 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
-#include <set>
 #include <vector>
 
 #include "allocator/core/heap.h"
 #include "allocator/core/segment.h"
 #include "allocator/core/size_class.h"
+#include "tests/core_heap.h"
 
 using dropalloc::core::alloc_error;
 using dropalloc::core::heap;
@@ -102,17 +102,6 @@ TEST_CASE("edge pointers of every small class's arena are refused on the free fa
   REQUIRE(refused(h) == expect);
   REQUIRE(refused(other) == 0);
   // Nothing got into a bin twice: a round of allocations per class is distinct.
-  for (std::size_t cls = 0; cls < dropalloc::core::kNumSmallClasses; ++cls) {
-    const std::size_t size = dropalloc::core::kSizeClasses[cls].size;
-    std::set<void*> seen;
-    std::vector<void*> got;
-    for (int i = 0; i < 300; ++i) {
-      void* q = h.allocate(size, 8, &err);
-      REQUIRE(q != nullptr);
-      REQUIRE(seen.insert(q).second);
-      got.push_back(q);
-    }
-    for (void* q : got) h.deallocate(q);
-  }
+  dropalloc::testing::require_distinct_blocks(h, 0, dropalloc::core::kNumSmallClasses, 300, 8);
   REQUIRE(refused(h) == expect);
 }

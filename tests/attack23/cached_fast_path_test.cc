@@ -21,6 +21,7 @@
 #include "allocator/core/size_class.h"
 #include "allocator/core/thread_cache.h"
 #include "allocator/dropalloc.h"
+#include "tests/core_heap.h"
 #include "tests/pattern.h"
 
 namespace core = dropalloc::core;
@@ -361,17 +362,6 @@ TEST_CASE("core: edge pointers of every cached class above 4 KiB are refused by 
     REQUIRE(h.stats().misuse_refused == ++expect);
   }
   h.deallocate(large);
-  for (std::size_t cls = core::kNumSmallClasses; cls < core::kNumCachedClasses; ++cls) {
-    const std::size_t size = core::kSizeClasses[cls].size;
-    std::set<void*> seen;
-    std::vector<void*> got;
-    for (int i = 0; i < 64; ++i) {
-      void* q = h.allocate(size, 16, &err);
-      REQUIRE(q != nullptr);
-      REQUIRE(seen.insert(q).second);
-      got.push_back(q);
-    }
-    for (void* q : got) h.deallocate(q);
-  }
+  dropalloc::testing::require_distinct_blocks(h, core::kNumSmallClasses, core::kNumCachedClasses, 64, 16);
   REQUIRE(h.stats().misuse_refused == expect);
 }

@@ -283,8 +283,7 @@ void cached_class_cross_thread_double_free() {
 }  // namespace
 
 int main() {
-  auto active = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "dropalloc_shim_active"));
-  if (active == nullptr || active() != 1) {
+  if (!shim_active()) {
     fprintf(stderr, "FAIL: libdropalloc.so is not this process's malloc\n");
     return 1;
   }
