@@ -135,8 +135,9 @@ inline void release(void* p) noexcept {
 // Whether h is the heap that serves requests of `bytes`: realloc may keep a
 // block where it is only then, or a block resized into or out of
 // DROPALLOC_DROPPABLE_RANGE would keep the other heap's kind of memory.
+// (Never true for h == nullptr: both candidates are non-null here.)
 inline bool serves_size(const core::heap* h, std::size_t bytes) noexcept {
-  return h != nullptr && h == (in_droppable_range(bytes) ? g_droppable : general());
+  return h == (in_droppable_range(bytes) ? g_droppable : general());
 }
 
 // realloc's growth of a large block where it is (heap::grow_large_in_place);
