@@ -1,6 +1,7 @@
 // Generations and the drop check, against forced drops whose effect we know.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -301,5 +302,43 @@ TEST_CASE("write_and_seal of a short value into a long block: the tail reads zer
       CHECK(res.check(b) == block_state::dropped);
       res.deallocate(b.ptr, size);
     }
+  }
+}
+
+TEST_CASE("a page's only non-zero word witnesses it, wherever in the page it lies") {
+  // The witness search starts at a cache line that depends on the page and
+  // wraps around, so a word before that line, at it, after it, and at either
+  // end of the page must each be found (a missed one would leave the page
+  // without a witness, and its drop unseen). Every word position of every
+  // page, for a page-aligned block (64 KiB) and one whose portions start and
+  // end inside pages (3000 bytes over a page boundary).
+  droppable_resource res;
+  for (std::size_t size : {std::size_t{64 * 1024}, std::size_t{3000}}) {
+    CAPTURE(size);
+    std::vector<void*> others;
+    void* p = res.allocate(size);
+    while (reinterpret_cast<std::uintptr_t>(p) / kPage == (reinterpret_cast<std::uintptr_t>(p) + size - 1) / kPage) {
+      others.push_back(p);
+      p = res.allocate(size);
+    }
+    const auto start = reinterpret_cast<std::uintptr_t>(p);
+    for (std::uintptr_t page = start / kPage; page <= (start + size - 1) / kPage; ++page) {
+      const std::uintptr_t from = std::max(page * kPage, start);
+      const std::uintptr_t to = std::min((page + 1) * kPage, start + size);
+      for (std::uintptr_t word = (from + 7) / 8 * 8; word + 8 <= to; word += 8) {
+        CAPTURE(page - start / kPage);
+        CAPTURE(word - page * kPage);
+        std::memset(p, 0, size);
+        const std::uint64_t one = 0x0100000000000001ull;
+        std::memcpy(reinterpret_cast<void*>(word), &one, 8);
+        REQUIRE(res.seal_rewritten(p) == block_state::intact);
+        const std::uint64_t gen = res.generation(p);
+        REQUIRE(res.check(p, gen) == block_state::intact);
+        res.drop_for_testing(reinterpret_cast<void*>(page * kPage), kPage);
+        REQUIRE(res.check(p, gen) == block_state::dropped);
+      }
+    }
+    res.deallocate(p, size);
+    for (void* o : others) res.deallocate(o, size);
   }
 }

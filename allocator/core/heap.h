@@ -302,8 +302,10 @@ class heap {
   void flush_advice() noexcept;
   void give_advice(pending_advice* batch, int n) noexcept;
   static bool witnesses_lost(const segment* s, std::uint32_t idx, std::uint64_t m) noexcept;
-  // check() for everything but the common case (an intact block, read
-  // without a retry), which check() answers itself.
+  // check() for everything but the common case (an intact block within one
+  // page, read without a retry), which check() answers itself: check_pages
+  // answers intact blocks over several pages, check_slow every other case.
+  block_state check_pages(const void* p, std::uint64_t generation) noexcept;
   block_state check_slow(const void* p, std::uint64_t generation) noexcept;
 
   static bool retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;

@@ -32,10 +32,21 @@ inline void load_fence() {
 #endif
 }
 
-// 1 + index of the first non-zero word in [p, p + bytes), 0 if all are zero.
-std::uint64_t first_nonzero_word(const std::byte* p, std::size_t bytes) {
-  std::size_t words = bytes / 8;
-  for (std::size_t i = 0; i < words; ++i) {
+// 1 + index of a non-zero word of the portion [p, p + bytes), 0 if all are
+// zero. Any non-zero word witnesses its page; the search starts at a cache
+// line that depends on the page (then wraps), so the witnesses of a block's
+// pages, and of blocks at the same offset of their pages, fall in different
+// cache sets. From the first word of every page, the 16 witnesses of a
+// 64 KiB block would share one L1 set (the set is bits 6-11 of the address),
+// and check() would miss the cache at every further page.
+std::uint64_t witness_word(const std::byte* p, std::size_t bytes) {
+  const std::size_t words = bytes / 8;
+  std::size_t from = ((reinterpret_cast<std::uintptr_t>(p) / kPage) % (kPage / 64)) * (64 / 8);
+  if (from >= words) from = 0;
+  for (std::size_t i = from; i < words; ++i) {
+    if (load_word(p + i * 8) != 0) return i + 1;
+  }
+  for (std::size_t i = 0; i < from; ++i) {
     if (load_word(p + i * 8) != 0) return i + 1;
   }
   return 0;
@@ -75,7 +86,7 @@ std::uint64_t take_witnesses(segment* s, std::uint32_t idx, std::uint64_t m, boo
   if (run.straddles()) s->seal_count[run.first].fetch_add(1, std::memory_order_acq_rel);
   const std::byte* first_end = portion_end(s, idx, run.first);
   const std::uint64_t first_w =
-      released.holds(start, first_end) ? 0 : first_nonzero_word(start, static_cast<std::size_t>(first_end - start));
+      released.holds(start, first_end) ? 0 : witness_word(start, static_cast<std::size_t>(first_end - start));
   load_fence();  // the new witness was taken before the old one is read again
   const std::uint64_t old_first_w = meta::witness(m);
   *lost = verify_old && old_first_w != 0 && load_word(start + (old_first_w - 1) * 8) == 0;
@@ -85,7 +96,7 @@ std::uint64_t take_witnesses(segment* s, std::uint32_t idx, std::uint64_t m, boo
     const std::byte* end = portion_end(s, idx, p);
     auto w = released.holds(page, end)
                  ? std::uint16_t{0}
-                 : static_cast<std::uint16_t>(first_nonzero_word(page, static_cast<std::size_t>(end - page)));
+                 : static_cast<std::uint16_t>(witness_word(page, static_cast<std::size_t>(end - page)));
     load_fence();
     *lost = verify_old && old_w != 0 && load_word(page + (old_w - 1u) * 8u) == 0;
     s->page_witness[p].store(w, std::memory_order_relaxed);
@@ -216,9 +227,15 @@ namespace {
 inline bool lost_since_seal(const segment* s, const std::byte* start, page_run run, std::uint64_t m) {
   std::uint64_t w = meta::witness(m);
   if (w != 0 && load_word(start + (w - 1) * 8) == 0) return true;
-  for (std::size_t p = run.first + 1; p <= run.last; ++p) {
-    std::uint16_t pw = s->page_witness[p].load(std::memory_order_relaxed);
-    if (pw != 0 && load_word(s->base + p * kPage + (pw - 1u) * 8u) == 0) return true;
+  // One page per step: the page's witness index, then its witness word. The
+  // word's address is kept one word below the page, so that 1 + index (the
+  // stored form) scales straight into it.
+  const std::atomic<std::uint16_t>* pw = &s->page_witness[run.first + 1];
+  const std::atomic<std::uint16_t>* const end = &s->page_witness[run.last + 1];
+  const std::byte* below_page = s->base + (run.first + 1) * kPage - 8;
+  for (; pw != end; ++pw, below_page += kPage) {
+    const std::uint16_t i = pw->load(std::memory_order_relaxed);
+    if (i != 0 && load_word(below_page + std::size_t{i} * 8) == 0) return true;
   }
   return false;
 }
@@ -570,36 +587,89 @@ std::size_t heap::seal_all() noexcept {
 // its order, with the same validation, but no retry and no other answer:
 // anything else is asked again, from the start, of check_slow. Kept apart so
 // that it compiles to a short leaf (no loop state, no spills).
+namespace {
+// The block of this heap's arenas that starts at p, as check()'s fast paths
+// find it inside a fast read section. Masked lookup, as in the free fast
+// path: an address outside the map's range lands on some entry, whose offset
+// check rejects it.
+struct located_block {
+  const segment* s;
+  std::uint64_t off;  // p - s->base
+  std::uint32_t idx;
+};
+inline bool locate_block(const heap* h, const void* p, located_block* b) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  const segment* s = segment_at(a);
+  if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != h)) return false;
+  const std::uint64_t off = a - reinterpret_cast<std::uintptr_t>(s->base);
+  const std::uint64_t i = (off * s->magic) >> 40;  // as block_index()
+  // No separate check of off against the span: i < capacity and a block
+  // starting at off put off inside the arena (a class arena's
+  // capacity * block_size < 2^42 cannot wrap; a large arena's magic is 0, so
+  // only off 0 passes), and a wrapped off (p below base) misses every product.
+  if (DROPALLOC_UNLIKELY(i * s->block_size != off || i >= s->capacity)) return false;
+  *b = located_block{s, off, static_cast<std::uint32_t>(i)};
+  return true;
+}
+}  // namespace
+
+// The common case, answered without a call: a block within one page, sealed,
+// its witness read while state and meta word stayed put. Everything else
+// (blocks over several pages, any other answer, a retry) goes out of line, so
+// this path keeps to caller-saved registers.
 block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   // Orders the caller's reads of the block before the witness reads below:
   // the safe read protocol is read, then check.
   load_fence();
+  bool straddles = false;
   {
     fast_read_section reading;  // not entered (first use, nested): the slow path
-    if (DROPALLOC_LIKELY(reading.entered())) {
-      // Masked lookup, as in the free fast path: an address outside the map's
-      // range lands on some entry, whose offset check rejects it.
-      const auto a = reinterpret_cast<std::uintptr_t>(p);
-      const segment* s = segment_at(a);
-      if (DROPALLOC_LIKELY(s != nullptr && s->owner == this)) {
-        const std::uint64_t off = a - reinterpret_cast<std::uintptr_t>(s->base);
-        const std::uint64_t i = (off * s->magic) >> 40;  // as block_index()
-        if (DROPALLOC_LIKELY(off < s->span && i * s->block_size == off && i < s->capacity)) {
-          const auto idx = static_cast<std::uint32_t>(i);
-          const page_run run{off / kPage, (off + block_bytes(s) - 1) / kPage};
-          std::atomic<std::uint32_t>* seals = run.straddles() ? &s->seal_count[run.first] : nullptr;
-          const std::uint32_t count = seals != nullptr ? seals->load(std::memory_order_acquire) : 0;
-          const std::uint8_t st = s->state[idx].load(std::memory_order_acquire);
-          const std::uint64_t m = s->meta[idx].load(std::memory_order_acquire);
-          if ((st & state::kMask) == state::kSealed && s->generation_of(m) == generation &&
-              !lost_since_seal(s, s->base + off, run, m)) {
-            load_fence();  // the witness reads above happen before the re-reads below
-            if ((seals == nullptr || seals->load(std::memory_order_acquire) == count) &&
-                s->state[idx].load(std::memory_order_acquire) == st &&
-                s->meta[idx].load(std::memory_order_acquire) == m) {
-              return block_state::intact;
-            }
+    located_block b;
+    if (DROPALLOC_LIKELY(reading.entered() && locate_block(this, p, &b))) {
+      const segment* s = b.s;
+      if (DROPALLOC_LIKELY((b.off % kPage) + block_bytes(s) <= kPage)) {
+        const std::atomic<std::uint8_t>* sb = &s->state[b.idx];
+        const std::atomic<std::uint64_t>* word = &s->meta[b.idx];
+        const std::uint8_t st = sb->load(std::memory_order_acquire);
+        const std::uint64_t m = word->load(std::memory_order_acquire);
+        const std::uint64_t w = meta::witness(m);
+        if ((st & state::kMask) == state::kSealed && s->generation_of(m) == generation &&
+            (w == 0 || load_word(static_cast<const std::byte*>(p) + (w - 1) * 8) != 0)) {
+          load_fence();  // the witness read above happens before the re-reads below
+          if (sb->load(std::memory_order_acquire) == st && word->load(std::memory_order_acquire) == m) {
+            return block_state::intact;
           }
+        }
+      } else {
+        straddles = true;
+      }
+    }
+  }
+  return straddles ? check_pages(p, generation) : check_slow(p, generation);
+}
+
+// check() for a block over several pages, whose later portions have their
+// witnesses per page and whose seal count guards them (a seal of the block
+// that starts in its first page moves it). Intact only as check() answers it,
+// everything else from check_slow.
+__attribute__((noinline)) block_state heap::check_pages(const void* p, std::uint64_t generation) noexcept {
+  {
+    fast_read_section reading;
+    located_block b;
+    if (DROPALLOC_LIKELY(reading.entered() && locate_block(this, p, &b))) {
+      const segment* s = b.s;
+      const page_run run{b.off / kPage, (b.off + block_bytes(s) - 1) / kPage};
+      std::atomic<std::uint32_t>* seals = run.straddles() ? &s->seal_count[run.first] : nullptr;
+      const std::uint32_t count = seals != nullptr ? seals->load(std::memory_order_acquire) : 0;
+      const std::uint8_t st = s->state[b.idx].load(std::memory_order_acquire);
+      const std::uint64_t m = s->meta[b.idx].load(std::memory_order_acquire);
+      if ((st & state::kMask) == state::kSealed && s->generation_of(m) == generation &&
+          !lost_since_seal(s, s->base + b.off, run, m)) {
+        load_fence();  // the witness reads above happen before the re-reads below
+        if ((seals == nullptr || seals->load(std::memory_order_acquire) == count) &&
+            s->state[b.idx].load(std::memory_order_acquire) == st &&
+            s->meta[b.idx].load(std::memory_order_acquire) == m) {
+          return block_state::intact;
         }
       }
     }

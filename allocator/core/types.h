@@ -22,10 +22,12 @@
 //             os/os.h, "stale translations"), record its witnesses, and
 //             MADV_FREE its pages so the kernel drops them oldest first (with
 //             MAP_DROPPABLE queued and given in batches: core/advice.cc).
-//   witness   for each page a sealed block touches, the index of the first
-//             non-zero 8-byte word of the block's portion of that page. The page
-//             was dropped iff that word now reads zero. A portion holding only
-//             zeros has no witness: dropping its page loses the block nothing.
+//   witness   for each page a sealed block touches, the index of a non-zero
+//             8-byte word of the block's portion of that page (the first one
+//             from a cache line that depends on the page: core/seal_check.cc).
+//             The page was dropped iff that word now reads zero. A portion
+//             holding only zeros has no witness: dropping its page loses the
+//             block nothing.
 //   intact    sealed, not freed since, and every witness word still non-zero.
 //   thread cache  a thread's bins of free blocks, one per size class up to
 //             64 KiB; allocation and free of cached blocks take no lock.
