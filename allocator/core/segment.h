@@ -84,13 +84,16 @@ inline page_run block_pages(const segment* s, std::uint32_t idx) {
   return page_run{from / kPage, (from + block_bytes(s) - 1) / kPage};
 }
 
-// The inverse, for a class arena: the blocks touching page `page` of the
-// span, [first, last], last < capacity (first > last past the last block).
+// The inverse: the blocks touching page `page` of the span, [first, last],
+// last < capacity (first > last past the last block). A large arena's one
+// block touches every page; its block_size may be 0 (over 4 GiB), so no
+// division there.
 struct block_run {
   std::uint64_t first;
   std::uint64_t last;
 };
 inline block_run page_blocks(const segment* s, std::size_t page) {
+  if (s->cls == kLargeClass) return block_run{0, 0};
   std::uint64_t first = std::uint64_t{page} * kPage / s->block_size;
   std::uint64_t last = (std::uint64_t{page} * kPage + kPage - 1) / s->block_size;
   return block_run{first, last < s->capacity ? last : std::uint64_t{s->capacity} - 1};

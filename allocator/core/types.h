@@ -230,7 +230,8 @@ struct segment {
   std::size_t span;                // bytes mapped at base
   heap* owner;                     // the heap whose blocks these are
   std::uint32_t cls;               // size class, or kLargeClass
-  std::uint32_t block_size;        // bytes per block (large: the page-rounded request)
+  std::uint32_t block_size;        // bytes per block (large: the page-rounded request,
+                                   // 0 past 4 GiB: block_bytes() has the size)
   std::uint32_t capacity;          // blocks in the arena (large: 1)
   std::uint32_t fast_capacity;     // blocks the free fast path may take: capacity for
                                    // classes a thread cache holds (up to 64 KiB), 0
