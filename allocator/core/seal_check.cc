@@ -582,11 +582,6 @@ std::size_t heap::seal_all() noexcept {
   return sealed;
 }
 
-// The common case first: a block of ours, sealed at this generation, every
-// witness non-zero, nothing moving meanwhile. The reads are check_slow's, in
-// its order, with the same validation, but no retry and no other answer:
-// anything else is asked again, from the start, of check_slow. Kept apart so
-// that it compiles to a short leaf (no loop state, no spills).
 namespace {
 // The block of this heap's arenas that starts at p, as check()'s fast paths
 // find it inside a fast read section. Masked lookup, as in the free fast
@@ -613,10 +608,12 @@ inline bool locate_block(const heap* h, const void* p, located_block* b) {
 }
 }  // namespace
 
-// The common case, answered without a call: a block within one page, sealed,
-// its witness read while state and meta word stayed put. Everything else
-// (blocks over several pages, any other answer, a retry) goes out of line, so
-// this path keeps to caller-saved registers.
+// The common case first: a block of ours within one page, sealed at this
+// generation, its witness non-zero, nothing moving meanwhile. The reads are
+// check_slow's, in its order, with the same validation, but no retry and no
+// other answer. Blocks over several pages go to check_pages, anything else is
+// asked again, from the start, of check_slow: out of line, so that this path
+// compiles to a short leaf (no loop state; one callee-saved register).
 block_state heap::check(const void* p, std::uint64_t generation) noexcept {
   // Orders the caller's reads of the block before the witness reads below:
   // the safe read protocol is read, then check.
