@@ -229,7 +229,9 @@ inline bool lost_since_seal(const segment* s, const std::byte* start, page_run r
   if (w != 0 && load_word(start + (w - 1) * 8) == 0) return true;
   // One page per step: the page's witness index, then its witness word. The
   // word's address is kept one word below the page, so that 1 + index (the
-  // stored form) scales straight into it.
+  // stored form) scales straight into it: a shorter loop than indexing from
+  // the page number (about 20% less time per page once the witnesses no
+  // longer share a cache set; alternated runs of check_hot/65536B, 262144B).
   const std::atomic<std::uint16_t>* pw = &s->page_witness[run.first + 1];
   const std::atomic<std::uint16_t>* const end = &s->page_witness[run.last + 1];
   const std::byte* below_page = s->base + (run.first + 1) * kPage - 8;
@@ -655,7 +657,7 @@ __attribute__((noinline)) block_state heap::check_pages(const void* p, std::uint
     located_block b;
     if (DROPALLOC_LIKELY(reading.entered() && locate_block(this, p, &b))) {
       const segment* s = b.s;
-      const page_run run{b.off / kPage, (b.off + block_bytes(s) - 1) / kPage};
+      const page_run run = block_pages(s, b.idx);
       std::atomic<std::uint32_t>* seals = run.straddles() ? &s->seal_count[run.first] : nullptr;
       const std::uint32_t count = seals != nullptr ? seals->load(std::memory_order_acquire) : 0;
       const std::uint8_t st = s->state[b.idx].load(std::memory_order_acquire);
