@@ -453,12 +453,12 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
         L.append("Not judged: quick runs only check that the benchmark works (tiny sizes, one repetition). "
                  "Judge the targets from a `--full` run.")
     else:
-        L.extend(targets(cs, byname, workloads, macro, micro))
+        L.extend(targets(cs, byname, workloads, macro, micro, seal))
     L.append("")
     return "\n".join(L)
 
 
-def targets(cs, byname, workloads, macro, micro):
+def targets(cs, byname, workloads, macro, micro, seal):
     out = []
 
     def verdict(ok):
@@ -482,20 +482,29 @@ def targets(cs, byname, workloads, macro, micro):
         out.append("- LD_PRELOAD LIFO fast path ≤ 1.0× glibc: not measured, dropalloc-malloc not available (%s)."
                    % dmc.unavailable)
     else:
-        lifo = [r for r in ("lifo_16B", "lifo_64B", "lifo_256B", "lifo_1024B")
-                if micro.get((r, "dropalloc-malloc")) and micro.get((r, "glibc"))]
-        if lifo:
-            g = geomean([med(micro[(r, "dropalloc-malloc")]) / med(micro[(r, "glibc")]) for r in lifo])
-            out.append("- LD_PRELOAD LIFO fast path (%s): %.2f× glibc (target ≤ 1.0×: %s)." % (
-                ", ".join(lifo), g, verdict(g <= 1.0)))
-        else:
-            out.append("- LD_PRELOAD LIFO fast path: no dropalloc-malloc LIFO runs succeeded.")
+        for ref in ("glibc", "mimalloc"):
+            lifo = [r for r in ("lifo_16B", "lifo_64B", "lifo_256B", "lifo_1024B")
+                    if micro.get((r, "dropalloc-malloc")) and micro.get((r, ref))]
+            if lifo:
+                g = geomean([med(micro[(r, "dropalloc-malloc")]) / med(micro[(r, ref)]) for r in lifo])
+                out.append("- LD_PRELOAD LIFO fast path (%s): %.2f× %s (target ≤ 1.0×: %s)." % (
+                    ", ".join(lifo), g, ref, verdict(g <= 1.0)))
+            else:
+                out.append("- LD_PRELOAD LIFO fast path against %s: not measured." % ref)
 
     if dmc.unavailable:
-        out.append("- Macro geometric mean time ≤ 1.05× and peak RSS ≤ 1.0× the best of jemalloc and "
-                   "mimalloc: not measured, dropalloc-malloc not available.")
+        out.append("- Macro workloads: not measured, dropalloc-malloc not available.")
     else:
-        for label, field, limit in (("time", "seconds", 1.05), ("peak RSS", "hwm_kib", 1.00)):
+        each = [(w, med([float(r["seconds"]) for r in macro[(w, "dropalloc-malloc")]]) /
+                 med([float(r["seconds"]) for r in macro[(w, "mimalloc")]]))
+                for w in workloads if macro.get((w, "dropalloc-malloc")) and macro.get((w, "mimalloc"))]
+        over = [(w, x) for w, x in each if x > 1.2]
+        if each:
+            out.append("- Each macro workload's time ≤ 1.2× mimalloc: %d of %d within%s (target: %s)." % (
+                len(each) - len(over), len(each),
+                "; over: " + ", ".join("%s %.2f×" % o for o in sorted(over, key=lambda o: -o[1])) if over else "",
+                verdict(not over)))
+        for label, field, limit in (("time", "seconds", 0.95), ("peak RSS", "hwm_kib", 1.00)):
             def gm(name):
                 vals = []
                 for w in workloads:
@@ -514,6 +523,32 @@ def targets(cs, byname, workloads, macro, micro):
                        "(%s) (target ≤ %.2f×: %s)." % (
                            label, g, name, ", ".join("%.2f× %s" % (v, n) for n, v in best), limit,
                            verdict(g <= limit)))
+
+    # The drop check and sealing, in the seal/check micro-benchmark (hot:
+    # the metadata of the 16 blocks checked in turn stays in cache).
+    def seal_ns(row, per_page=False):
+        vs = seal.get(row)
+        return med([v[1] if per_page else v[0] for v in vs]) if vs else None
+    one = [x for x in (seal_ns("check_hot/64B"), seal_ns("check_hot/4096B")) if x]
+    if one:
+        worst = max(one)
+        out.append("- check() of an intact one-page block, metadata in cache (check_hot/64B, /4096B): "
+                   "%.1f ns (target ≤ 3 ns: %s)." % (worst, verdict(worst <= 3.0)))
+    first = seal_ns("check_hot/4096B")
+    further = []
+    for row, pages in (("check_hot/65536B", 16), ("check_hot/262144B", 64)):
+        x = seal_ns(row)
+        if x and first:
+            further.append((x - first) / (pages - 1))
+    if further:
+        worst = max(further)
+        out.append("- check(), each further page (check_hot/65536B and /262144B over /4096B): "
+                   "%.2f ns (target ≤ 1 ns: %s)." % (worst, verdict(worst <= 1.0)))
+    for row in ("seal_all/64B", "seal_many/64B"):
+        x = seal_ns(row, per_page=True)
+        if x:
+            out.append("- Sealing many small values (%s): %.0f ns per page (target ≤ 100 ns: %s)." % (
+                row, x, verdict(x <= 100.0)))
     return out
 
 
