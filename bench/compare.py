@@ -464,9 +464,7 @@ def targets(cs, byname, workloads, macro, micro, seal):
     def verdict(ok):
         return "met" if ok else "**missed**"
 
-    def ratio(x, limit):
-        # Two decimals, or three where two would round a miss onto the limit.
-        return "%.3f×" % x if x > limit and round(x, 2) <= limit else "%.2f×" % x
+    ratio = report_common.shown_ratio
 
     small = [r for r in ("batch_16B", "batch_64B", "batch_256B", "batch_mixed_16-512B")]
     dm = [(r, med(micro.get((r, "dropalloc-pmr"), [])), med(micro.get((r, "mimalloc"), [])),
@@ -500,9 +498,12 @@ def targets(cs, byname, workloads, macro, micro, seal):
     if dmc.unavailable:
         out.append("- Macro workloads: not measured, dropalloc-malloc not available.")
     else:
-        each = [(w, med([float(r["seconds"]) for r in macro[(w, "dropalloc-malloc")]]) /
-                 med([float(r["seconds"]) for r in macro[(w, "mimalloc")]]))
-                for w in workloads if macro.get((w, "dropalloc-malloc")) and macro.get((w, "mimalloc"))]
+        def macro_ratio(w, name, field):
+            # dropalloc-malloc's median over name's, or None when either did not run.
+            d, o = macro.get((w, "dropalloc-malloc")), macro.get((w, name))
+            return med([float(r[field]) for r in d]) / med([float(r[field]) for r in o]) if d and o else None
+
+        each = [(w, x) for w, x in ((w, macro_ratio(w, "mimalloc", "seconds")) for w in workloads) if x is not None]
         over = [(w, x) for w, x in each if x > 1.2]
         if each:
             out.append("- Each macro workload's time ≤ 1.2× mimalloc: %d of %d within%s (target: %s)." % (
@@ -513,13 +514,7 @@ def targets(cs, byname, workloads, macro, micro, seal):
             out.append("- Each macro workload's time ≤ 1.2× mimalloc: not measured.")
         for label, field, limit in (("time", "seconds", 0.95), ("peak RSS", "hwm_kib", 1.00)):
             def gm(name):
-                vals = []
-                for w in workloads:
-                    d = macro.get((w, "dropalloc-malloc"))
-                    o = macro.get((w, name))
-                    if d and o:
-                        vals.append(med([float(r[field]) for r in d]) / med([float(r[field]) for r in o]))
-                return geomean(vals)
+                return geomean([x for x in (macro_ratio(w, name, field) for w in workloads) if x is not None])
             best = [(n, gm(n)) for n in ("jemalloc", "mimalloc") if gm(n)]
             if not best:
                 out.append("- Macro %s: not measured." % label)

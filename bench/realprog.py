@@ -443,9 +443,8 @@ def program_target(res, ratios, label, limit):
         return ["- %s target (≤ %.2f× the best on each program): not judged in quick mode." % (label, limit), ""]
     xs = ratios["dropalloc-malloc"]
     worst = max(xs)
-    shown = "%.3f" % worst if worst > limit and round(worst, 2) <= limit else "%.2f" % worst
-    return ["- %s of dropalloc-malloc ≤ %.2f× the best on each program: worst %s× (target: %s)." % (
-        label, limit, shown, "met" if worst <= limit else "**missed**"), ""]
+    return ["- %s of dropalloc-malloc ≤ %.2f× the best on each program: worst %s (target: %s)." % (
+        label, limit, report_common.shown_ratio(worst, limit), "met" if worst <= limit else "**missed**"), ""]
 
 
 def report(res):

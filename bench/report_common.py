@@ -61,6 +61,12 @@ def machine_facts(packages=("libjemalloc2", "libmimalloc2.0", "libtcmalloc-minim
     }
 
 
+def shown_ratio(x, limit):
+    """x as "1.23×" for a target line judging x <= limit: two decimals, or
+    three where two would round a miss onto the limit ("1.00×", missed)."""
+    return "%.3f×" % x if x > limit and round(x, 2) <= limit else "%.2f×" % x
+
+
 def write_atomically(path, text):
     """Writes text to path through a temporary file renamed over it."""
     with open(path + ".tmp", "w") as f:
