@@ -19,6 +19,22 @@ inline core::heap_options with_os(os::os_interface* o) {
   return opt;
 }
 
+// As with_os, for a heap whose large cache and empty arenas keep what they
+// hold for the length of a test: nothing leaves them on a clock.
+inline core::heap_options with_os_no_decay(os::os_interface* o) {
+  core::heap_options opt = with_os(o);
+  opt.empty_arena_decay_ms = 600000;
+  return opt;
+}
+
+// with_os_no_decay over a fake OS layer (os/fake_os.h) that reports
+// `memory`, set before the heap is built (which may ask).
+template <class FakeOs>
+core::heap_options with_fake_os(FakeOs* os, backing memory) {
+  os->reported_backing = memory;
+  return with_os_no_decay(os);
+}
+
 // A block of `bytes` from h, which the test requires to succeed.
 inline void* allocate_large(core::heap& h, std::size_t bytes, std::size_t alignment = 16) {
   core::alloc_error err = core::alloc_error::none;

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "allocator/core/heap.h"
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
 #include "tests/pattern.h"
@@ -108,10 +109,12 @@ TEST_CASE("a released page is handed out again and written normally") {
 TEST_CASE("a recycled large mapping hands back its pages past the new request, and keeps the block whole") {
   dropalloc::os::fake_os os;
   droppable_resource res(fake_options(os));
-  constexpr std::size_t kBig = 8u << 20, kSmall = 5u << 20;
+  // With nothing else live, a freed mapping up to the floor keeps its pages
+  // in the large-mapping cache (a larger one would arrive with none).
+  constexpr std::size_t kBig = dropalloc::core::kLargeCacheResidentFloorBytes, kSmall = kBig / 8 * 5;
   void* big = res.allocate(kBig, 8);
   fill(big, kBig, 3);
-  res.deallocate(big, kBig, 8);  // kept in the large-mapping cache
+  res.deallocate(big, kBig, 8);  // kept in the large-mapping cache, with its pages
   std::uint64_t before = os.released_bytes.load();
   void* small = res.allocate(kSmall, 8);
   CHECK(small == big);  // the cached mapping, at most four times the request, is reused
@@ -125,10 +128,10 @@ TEST_CASE("a recycled large mapping is live only once its tail is released: a ra
   dropalloc::os::fake_os os;
   os.reported_backing = dropalloc::backing::droppable;
   droppable_resource res(fake_options(os));
-  constexpr std::size_t kBig = 8u << 20, kSmall = 3u << 20;
+  constexpr std::size_t kBig = dropalloc::core::kLargeCacheResidentFloorBytes, kSmall = kBig / 8 * 3;
   void* big = res.allocate(kBig, 8);
   fill(big, kBig, 5);
-  res.deallocate(big, kBig, 8);  // kept in the large-mapping cache
+  res.deallocate(big, kBig, 8);  // kept in the large-mapping cache, with its pages (as above)
   struct racer {
     droppable_resource* res;
     std::size_t sealed = 0;

@@ -213,9 +213,14 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
     // keep_large_tail); past that they go back now, or they would stay
     // resident for as long as the block lives (5-25 MiB blocks: 480 MiB peak
     // with them, 403 without, for about 375 MiB live at most).
+    // One whose pages went back as it entered the cache reads as zeros: no
+    // tail to keep or release, nothing to clear.
+    const bool zeroed = cached->large_released;
+    cached->large_released = false;
     const std::size_t tail = cached->span - span;
-    if (tail != 0 && !keep_large_tail(cached, tail)) (void)os_->release_pages(cached->base + span, tail);
-    if (zero) memset(cached->base, 0, bytes);  // a recycled mapping holds old data
+    if (tail != 0 && !zeroed && !keep_large_tail(cached, tail)) (void)os_->release_pages(cached->base + span, tail);
+    if (zero && !zeroed) memset(cached->base, 0, bytes);  // a recycled mapping holds old data
+    large_live_bytes_.fetch_add(cached->span, std::memory_order_relaxed);
     // Live only now: a seal_all() racing this allocation may seal the block
     // as soon as it is live, and its tail released after that seal would
     // read as a lost page (the block dropped before its owner had it).
@@ -232,6 +237,7 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
     return nullptr;
   }
   link_all(s);
+  large_live_bytes_.fetch_add(s->span, std::memory_order_relaxed);
   return s->base;
 }
 
@@ -269,7 +275,7 @@ segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
   if (best < 0) return nullptr;
   segment* s = large_cache_[best];
   large_cache_[best] = nullptr;
-  large_cache_bytes_ -= s->span;
+  uncache_large_locked(s);
   set_counter(&s->live, 1);
   // Still free: the caller makes it live once it is ready (allocate_large).
   // Out of the cache, nobody else hands it out meanwhile.
@@ -279,9 +285,22 @@ segment* heap::reuse_large(std::size_t span, std::size_t alignment) noexcept {
 segment* heap::take_cached_large(int i) noexcept {
   segment* c = large_cache_[i];
   large_cache_[i] = nullptr;
-  large_cache_bytes_ -= c->span;
+  uncache_large_locked(c);
   unlink_all_locked(c);
   return c;
+}
+
+std::size_t heap::large_cache_resident_bound() const noexcept {
+  const std::size_t half_live = large_live_bytes_.load(std::memory_order_relaxed) / 2;
+  return half_live > kLargeCacheResidentFloorBytes ? half_live : kLargeCacheResidentFloorBytes;
+}
+
+void heap::uncache_large_locked(segment* s) noexcept {
+  large_cache_bytes_ -= s->span;
+  if (!s->large_released) {
+    large_cache_resident_bytes_.store(large_cache_resident_bytes_.load(std::memory_order_relaxed) - s->span,
+                                      std::memory_order_relaxed);
+  }
 }
 
 bool heap::cache_large(segment* s) noexcept {
@@ -291,9 +310,16 @@ bool heap::cache_large(segment* s) noexcept {
   segment* evicted[kLargeCacheSlots];
   int n_evicted = 0;
   bool kept = false;
+  if (s->span > kLargeCacheMaxBytes / 2) return false;
+  // Past the resident bound the pages go back before the mapping is cached
+  // (once cached, another thread may take it and write to it at once), and
+  // outside the lock (a system call). The bound is read racily: two frees at
+  // once may both keep their pages, which only moves the bound a little.
+  s->large_released = large_cache_resident_bytes_.load(std::memory_order_relaxed) + s->span >
+                          large_cache_resident_bound() &&
+                      os_->release_pages(s->base, s->span) == 0;
   {
     lock_guard guard(segments_lock_);
-    if (s->span > kLargeCacheMaxBytes / 2) return false;
     std::uint64_t now = now_ms();
     auto evict = [&](int i) { evicted[n_evicted++] = take_cached_large(i); };
     // Make room: drop expired entries, then the oldest, until this one fits.
@@ -317,6 +343,10 @@ bool heap::cache_large(segment* s) noexcept {
       large_cache_[slot] = s;
       large_cached_ms_[slot] = now;
       large_cache_bytes_ += s->span;
+      if (!s->large_released) {
+        large_cache_resident_bytes_.store(large_cache_resident_bytes_.load(std::memory_order_relaxed) + s->span,
+                                          std::memory_order_relaxed);
+      }
       kept = true;
     }
   }
@@ -477,6 +507,7 @@ void heap::deallocate_generation(void* p, std::uint64_t expected_gen) noexcept {
 void heap::deallocate_retired(segment* s, std::uint32_t idx, void* p, std::uint8_t st) noexcept {
   if (s->cls == kLargeClass) {
     forget_large_tail(s);  // the whole mapping is free now: its tail is no longer a live block's
+    large_live_bytes_.fetch_sub(s->span, std::memory_order_relaxed);
     // The mapping goes away or into the large cache. retire() moved the
     // generation of an observed block, so a reuse of the cached mapping
     // reads stale to old handles.

@@ -63,6 +63,7 @@ bool heap::grow_large_in_place(void* p, std::size_t bytes) noexcept {
     publish_segment(grown);
   }
   forget_large_tail(old);  // the request now covers the old tail, and the new header has none
+  large_live_bytes_.fetch_add(grown->span - old->span, std::memory_order_relaxed);
   wait_for_readers();
   os_->unmap_metadata(old->meta_base, old->meta_bytes);
   return true;

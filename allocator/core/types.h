@@ -281,6 +281,10 @@ struct segment {
   std::size_t large_tail_kept;     // bytes past the request left resident when a cached
                                    // mapping was reused for a smaller one (counted in
                                    // the heap's large_tail_kept_bytes_); 0 = none
+  bool large_released;             // in the large cache with its pages handed back
+                                   // (they read as zeros until written); set by the
+                                   // freeing thread before the mapping enters the
+                                   // cache, cleared by the one that takes it out
   segment* next;                   // class list links
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)

@@ -106,10 +106,7 @@ struct blk {
 };
 
 core::heap_options ordinary(dropalloc::os::fake_os* os) {
-  os->reported_backing = dropalloc::backing::ordinary;
-  core::heap_options opt = dropalloc::testing::with_os(os);
-  opt.empty_arena_decay_ms = 600000;
-  return opt;
+  return dropalloc::testing::with_fake_os(os, dropalloc::backing::ordinary);
 }
 
 // The bound probe (see the top of the file). Every block must be freed.
@@ -117,10 +114,16 @@ void probe_bound(core::heap& h, dropalloc::os::fake_os& os, const char* when) {
   INFO(when);
   REQUIRE(h.stats().blocks_live == 0);
   h.trim();  // empties the large cache
+  // A live block of 8 mappings' size, never written, while the three are
+  // freed: the large cache keeps their pages only within half the bytes live
+  // in large blocks (core::kLargeCacheResidentFloorBytes), and a mapping
+  // cached without its pages has no tail to keep.
+  void* ballast = allocate_large(h, 8 * kMapping);
   void* m[3];
   for (auto& p : m) p = allocate_large(h, kMapping);
   for (auto& p : m) fill(p, kMapping, 5);
   for (auto& p : m) h.deallocate(p);
+  h.deallocate(ballast);  // too large for the cache: unmapped
   const int maps = os.arena_maps.load();
   const std::uint64_t r0 = os.released_bytes.load();
   void* a = allocate_large(h, kRequest);
@@ -264,10 +267,7 @@ TEST_CASE("the kept-tail bound after two threads' histories with cross-thread fr
 }
 
 TEST_CASE("real ordinary memory: resident bytes past the requests of live large blocks stay within 16 MiB") {
-  core::heap_options opt;
-  opt.os = &dropalloc::os::ordinary_os();
-  opt.empty_arena_decay_ms = 600000;
-  core::heap h(opt);
+  core::heap h(dropalloc::testing::with_os_no_decay(&dropalloc::os::ordinary_os()));
   REQUIRE(h.arena_backing() == dropalloc::backing::ordinary);
   rng r{77};
   std::vector<blk> live;

@@ -1,0 +1,136 @@
+// Freed large mappings in the large cache keep their pages only within a
+// bound: half the bytes live in large blocks, or core::kLargeCacheResidentFloorBytes
+// if that is more. Past it a mapping enters the cache with its pages handed
+// back: no new mapping when it is reused, and it reads as zeros then.
+#include <doctest/doctest.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "allocator/core/heap.h"
+#include "allocator/os/fake_os.h"
+#include "tests/core_heap.h"
+#include "tests/pattern.h"
+
+namespace core = dropalloc::core;
+using dropalloc::testing::allocate_large;
+using dropalloc::testing::fill;
+using dropalloc::testing::holds;
+
+namespace {
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+constexpr std::size_t kSmall = core::kLargeCacheResidentFloorBytes / 2;  // fits under the floor
+constexpr std::size_t kBig = 3 * core::kLargeCacheResidentFloorBytes;    // passes it alone
+static_assert(kSmall >= kMiB && kBig <= 16 * kMiB, "sizes within the large cache's range");
+
+bool reads_zero(const void* p, std::size_t n) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  for (std::size_t i = 0; i < n; i += 512) {
+    if (b[i] != 0) return false;
+  }
+  return b[n - 1] == 0;
+}
+
+// A core heap over a fake OS reporting `memory`.
+struct heap_over_fake_os {
+  dropalloc::os::fake_os os;
+  core::heap h;
+  explicit heap_over_fake_os(dropalloc::backing memory) : h(dropalloc::testing::with_fake_os(&os, memory)) {}
+};
+
+}  // namespace
+
+TEST_CASE("a freed mapping under the floor keeps its pages in the cache") {
+  for (auto memory : {dropalloc::backing::ordinary, dropalloc::backing::droppable}) {
+    heap_over_fake_os t(memory);
+    void* a = allocate_large(t.h, kSmall);
+    fill(a, kSmall, 5);
+    const std::uint64_t released = t.os.released_bytes.load();
+    t.h.deallocate(a);
+    CHECK(t.os.released_bytes.load() == released);  // kept: nothing handed back
+    const int maps = t.os.arena_maps.load();
+    void* b = allocate_large(t.h, kSmall);
+    CHECK(b == a);  // the cached mapping, reused
+    CHECK(t.os.arena_maps.load() == maps);
+    // Asked for zeros, it gets them, though its pages held the old block's.
+    t.h.deallocate(b);
+    core::alloc_error err = core::alloc_error::none;
+    void* z = t.h.allocate_zeroed(kSmall, 16, &err);
+    REQUIRE(z == a);
+    CHECK(reads_zero(z, kSmall));
+    t.h.deallocate(z);
+    CHECK(t.h.stats().blocks_live == 0);
+  }
+}
+
+TEST_CASE("a freed mapping past the bound is cached without its pages and reads as zeros when reused") {
+  for (auto memory : {dropalloc::backing::ordinary, dropalloc::backing::droppable}) {
+    heap_over_fake_os t(memory);
+    void* a = allocate_large(t.h, kBig);
+    fill(a, kBig, 6);
+    const std::uint64_t released = t.os.released_bytes.load();
+    const int unmaps = t.os.arena_unmaps.load();
+    t.h.deallocate(a);  // nothing else live: the bound is the floor, a third of kBig
+    CHECK(t.os.released_bytes.load() - released == kBig);
+    CHECK(t.os.arena_unmaps.load() == unmaps);  // still mapped: in the cache
+    const int maps = t.os.arena_maps.load();
+    void* b = allocate_large(t.h, kBig);
+    CHECK(b == a);
+    CHECK(t.os.arena_maps.load() == maps);
+    CHECK(reads_zero(b, kBig));
+    fill(b, kBig, 7);
+    CHECK(holds(b, kBig, 7));
+    t.h.deallocate(b);
+    core::alloc_error err = core::alloc_error::none;
+    void* z = t.h.allocate_zeroed(kBig, 16, &err);  // released again on the way in: zeros, unwritten
+    REQUIRE(z == a);
+    CHECK(reads_zero(z, kBig));
+    t.h.deallocate(z);
+    CHECK(t.h.stats().blocks_live == 0);
+  }
+}
+
+TEST_CASE("the bound follows the bytes live in large blocks: half of them") {
+  heap_over_fake_os t(dropalloc::backing::ordinary);
+  // 4 * kBig live. The first freed leaves 3 * kBig live, a bound of 1.5 * kBig:
+  // it keeps its pages. The second leaves 2 * kBig, a bound of kBig, which
+  // the first already fills: its pages go back.
+  void* p[4];
+  for (auto& q : p) {
+    q = allocate_large(t.h, kBig);
+    fill(q, kBig, 8);
+  }
+  const std::uint64_t released = t.os.released_bytes.load();
+  t.h.deallocate(p[0]);
+  CHECK(t.os.released_bytes.load() == released);
+  t.h.deallocate(p[1]);
+  CHECK(t.os.released_bytes.load() - released == kBig);
+  // Reused, the one that kept its pages holds what it held; the other reads zero.
+  void* a = allocate_large(t.h, kBig);
+  void* b = allocate_large(t.h, kBig);
+  CHECK(((a == p[0] && b == p[1]) || (a == p[1] && b == p[0])));
+  CHECK(holds(p[0], kBig, 8));
+  CHECK(reads_zero(p[1], kBig));
+  for (void* q : {a, b, p[2], p[3]}) t.h.deallocate(q);
+  CHECK(t.h.stats().blocks_live == 0);
+}
+
+TEST_CASE("a mapping that grew in place counts its new size as live") {
+  heap_over_fake_os t(dropalloc::backing::ordinary);
+  void* a = allocate_large(t.h, kBig);
+  if (!t.h.grow_large_in_place(a, 3 * kBig)) {
+    MESSAGE("the block could not grow in place here: the growth case was not exercised");
+    t.h.deallocate(a);
+    return;
+  }
+  // 3 * kBig live: the bound is 1.5 * kBig, so a freed kBig block keeps its pages.
+  void* b = allocate_large(t.h, kBig);
+  fill(b, kBig, 9);
+  const std::uint64_t released = t.os.released_bytes.load();
+  t.h.deallocate(b);
+  CHECK(t.os.released_bytes.load() == released);
+  t.h.deallocate(a);
+  CHECK(t.h.stats().blocks_live == 0);
+}
