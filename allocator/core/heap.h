@@ -67,11 +67,13 @@ inline constexpr std::size_t kMaxRequest = std::size_t{1} << 46;
 // about 7% slower; peak RSS within 1 MiB of releasing every tail.
 inline constexpr std::size_t kLargeTailKeptMaxBytes = 16u << 20;
 
-// A freed large mapping enters the large cache with its pages while the
-// cached mappings that kept theirs add up to at most half the bytes live in
-// large blocks, or this floor if that is more; past that it keeps only its
-// address and header (its pages go back to the OS, and it reads as zeros
-// when reused). Churn among many large blocks (bench malloc_large: 5-25 MiB,
+// A freed large mapping enters the large cache with its pages if the cached
+// mappings that kept theirs, it included, then add up to at most half the
+// bytes live in large blocks, or this floor if that is more; otherwise it
+// keeps only its address and header (its pages go back to the OS, and it
+// reads as zeros when reused). The rule is applied as each mapping comes
+// in: live bytes that fall later leave the kept ones as they are, until the
+// decay time hands the cache back. Churn among many large blocks (bench malloc_large: 5-25 MiB,
 // up to 20 live) keeps reusing warm pages, while freed growth buffers that
 // nothing reuses (a vector doubling) no longer add to the peak: containers
 // 35.7 -> 33.6 MiB, the same with a 1 MiB floor; releasing every cached
@@ -343,8 +345,8 @@ class heap {
   // a page fault per page every time. Still registered and in all_, state free.
   static constexpr int kLargeCacheSlots = 16;
   static constexpr std::size_t kLargeCacheMaxBytes = 64u << 20;
-  // Of those, the mappings that kept their pages add up to at most
-  // large_cache_resident_bound() (see kLargeCacheResidentFloorBytes).
+  // Of those, a mapping keeps its pages if, as it comes in, the ones that
+  // did stay within large_cache_resident_bound() (kLargeCacheResidentFloorBytes).
   std::atomic<std::size_t> large_live_bytes_{0};  // spans of the live large blocks
   std::size_t large_cache_resident_bound() const noexcept;
   segment* large_cache_[kLargeCacheSlots] = {};

@@ -33,11 +33,13 @@
 #include "allocator/os/fake_os.h"
 #include "allocator/os/os.h"
 #include "tests/core_heap.h"
+#include "tests/live_set.h"
 #include "tests/pattern.h"
 
 namespace core = dropalloc::core;
 using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
+using dropalloc::testing::live_set;
 using dropalloc::testing::holds;
 
 namespace {
@@ -70,34 +72,6 @@ bool all_zero(const void* p, std::size_t n) {
   }
   return true;
 }
-
-struct live_set {
-  std::mutex m;
-  std::map<std::uintptr_t, std::size_t> iv;
-  bool add(const void* p, std::size_t n) {
-    std::lock_guard<std::mutex> g(m);
-    auto a = reinterpret_cast<std::uintptr_t>(p);
-    auto it = iv.lower_bound(a);
-    if (it != iv.end() && it->first < a + n) return false;
-    if (it != iv.begin() && std::prev(it)->first + std::prev(it)->second > a) return false;
-    iv.emplace(a, n);
-    return true;
-  }
-  bool resize(const void* p, std::size_t n) {
-    std::lock_guard<std::mutex> g(m);
-    auto a = reinterpret_cast<std::uintptr_t>(p);
-    auto it = iv.find(a);
-    if (it == iv.end()) return false;
-    auto nx = std::next(it);
-    if (nx != iv.end() && nx->first < a + n) return false;
-    it->second = n;
-    return true;
-  }
-  void remove(const void* p) {
-    std::lock_guard<std::mutex> g(m);
-    iv.erase(reinterpret_cast<std::uintptr_t>(p));
-  }
-};
 
 struct blk {
   void* p;

@@ -1,0 +1,46 @@
+// The address ranges of the blocks a test holds live, for tests that check
+// that no two live blocks overlap while threads allocate, resize and free.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <map>
+#include <mutex>
+
+namespace dropalloc::testing {
+
+class live_set {
+ public:
+  // False if [p, p + n) overlaps a live range.
+  bool add(const void* p, std::size_t n) {
+    std::lock_guard<std::mutex> g(m_);
+    auto a = reinterpret_cast<std::uintptr_t>(p);
+    auto it = iv_.lower_bound(a);
+    if (it != iv_.end() && it->first < a + n) return false;
+    if (it != iv_.begin() && std::prev(it)->first + std::prev(it)->second > a) return false;
+    iv_.emplace(a, n);
+    return true;
+  }
+  // False if p is not live, or its new length would reach the next range.
+  bool resize(const void* p, std::size_t n) {
+    std::lock_guard<std::mutex> g(m_);
+    auto a = reinterpret_cast<std::uintptr_t>(p);
+    auto it = iv_.find(a);
+    if (it == iv_.end()) return false;
+    auto nx = std::next(it);
+    if (nx != iv_.end() && nx->first < a + n) return false;
+    it->second = n;
+    return true;
+  }
+  void remove(const void* p) {
+    std::lock_guard<std::mutex> g(m_);
+    iv_.erase(reinterpret_cast<std::uintptr_t>(p));
+  }
+
+ private:
+  std::mutex m_;
+  std::map<std::uintptr_t, std::size_t> iv_;  // start -> length
+};
+
+}  // namespace dropalloc::testing
