@@ -73,11 +73,14 @@ inline constexpr std::size_t kLargeTailKeptMaxBytes = 16u << 20;
 // keeps only its address and header (its pages go back to the OS, and it
 // reads as zeros when reused). The rule is applied as each mapping comes
 // in: live bytes that fall later leave the kept ones as they are, until the
-// decay time hands the cache back. Churn among many large blocks (bench malloc_large: 5-25 MiB,
-// up to 20 live) keeps reusing warm pages, while freed growth buffers that
-// nothing reuses (a vector doubling) no longer add to the peak: containers
-// 35.7 -> 33.6 MiB, the same with a 1 MiB floor; releasing every cached
-// mapping's pages gave 31.8 MiB, but malloc_large then ran 2.2x as long.
+// decay time hands the cache back. Churn among many large blocks (bench
+// malloc_large: 5-25 MiB, up to 20 live) keeps reusing warm pages, while
+// freed growth buffers that nothing reuses (a vector doubling) no longer add
+// to the peak: containers 35.7 -> 33.7 MiB (medians), the same with a 1 MiB
+// floor. The cost is a release (a system call and a TLB flush) per such
+// free: mstress, which frees thousands of large blocks it hardly wrote,
+// 0.69 -> 0.76 s. Releasing every cached mapping's pages gave containers
+// 31.8 MiB, but malloc_large then ran 2.2x as long.
 inline constexpr std::size_t kLargeCacheResidentFloorBytes = 4u << 20;
 
 struct sweep_result {
