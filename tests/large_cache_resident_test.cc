@@ -1,7 +1,8 @@
 // Freed large mappings in the large cache keep their pages only within a
 // bound: half the bytes live in large blocks, or core::kLargeCacheResidentFloorBytes
-// if that is more. Past it a mapping enters the cache with its pages handed
-// back: no new mapping when it is reused, and it reads as zeros then.
+// if that is more. Past it a mapping enters the cache due: its pages go back
+// before the next new large mapping or at a decay pass, unless a reuse comes
+// first; released, it needs no new mapping when reused, and reads as zeros.
 #include <doctest/doctest.h>
 
 #include <cstddef>
@@ -65,30 +66,65 @@ TEST_CASE("a freed mapping under the floor keeps its pages in the cache") {
   }
 }
 
-TEST_CASE("a freed mapping past the bound is cached without its pages and reads as zeros when reused") {
+TEST_CASE("a freed mapping past the bound is due: a reuse that comes first takes it with its pages") {
   for (auto memory : {dropalloc::backing::ordinary, dropalloc::backing::droppable}) {
     heap_over_fake_os t(memory);
     void* a = allocate_large(t.h, kBig);
     fill(a, kBig, 6);
     const std::uint64_t released = t.os.released_bytes.load();
-    const int unmaps = t.os.arena_unmaps.load();
     t.h.deallocate(a);  // nothing else live: the bound is the floor, a third of kBig
-    CHECK(t.os.released_bytes.load() - released == kBig);
-    CHECK(t.os.arena_unmaps.load() == unmaps);  // still mapped: in the cache
+    CHECK(t.os.released_bytes.load() == released);  // due, not yet handed back
     const int maps = t.os.arena_maps.load();
-    void* b = allocate_large(t.h, kBig);
-    CHECK(b == a);
-    CHECK(t.os.arena_maps.load() == maps);
-    CHECK(reads_zero(b, kBig));
-    fill(b, kBig, 7);
-    CHECK(holds(b, kBig, 7));
-    t.h.deallocate(b);
     core::alloc_error err = core::alloc_error::none;
-    void* z = t.h.allocate_zeroed(kBig, 16, &err);  // released again on the way in: zeros, unwritten
+    void* z = t.h.allocate_zeroed(kBig, 16, &err);
     REQUIRE(z == a);
-    CHECK(reads_zero(z, kBig));
+    CHECK(t.os.released_bytes.load() == released);  // reused warm: no release at all
+    CHECK(t.os.arena_maps.load() == maps);
+    CHECK(reads_zero(z, kBig));  // its pages held the old block's: cleared
+    t.h.decay(false);  // no longer due: out of the cache, live
+    CHECK(t.os.released_bytes.load() == released);
     t.h.deallocate(z);
     CHECK(t.h.stats().blocks_live == 0);
+  }
+}
+
+TEST_CASE("a due mapping's pages go back before a new large mapping, or at a decay pass; reused, it reads zero") {
+  for (auto memory : {dropalloc::backing::ordinary, dropalloc::backing::droppable}) {
+    for (bool by_decay : {false, true}) {
+      INFO("by decay " << by_decay);
+      heap_over_fake_os t(memory);
+      void* a = allocate_large(t.h, kBig);
+      fill(a, kBig, 6);
+      const std::uint64_t released = t.os.released_bytes.load();
+      const int unmaps = t.os.arena_unmaps.load();
+      t.h.deallocate(a);
+      CHECK(t.os.released_bytes.load() == released);
+      void* other = nullptr;
+      if (by_decay) {
+        t.h.decay(false);
+      } else {
+        other = allocate_large(t.h, 2 * kBig);  // too big to reuse a: a new mapping
+        CHECK(other != a);
+      }
+      CHECK(t.os.released_bytes.load() - released == kBig);
+      CHECK(t.os.arena_unmaps.load() == unmaps);  // still mapped: in the cache
+      const int maps = t.os.arena_maps.load();
+      void* b = allocate_large(t.h, kBig);
+      CHECK(b == a);
+      CHECK(t.os.arena_maps.load() == maps);
+      CHECK(reads_zero(b, kBig));
+      fill(b, kBig, 7);
+      CHECK(holds(b, kBig, 7));
+      t.h.deallocate(b);
+      t.h.decay(false);  // due again (alone past the floor, or past half of 2 * kBig)
+      core::alloc_error err = core::alloc_error::none;
+      void* z = t.h.allocate_zeroed(kBig, 16, &err);  // released: zeros, nothing cleared
+      REQUIRE(z == a);
+      CHECK(reads_zero(z, kBig));
+      t.h.deallocate(z);
+      if (other != nullptr) t.h.deallocate(other);
+      CHECK(t.h.stats().blocks_live == 0);
+    }
   }
 }
 
@@ -96,7 +132,7 @@ TEST_CASE("the bound follows the bytes live in large blocks: half of them") {
   heap_over_fake_os t(dropalloc::backing::ordinary);
   // 4 * kBig live. The first freed leaves 3 * kBig live, a bound of 1.5 * kBig:
   // it keeps its pages. The second leaves 2 * kBig, a bound of kBig, which
-  // the first already fills: its pages go back.
+  // the first already fills: it is due, and its pages go back at the decay.
   void* p[4];
   for (auto& q : p) {
     q = allocate_large(t.h, kBig);
@@ -106,6 +142,8 @@ TEST_CASE("the bound follows the bytes live in large blocks: half of them") {
   t.h.deallocate(p[0]);
   CHECK(t.os.released_bytes.load() == released);
   t.h.deallocate(p[1]);
+  CHECK(t.os.released_bytes.load() == released);
+  t.h.decay(false);
   CHECK(t.os.released_bytes.load() - released == kBig);
   // Reused, the one that kept its pages holds what it held; the other reads zero.
   void* a = allocate_large(t.h, kBig);

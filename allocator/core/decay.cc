@@ -165,6 +165,7 @@ std::size_t heap::decay(bool all) noexcept {
   decay_pending_.store(false, std::memory_order_release);
   bool more = false;
   std::size_t released = release_large_cache(all, &more);
+  released += release_due_large();  // whatever their age: cached ones unmapped first
   std::uint64_t now = now_ms();
   for (auto& c : classes_) {
     lock_guard guard(c.lock);

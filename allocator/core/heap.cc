@@ -227,6 +227,9 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
     cached->state[0].store(state::kLive, std::memory_order_release);
     return cached->base;
   }
+  // A new mapping's pages will be touched: hand back the cached ones that
+  // are past the resident bound first, so that the peak does not hold both.
+  (void)release_due_large();
   int os_err = 0;
   segment* s = create_large(*os_, this, bytes, alignment, &os_err);
   if (s == nullptr && release_large_cache(true) != 0) {
@@ -297,10 +300,60 @@ std::size_t heap::large_cache_resident_bound() const noexcept {
 
 void heap::uncache_large_locked(segment* s) noexcept {
   large_cache_bytes_ -= s->span;
-  if (!s->large_released) {
-    large_cache_resident_bytes_.store(large_cache_resident_bytes_.load(std::memory_order_relaxed) - s->span,
-                                      std::memory_order_relaxed);
+  if (!s->large_released) large_cache_resident_bytes_ -= s->span;
+  if (s->large_release_due) {
+    s->large_release_due = false;
+    large_cache_due_.store(large_cache_due_.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   }
+}
+
+std::size_t heap::release_due_large() noexcept {
+  if (large_cache_due_.load(std::memory_order_relaxed) == 0) return 0;
+  segment* due[kLargeCacheSlots];
+  std::uint64_t cached_ms[kLargeCacheSlots];
+  int n = 0;
+  {
+    lock_guard guard(segments_lock_);
+    for (int i = 0; i < kLargeCacheSlots; ++i) {
+      segment* c = large_cache_[i];
+      if (c == nullptr || !c->large_release_due) continue;
+      // Out of its slot, nobody takes it for reuse while its pages go; it
+      // stays in all_ (its address still ours, its state free).
+      large_cache_[i] = nullptr;
+      uncache_large_locked(c);
+      cached_ms[n] = large_cached_ms_[i];
+      due[n++] = c;
+    }
+  }
+  std::size_t released = 0;
+  for (int i = 0; i < n; ++i) {
+    // A release the OS refuses leaves the pages as they were: cached as kept.
+    due[i]->large_released = os_->release_pages(due[i]->base, due[i]->span) == 0;
+    if (due[i]->large_released) released += due[i]->span;
+  }
+  segment* unmapped[kLargeCacheSlots];
+  int n_unmapped = 0;
+  {
+    lock_guard guard(segments_lock_);
+    for (int i = 0; i < n; ++i) {
+      segment* c = due[i];
+      int slot = -1;
+      for (int j = 0; j < kLargeCacheSlots && slot < 0; ++j) {
+        if (large_cache_[j] == nullptr) slot = j;
+      }
+      if (slot < 0 || large_cache_bytes_ + c->span > kLargeCacheMaxBytes) {
+        unlink_all_locked(c);  // the cache filled up meanwhile
+        unmapped[n_unmapped++] = c;
+        continue;
+      }
+      large_cache_[slot] = c;
+      large_cached_ms_[slot] = cached_ms[i];  // it ages from its free, not from now
+      large_cache_bytes_ += c->span;
+      if (!c->large_released) large_cache_resident_bytes_ += c->span;
+    }
+  }
+  destroy_segments(*os_, unmapped, n_unmapped);
+  return released;
 }
 
 bool heap::cache_large(segment* s) noexcept {
@@ -311,13 +364,8 @@ bool heap::cache_large(segment* s) noexcept {
   int n_evicted = 0;
   bool kept = false;
   if (s->span > kLargeCacheMaxBytes / 2) return false;
-  // Past the resident bound the pages go back before the mapping is cached
-  // (once cached, another thread may take it and write to it at once), and
-  // outside the lock (a system call). The bound is read racily: two frees at
-  // once may both keep their pages, which only moves the bound a little.
-  s->large_released = large_cache_resident_bytes_.load(std::memory_order_relaxed) + s->span >
-                          large_cache_resident_bound() &&
-                      os_->release_pages(s->base, s->span) == 0;
+  s->large_released = false;
+  s->large_release_due = false;
   {
     lock_guard guard(segments_lock_);
     std::uint64_t now = now_ms();
@@ -343,9 +391,12 @@ bool heap::cache_large(segment* s) noexcept {
       large_cache_[slot] = s;
       large_cached_ms_[slot] = now;
       large_cache_bytes_ += s->span;
-      if (!s->large_released) {
-        large_cache_resident_bytes_.store(large_cache_resident_bytes_.load(std::memory_order_relaxed) + s->span,
-                                          std::memory_order_relaxed);
+      // Past the resident bound its pages are due to go back (see
+      // kLargeCacheResidentFloorBytes): not here, as a reuse may come first.
+      large_cache_resident_bytes_ += s->span;
+      if (large_cache_resident_bytes_ > large_cache_resident_bound()) {
+        s->large_release_due = true;
+        large_cache_due_.store(large_cache_due_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       }
       kept = true;
     }

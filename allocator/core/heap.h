@@ -67,20 +67,24 @@ inline constexpr std::size_t kMaxRequest = std::size_t{1} << 46;
 // about 7% slower; peak RSS within 1 MiB of releasing every tail.
 inline constexpr std::size_t kLargeTailKeptMaxBytes = 16u << 20;
 
-// A freed large mapping enters the large cache with its pages if the cached
-// mappings that kept theirs, it included, then add up to at most half the
-// bytes live in large blocks, or this floor if that is more; otherwise it
-// keeps only its address and header (its pages go back to the OS, and it
-// reads as zeros when reused). The rule is applied as each mapping comes
-// in: live bytes that fall later leave the kept ones as they are, until the
-// decay time hands the cache back. Churn among many large blocks (bench
-// malloc_large: 5-25 MiB, up to 20 live) keeps reusing warm pages, while
-// freed growth buffers that nothing reuses (a vector doubling) no longer add
-// to the peak: containers 35.7 -> 33.7 MiB (medians), the same with a 1 MiB
-// floor. The cost is a release (a system call and a TLB flush) per such
-// free: mstress, which frees thousands of large blocks it hardly wrote,
-// 0.69 -> 0.76 s. Releasing every cached mapping's pages gave containers
-// 31.8 MiB, but malloc_large then ran 2.2x as long.
+// A freed large mapping enters the large cache with its pages. If the cached
+// mappings that kept theirs, it included, then add up to more than half the
+// bytes live in large blocks (or this floor if that is more), it is marked
+// due: its pages go back to the OS (it keeps its address and header, and
+// reads as zeros when reused) before the heap maps a new large block, or at
+// the next decay pass, unless a reuse takes it first with its pages warm.
+// The rule is applied as each mapping comes in: live bytes that fall later
+// leave the kept ones as they are, until the decay time hands the cache back.
+// Churn among many large blocks (bench malloc_large: 5-25 MiB, up to 20
+// live) keeps reusing warm pages, while freed growth buffers that nothing
+// reuses (a vector doubling) no longer add to the peak: containers 35.7 ->
+// 33.7 MiB (medians), the same with a 1 MiB floor. Releasing them as they
+// were freed cost mstress, which frees thousands of large blocks and reuses
+// most of them, a system call and a TLB flush each (0.69 -> 0.76 s);
+// deferred, it makes 923 releases instead of 1796 (0.635 -> 0.59 s, its
+// peak 19.4 -> 20.0 MiB; medians of 10).
+// Releasing every cached mapping's pages gave containers 31.8 MiB, but
+// malloc_large then ran 2.2x as long.
 inline constexpr std::size_t kLargeCacheResidentFloorBytes = 4u << 20;
 
 struct sweep_result {
@@ -349,15 +353,24 @@ class heap {
   static constexpr int kLargeCacheSlots = 16;
   static constexpr std::size_t kLargeCacheMaxBytes = 64u << 20;
   // Of those, a mapping keeps its pages if, as it comes in, the ones that
-  // did stay within large_cache_resident_bound() (kLargeCacheResidentFloorBytes).
+  // did stay within large_cache_resident_bound() (kLargeCacheResidentFloorBytes);
+  // otherwise it is due (segment::large_release_due).
   std::atomic<std::size_t> large_live_bytes_{0};  // spans of the live large blocks
+  // Cached mappings marked due: written under segments_lock_, read without
+  // it to skip release_due_large's lock when there are none.
+  std::atomic<int> large_cache_due_{0};
+  // Hands back the pages of every due mapping in the cache: each leaves its
+  // slot while its pages go (outside the lock: a reuse must not write to
+  // them meanwhile) and comes back released, or is unmapped if the cache
+  // filled up meanwhile. Returns the bytes released.
+  std::size_t release_due_large() noexcept;
   std::size_t large_cache_resident_bound() const noexcept;
   segment* large_cache_[kLargeCacheSlots] = {};
   std::uint64_t large_cached_ms_[kLargeCacheSlots] = {};
   std::size_t large_cache_bytes_ = 0;
-  // Bytes of cached mappings whose pages were kept: written under
-  // segments_lock_, read without it by cache_large (a bound, not an account).
-  std::atomic<std::size_t> large_cache_resident_bytes_{0};
+  // Bytes of cached mappings whose pages were kept, due ones included
+  // (guarded by segments_lock_).
+  std::size_t large_cache_resident_bytes_ = 0;
   void uncache_large_locked(segment* s) noexcept;  // the byte counts, as s leaves the cache
   segment* reuse_large(std::size_t span, std::size_t alignment) noexcept;
   // Bytes of reused mappings' tails kept resident in live large blocks (see

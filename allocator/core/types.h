@@ -282,9 +282,13 @@ struct segment {
                                    // mapping was reused for a smaller one (counted in
                                    // the heap's large_tail_kept_bytes_); 0 = none
   bool large_released;             // in the large cache with its pages handed back
-                                   // (they read as zeros until written); set by the
-                                   // freeing thread before the mapping enters the
-                                   // cache, cleared by the one that takes it out
+                                   // (they read as zeros until written); set only
+                                   // while out of the cache's slots (by
+                                   // heap::release_due_large), cleared by the thread
+                                   // that takes the mapping out for reuse
+  bool large_release_due;          // in the large cache with its pages, past the
+                                   // resident bound: they go back unless it is reused
+                                   // first (guarded by the heap's segments lock)
   segment* next;                   // class list links
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)
