@@ -18,20 +18,13 @@ using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
 
+using dropalloc::testing::all_zero;
 using dropalloc::testing::fill;
 
 namespace {
 
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kSizes[] = {64, 16 * 1024};
-
-bool all_zero(const void* p, std::size_t n) {
-  auto* b = static_cast<const unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (b[i] != 0) return false;
-  }
-  return true;
-}
 
 // A block of `size`, filled and sealed.
 block_ref sealed_block(droppable_resource& res, std::size_t size, int seed) {

@@ -15,6 +15,7 @@
 #include "tests/pattern.h"
 
 namespace core = dropalloc::core;
+using dropalloc::testing::all_zero;
 using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
 using dropalloc::testing::holds;
@@ -25,14 +26,6 @@ constexpr std::size_t kMiB = std::size_t{1} << 20;
 constexpr std::size_t kSmall = core::kLargeCacheResidentFloorBytes / 2;  // fits under the floor
 constexpr std::size_t kBig = 3 * core::kLargeCacheResidentFloorBytes;    // passes it alone
 static_assert(kSmall >= kMiB && kBig <= 16 * kMiB, "sizes within the large cache's range");
-
-bool reads_zero(const void* p, std::size_t n) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  for (std::size_t i = 0; i < n; i += 512) {
-    if (b[i] != 0) return false;
-  }
-  return b[n - 1] == 0;
-}
 
 // A core heap over a fake OS reporting `memory`.
 struct heap_over_fake_os {
@@ -60,7 +53,7 @@ TEST_CASE("a freed mapping under the floor keeps its pages in the cache") {
     core::alloc_error err = core::alloc_error::none;
     void* z = t.h.allocate_zeroed(kSmall, 16, &err);
     REQUIRE(z == a);
-    CHECK(reads_zero(z, kSmall));
+    CHECK(all_zero(z, kSmall));
     t.h.deallocate(z);
     CHECK(t.h.stats().blocks_live == 0);
   }
@@ -80,7 +73,7 @@ TEST_CASE("a freed mapping past the bound is due: a reuse that comes first takes
     REQUIRE(z == a);
     CHECK(t.os.released_bytes.load() == released);  // reused warm: no release at all
     CHECK(t.os.arena_maps.load() == maps);
-    CHECK(reads_zero(z, kBig));  // its pages held the old block's: cleared
+    CHECK(all_zero(z, kBig));  // its pages held the old block's: cleared
     t.h.decay(false);  // no longer due: out of the cache, live
     CHECK(t.os.released_bytes.load() == released);
     t.h.deallocate(z);
@@ -112,7 +105,7 @@ TEST_CASE("a due mapping's pages go back before a new large mapping, or at a dec
       void* b = allocate_large(t.h, kBig);
       CHECK(b == a);
       CHECK(t.os.arena_maps.load() == maps);
-      CHECK(reads_zero(b, kBig));
+      CHECK(all_zero(b, kBig));
       fill(b, kBig, 7);
       CHECK(holds(b, kBig, 7));
       t.h.deallocate(b);
@@ -120,7 +113,7 @@ TEST_CASE("a due mapping's pages go back before a new large mapping, or at a dec
       core::alloc_error err = core::alloc_error::none;
       void* z = t.h.allocate_zeroed(kBig, 16, &err);  // released: zeros, nothing cleared
       REQUIRE(z == a);
-      CHECK(reads_zero(z, kBig));
+      CHECK(all_zero(z, kBig));
       t.h.deallocate(z);
       if (other != nullptr) t.h.deallocate(other);
       CHECK(t.h.stats().blocks_live == 0);
@@ -150,7 +143,7 @@ TEST_CASE("the bound follows the bytes live in large blocks: half of them") {
   void* b = allocate_large(t.h, kBig);
   CHECK(((a == p[0] && b == p[1]) || (a == p[1] && b == p[0])));
   CHECK(holds(p[0], kBig, 8));
-  CHECK(reads_zero(p[1], kBig));
+  CHECK(all_zero(p[1], kBig));
   for (void* q : {a, b, p[2], p[3]}) t.h.deallocate(q);
   CHECK(t.h.stats().blocks_live == 0);
 }

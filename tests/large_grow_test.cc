@@ -22,6 +22,7 @@
 namespace core = dropalloc::core;
 namespace os = dropalloc::os;
 using dropalloc::block_state;
+using dropalloc::testing::all_zero;
 using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
 using dropalloc::testing::holds;
@@ -31,14 +32,6 @@ namespace {
 
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kLarge = 300 * 1024;  // above the largest class: a mapping of its own
-
-bool all_zero(const void* p, std::size_t n) {
-  auto* b = static_cast<const unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (b[i] != 0) return false;
-  }
-  return true;
-}
 
 // Grows p to `bytes`, retrying with fresh blocks when the address space after
 // one is taken (another mapping may sit there): returns the block that grew,

@@ -23,6 +23,7 @@
 #include "allocator/os/fake_os.h"
 #include "tests/attack15/common.h"
 #include "tests/fake_resource.h"
+#include "tests/pattern.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
@@ -30,6 +31,7 @@ using dropalloc::droppable_resource;
 
 using attack15::fill;
 using attack15::name;
+using dropalloc::testing::all_zero;
 
 namespace {
 
@@ -63,14 +65,6 @@ constexpr dropalloc::backing kBackings[] = {dropalloc::backing::droppable, dropa
 void* last_page(void* p, std::size_t n) {
   auto a = reinterpret_cast<std::uintptr_t>(p) + n - 1;
   return reinterpret_cast<void*>(a & ~std::uintptr_t{4095});
-}
-
-bool all_zero(const void* p, std::size_t n) {
-  auto* b = static_cast<const unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (b[i] != 0) return false;
-  }
-  return true;
 }
 
 }  // namespace

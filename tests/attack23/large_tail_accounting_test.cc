@@ -35,8 +35,11 @@
 #include "tests/core_heap.h"
 #include "tests/live_set.h"
 #include "tests/pattern.h"
+#include "tests/rng.h"
 
 namespace core = dropalloc::core;
+using dropalloc::testing::all_zero;
+using dropalloc::testing::rng;
 using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
 using dropalloc::testing::live_set;
@@ -53,25 +56,6 @@ constexpr std::size_t kTail = kMapping - kRequest;
 static_assert(2 * kTail == core::kLargeTailKeptMaxBytes);
 
 std::size_t round_page(std::size_t n) { return (n + kPage - 1) / kPage * kPage; }
-
-struct rng {
-  std::uint64_t s;
-  std::uint64_t next() {
-    std::uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  std::uint64_t below(std::uint64_t n) { return next() % n; }
-};
-
-bool all_zero(const void* p, std::size_t n) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (b[i] != 0) return false;
-  }
-  return true;
-}
 
 struct blk {
   void* p;

@@ -42,9 +42,12 @@
 #include "tests/core_heap.h"
 #include "tests/live_set.h"
 #include "tests/pattern.h"
+#include "tests/rng.h"
 
 namespace core = dropalloc::core;
 namespace os = dropalloc::os;
+using dropalloc::testing::all_zero;
+using dropalloc::testing::rng;
 using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
 using dropalloc::testing::live_set;
@@ -85,29 +88,6 @@ struct counting_os final : os::os_interface {
   int fallback_reason() noexcept override { return real.fallback_reason(); }
   int settle_translations() noexcept override { return real.settle_translations(); }
 };
-
-struct rng {
-  std::uint64_t s;
-  std::uint64_t next() {
-    std::uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  std::uint64_t below(std::uint64_t n) { return next() % n; }
-};
-
-bool all_zero(const void* p, std::size_t n) {
-  static const unsigned char zeros[64 * 1024] = {};
-  const auto* b = static_cast<const unsigned char*>(p);
-  while (n != 0) {
-    std::size_t k = std::min(n, sizeof zeros);
-    if (std::memcmp(b, zeros, k) != 0) return false;
-    b += k;
-    n -= k;
-  }
-  return true;
-}
 
 // The exact probe described at the top. `released` counts release_pages bytes.
 template <class Released>

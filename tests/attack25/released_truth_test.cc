@@ -29,6 +29,7 @@
 namespace core = dropalloc::core;
 using dropalloc::block_ref;
 using dropalloc::block_state;
+using dropalloc::testing::all_zero;
 using dropalloc::testing::fill;
 using dropalloc::testing::holds;
 
@@ -37,14 +38,6 @@ namespace {
 constexpr std::size_t kKiB = 1024;
 constexpr std::size_t kMiB = kKiB * kKiB;
 constexpr std::size_t kPage = 4096;
-
-bool all_zero(const void* p, std::size_t n) {
-  const auto* b = static_cast<const unsigned char*>(p);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (b[i] != 0) return false;
-  }
-  return true;
-}
 
 std::vector<unsigned char> pattern(std::size_t n, std::size_t seed) {
   std::vector<unsigned char> v(n);

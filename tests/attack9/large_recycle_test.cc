@@ -12,20 +12,15 @@
 #include <vector>
 
 #include "allocator/dropalloc.h"
+#include "tests/pattern.h"
 
 using dropalloc::block_ref;
 using dropalloc::block_state;
 using dropalloc::droppable_resource;
+using dropalloc::testing::all_zero;
 
 namespace {
 constexpr std::size_t kPg = 4096;
-
-bool all_zero(const unsigned char* p, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) {
-    if (p[i] != 0) return false;
-  }
-  return true;
-}
 }  // namespace
 
 TEST_CASE("recycled large mapping: old lives stale, released tail zero, drops seen where data was") {

@@ -1,0 +1,42 @@
+"""A test program run with libdropalloc.so preloaded, once per environment."""
+
+load("@rules_cc//cc:defs.bzl", "cc_binary")
+
+def preloaded_program_tests(name, srcs, variants, size = "medium"):
+    """Builds program `name` from srcs and one sh_test per variant.
+
+    Each test runs the program through run_preloaded.sh, which requires that
+    the preload took. Tagged no_sanitizer: a sanitizer runtime owns malloc.
+
+    Args:
+      name: the program.
+      srcs: its sources (C or C++; tests/shim/shim_check.h available).
+      variants: list of (test name, environment dict) pairs.
+      size: the tests' size.
+    """
+    cc_binary(
+        name = name,
+        testonly = True,
+        srcs = srcs,
+        linkopts = [
+            "-ldl",
+            "-lpthread",
+        ],
+        deps = [
+            "//allocator:c_api_header",
+            "//tests/shim:shim_check",
+        ],
+    )
+    for test_name, env in variants:
+        native.sh_test(
+            name = test_name,
+            size = size,
+            srcs = ["//tests/shim:run_preloaded.sh"],
+            args = ["$(location :%s)" % name],
+            data = [
+                ":" + name,
+                "//allocator:libdropalloc.so",
+            ],
+            env = env,
+            tags = ["no_sanitizer"],
+        )
