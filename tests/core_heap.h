@@ -21,18 +21,23 @@ inline core::heap_options with_os(os::os_interface* o) {
 
 // As with_os, for a heap whose large cache and empty arenas keep what they
 // hold for the length of a test: nothing leaves them on a clock.
-inline core::heap_options with_os_no_decay(os::os_interface* o) {
+// `purger`: the heap asks for the background purger thread (background_decay),
+// whose passes then come only after the test; a heap that has one leaves a
+// freed large mapping past the cache's resident bound due (its pages go at
+// the next decay pass or new large mapping), one without releases it at once.
+inline core::heap_options with_os_no_decay(os::os_interface* o, bool purger = false) {
   core::heap_options opt = with_os(o);
   opt.empty_arena_decay_ms = 600000;
+  opt.background_decay = purger;
   return opt;
 }
 
 // with_os_no_decay over a fake OS layer (os/fake_os.h) that reports
 // `memory`, set before the heap is built (which may ask).
 template <class FakeOs>
-core::heap_options with_fake_os(FakeOs* os, backing memory) {
+core::heap_options with_fake_os(FakeOs* os, backing memory, bool purger = false) {
   os->reported_backing = memory;
-  return with_os_no_decay(os);
+  return with_os_no_decay(os, purger);
 }
 
 // A block of `bytes` from h, which the test requires to succeed.

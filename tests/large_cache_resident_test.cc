@@ -4,6 +4,11 @@
 // before the next new large mapping or at a decay pass, unless a reuse comes
 // first; released, it needs no new mapping when reused, and reads as zeros.
 #include <doctest/doctest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cstddef>
 #include <cstdint>
@@ -31,7 +36,10 @@ static_assert(kSmall >= kMiB && kBig <= 16 * kMiB, "sizes within the large cache
 struct heap_over_fake_os {
   dropalloc::os::fake_os os;
   core::heap h;
-  explicit heap_over_fake_os(dropalloc::backing memory) : h(dropalloc::testing::with_fake_os(&os, memory)) {}
+  // With a purger thread (whose passes come after the test): due mappings
+  // wait for a decay pass or a new mapping.
+  explicit heap_over_fake_os(dropalloc::backing memory, bool purger = true)
+      : h(dropalloc::testing::with_fake_os(&os, memory, purger)) {}
 };
 
 }  // namespace
@@ -121,6 +129,24 @@ TEST_CASE("a due mapping's pages go back before a new large mapping, or at a dec
   }
 }
 
+TEST_CASE("without a purger thread a due mapping's pages go back as it is freed") {
+  // No decay pass would come unless the program asked (trim).
+  for (auto memory : {dropalloc::backing::ordinary, dropalloc::backing::droppable}) {
+    heap_over_fake_os t(memory, /*purger=*/false);
+    void* a = allocate_large(t.h, kBig);
+    fill(a, kBig, 6);
+    const std::uint64_t released = t.os.released_bytes.load();
+    t.h.deallocate(a);
+    CHECK(t.os.released_bytes.load() - released == kBig);
+    CHECK(t.h.has_decay_work());  // still cached: unmapped after the decay time
+    void* z = allocate_large(t.h, kBig);
+    CHECK(z == a);
+    CHECK(all_zero(z, kBig));
+    t.h.deallocate(z);
+    CHECK(t.h.stats().blocks_live == 0);
+  }
+}
+
 TEST_CASE("the bound follows the bytes live in large blocks: half of them") {
   heap_over_fake_os t(dropalloc::backing::ordinary);
   // 4 * kBig live. The first freed leaves 3 * kBig live, a bound of 1.5 * kBig:
@@ -163,5 +189,52 @@ TEST_CASE("a mapping that grew in place counts its new size as live") {
   t.h.deallocate(b);
   CHECK(t.os.released_bytes.load() == released);
   t.h.deallocate(a);
+  CHECK(t.h.stats().blocks_live == 0);
+}
+
+TEST_CASE("a fork while another thread releases a due mapping's pages: the child has it back in its cache") {
+  heap_over_fake_os t(dropalloc::backing::ordinary);
+  void* a = allocate_large(t.h, kBig);
+  fill(a, kBig, 4);
+  t.h.deallocate(a);  // due: alone past the floor
+  struct window {
+    std::atomic<int> inside{0};
+    std::atomic<bool> go{false};
+    static void hook(void* ctx) {
+      auto* w = static_cast<window*>(ctx);
+      w->inside.store(1);
+      while (!w->go.load()) std::this_thread::yield();
+    }
+  } w;
+  t.os.on_release = &window::hook;
+  t.os.on_release_ctx = &w;
+  std::thread releaser([&] { t.h.decay(false); });  // takes a out of its slot, then the hook waits
+  while (w.inside.load() == 0) std::this_thread::yield();
+  const int maps = t.os.arena_maps.load();
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // The releasing thread does not exist here: without the fork handler a
+    // would stay out of the cache (and mapped) for good.
+    t.os.on_release = nullptr;
+    core::alloc_error err = core::alloc_error::none;
+    void* z = t.h.allocate_zeroed(kBig, 16, &err);  // cached as kept: cleared
+    const bool back = z == a && t.os.arena_maps.load() == maps && all_zero(z, kBig);
+    if (z != nullptr) t.h.deallocate(z);
+    t.h.trim();
+    _exit(back && t.h.stats().bytes_mapped == 0 ? 0 : 1);
+  }
+  w.go.store(true);
+  releaser.join();
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  // The parent's releaser put it back itself, released.
+  t.os.on_release = nullptr;
+  void* b = allocate_large(t.h, kBig);
+  CHECK(b == a);
+  CHECK(all_zero(b, kBig));
+  t.h.deallocate(b);
   CHECK(t.h.stats().blocks_live == 0);
 }

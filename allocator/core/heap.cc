@@ -321,6 +321,7 @@ std::size_t heap::release_due_large() noexcept {
       // stays in all_ (its address still ours, its state free).
       large_cache_[i] = nullptr;
       uncache_large_locked(c);
+      c->large_releasing = true;
       cached_ms[n] = large_cached_ms_[i];
       due[n++] = c;
     }
@@ -336,24 +337,51 @@ std::size_t heap::release_due_large() noexcept {
   {
     lock_guard guard(segments_lock_);
     for (int i = 0; i < n; ++i) {
-      segment* c = due[i];
-      int slot = -1;
-      for (int j = 0; j < kLargeCacheSlots && slot < 0; ++j) {
-        if (large_cache_[j] == nullptr) slot = j;
-      }
-      if (slot < 0 || large_cache_bytes_ + c->span > kLargeCacheMaxBytes) {
-        unlink_all_locked(c);  // the cache filled up meanwhile
-        unmapped[n_unmapped++] = c;
-        continue;
-      }
-      large_cache_[slot] = c;
-      large_cached_ms_[slot] = cached_ms[i];  // it ages from its free, not from now
-      large_cache_bytes_ += c->span;
-      if (!c->large_released) large_cache_resident_bytes_ += c->span;
+      if (!recache_large_locked(due[i], cached_ms[i])) unmapped[n_unmapped++] = due[i];
     }
   }
   destroy_segments(*os_, unmapped, n_unmapped);
   return released;
+}
+
+bool heap::recache_large_locked(segment* c, std::uint64_t cached_ms) noexcept {
+  c->large_releasing = false;
+  int slot = -1;
+  for (int j = 0; j < kLargeCacheSlots && slot < 0; ++j) {
+    if (large_cache_[j] == nullptr) slot = j;
+  }
+  if (slot < 0 || large_cache_bytes_ + c->span > kLargeCacheMaxBytes) {
+    unlink_all_locked(c);  // the cache filled up meanwhile
+    return false;
+  }
+  large_cache_[slot] = c;
+  large_cached_ms_[slot] = cached_ms;  // it ages from its free, not from now
+  large_cache_bytes_ += c->span;
+  if (!c->large_released) large_cache_resident_bytes_ += c->span;
+  // A decay pass that ran while it was out of its slot did not see it, and
+  // may have found nothing left to do: it still has to be handed back.
+  note_decay_work();
+  return true;
+}
+
+void heap::restore_large_cache_after_fork() noexcept {
+  internal::registry_t& r = internal::registry();
+  lock_guard registry_guard(r.lock);
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) {
+    segment* unmapped[kLargeCacheSlots];
+    int n_unmapped = 0;
+    {
+      lock_guard guard(h->segments_lock_);
+      for (segment* s = h->all_; s != nullptr && n_unmapped < kLargeCacheSlots; s = s->all_next) {
+        if (s->cls != kLargeClass || !s->large_releasing) continue;
+        // Its release may or may not have been made: cached as kept, so that
+        // a calloc that reuses it clears it.
+        s->large_released = false;
+        if (!h->recache_large_locked(s, now_ms())) unmapped[n_unmapped++] = s;
+      }
+    }
+    destroy_segments(*h->os_, unmapped, n_unmapped);
+  }
 }
 
 bool heap::cache_large(segment* s) noexcept {
@@ -362,10 +390,11 @@ bool heap::cache_large(segment* s) noexcept {
   // for a grace period and the munmaps.
   segment* evicted[kLargeCacheSlots];
   int n_evicted = 0;
-  bool kept = false;
+  bool kept = false, due = false;
   if (s->span > kLargeCacheMaxBytes / 2) return false;
   s->large_released = false;
   s->large_release_due = false;
+  s->large_releasing = false;
   {
     lock_guard guard(segments_lock_);
     std::uint64_t now = now_ms();
@@ -397,11 +426,15 @@ bool heap::cache_large(segment* s) noexcept {
       if (large_cache_resident_bytes_ > large_cache_resident_bound()) {
         s->large_release_due = true;
         large_cache_due_.store(large_cache_due_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        due = true;
       }
       kept = true;
     }
   }
   destroy_segments(*os_, evicted, n_evicted);
+  // Without a purger thread no decay pass comes unless the program asks
+  // (trim): hand the pages back now, as the free that made them due.
+  if (due && (!options_.background_decay || purger::unavailable())) (void)release_due_large();
   return kept;
 }
 

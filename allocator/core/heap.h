@@ -72,7 +72,9 @@ inline constexpr std::size_t kLargeTailKeptMaxBytes = 16u << 20;
 // bytes live in large blocks (or this floor if that is more), it is marked
 // due: its pages go back to the OS (it keeps its address and header, and
 // reads as zeros when reused) before the heap maps a new large block, or at
-// the next decay pass, unless a reuse takes it first with its pages warm.
+// the next decay pass, unless a reuse takes it first with its pages warm. A
+// heap without a purger thread, where no decay pass would come, releases
+// them at the free.
 // The rule is applied as each mapping comes in: live bytes that fall later
 // leave the kept ones as they are, until the decay time hands the cache back.
 // Churn among many large blocks (bench malloc_large: 5-25 MiB, up to 20
@@ -210,6 +212,10 @@ class heap {
   // In a forked child: decay work pending from the parent asks the (new)
   // purger again, since note_decay_work() asks only when work first appears.
   static void resume_decay_after_fork() noexcept;
+  // In a forked child: cached large mappings that a thread of the parent had
+  // out of the cache's slots while it released their pages go back in
+  // (that thread does not exist here to do it).
+  static void restore_large_cache_after_fork() noexcept;
   // One pass of the background purger over every heap with
   // options.background_decay. Returns whether any still has decay work.
   static bool decay_background_heaps() noexcept;
@@ -364,6 +370,9 @@ class heap {
   // them meanwhile) and comes back released, or is unmapped if the cache
   // filled up meanwhile. Returns the bytes released.
   std::size_t release_due_large() noexcept;
+  // Puts c, out of the cache's slots, back in one (or unlinks it from all_
+  // for the caller to unmap: false). Notes decay work.
+  bool recache_large_locked(segment* c, std::uint64_t cached_ms) noexcept;
   std::size_t large_cache_resident_bound() const noexcept;
   segment* large_cache_[kLargeCacheSlots] = {};
   std::uint64_t large_cached_ms_[kLargeCacheSlots] = {};

@@ -16,16 +16,31 @@ namespace {
 pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 pthread_cond_t g_wake = PTHREAD_COND_INITIALIZER;
 bool g_pending = false;  // guarded by g_lock
+bool g_shorter = false;  // a request lowered the tick during a sleep (guarded by g_lock)
 
 std::atomic<bool> g_wanted{false};     // a request came while no thread ran
 std::atomic<bool> g_running{false};    // a thread exists in this process
 std::atomic<bool> g_failed{false};     // pthread_create refused; do not retry
 std::atomic<std::uint64_t> g_tick_ms{1000};
 
-void sleep_ms(std::uint64_t ms) {
-  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000};
-  while (nanosleep(&ts, &ts) != 0) {
+// Sleeps one tick, or until a request lowers the tick: a heap with a long
+// decay time asking first must not hold back one with a short decay time
+// that asks during that sleep.
+void sleep_tick() {
+  pthread_mutex_lock(&g_lock);
+  const std::uint64_t ms = g_tick_ms.load(std::memory_order_relaxed);
+  timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);  // the condition variable's clock
+  deadline.tv_sec += static_cast<time_t>(ms / 1000);
+  deadline.tv_nsec += static_cast<long>(ms % 1000) * 1000000;
+  if (deadline.tv_nsec >= 1000000000) {
+    deadline.tv_sec += 1;
+    deadline.tv_nsec -= 1000000000;
   }
+  g_shorter = false;
+  while (!g_shorter && pthread_cond_timedwait(&g_wake, &g_lock, &deadline) == 0) {
+  }
+  pthread_mutex_unlock(&g_lock);
 }
 
 void* run(void*) {
@@ -37,7 +52,7 @@ void* run(void*) {
     pthread_mutex_unlock(&g_lock);
     // Tick until nothing is left to decay, then wait for the next request.
     do {
-      sleep_ms(g_tick_ms.load(std::memory_order_relaxed));
+      sleep_tick();
     } while (heap::decay_background_heaps());
   }
   return nullptr;
@@ -48,10 +63,12 @@ void* run(void*) {
 void request(std::uint64_t tick_ms) noexcept {
   if (tick_ms == 0) tick_ms = 1;
   std::uint64_t cur = g_tick_ms.load(std::memory_order_relaxed);
-  while (tick_ms < cur && !g_tick_ms.compare_exchange_weak(cur, tick_ms, std::memory_order_relaxed)) {
+  bool lowered = false;
+  while (tick_ms < cur && !(lowered = g_tick_ms.compare_exchange_weak(cur, tick_ms, std::memory_order_relaxed))) {
   }
   pthread_mutex_lock(&g_lock);
   g_pending = true;
+  if (lowered) g_shorter = true;
   pthread_cond_signal(&g_wake);
   pthread_mutex_unlock(&g_lock);
   if (!g_running.load(std::memory_order_acquire)) g_wanted.store(true, std::memory_order_relaxed);

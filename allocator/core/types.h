@@ -289,6 +289,9 @@ struct segment {
   bool large_release_due;          // in the large cache with its pages, past the
                                    // resident bound: they go back unless it is reused
                                    // first (guarded by the heap's segments lock)
+  bool large_releasing;            // out of the cache's slots while its pages go
+                                   // (heap::release_due_large; guarded by the heap's
+                                   // segments lock): a forked child puts it back
   segment* next;                   // class list links
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)

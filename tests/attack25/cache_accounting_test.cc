@@ -8,8 +8,8 @@
 // with every block freed and the cache emptied (trim), a 40 MiB ballast
 // (never cached: over 32 MiB), a 260 KiB block x and a 20 MiB block big:
 //   free big: live 40 MiB + 260 KiB, bound 20 MiB + 130 KiB: kept (0 released)
-//   free x:   live 40 MiB, bound 20 MiB, resident 20 MiB + 260 KiB: due,
-//             released by the next decay pass (nothing else is due then)
+//   free x:   live 40 MiB, bound 20 MiB, resident 20 MiB + 260 KiB: released
+//             (these heaps have no purger thread: the free releases it)
 // A live count off by more than 260 KiB either way, or a resident count
 // that leaked, wrapped or lost more than 130 KiB, fails one of the two.
 // Then calloc of x's size must take x back and read zero, and big's size
@@ -104,9 +104,7 @@ void probe_bound(core::heap& h, Released released, const char* when) {
   h.deallocate(big);
   CHECK(released() - r0 == 0);  // within the bound: kept
   h.deallocate(x);
-  CHECK(released() - r0 == 0);  // past it: due, its pages kept until...
-  h.decay(false);
-  CHECK(released() - r0 == 260 * kKiB);  // ...the next decay pass hands them back
+  CHECK(released() - r0 == 260 * kKiB);  // past it: handed back
   core::alloc_error err = core::alloc_error::none;
   void* z = h.allocate_zeroed(260 * kKiB, 16, &err);
   REQUIRE(z != nullptr);
@@ -324,11 +322,10 @@ TEST_CASE("a reused mapping that was released reads zero whatever the ratio, ali
   // written all over before each free (tails included).
   os::fake_os o;
   core::heap h(dropalloc::testing::with_fake_os(&o, dropalloc::backing::ordinary));
-  const std::size_t span = 16 * kMiB;  // alone past the 4 MiB floor: due on every free
+  const std::size_t span = 16 * kMiB;  // alone past the 4 MiB floor: released on every free
   void* m = allocate_large(h, span);
   std::memset(m, 0xee, span);
   h.deallocate(m);
-  h.decay(false);
   for (std::size_t req = span; req >= span / 4; req -= 3 * kMiB / 4 + 4096 * 7) {
     for (std::size_t align : {std::size_t{16}, std::size_t{4096}, std::size_t{4} * kMiB}) {
       INFO("request " << req << " align " << align);
@@ -343,8 +340,6 @@ TEST_CASE("a reused mapping that was released reads zero whatever the ratio, ali
       CHECK(u == span);
       std::memset(z, 0xee, u);  // the whole usable size, as malloc_usable_size allows
       h.deallocate(z);
-      CHECK(o.released_bytes.load() - r0 == 0);  // due: released at the next decay pass
-      h.decay(false);
       CHECK(o.released_bytes.load() - r0 == span);
     }
   }
