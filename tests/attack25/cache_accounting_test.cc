@@ -40,6 +40,7 @@
 #include "allocator/os/fake_os.h"
 #include "allocator/os/os.h"
 #include "tests/core_heap.h"
+#include "tests/forwarding_os.h"
 #include "tests/live_set.h"
 #include "tests/pattern.h"
 #include "tests/rng.h"
@@ -61,13 +62,10 @@ constexpr std::size_t kPage = 4096;
 static_assert(core::kLargeCacheResidentFloorBytes == 4 * kMiB);
 
 // A real OS layer that counts what the heap hands back.
-struct counting_os final : os::os_interface {
-  os::os_interface& real;
+struct counting_os final : dropalloc::testing::forwarding_os {
   std::atomic<std::uint64_t> released_bytes{0};
   std::atomic<int> extend_fail{0};  // next extend_arena calls that fail
-  explicit counting_os(os::os_interface& r) : real(r) {}
-  void* map_arena(std::size_t b, std::size_t a, int* e) noexcept override { return real.map_arena(b, a, e); }
-  void unmap_arena(void* p, std::size_t b) noexcept override { real.unmap_arena(p, b); }
+  explicit counting_os(os::os_interface& r) : forwarding_os(r) {}
   int extend_arena(void* p, std::size_t o, std::size_t n) noexcept override {
     int want = extend_fail.load();
     while (want > 0) {
@@ -75,18 +73,10 @@ struct counting_os final : os::os_interface {
     }
     return real.extend_arena(p, o, n);
   }
-  void* map_metadata(std::size_t b, int* e) noexcept override { return real.map_metadata(b, e); }
-  void unmap_metadata(void* p, std::size_t b) noexcept override { real.unmap_metadata(p, b); }
-  int seal_pages(void* p, std::size_t b) noexcept override { return real.seal_pages(p, b); }
   int release_pages(void* p, std::size_t b) noexcept override {
     released_bytes += b;
     return real.release_pages(p, b);
   }
-  int drop_pages(void* p, std::size_t b) noexcept override { return real.drop_pages(p, b); }
-  std::size_t resident_bytes(const void* p, std::size_t b) noexcept override { return real.resident_bytes(p, b); }
-  dropalloc::backing arena_backing() noexcept override { return real.arena_backing(); }
-  int fallback_reason() noexcept override { return real.fallback_reason(); }
-  int settle_translations() noexcept override { return real.settle_translations(); }
 };
 
 // The exact probe described at the top. `released` counts release_pages bytes.

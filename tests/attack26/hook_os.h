@@ -9,26 +9,26 @@
 #include <cstdint>
 
 #include "allocator/os/os.h"
+#include "tests/forwarding_os.h"
 
 namespace dropalloc::testing {
 
-struct hook_os final : os::os_interface {
-  os::os_interface& real;
+struct hook_os final : forwarding_os {
   std::atomic<std::uint64_t> released_bytes{0};
   std::atomic<std::uint64_t> releases{0};
   std::atomic<std::int64_t> maps{0};
   using hook_fn = void (*)(void* ctx, void* p, std::size_t bytes);
   std::atomic<hook_fn> on_release{nullptr};
-  std::atomic<int> fail_releases{0};
-  std::atomic<int> in_hook{0};  // calls inside the hook now
+  std::atomic<int> fail_releases{0};  // the next this many releases are refused (EAGAIN)
+  std::atomic<int> in_hook{0};        // calls inside the hook now
+  void* ctx = nullptr;
+  explicit hook_os(os::os_interface& r) : forwarding_os(r) {}
   // Clears the hook and waits for calls inside it (the purger's) to leave.
   void clear_hook() {
     on_release = nullptr;
     while (in_hook.load() != 0) {
     }
-  }  // the next this many releases are refused (EAGAIN)
-  void* ctx = nullptr;
-  explicit hook_os(os::os_interface& r) : real(r) {}
+  }
   void* map_arena(std::size_t b, std::size_t a, int* e) noexcept override {
     void* p = real.map_arena(b, a, e);
     if (p != nullptr) ++maps;
@@ -38,10 +38,6 @@ struct hook_os final : os::os_interface {
     --maps;
     real.unmap_arena(p, b);
   }
-  int extend_arena(void* p, std::size_t o, std::size_t n) noexcept override { return real.extend_arena(p, o, n); }
-  void* map_metadata(std::size_t b, int* e) noexcept override { return real.map_metadata(b, e); }
-  void unmap_metadata(void* p, std::size_t b) noexcept override { real.unmap_metadata(p, b); }
-  int seal_pages(void* p, std::size_t b) noexcept override { return real.seal_pages(p, b); }
   int release_pages(void* p, std::size_t b) noexcept override {
     if (hook_fn f = on_release.load()) {
       ++in_hook;
@@ -56,11 +52,6 @@ struct hook_os final : os::os_interface {
     ++releases;
     return real.release_pages(p, b);
   }
-  int drop_pages(void* p, std::size_t b) noexcept override { return real.drop_pages(p, b); }
-  std::size_t resident_bytes(const void* p, std::size_t b) noexcept override { return real.resident_bytes(p, b); }
-  dropalloc::backing arena_backing() noexcept override { return real.arena_backing(); }
-  int fallback_reason() noexcept override { return real.fallback_reason(); }
-  int settle_translations() noexcept override { return real.settle_translations(); }
 };
 
 }  // namespace dropalloc::testing
