@@ -33,9 +33,14 @@ class live_set {
     it->second = n;
     return true;
   }
-  void remove(const void* p) {
+  // False if p was not live.
+  bool remove(const void* p) {
     std::lock_guard<std::mutex> g(m_);
-    iv_.erase(reinterpret_cast<std::uintptr_t>(p));
+    return iv_.erase(reinterpret_cast<std::uintptr_t>(p)) == 1;
+  }
+  bool empty() {
+    std::lock_guard<std::mutex> g(m_);
+    return iv_.empty();
   }
 
  private:

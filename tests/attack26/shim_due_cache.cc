@@ -24,14 +24,16 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <map>
-#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "tests/live_set.h"
+#include "tests/pattern.h"
 #include "tests/shim/shim_check.h"
 
 #pragma GCC diagnostic ignored "-Wuse-after-free"
+
+using dropalloc::testing::all_zero;
 
 namespace {
 
@@ -42,17 +44,6 @@ size_t opaque(size_t v) {
   return x;
 }
 
-bool all_zero(const void* p, size_t n) {
-  static const unsigned char zeros[64 * 1024] = {};
-  const auto* b = static_cast<const unsigned char*>(p);
-  while (n != 0) {
-    size_t k = n < sizeof zeros ? n : sizeof zeros;
-    if (memcmp(b, zeros, k) != 0) return false;
-    b += k;
-    n -= k;
-  }
-  return true;
-}
 
 // Every page's first byte and the last byte.
 bool holds_byte(const void* p, size_t n, unsigned char v) {
@@ -63,22 +54,10 @@ bool holds_byte(const void* p, size_t n, unsigned char v) {
   return n == 0 || b[n - 1] == v;
 }
 
-std::mutex g_lock;
-std::map<uintptr_t, size_t> g_live;
+dropalloc::testing::live_set g_live;  // no two live blocks overlap
 
-void live_add(void* p) {
-  size_t n = malloc_usable_size(p);
-  std::lock_guard<std::mutex> g(g_lock);
-  auto a = reinterpret_cast<uintptr_t>(p);
-  auto it = g_live.lower_bound(a);
-  CHECK(!(it != g_live.end() && it->first < a + n));
-  CHECK(!(it != g_live.begin() && std::prev(it)->first + std::prev(it)->second > a));
-  g_live.emplace(a, n);
-}
-void live_remove(void* p) {
-  std::lock_guard<std::mutex> g(g_lock);
-  CHECK(g_live.erase(reinterpret_cast<uintptr_t>(p)) == 1);
-}
+void live_add(void* p) { CHECK(g_live.add(p, malloc_usable_size(p))); }
+void live_remove(void* p) { CHECK(g_live.remove(p)); }
 
 void due_ratios(size_t span) {
   for (size_t req = span; req >= span / 4; req -= span / 8 + 4096 * 3) {

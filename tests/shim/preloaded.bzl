@@ -2,7 +2,7 @@
 
 load("@rules_cc//cc:defs.bzl", "cc_binary")
 
-def preloaded_program_tests(name, srcs, variants, size = "medium"):
+def preloaded_program_tests(name, srcs, variants, size = "medium", deps = []):
     """Builds program `name` from srcs and one sh_test per variant.
 
     Each test runs the program through run_preloaded.sh, which requires that
@@ -13,6 +13,7 @@ def preloaded_program_tests(name, srcs, variants, size = "medium"):
       srcs: its sources (C or C++; tests/shim/shim_check.h available).
       variants: list of (test name, environment dict) pairs.
       size: the tests' size.
+      deps: test helpers the program uses beyond tests/shim/shim_check.h.
     """
     cc_binary(
         name = name,
@@ -25,7 +26,7 @@ def preloaded_program_tests(name, srcs, variants, size = "medium"):
         deps = [
             "//allocator:c_api_header",
             "//tests/shim:shim_check",
-        ],
+        ] + deps,
     )
     for test_name, env in variants:
         native.sh_test(
