@@ -59,6 +59,13 @@ dropalloc::testing::live_set g_live;  // no two live blocks overlap
 void live_add(void* p) { CHECK(g_live.add(p, malloc_usable_size(p))); }
 void live_remove(void* p) { CHECK(g_live.remove(p)); }
 
+// Whether a freed mapping stays in the cache between two calls: with a
+// decay time of a few milliseconds the purger may unmap it at any moment.
+bool cache_keeps_it() {
+  const char* d = getenv("DROPALLOC_DECAY_MS");
+  return d == nullptr || atoi(d) >= 100;
+}
+
 void due_ratios(size_t span) {
   for (size_t req = span; req >= span / 4; req -= span / 8 + 4096 * 3) {
     void* m = malloc(opaque(span));
@@ -66,7 +73,8 @@ void due_ratios(size_t span) {
     memset(m, 0xee, malloc_usable_size(m));
     free(m);  // due (nothing much live): pages kept
     void* z = calloc(1, opaque(req));  // warm reuse: must clear
-    CHECK(z == m);
+    CHECK(z != nullptr);
+    if (cache_keeps_it()) CHECK(z == m);
     CHECK(all_zero(z, req));
     memset(z, 0xee, malloc_usable_size(z));
     free(z);  // due again
