@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the test suite: plain, then dropalloc used from other projects
-# (consumers), then under ASan, UBSan and TSan.
+# (consumers), then under ASan and UBSan (one build), then TSan.
 # Stops at the first failing stage with a non-zero exit status.
 #
 #   DROPALLOC_TEST_CONFIGS  space-separated stages to run
-#                           (default: "plain consumers asan ubsan tsan")
+#                           (default: "plain consumers asan_ubsan tsan";
+#                           asan and ubsan run one sanitizer each)
 #                           consumers: tests/packaging/consumers.sh builds the
 #                           example consumers with Bazel (own output base),
 #                           CMake and pkg-config, and runs them
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
-configs=${DROPALLOC_TEST_CONFIGS:-plain consumers asan ubsan tsan}
+configs=${DROPALLOC_TEST_CONFIGS:-plain consumers asan_ubsan tsan}
 
 bazel_flags=()
 if [[ "${CI:-}" == "true" ]]; then
@@ -23,9 +24,9 @@ fi
 
 for config in $configs; do
   case "$config" in
-    plain|consumers|asan|ubsan|tsan) ;;
+    plain|consumers|asan|ubsan|asan_ubsan|tsan) ;;
     *)
-      echo "test.sh: unknown stage '$config' in DROPALLOC_TEST_CONFIGS (expected plain, consumers, asan, ubsan, tsan)" >&2
+      echo "test.sh: unknown stage '$config' in DROPALLOC_TEST_CONFIGS (expected plain, consumers, asan, ubsan, asan_ubsan, tsan)" >&2
       exit 2
       ;;
   esac
