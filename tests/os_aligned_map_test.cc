@@ -87,16 +87,17 @@ void run_on(dropalloc::os::os_interface& os) {
   std::vector<arena> arenas;
   std::vector<void*> sentinels;
   const std::size_t sizes[] = {64 << 10, 4096, 1 << 20, kAlign, kAlign + 4096, 9 << 20, 300 << 10};
-  // Most rounds put a page of ours where the next arena would most likely go
-  // (just past the last one, on the alignment, and one alignment further).
+  // Most rounds put pages of ours where the next arena would most likely go
+  // (the window's next spots after the last arena).
   for (int round = 0; round < 100; ++round) {
     const std::size_t bytes = sizes[round % 7];
     arena a = map_checked(os, bytes);
     arenas.push_back(a);
     if (round % 3 != 2) {
-      const auto end = reinterpret_cast<std::uintptr_t>(a.p) + a.bytes;
-      const std::uintptr_t next = (end + kAlign - 1) / kAlign * kAlign;
-      for (std::uintptr_t at : {next, next + kAlign}) {
+      // The layer leaves a quarter of each mapping's size free after it.
+      const std::uintptr_t next =
+          reinterpret_cast<std::uintptr_t>(a.p) + (a.bytes + a.bytes / 4 + kAlign - 1) / kAlign * kAlign;
+      for (std::uintptr_t at : {next, next + kAlign, next + 2 * kAlign}) {
         if (void* s = place_sentinel(at)) sentinels.push_back(s);
       }
     }

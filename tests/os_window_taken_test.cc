@@ -2,9 +2,9 @@
 // holds all of the address space the window can be chosen from, before the
 // first arena: every try there misses, the arenas come from the kernel's own
 // placement instead (aligned, in free space), the holder's mapping stays
-// whole, and after its misses the layer stops trying (seen with strace: no
-// MAP_FIXED_NOREPLACE calls past the 64th). Its own process: the window's
-// state is per process and chosen at the first arena.
+// whole, and after its misses the layer stops trying (seen with strace: 16
+// mmap calls with an address in the range, then none). Its own process: the
+// window's state is per process and chosen at the first arena.
 #include <doctest/doctest.h>
 
 #include <sys/mman.h>

@@ -66,10 +66,6 @@ void say(const char* msg) {
   (void)ignored;
 }
 
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000  // Linux 4.17+; older kernels read it as a hint
-#endif
-
 // Arenas are tried first in a window of the address space of their own,
 // which they fill upwards one after another: a spot taken whole there is
 // already aligned, one mmap instead of an over-map and two trims (three
@@ -79,72 +75,89 @@ void say(const char* msg) {
 // (top-down from below the stack, near 128 TiB; the program and its brk heap
 // near 85 TiB); the cursor starts at a random 4 MiB step of it (22 bits of
 // randomisation in all, where the kernel's own placement has 28) and wraps
-// to the window's start at its end, by then mostly free again. The window
-// is small because the core's address map (core/segment.h) gives every 2 GiB
-// that arenas pass through a page of metadata for good: 32 pages here.
+// to the window's start at its end, by then mostly free again.
+//
+// The spot is passed as a hint, not with MAP_FIXED_NOREPLACE: the kernel
+// takes a hint whose range is free, and a sandbox's allow-list of mmap flags
+// or an interposer that drops the address (ThreadSanitizer does, and with
+// the fixed flag root then got page 0) sees an ordinary call. Each mapping
+// leaves free at least a quarter of its size after it (realloc grows a large
+// block in place into that), as the trimmed over-map used to, by chance.
+//
+// The window is small because the core's address map (core/segment.h) gives
+// every 2 GiB that arenas pass through a page of metadata for good: 32 pages
+// a window. Spots found taken in a row (kMissesInARow) move the window
+// elsewhere, at most kWindowMoves times; before any spot has worked they
+// turn it off (a sanitizer's shadow memory lives there). A failed mmap
+// (ENOMEM, EAGAIN) is no miss: it is not about the spot.
 static_assert(sizeof(std::uintptr_t) == 8, "the arena window needs a 64-bit address space");
 constexpr std::uintptr_t kWindowBytes = std::uintptr_t{64} << 30;
 constexpr std::uintptr_t kWindowsFrom = std::uintptr_t{2} << 40;
 constexpr std::uintptr_t kWindows = (std::uintptr_t{16} << 40) / kWindowBytes;
 constexpr std::size_t kWindowStep = std::size_t{4} << 20;  // every arena's alignment at least
-std::atomic<std::uintptr_t> g_window{0};       // its start; 0: not chosen yet
-std::atomic<std::uintptr_t> g_next_aligned{0};  // the cursor
+constexpr std::uint32_t kMissesInARow = 16;
+constexpr std::uint32_t kWindowMoves = 4;
 
-// Tries that found their spot taken or were refused before any succeeded.
-// Past kWindowMisses the window is left alone: something else lives there
-// (a sanitizer's shadow memory, a program's own fixed mappings), and each
-// miss costs a system call. Once a try has worked, a miss (a spot still
-// held by a long-lived arena after the cursor wrapped) just falls back.
-std::atomic<std::uint32_t> g_window_misses{0};
+// The next spot; its window is the kWindowBytes-aligned range holding it
+// (invariant: never that range's end). 0: no window chosen yet.
+std::atomic<std::uintptr_t> g_window_cursor{0};
+std::atomic<std::uint32_t> g_misses_in_a_row{0};
+std::atomic<std::uint32_t> g_window_moves{0};
 std::atomic<bool> g_window_worked{false};
-constexpr std::uint32_t kWindowMisses = 64;
+std::atomic<bool> g_window_off{false};
 
-std::uint64_t random_bits() {
+// A random spot in a random window.
+std::uintptr_t random_spot() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   std::uint64_t r = static_cast<std::uint64_t>(ts.tv_nsec) ^ (static_cast<std::uint64_t>(getpid()) << 32) ^
                     reinterpret_cast<std::uintptr_t>(&ts);  // the stack's address is randomised too
   r *= 0x9e3779b97f4a7c15ull;
-  return r ^ (r >> 29);
+  r ^= r >> 29;
+  const std::uintptr_t window = kWindowsFrom + (r >> 40) % kWindows * kWindowBytes;
+  return window + (r & 0xffffffffu) % (kWindowBytes / kWindowStep) * kWindowStep;
 }
 
-std::uintptr_t window_start() {
-  std::uintptr_t w = g_window.load(std::memory_order_relaxed);
-  if (w != 0) return w;
-  const std::uint64_t r = random_bits();
-  const std::uintptr_t chosen = kWindowsFrom + (r >> 40) % kWindows * kWindowBytes;
-  const std::uintptr_t cursor = chosen + (r & 0xffffffffu) % (kWindowBytes / kWindowStep) * kWindowStep;
-  if (g_window.compare_exchange_strong(w, chosen, std::memory_order_relaxed)) {
-    std::uintptr_t unset = 0;
-    g_next_aligned.compare_exchange_strong(unset, cursor, std::memory_order_relaxed);
-    return chosen;
+// Claims the next spot for a mapping of `step` bytes (at most an eighth of
+// the window) and moves the cursor past it.
+std::uintptr_t claim_spot(std::size_t step) {
+  std::uintptr_t cur = g_window_cursor.load(std::memory_order_relaxed);
+  std::uintptr_t want;
+  do {
+    want = cur != 0 ? cur : random_spot();
+    const std::uintptr_t window = want & ~(kWindowBytes - 1);
+    if (want + step >= window + kWindowBytes) want = window;  // wrap
+  } while (!g_window_cursor.compare_exchange_weak(cur, want + step, std::memory_order_relaxed));
+  return want;
+}
+
+void note_spot_taken() {
+  if (g_misses_in_a_row.fetch_add(1, std::memory_order_relaxed) + 1 < kMissesInARow) return;
+  g_misses_in_a_row.store(0, std::memory_order_relaxed);
+  if (!g_window_worked.load(std::memory_order_relaxed) ||
+      g_window_moves.fetch_add(1, std::memory_order_relaxed) >= kWindowMoves) {
+    g_window_off.store(true, std::memory_order_relaxed);
+    return;
   }
-  return w;  // another thread chose first
+  g_window_cursor.store(random_spot(), std::memory_order_relaxed);  // full here: elsewhere
 }
 
 // The window's next spot, [want, want + bytes), if it was free and is now
-// mapped; nullptr otherwise, with nothing mapped and nothing replaced
-// (MAP_FIXED_NOREPLACE refuses a range that overlaps any mapping).
+// mapped; nullptr otherwise, with nothing mapped.
 void* map_in_window(std::size_t bytes, std::size_t alignment, int flags) {
-  if (alignment > kWindowStep || bytes > kWindowBytes / 8) return nullptr;
-  if (!g_window_worked.load(std::memory_order_relaxed) &&
-      g_window_misses.load(std::memory_order_relaxed) >= kWindowMisses) {
-    return nullptr;
-  }
-  const std::uintptr_t start = window_start();
-  const std::size_t step = (bytes + kWindowStep - 1) / kWindowStep * kWindowStep;
-  std::uintptr_t cur = g_next_aligned.load(std::memory_order_relaxed);
-  std::uintptr_t want;
-  do {
-    want = cur < start || cur + step > start + kWindowBytes ? start : cur;
-  } while (!g_next_aligned.compare_exchange_weak(cur, want + step, std::memory_order_relaxed));
-  void* p = mmap(reinterpret_cast<void*>(want), bytes, PROT_READ | PROT_WRITE, flags | MAP_FIXED_NOREPLACE, -1, 0);
-  if (p != MAP_FAILED && reinterpret_cast<std::uintptr_t>(p) == want) {
+  if (alignment > kWindowStep || bytes > kWindowBytes / 16) return nullptr;
+  if (g_window_off.load(std::memory_order_relaxed)) return nullptr;
+  const std::size_t step = (bytes + bytes / 4 + kWindowStep - 1) / kWindowStep * kWindowStep;
+  const std::uintptr_t want = claim_spot(step);
+  void* p = mmap(reinterpret_cast<void*>(want), bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED) return nullptr;  // the over-map reports the error, if it fails too
+  if (reinterpret_cast<std::uintptr_t>(p) == want) {
     if (!g_window_worked.load(std::memory_order_relaxed)) g_window_worked.store(true, std::memory_order_relaxed);
+    if (g_misses_in_a_row.load(std::memory_order_relaxed) != 0) g_misses_in_a_row.store(0, std::memory_order_relaxed);
     return p;
   }
-  if (p != MAP_FAILED) munmap(p, bytes);  // a kernel that took the address as a hint only
-  g_window_misses.fetch_add(1, std::memory_order_relaxed);
+  munmap(p, bytes);  // the spot was taken: the kernel put it elsewhere
+  note_spot_taken();
   return nullptr;
 }
 
