@@ -101,10 +101,18 @@ constexpr std::uint32_t kWindowMoves = 4;
 // The next spot; its window is the kWindowBytes-aligned range holding it
 // (invariant: never that range's end). 0: no window chosen yet.
 std::atomic<std::uintptr_t> g_window_cursor{0};
-std::atomic<std::uint32_t> g_misses_in_a_row{0};
+// Spots found taken in a row, and the window they were in: that window's
+// start (kWindowBytes-aligned) plus the count in the bits below it. Tagged
+// with the window so that a thread whose spot was claimed before a move,
+// and is found taken after it, is not counted against the new window.
+std::atomic<std::uintptr_t> g_window_misses{0};
 std::atomic<std::uint32_t> g_window_moves{0};
+// The windows found full, one per move: a move never goes back to one.
+std::atomic<std::uintptr_t> g_windows_full[kWindowMoves] = {};
 std::atomic<bool> g_window_worked{false};
 std::atomic<bool> g_window_off{false};
+
+constexpr std::uintptr_t window_of(std::uintptr_t spot) { return spot & ~(kWindowBytes - 1); }
 
 // A random spot in a random window.
 std::uintptr_t random_spot() {
@@ -125,21 +133,52 @@ std::uintptr_t claim_spot(std::size_t step) {
   std::uintptr_t want;
   do {
     want = cur != 0 ? cur : random_spot();
-    const std::uintptr_t window = want & ~(kWindowBytes - 1);
-    if (want + step >= window + kWindowBytes) want = window;  // wrap
+    if (want + step >= window_of(want) + kWindowBytes) want = window_of(want);  // wrap
   } while (!g_window_cursor.compare_exchange_weak(cur, want + step, std::memory_order_relaxed));
   return want;
 }
 
-void note_spot_taken() {
-  if (g_misses_in_a_row.fetch_add(1, std::memory_order_relaxed) + 1 < kMissesInARow) return;
-  g_misses_in_a_row.store(0, std::memory_order_relaxed);
-  if (!g_window_worked.load(std::memory_order_relaxed) ||
-      g_window_moves.fetch_add(1, std::memory_order_relaxed) >= kWindowMoves) {
+// The spot claimed for a mapping was taken. Counts against its window only
+// while the cursor is still there; the one miss that makes the count
+// kMissesInARow moves the cursor (so one full window costs one move however
+// many threads find it full at once), to a window not found full before.
+void note_spot_taken(std::uintptr_t spot) {
+  const std::uintptr_t window = window_of(spot);
+  if (window_of(g_window_cursor.load(std::memory_order_relaxed)) != window) return;  // moved already
+  std::uintptr_t seen = g_window_misses.load(std::memory_order_relaxed);
+  std::uintptr_t next;
+  do {
+    next = window_of(seen) == window ? seen + 1 : window + 1;
+  } while (!g_window_misses.compare_exchange_weak(seen, next, std::memory_order_relaxed));
+  if (next - window != kMissesInARow) return;
+  const std::uint32_t moves =
+      g_window_worked.load(std::memory_order_relaxed) ? g_window_moves.fetch_add(1, std::memory_order_relaxed)
+                                                       : kWindowMoves;
+  if (moves >= kWindowMoves) {
     g_window_off.store(true, std::memory_order_relaxed);
     return;
   }
-  g_window_cursor.store(random_spot(), std::memory_order_relaxed);  // full here: elsewhere
+  g_windows_full[moves].store(window, std::memory_order_relaxed);
+  std::uintptr_t elsewhere;
+  bool full;
+  do {  // each draw reads the clock afresh
+    elsewhere = random_spot();
+    full = false;
+    for (const auto& w : g_windows_full) full |= w.load(std::memory_order_relaxed) == window_of(elsewhere);
+  } while (full);
+  std::uintptr_t cur = g_window_cursor.load(std::memory_order_relaxed);
+  while (window_of(cur) == window &&
+         !g_window_cursor.compare_exchange_weak(cur, elsewhere, std::memory_order_relaxed)) {
+  }
+}
+
+// A spot of this window worked: the misses before it were not in a row.
+void note_spot_worked(std::uintptr_t spot) {
+  if (!g_window_worked.load(std::memory_order_relaxed)) g_window_worked.store(true, std::memory_order_relaxed);
+  std::uintptr_t seen = g_window_misses.load(std::memory_order_relaxed);
+  if (seen != window_of(spot) && window_of(seen) == window_of(spot)) {
+    g_window_misses.compare_exchange_strong(seen, window_of(spot), std::memory_order_relaxed);
+  }
 }
 
 // The window's next spot, [want, want + bytes), if it was free and is now
@@ -152,12 +191,11 @@ void* map_in_window(std::size_t bytes, std::size_t alignment, int flags) {
   void* p = mmap(reinterpret_cast<void*>(want), bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
   if (p == MAP_FAILED) return nullptr;  // the over-map reports the error, if it fails too
   if (reinterpret_cast<std::uintptr_t>(p) == want) {
-    if (!g_window_worked.load(std::memory_order_relaxed)) g_window_worked.store(true, std::memory_order_relaxed);
-    if (g_misses_in_a_row.load(std::memory_order_relaxed) != 0) g_misses_in_a_row.store(0, std::memory_order_relaxed);
+    note_spot_worked(want);
     return p;
   }
   munmap(p, bytes);  // the spot was taken: the kernel put it elsewhere
-  note_spot_taken();
+  note_spot_taken(want);
   return nullptr;
 }
 
