@@ -81,7 +81,8 @@ for r in rows:
         if "not available" not in r[-1]: fail.append("idle: %s not available but measured" % r[0])
     elif not all(re.match(r"^[0-9.]+$", c) for c in r[1:5]):
         fail.append("idle: %s is unmeasured: %s" % (r[0], r))
-if "## Drop check and seal costs" not in text or "| seal/4096B |" not in text or "| check/65536B |" not in text:
+if "## Drop check and seal costs" not in text or "| seal/4096B |" not in text or "| check/65536B |" not in text \
+        or "| first_write/4096B |" not in text:
     fail.append("seal/check table missing")
 if "Machine: " not in text or "kernel " not in text:
     fail.append("machine line missing")

@@ -7,6 +7,11 @@
 //   seal_many/<n>B  as seal/<n>B, but 64 blocks written, then sealed by one
 //                seal_many() (one translation barrier for the 64)
 //   seal_all/<n>B  every block freshly written, then one seal_all() for all
+//   first_write/<n>B, first_read/<n>B  one store (load) per page of blocks
+//                sealed by seal_all() just before (untimed), whose pages were
+//                therefore just given to the kernel: what a writer (reader)
+//                pays the first time it touches such a page. The seal and
+//                seal_many rows include a first write.
 //   check/<n>B   check(ptr, generation) on sealed, intact blocks (16 MiB of
 //                them: metadata and witness words mostly come from memory)
 //   check_hot/<n>B  the same over 16 blocks checked again and again: the
@@ -105,6 +110,36 @@ void bm_seal_all(benchmark::State& state, std::size_t n) {
   set_counters(state, b);
 }
 
+// Every block freshly allocated, written and sealed by seal_all() (untimed),
+// then one store (write) or load per page of it (timed).
+void bm_first_touch(benchmark::State& state, std::size_t n, bool write) {
+  blocks b(n);
+  std::size_t sum = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    for (auto& r : b.refs) {
+      b.res.deallocate(r.ptr, n);
+      r = b.res.allocate_block(n);
+      auto* p = static_cast<char*>(r.ptr);
+      for (std::size_t off = 0; off < n; off += 4096) p[off] = 0x5a;
+    }
+    if (b.res.seal_all() != b.refs.size()) state.SkipWithError("seal_all() did not seal every block");
+    state.ResumeTiming();
+    for (auto& r : b.refs) {
+      auto* p = static_cast<volatile char*>(r.ptr);
+      for (std::size_t off = 0; off < n; off += 4096) {
+        if (write) {
+          p[off] = 0x5b;
+        } else {
+          sum += static_cast<unsigned char>(p[off]);
+        }
+      }
+    }
+  }
+  benchmark::DoNotOptimize(sum);
+  set_counters(state, b);
+}
+
 void bm_check(benchmark::State& state, std::size_t n, bool hot) {
   blocks b(n, hot);
   for (auto& r : b.refs) b.res.seal(r.ptr);
@@ -125,6 +160,10 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("seal/" + std::to_string(n) + "B").c_str(), bm_seal, n)->UseRealTime();
     benchmark::RegisterBenchmark(("seal_many/" + std::to_string(n) + "B").c_str(), bm_seal_many, n)->UseRealTime();
     benchmark::RegisterBenchmark(("seal_all/" + std::to_string(n) + "B").c_str(), bm_seal_all, n)->UseRealTime();
+    benchmark::RegisterBenchmark(("first_write/" + std::to_string(n) + "B").c_str(), bm_first_touch, n, true)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("first_read/" + std::to_string(n) + "B").c_str(), bm_first_touch, n, false)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(("check/" + std::to_string(n) + "B").c_str(), bm_check, n, false)->UseRealTime();
     benchmark::RegisterBenchmark(("check_hot/" + std::to_string(n) + "B").c_str(), bm_check, n, true)->UseRealTime();
   }
