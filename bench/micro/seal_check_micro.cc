@@ -91,6 +91,16 @@ void bm_seal_many(benchmark::State& state, std::size_t n) {
   set_counters(state, b);
 }
 
+// Frees every block and allocates it again (live, unsealed), one store per page.
+void renew_and_write(blocks& b) {
+  for (auto& r : b.refs) {
+    b.res.deallocate(r.ptr, b.bytes);
+    r = b.res.allocate_block(b.bytes);
+    auto* p = static_cast<char*>(r.ptr);
+    for (std::size_t off = 0; off < b.bytes; off += 4096) p[off] = 0x5a;
+  }
+}
+
 // Every block freshly allocated and written (one store per page, untimed),
 // then all sealed by one seal_all() (timed): one translation barrier for all
 // of them, one madvise per run of adjacent blocks.
@@ -98,12 +108,7 @@ void bm_seal_all(benchmark::State& state, std::size_t n) {
   blocks b(n);
   for (auto _ : state) {
     state.PauseTiming();
-    for (auto& r : b.refs) {
-      b.res.deallocate(r.ptr, n);
-      r = b.res.allocate_block(n);
-      auto* p = static_cast<char*>(r.ptr);
-      for (std::size_t off = 0; off < n; off += 4096) p[off] = 0x5a;
-    }
+    renew_and_write(b);
     state.ResumeTiming();
     if (b.res.seal_all() != b.refs.size()) state.SkipWithError("seal_all() did not seal every block");
   }
@@ -117,12 +122,7 @@ void bm_first_touch(benchmark::State& state, std::size_t n, bool write) {
   std::size_t sum = 0;
   for (auto _ : state) {
     state.PauseTiming();
-    for (auto& r : b.refs) {
-      b.res.deallocate(r.ptr, n);
-      r = b.res.allocate_block(n);
-      auto* p = static_cast<char*>(r.ptr);
-      for (std::size_t off = 0; off < n; off += 4096) p[off] = 0x5a;
-    }
+    renew_and_write(b);
     if (b.res.seal_all() != b.refs.size()) state.SkipWithError("seal_all() did not seal every block");
     state.ResumeTiming();
     for (auto& r : b.refs) {
