@@ -14,6 +14,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/forwarding_os.h"
 
 namespace attack16 {
 
@@ -28,10 +29,10 @@ struct arena_registry {
   long calls = 0;
 };
 
-class checking_os final : public dropalloc::os::os_interface {
+class checking_os final : public dropalloc::testing::forwarding_os {
  public:
   checking_os(dropalloc::os::fake_os& inner, arena_registry& reg, dropalloc::backing b)
-      : inner_(inner), reg_(reg), backing_(b) {}
+      : forwarding_os(inner), inner_(inner), reg_(reg), backing_(b) {}
   // Called from seal_pages before the check and the inner call (tests only).
   void (*on_seal)(void* ctx, void* p, std::size_t n) = nullptr;
   void* on_seal_ctx = nullptr;
@@ -47,8 +48,6 @@ class checking_os final : public dropalloc::os::os_interface {
     reg_.arenas.erase(reinterpret_cast<std::uintptr_t>(p));
     inner_.unmap_arena(p, bytes);
   }
-  void* map_metadata(std::size_t bytes, int* err) noexcept override { return inner_.map_metadata(bytes, err); }
-  void unmap_metadata(void* p, std::size_t bytes) noexcept override { inner_.unmap_metadata(p, bytes); }
   int seal_pages(void* p, std::size_t bytes) noexcept override {
     if (on_seal != nullptr) on_seal(on_seal_ctx, p, bytes);
     {
@@ -76,14 +75,8 @@ class checking_os final : public dropalloc::os::os_interface {
     }
     return inner_.seal_pages(p, bytes);
   }
-  int release_pages(void* p, std::size_t bytes) noexcept override { return inner_.release_pages(p, bytes); }
-  int drop_pages(void* p, std::size_t bytes) noexcept override { return inner_.drop_pages(p, bytes); }
-  std::size_t resident_bytes(const void* p, std::size_t bytes) noexcept override {
-    return inner_.resident_bytes(p, bytes);
-  }
   dropalloc::backing arena_backing() noexcept override { return backing_; }
   int fallback_reason() noexcept override { return -1; }
-  int settle_translations() noexcept override { return inner_.settle_translations(); }
 
  private:
   dropalloc::os::fake_os& inner_;

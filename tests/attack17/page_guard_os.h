@@ -19,12 +19,14 @@
 #include "allocator/core/segment.h"
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/forwarding_os.h"
 
 namespace attack17 {
 
-class page_guard_os final : public dropalloc::os::os_interface {
+class page_guard_os final : public dropalloc::testing::forwarding_os {
  public:
-  explicit page_guard_os(dropalloc::backing b = dropalloc::backing::private_fallback) : backing_(b) {}
+  explicit page_guard_os(dropalloc::backing b = dropalloc::backing::private_fallback)
+      : forwarding_os(inner), backing_(b) {}
   dropalloc::os::fake_os inner;
   std::atomic<int> drop_percent{0};
   std::atomic<long> calls{0}, pages{0}, dropped_calls{0};
@@ -45,8 +47,6 @@ class page_guard_os final : public dropalloc::os::os_interface {
     std::lock_guard g(map_m_);
     inner.unmap_arena(p, bytes);
   }
-  void* map_metadata(std::size_t bytes, int* err) noexcept override { return inner.map_metadata(bytes, err); }
-  void unmap_metadata(void* p, std::size_t bytes) noexcept override { inner.unmap_metadata(p, bytes); }
   int seal_pages(void* p, std::size_t bytes) noexcept override {
     if (on_seal != nullptr) on_seal(on_seal_ctx, p, bytes);
     calls.fetch_add(1, std::memory_order_relaxed);
@@ -58,14 +58,8 @@ class page_guard_os final : public dropalloc::os::os_interface {
     }
     return inner.seal_pages(p, bytes);
   }
-  int release_pages(void* p, std::size_t bytes) noexcept override { return inner.release_pages(p, bytes); }
-  int drop_pages(void* p, std::size_t bytes) noexcept override { return inner.drop_pages(p, bytes); }
-  std::size_t resident_bytes(const void* p, std::size_t bytes) noexcept override {
-    return inner.resident_bytes(p, bytes);
-  }
   dropalloc::backing arena_backing() noexcept override { return backing_; }
   int fallback_reason() noexcept override { return -1; }
-  int settle_translations() noexcept override { return inner.settle_translations(); }
 
  private:
   std::uint64_t rng() {

@@ -14,6 +14,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/forwarding_os.h"
 #include "allocator/os/os.h"
 
 namespace attack18 {
@@ -52,9 +53,10 @@ inline bool holds(const unsigned char* p, std::size_t size, const unsigned char*
 // An OS layer that forwards to a fake_os, with release_pages steerable:
 // fail it (optionally after zeroing part of the range, as a kernel that gave
 // up half way might), or run a callback before and after the real call.
-class steered_os final : public dropalloc::os::os_interface {
+class steered_os final : public dropalloc::testing::forwarding_os {
  public:
   dropalloc::os::fake_os inner;
+  steered_os() : forwarding_os(inner) {}
   // 0: release as the fake does. Otherwise the errno returned.
   std::atomic<int> release_error{0};
   // With release_error: how many leading pages to zero before failing.
@@ -64,11 +66,6 @@ class steered_os final : public dropalloc::os::os_interface {
   std::function<void()> on_settle;
   std::atomic<int> releases{0}, failed_releases{0};
 
-  void* map_arena(std::size_t b, std::size_t a, int* err) noexcept override { return inner.map_arena(b, a, err); }
-  void unmap_arena(void* p, std::size_t b) noexcept override { inner.unmap_arena(p, b); }
-  void* map_metadata(std::size_t b, int* err) noexcept override { return inner.map_metadata(b, err); }
-  void unmap_metadata(void* p, std::size_t b) noexcept override { inner.unmap_metadata(p, b); }
-  int seal_pages(void* p, std::size_t b) noexcept override { return inner.seal_pages(p, b); }
   int release_pages(void* p, std::size_t b) noexcept override {
     ++releases;
     if (before_release) before_release(p, b);
@@ -85,14 +82,10 @@ class steered_os final : public dropalloc::os::os_interface {
     if (after_release) after_release(p, b);
     return rc;
   }
-  int drop_pages(void* p, std::size_t b) noexcept override { return inner.drop_pages(p, b); }
-  std::size_t resident_bytes(const void* p, std::size_t b) noexcept override { return inner.resident_bytes(p, b); }
   int settle_translations() noexcept override {
     if (on_settle) on_settle();
     return inner.settle_translations();
   }
-  dropalloc::backing arena_backing() noexcept override { return inner.arena_backing(); }
-  int fallback_reason() noexcept override { return inner.fallback_reason(); }
 };
 
 }  // namespace attack18

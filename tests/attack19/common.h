@@ -14,6 +14,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/forwarding_os.h"
 #include "allocator/os/os.h"
 #include "tests/pattern.h"
 
@@ -34,30 +35,22 @@ inline std::vector<unsigned char> snapshot(const void* p, std::size_t n) {
 
 // An OS layer forwarding to a fake_os, with a callback at each barrier
 // (before the real one) and at each advice (after the fake's seal_pages).
-class steered_os final : public dropalloc::os::os_interface {
+class steered_os final : public dropalloc::testing::forwarding_os {
  public:
   dropalloc::os::fake_os inner;
+  steered_os() : forwarding_os(inner) {}
   std::function<void()> on_settle;
   std::function<void(void*, std::size_t)> on_seal_pages;
   // Barriers that fail (counted from 1) with EAGAIN: -1 every one, 0 none.
   std::atomic<int> fail_settle{0};
   std::atomic<int> settles{0}, seal_calls{0};
 
-  void* map_arena(std::size_t b, std::size_t a, int* err) noexcept override { return inner.map_arena(b, a, err); }
-  void unmap_arena(void* p, std::size_t b) noexcept override { inner.unmap_arena(p, b); }
-  void* map_metadata(std::size_t b, int* err) noexcept override { return inner.map_metadata(b, err); }
-  void unmap_metadata(void* p, std::size_t b) noexcept override { inner.unmap_metadata(p, b); }
   int seal_pages(void* p, std::size_t b) noexcept override {
     ++seal_calls;
     int rc = inner.seal_pages(p, b);
     if (on_seal_pages) on_seal_pages(p, b);
     return rc;
   }
-  int release_pages(void* p, std::size_t b) noexcept override { return inner.release_pages(p, b); }
-  int drop_pages(void* p, std::size_t b) noexcept override { return inner.drop_pages(p, b); }
-  std::size_t resident_bytes(const void* p, std::size_t b) noexcept override { return inner.resident_bytes(p, b); }
-  dropalloc::backing arena_backing() noexcept override { return inner.arena_backing(); }
-  int fallback_reason() noexcept override { return inner.fallback_reason(); }
   int settle_translations() noexcept override {
     const int k = ++settles;
     if (on_settle) on_settle();
