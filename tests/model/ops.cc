@@ -31,24 +31,6 @@ long first_diff(const std::uint8_t* a, const std::uint8_t* b, std::size_t n) {
 
 }  // namespace
 
-void failure_log::add(const std::string& oracle, const std::string& msg) {
-  std::lock_guard<std::mutex> g(m_);
-  auto [it, fresh] = by_oracle_.try_emplace(oracle, msg, 0);
-  ++it->second.second;
-  if (fresh) order_.push_back(oracle);
-  any_.store(true, std::memory_order_release);
-}
-
-std::string failure_log::all() const {
-  std::lock_guard<std::mutex> g(m_);
-  std::string out;
-  for (const auto& o : order_) {
-    const auto& [msg, n] = by_oracle_.at(o);
-    out += msg + "\n  (oracle " + o + " fired " + std::to_string(n) + " time(s))\n";
-  }
-  return out;
-}
-
 runner::runner(dropalloc::droppable_resource& res, generation_registry& gens, failure_log& log,
                std::uint64_t seed, runner_options opt)
     : res_(res), gens_(gens), log_(log), seed_(seed), opt_(opt), r_(seed) {

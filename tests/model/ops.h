@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/failure_log.h"
 #include "tests/model/model.h"
 
 namespace model {
@@ -35,20 +36,7 @@ class rng {
   std::uint64_t s_;
 };
 
-// Oracle failures of every thread: the first report of each oracle in full,
-// and how often each fired (with MODEL_KEEP_GOING runs go on after a failure).
-class failure_log {
- public:
-  void add(const std::string& oracle, const std::string& msg);
-  bool any() const { return any_.load(std::memory_order_acquire); }
-  std::string all() const;
-
- private:
-  mutable std::mutex m_;
-  std::vector<std::string> order_;
-  std::map<std::string, std::pair<std::string, std::uint64_t>> by_oracle_;
-  std::atomic<bool> any_{false};
-};
+using failure_log = dropalloc::testing::failure_log;
 
 // Shared by the threads of one multi-threaded run.
 struct mt_context {
