@@ -14,7 +14,8 @@ struct rng {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
   }
-  std::uint64_t below(std::uint64_t n) { return next() % n; }  // n > 0
+  std::uint64_t below(std::uint64_t n) { return n == 0 ? 0 : next() % n; }
+  bool chance(unsigned percent) { return below(100) < percent; }
 };
 
 }  // namespace dropalloc::testing

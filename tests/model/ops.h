@@ -16,26 +16,11 @@
 
 #include "tests/failure_log.h"
 #include "tests/model/model.h"
+#include "tests/rng.h"
 
 namespace model {
 
-// splitmix64: small, seedable, the same sequence everywhere.
-class rng {
- public:
-  explicit rng(std::uint64_t seed) : s_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (s_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  std::uint64_t below(std::uint64_t n) { return n == 0 ? 0 : next() % n; }
-  bool chance(unsigned percent) { return below(100) < percent; }
-
- private:
-  std::uint64_t s_;
-};
-
+using rng = dropalloc::testing::rng;  // the same sequence everywhere
 using failure_log = dropalloc::testing::failure_log;
 
 // Shared by the threads of one multi-threaded run.
