@@ -17,6 +17,7 @@
 
 #include "allocator/dropalloc.h"
 #include "allocator/os/fake_os.h"
+#include "tests/forwarding_os.h"
 #include "tests/hardening/util.h"
 
 using dropalloc::block_state;
@@ -27,8 +28,9 @@ namespace {
 // Wraps the fake OS: call number `fail_at` (counted from 1 over every kind of
 // call) fails with `fail_errno`. Unmaps never fail: munmap of our own aligned
 // ranges cannot, and nothing could be done about it.
-class failing_os final : public dropalloc::os::os_interface {
+class failing_os final : public dropalloc::testing::forwarding_os {
  public:
+  failing_os() : forwarding_os(inner) {}
   dropalloc::os::fake_os inner;
   int fail_at = 0;
   int fail_errno = ENOMEM;
@@ -48,7 +50,6 @@ class failing_os final : public dropalloc::os::os_interface {
     }
     return inner.map_arena(bytes, alignment, err);
   }
-  void unmap_arena(void* p, std::size_t bytes) noexcept override { inner.unmap_arena(p, bytes); }
   void* map_metadata(std::size_t bytes, int* err) noexcept override {
     if (fail_now()) {
       *err = fail_errno;
@@ -71,11 +72,6 @@ class failing_os final : public dropalloc::os::os_interface {
   int release_pages(void* p, std::size_t bytes) noexcept override {
     return fail_now() ? fail_errno : inner.release_pages(p, bytes);
   }
-  std::size_t resident_bytes(const void* p, std::size_t bytes) noexcept override {
-    return inner.resident_bytes(p, bytes);
-  }
-  dropalloc::backing arena_backing() noexcept override { return inner.arena_backing(); }
-  int fallback_reason() noexcept override { return inner.fallback_reason(); }
 };
 
 struct outcome {
