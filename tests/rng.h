@@ -18,4 +18,11 @@ struct rng {
   bool chance(unsigned percent) { return below(100) < percent; }
 };
 
+// The k-th seed derived from a run's base seed: the first number of the
+// generator seeded with both, so that threads and rounds draw apart.
+inline std::uint64_t derived_seed(std::uint64_t seed, std::uint64_t k) {
+  rng r{seed * 0x100000001b3ull + k};
+  return r.next();
+}
+
 }  // namespace dropalloc::testing

@@ -82,10 +82,7 @@ bool keep_going() {
   const char* s = std::getenv("GROW_MODEL_KEEP_GOING");
   return s != nullptr && *s == '1';
 }
-std::uint64_t mix(std::uint64_t seed, std::uint64_t k) {
-  dropalloc::testing::rng r{seed * 0x100000001b3ull + k};
-  return r.next();
-}
+using dropalloc::testing::derived_seed;
 
 const char* name(block_state s) { return dropalloc::to_string(s); }
 std::string hex(const void* p) {
@@ -379,7 +376,6 @@ class owner {
   std::deque<std::string> recent_;
   std::vector<freed_block> freed_;
 
-  bool chance(int pct) { return r_.below(100) < static_cast<std::uint64_t>(pct); }
 
   void note(const std::string& s) {
     recent_.push_back("#" + std::to_string(op_no_) + " " + s);
@@ -564,7 +560,7 @@ class owner {
     const bool full = blocks.size() >= kMaxBlocks || live_bytes() >= kMaxLiveBytes;
     if (b == nullptr || (u < 180 && !full)) return op_allocate();
     if (u < 430) {
-      blk* g = chance(75) ? pick_growable() : nullptr;
+      blk* g = r_.chance(75) ? pick_growable() : nullptr;
       return op_grow(g != nullptr ? g : b, lk);
     }
     if (u < 480) return op_observe(b);
@@ -580,12 +576,12 @@ class owner {
   }
 
   void op_allocate() {
-    const bool large = chance(65);
+    const bool large = r_.chance(65);
     std::size_t size;
     if (large) {
-      size = core::kMaxClassSize + 1 + r_.below(chance(85) ? 768 * kKiB : 3 * kMiB);
+      size = core::kMaxClassSize + 1 + r_.below(r_.chance(85) ? 768 * kKiB : 3 * kMiB);
     } else {
-      size = chance(70) ? 8 + r_.below(4096) : 4097 + r_.below(64 * kKiB);
+      size = r_.chance(70) ? 8 + r_.below(4096) : 4097 + r_.below(64 * kKiB);
     }
     const std::size_t aligns[] = {16, 16, 16, 64, 4096, 64 * kKiB, 8 * kMiB};
     const std::size_t align = aligns[r_.below(large ? 7 : 5)];
@@ -631,7 +627,7 @@ class owner {
       else
         bytes = std::min(old + kPage * (1 + r_.below(std::max<std::size_t>(1, old / kPage))), kNormalGrowCap);
     } else if (k < 66) {
-      bytes = chance(50) ? 256 * kMiB : 1024 * kMiB;
+      bytes = r_.chance(50) ? 256 * kMiB : 1024 * kMiB;
     } else if (k < 73) {
       // Past kMaxRequest; and 32 TiB, accepted as a request but past what a
       // header can count (2^32 pages): refused after the claim, undone.
@@ -644,11 +640,11 @@ class owner {
     const bool may = b->large && b->st == life::live && !b->observed && bytes > old && bytes != 0 &&
                      bytes <= core::kMaxRequest && bytes < (std::size_t{1} << 44);
     // An injected failure of the mremap or of the new header's metadata.
-    const std::uint64_t inject = may ? (chance(12) ? 1 + r_.below(2) : 0) : 0;
+    const std::uint64_t inject = may ? (r_.chance(12) ? 1 + r_.below(2) : 0) : 0;
     const std::size_t span = may ? round_page(bytes) : 0;
     const bool huge = span > 64 * kMiB;
-    const bool racing = may && chance(40);
-    const bool unlocked = may && !huge && chance(30);
+    const bool racing = may && r_.chance(40);
+    const bool unlocked = may && !huge && r_.chance(30);
     const std::uint64_t floor = w_.gens.max(b->p);
     note("grow_large_in_place " + where(*b) + " to " + std::to_string(bytes) + (racing ? " racing the checker" : "") +
          (unlocked ? " without the seal_all lock" : ""));
@@ -724,7 +720,7 @@ class owner {
       expect(w_.ranges.resize(b->p, span, &hit), "grown-block-overlaps-live-block",
              where(*b) + ": after the growth it reaches the live block at " + hex(reinterpret_cast<void*>(hit)));
       // The old bytes as they were, the new ones zero (sampled past 8 MiB).
-      if (old <= 256 * kKiB || chance(25)) {
+      if (old <= 256 * kKiB || r_.chance(25)) {
         const std::size_t bad = compare_range(b->p, b->now, 0, old);
         expect(bad == SIZE_MAX, "old-bytes-changed-by-growth", where(*b) + ": offset " + std::to_string(bad));
       }
@@ -794,7 +790,7 @@ class owner {
         expect(s == block_state::unsealed, "check-after-unlocked-growth",
                where(*b) + ": check said " + name(s) + " (want unsealed, or intact if the seal_all sealed it)");
       }
-    } else if (ok && seen.empty() && chance(50)) {
+    } else if (ok && seen.empty() && r_.chance(50)) {
       first_gen(b, h_.generation(b->p), floor, "generation() after a growth");
       const block_state s = h_.check(b->p, b->gen);
       expect(s == block_state::unsealed, "grown-block-not-unsealed", where(*b) + ": check said " + name(s));
@@ -817,7 +813,7 @@ class owner {
   void op_write(blk* b) {
     if (b->st != life::live) return op_rewrite(b);
     std::size_t lo = 0, hi = b->usable;
-    if (b->large && chance(70)) {
+    if (b->large && r_.chance(70)) {
       const std::size_t pages = b->usable / kPage;
       lo = r_.below(pages) * kPage;
       hi = std::min(b->usable, lo + (1 + r_.below(8)) * kPage);
@@ -833,7 +829,7 @@ class owner {
     if (b->st == life::live) return op_write(b);
     retract(b);
     const std::uint64_t seed = r_.next() | 1;
-    const bool rewritten = chance(50);
+    const bool rewritten = r_.chance(50);
     note(std::string("rewrite all, then ") + (rewritten ? "seal_rewritten " : "seal ") + where(*b));
     write_run(b->p, 0, b->usable, seed);
     b->now.reset(b->usable, seed);
@@ -911,7 +907,7 @@ class owner {
     if (first + kPage > a + b->usable) return op_check(b);
     const std::size_t n = (a + b->usable - first) / kPage;
     const std::uintptr_t page = first + r_.below(n) * kPage;
-    const bool via_fake = w_.fos != nullptr && chance(30);
+    const bool via_fake = w_.fos != nullptr && r_.chance(30);
     note("drop page " + hex(reinterpret_cast<void*>(page)) + (via_fake ? " (fake OS)" : "") + " of " + where(*b));
     const int rc = via_fake ? w_.fos->drop_pages(reinterpret_cast<void*>(page), kPage)
                             : h_.drop_for_testing(reinterpret_cast<void*>(page), kPage);
@@ -924,8 +920,8 @@ class owner {
 
   void op_check(blk* b) {
     note("check " + where(*b));
-    verify(*b, "memory-differs-from-model", chance(10));
-    if (!b->observed && chance(30)) op_observe(b);
+    verify(*b, "memory-differs-from-model", r_.chance(10));
+    if (!b->observed && r_.chance(30)) op_observe(b);
     if (b->observed) {
       const block_state want = expected_check(*b);
       const block_state s = h_.check(b->p, b->gen);
@@ -999,7 +995,7 @@ class owner {
     if (kind == 2) {
       blk* b = pick();
       if (b == nullptr || b->usable < 32) return;
-      const std::size_t off = b->large && chance(50) ? kPage : 16;
+      const std::size_t off = b->large && r_.chance(50) ? kPage : 16;
       note("interior free at +" + std::to_string(off) + " of " + where(*b));
       refused_free(b->p + off, "interior-free-not-refused", "interior free inside " + where(*b));
       expect(h_.usable_size(b->p) == b->usable, "interior-free-freed-block", where(*b));
@@ -1300,7 +1296,7 @@ void run_case(const char* os_name, os::fake_os* fos, os::os_interface& layer) {
   int rounds = 0;
   for (int round = 0; clock_type::now() < deadline && !(log.any() && !keep_going()); ++round) {
     ++rounds;
-    const std::uint64_t seed = mix(base_seed(), static_cast<std::uint64_t>(round));
+    const std::uint64_t seed = derived_seed(base_seed(), static_cast<std::uint64_t>(round));
     core::heap_options opt = dropalloc::testing::with_os_no_decay(&layer);
     opt.empty_arena_decay_ms = (seed & 2) != 0 ? 0 : 600000;  // 0: emptied arenas go back at once (address reuse)
     opt.thread_cache = (seed & 4) != 0 || (seed & 1) != 0;
@@ -1324,10 +1320,10 @@ void run_case(const char* os_name, os::fake_os* fos, os::os_interface& layer) {
     dropalloc::testing::fill(w.other_large, 4096, 77);
     std::vector<std::unique_ptr<owner>> owners;
     for (int i = 0; i < kOwners; ++i) {
-      owners.push_back(std::make_unique<owner>(w, i, mix(seed, static_cast<std::uint64_t>(i) + 1)));
+      owners.push_back(std::make_unique<owner>(w, i, derived_seed(seed, static_cast<std::uint64_t>(i) + 1)));
       w.owners.push_back(owners.back().get());
     }
-    checker c(w, mix(seed, 99));
+    checker c(w, derived_seed(seed, 99));
     std::thread ct([&] { c.go(); });
     std::vector<std::thread> ts;
     for (auto& o : owners) ts.emplace_back([&o] { o->go(400); });

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tests/model/ops.h"
+#include "tests/rng.h"
 
 namespace {
 
@@ -55,10 +56,7 @@ clock_type::time_point deadline(double share) {
   return clock_type::now() + std::chrono::microseconds(static_cast<long long>(budget_seconds() * share * 1e6));
 }
 
-std::uint64_t mix(std::uint64_t seed, std::uint64_t k) {
-  model::rng r(seed * 0x100000001b3ull + k);
-  return r.next();
-}
+using dropalloc::testing::derived_seed;
 
 void announce(const char* what) {
   std::fprintf(stderr, "[model] %s: MODEL_SEED=%llu MODEL_SECONDS=%g%s\n", what,
@@ -87,7 +85,7 @@ TEST_CASE("single-threaded random sequences keep the promise") {
   auto end = deadline(0.40);
   std::uint64_t ops = 0;
   for (std::uint64_t round = 0; clock_type::now() < end && !stop_on(log); ++round) {
-    std::uint64_t seed = mix(base_seed(), round);
+    std::uint64_t seed = derived_seed(base_seed(), round);
     dropalloc::resource_options o;
     o.thread_cache = (seed & 1) != 0;
     o.empty_arena_decay_ms = (seed & 2) != 0 ? 0 : 1000;
@@ -138,7 +136,7 @@ TEST_CASE("multi-threaded owners, checkers and a sweeper keep the promise") {
       ro.max_live_bytes = std::size_t{6} << 20;
       ro.fork_allowed = false;
       ro.keep_going = keep_going();
-      model::runner run(res, gens, log, mix(base_seed(), 1000 + static_cast<std::uint64_t>(t)), ro);
+      model::runner run(res, gens, log, derived_seed(base_seed(), 1000 + static_cast<std::uint64_t>(t)), ro);
       while (!done()) run.step();
       if (!run.failed()) run.free_all();
       owner_ops += run.ops();
@@ -149,7 +147,7 @@ TEST_CASE("multi-threaded owners, checkers and a sweeper keep the promise") {
   };
   for (int t = 0; t < 2; ++t) {
     threads.emplace_back([&, t] {
-      model::rng r(mix(base_seed(), 2000 + static_cast<std::uint64_t>(t)));
+      model::rng r(derived_seed(base_seed(), 2000 + static_cast<std::uint64_t>(t)));
       while (!done()) {
         auto& slot = ctx.board[r.below(ctx.board.size())];
         block_ref ref;
@@ -220,14 +218,14 @@ TEST_CASE("write_and_seal against concurrent drops") {
   auto end = deadline(0.10);
   std::atomic<bool> stop{false};
   std::thread dropper([&] {
-    model::rng r(mix(base_seed(), 3000));
+    model::rng r(derived_seed(base_seed(), 3000));
     while (!stop.load(std::memory_order_relaxed)) {
       auto* page = static_cast<std::byte*>(b.ptr) + r.below(kBytes / model::kPage) * model::kPage;
       res.drop_for_testing(page, model::kPage);
       for (int i = 0, n = static_cast<int>(r.below(64)); i < n; ++i) std::this_thread::yield();
     }
   });
-  model::rng r(mix(base_seed(), 3001));
+  model::rng r(derived_seed(base_seed(), 3001));
   std::vector<std::uint8_t> src(kBytes), seen(kBytes);
   std::uint64_t rounds = 0, intact = 0, dropped = 0;
   while (clock_type::now() < end && !stop_on(log)) {
@@ -291,7 +289,7 @@ TEST_CASE("check() of handles whose arenas are being unmapped") {
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> checks{0}, cycles{0};
   std::thread owner([&] {
-    model::rng r(mix(base_seed(), 4000));
+    model::rng r(derived_seed(base_seed(), 4000));
     static constexpr std::size_t kSizes[] = {20000, 20000, 300000, 2u << 20};
     while (!stop.load(std::memory_order_relaxed)) {
       block_ref b = res.allocate_block(kSizes[r.below(4)]);
