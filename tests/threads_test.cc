@@ -5,6 +5,7 @@
 #include <barrier>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -293,5 +294,78 @@ TEST_CASE("one thread using three resources in turn: every block goes back to it
   for (auto& res : r) {
     CHECK(res.stats().blocks_live == 0);
     CHECK(res.stats().misuse_refused == 0);
+  }
+}
+
+// An exited thread's table of caches is kept for the next new thread (a few
+// are kept; the rest are unmapped). The next thread must find its caches
+// empty, and a cache kept for a resource destroyed since must be reset, not
+// used: its blocks would belong to unmapped arenas, or to another resource
+// that took the same registry slot.
+TEST_CASE("tables of exited threads serve new threads: caches empty, those of destroyed resources reset") {
+  droppable_resource kept;
+  auto fill_and_exit = [](droppable_resource& a, droppable_resource& b, int threads) {
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&a, &b] {
+        // Blocks of many classes freed into this thread's caches, then left
+        // there for the exit to hand back.
+        std::vector<std::pair<void*, std::size_t>> held;
+        for (std::size_t size = 8; size <= 16384; size += size / 4 + 8) {
+          for (int i = 0; i < 4; ++i) {
+            held.emplace_back(a.allocate(size, 8), size);
+            b.deallocate(b.allocate(size, 8), size, 8);
+          }
+        }
+        for (auto& [p, size] : held) a.deallocate(p, size, 8);
+      });
+    }
+    for (auto& t : ts) t.join();
+  };
+  for (int round = 0; round < 8; ++round) {
+    std::vector<tagged> mine;
+    {
+      auto doomed = std::make_unique<droppable_resource>();
+      // More threads than tables are kept: some tables kept, others unmapped.
+      fill_and_exit(kept, *doomed, 12);
+      CHECK(kept.stats().blocks_live == 0);
+      CHECK(doomed->stats().blocks_live == 0);
+    }
+    // Likely in the destroyed resource's registry slot.
+    droppable_resource fresh;
+    std::vector<std::thread> ts;
+    std::mutex lock;
+    for (int t = 0; t < 12; ++t) {
+      ts.emplace_back([&, t] {
+        std::vector<tagged> got;
+        for (std::size_t size = 8; size <= 16384; size += size / 4 + 8) {
+          for (int i = 0; i < 4; ++i) {
+            const auto tag = static_cast<unsigned char>(t * 16 + i + 1);
+            auto* p = static_cast<unsigned char*>(fresh.allocate(size, 8));
+            auto* q = static_cast<unsigned char*>(kept.allocate(size, 8));
+            std::memset(p, tag, size);
+            std::memset(q, tag ^ 0xff, size);
+            got.push_back({p, size, tag});
+            got.push_back({q, size, static_cast<unsigned char>(tag ^ 0xff)});
+          }
+        }
+        std::lock_guard<std::mutex> g(lock);
+        mine.insert(mine.end(), got.begin(), got.end());
+      });
+    }
+    for (auto& t : ts) t.join();
+    // Every block whole (no block handed out twice, none from the destroyed
+    // resource's unmapped arenas), and each resource counts exactly its own.
+    for (const tagged& t : mine) REQUIRE(holds(t));
+    CHECK(fresh.stats().blocks_live == mine.size() / 2);
+    CHECK(kept.stats().blocks_live == mine.size() / 2);
+    for (std::size_t i = 0; i < mine.size(); i += 2) {
+      fresh.deallocate(mine[i].p, mine[i].size, 8);
+      kept.deallocate(mine[i + 1].p, mine[i + 1].size, 8);
+    }
+    CHECK(fresh.stats().blocks_live == 0);
+    CHECK(kept.stats().blocks_live == 0);
+    CHECK(fresh.stats().misuse_refused == 0);
+    CHECK(kept.stats().misuse_refused == 0);
   }
 }

@@ -19,6 +19,10 @@ struct registry_t {
   heap* heaps[kMaxCachedHeaps] = {};
   std::uint64_t ids[kMaxCachedHeaps] = {};
   tc_table* tables = nullptr;
+  // Tables of exited threads kept for the next new threads (at most
+  // kSpareTables; linked by next): see thread_cache.cc, retire_table.
+  tc_table* spare_tables = nullptr;
+  std::uint32_t spare_count = 0;
   heap* all_heaps = nullptr;
   // Thread tags (state::kTagShift) held by live threads, bit t for tag t:
   // distinct while at most state::kTags threads have caches, shared beyond.

@@ -64,25 +64,71 @@ void heap::give_back_cache(tc_heap_cache* c) noexcept {
   }
 }
 
-// Hands a dying thread's cached blocks back to their heaps.
-void flush_thread_caches(tc_table* t) noexcept {
+// Tables of exited threads kept for new ones. A new thread's first
+// allocation of each size class faults in a page of its cache's slots (a
+// page of counts, one of slots per class used: dozens of faults of about
+// 5 us each here); a program that starts a thread per task (mstress starts
+// 101) paid them for every thread. A kept table keeps only the caches of
+// heaps that still exist, emptied; it holds at most a few hundred KiB
+// resident, so a handful are kept.
+constexpr std::uint32_t kSpareTables = 4;
+
+// Hands a thread's cached blocks back to their heaps and takes its table
+// off the registry; then keeps the table as a spare, or unmaps it.
+void retire_table(tc_table* t) noexcept {
   registry_t& r = registry();
-  lock_guard guard(r.lock);
-  for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
-    tc_heap_cache* c = t->caches[slot].load(std::memory_order_acquire);
-    if (c == nullptr) continue;
-    if (r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id.load(std::memory_order_relaxed)) r.heaps[slot]->give_back_cache(c);
-    os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
-    t->caches[slot].store(nullptr, std::memory_order_relaxed);
+  bool kept;
+  {
+    lock_guard guard(r.lock);
+    kept = r.spare_count < kSpareTables;
+    for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
+      tc_heap_cache* c = t->caches[slot].load(std::memory_order_acquire);
+      if (c == nullptr) continue;
+      const bool alive = r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id.load(std::memory_order_relaxed);
+      if (alive) r.heaps[slot]->give_back_cache(c);  // leaves every bin empty
+      if (alive && kept) continue;
+      os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
+      t->caches[slot].store(nullptr, std::memory_order_relaxed);
+    }
+    if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
+    if (t->next != nullptr) t->next->prev = t->prev;
+    // A shared tag stays marked: another live thread may still hold it.
+    bool shared = false;
+    for (tc_table* o = r.tables; o != nullptr; o = o->next) shared = shared || o->tag == t->tag;
+    if (!shared) r.tags_in_use &= ~(1u << t->tag);
+    bias_tag_released(t->tag, shared);
+    if (kept) {
+      t->prev = nullptr;
+      t->next = r.spare_tables;
+      r.spare_tables = t;
+      ++r.spare_count;
+    }
   }
-  if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
-  if (t->next != nullptr) t->next->prev = t->prev;
-  // A shared tag stays marked: another live thread may still hold it.
-  bool shared = false;
-  for (tc_table* o = r.tables; o != nullptr; o = o->next) shared = shared || o->tag == t->tag;
-  if (!shared) r.tags_in_use &= ~(1u << t->tag);
-  bias_tag_released(t->tag, shared);
+  if (!kept) os::system_os().unmap_metadata(t, sizeof(tc_table));
 }
+
+namespace {
+
+// A table for a new thread: a spare if one is kept, else a new mapping; not
+// yet on the registry's list. A spare's caches belong to heaps that existed
+// when it was kept, their bins empty; thread_cache() resets any whose heap
+// has gone since (heap ids are never reused).
+tc_table* new_table() noexcept {
+  registry_t& r = registry();
+  {
+    lock_guard guard(r.lock);
+    if (tc_table* t = r.spare_tables) {
+      r.spare_tables = t->next;
+      --r.spare_count;
+      t->next = nullptr;
+      return t;
+    }
+  }
+  int err = 0;
+  return static_cast<tc_table*>(os::system_os().map_metadata(sizeof(tc_table), &err));
+}
+
+}  // namespace
 
 namespace {
 __thread bool t_exited = false;
@@ -103,8 +149,7 @@ void flush_at_thread_exit(void* arg) {
   t_current.other_heap_id = 0;
   t_current.other_cache = nullptr;
   t_cache_table = nullptr;
-  flush_thread_caches(table);
-  os::system_os().unmap_metadata(table, sizeof(tc_table));
+  retire_table(table);
 }
 
 }  // namespace
@@ -122,8 +167,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
   if (slot_ < 0 || t_exited) return nullptr;
   tc_table* t = t_cache_table;
   if (t == nullptr) {
-    int err = 0;
-    t = static_cast<tc_table*>(os::system_os().map_metadata(sizeof(tc_table), &err));
+    t = new_table();
     if (t == nullptr) return nullptr;
     registry_t& r = registry();
     std::uint32_t tag;
@@ -224,8 +268,7 @@ void postfork_child() noexcept {
       }
     }
     if (gone == nullptr) break;
-    flush_thread_caches(gone);
-    os::system_os().unmap_metadata(gone, sizeof(tc_table));
+    retire_table(gone);
   }
 }
 

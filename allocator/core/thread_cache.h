@@ -89,7 +89,6 @@ struct tc_table {
   std::atomic<tc_heap_cache*> caches[kMaxCachedHeaps];  // by heap slot, mapped on first use
   tc_table* next;                          // all tables (guarded by the registry lock)
   tc_table* prev;
-  bool exiting;  // the thread is running its exit handlers: use no cache
   std::uint32_t tag;  // this thread's tag, 1-state::kTags (see state::kTagShift)
 };
 
