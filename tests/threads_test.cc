@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "allocator/core/heap_internal.h"
+#include "allocator/core/mutex.h"
 #include "allocator/dropalloc.h"
 
 using dropalloc::droppable_resource;
@@ -368,4 +370,31 @@ TEST_CASE("tables of exited threads serve new threads: caches empty, those of de
     CHECK(fresh.stats().misuse_refused == 0);
     CHECK(kept.stats().misuse_refused == 0);
   }
+}
+
+TEST_CASE("at most a few exited threads' tables are kept, and trim() hands them back") {
+  auto spares = [] {
+    auto& r = dropalloc::core::internal::registry();
+    dropalloc::core::lock_guard g(r.lock);
+    return r.spare_count;
+  };
+  droppable_resource res;
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 16; ++t) {
+    ts.emplace_back([&res] { res.deallocate(res.allocate(64, 8), 64, 8); });
+  }
+  for (auto& t : ts) t.join();
+  const std::uint32_t kept = spares();
+  CHECK(kept >= 1);
+  CHECK(kept <= 4);
+  res.trim();
+  CHECK(spares() == 0);
+  // New threads after the release map tables of their own again.
+  std::thread([&res] {
+    void* p = res.allocate(64, 8);
+    std::memset(p, 1, 64);
+    res.deallocate(p, 64, 8);
+  }).join();
+  CHECK(res.stats().blocks_live == 0);
+  CHECK(res.stats().misuse_refused == 0);
 }

@@ -32,6 +32,11 @@ struct registry_t {
 
 registry_t& registry();
 
+// Unmaps the tables (and their caches) kept from exited threads for new
+// ones (thread_cache.cc): trim() hands them back with the heap's free memory.
+// Returns the bytes unmapped.
+std::size_t release_spare_tables() noexcept;
+
 // A coarse monotonic clock for decay times.
 inline std::uint64_t now_ms() {
   timespec ts;

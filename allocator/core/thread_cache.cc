@@ -70,7 +70,8 @@ void heap::give_back_cache(tc_heap_cache* c) noexcept {
 // 5 us each here); a program that starts a thread per task (mstress starts
 // 101) paid them for every thread. A kept table keeps only the caches of
 // heaps that still exist, emptied; it holds at most a few hundred KiB
-// resident, so a handful are kept.
+// resident, so a handful are kept, until new threads take them or trim()
+// hands them back (internal::release_spare_tables).
 constexpr std::uint32_t kSpareTables = 4;
 
 // Hands a thread's cached blocks back to their heaps and takes its table
@@ -106,6 +107,35 @@ void retire_table(tc_table* t) noexcept {
   }
   if (!kept) os::system_os().unmap_metadata(t, sizeof(tc_table));
 }
+
+namespace internal {
+
+std::size_t release_spare_tables() noexcept {
+  tc_table* spares;
+  {
+    registry_t& r = registry();
+    lock_guard guard(r.lock);
+    spares = r.spare_tables;
+    r.spare_tables = nullptr;
+    r.spare_count = 0;
+  }
+  std::size_t released = 0;
+  while (spares != nullptr) {
+    tc_table* t = spares;
+    spares = t->next;
+    for (auto& slot : t->caches) {
+      if (tc_heap_cache* c = slot.load(std::memory_order_relaxed)) {
+        os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
+        released += sizeof(tc_heap_cache);
+      }
+    }
+    os::system_os().unmap_metadata(t, sizeof(tc_table));
+    released += sizeof(tc_table);
+  }
+  return released;
+}
+
+}  // namespace internal
 
 namespace {
 
