@@ -23,6 +23,7 @@ struct registry_t {
   // kSpareTables; linked by next): see thread_cache.cc, retire_table.
   tc_table* spare_tables = nullptr;
   std::uint32_t spare_count = 0;
+  std::size_t spare_resident_bytes = 0;  // their caches' tc_table::kept_resident
   heap* all_heaps = nullptr;
   // Thread tags (state::kTagShift) held by live threads, bit t for tag t:
   // distinct while at most state::kTags threads have caches, shared beyond.
@@ -33,8 +34,9 @@ struct registry_t {
 registry_t& registry();
 
 // Unmaps the tables (and their caches) kept from exited threads for new
-// ones (thread_cache.cc): trim() hands them back with the heap's free memory.
-// Returns the bytes unmapped.
+// ones (thread_cache.cc): trim() hands them back with the heap's free
+// memory, and a heap's destruction with its caches. Returns the bytes
+// unmapped.
 std::size_t release_spare_tables() noexcept;
 
 // A coarse monotonic clock for decay times.

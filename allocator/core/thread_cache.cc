@@ -68,26 +68,41 @@ void heap::give_back_cache(tc_heap_cache* c) noexcept {
 // allocation of each size class faults in a page of its cache's slots (a
 // page of counts, one of slots per class used: dozens of faults of about
 // 5 us each here); a program that starts a thread per task (mstress starts
-// 101) paid them for every thread. A kept table keeps only the caches of
-// heaps that still exist, emptied; it holds at most a few hundred KiB
-// resident, so a handful are kept, until new threads take them or trim()
-// hands them back (internal::release_spare_tables).
+// 101) paid them for every thread. A kept table keeps the caches of heaps
+// that still exist, emptied, while all the caches kept stay under
+// kSpareResidentBytes resident (a cache used in every class holds 384 KiB;
+// mstress's malloc cache about 150 KiB); its other caches are unmapped.
+// Kept until new threads take them, or trim() or the destruction of a heap
+// hands them all back (internal::release_spare_tables).
 constexpr std::uint32_t kSpareTables = 4;
+constexpr std::size_t kSpareResidentBytes = std::size_t{1} << 20;
 
 // Hands a thread's cached blocks back to their heaps and takes its table
 // off the registry; then keeps the table as a spare, or unmaps it.
 void retire_table(tc_table* t) noexcept {
+  // Measured before the lock (a system call each): the caches are this
+  // thread's, and nobody else writes them.
+  std::size_t resident[kMaxCachedHeaps] = {};
+  for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
+    if (tc_heap_cache* c = t->caches[slot].load(std::memory_order_acquire)) {
+      resident[slot] = os::system_os().resident_bytes(c, sizeof(tc_heap_cache));
+    }
+  }
   registry_t& r = registry();
   bool kept;
   {
     lock_guard guard(r.lock);
     kept = r.spare_count < kSpareTables;
+    std::size_t kept_bytes = 0;
     for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
       tc_heap_cache* c = t->caches[slot].load(std::memory_order_acquire);
       if (c == nullptr) continue;
       const bool alive = r.heaps[slot] != nullptr && r.ids[slot] == c->heap_id.load(std::memory_order_relaxed);
       if (alive) r.heaps[slot]->give_back_cache(c);  // leaves every bin empty
-      if (alive && kept) continue;
+      if (alive && kept && r.spare_resident_bytes + kept_bytes + resident[slot] <= kSpareResidentBytes) {
+        kept_bytes += resident[slot];
+        continue;
+      }
       os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
       t->caches[slot].store(nullptr, std::memory_order_relaxed);
     }
@@ -99,6 +114,8 @@ void retire_table(tc_table* t) noexcept {
     if (!shared) r.tags_in_use &= ~(1u << t->tag);
     bias_tag_released(t->tag, shared);
     if (kept) {
+      t->kept_resident = kept_bytes;
+      r.spare_resident_bytes += kept_bytes;
       t->prev = nullptr;
       t->next = r.spare_tables;
       r.spare_tables = t;
@@ -118,6 +135,7 @@ std::size_t release_spare_tables() noexcept {
     spares = r.spare_tables;
     r.spare_tables = nullptr;
     r.spare_count = 0;
+    r.spare_resident_bytes = 0;
   }
   std::size_t released = 0;
   while (spares != nullptr) {
@@ -150,6 +168,7 @@ tc_table* new_table() noexcept {
     if (tc_table* t = r.spare_tables) {
       r.spare_tables = t->next;
       --r.spare_count;
+      r.spare_resident_bytes -= t->kept_resident;
       t->next = nullptr;
       return t;
     }
@@ -167,7 +186,10 @@ __thread bool t_exited = false;
 namespace {
 
 // Runs at the thread's exit (call_at_thread_exit): its cached blocks go back.
+// Once: the main thread may get a second call (see thread_exit.h), whose
+// table another thread may own by then.
 void flush_at_thread_exit(void* arg) {
+  if (t_exited) return;
   auto* table = static_cast<tc_table*>(arg);
   t_exited = true;
   // No more plain frees, and no block of ours from now on: the tag goes back

@@ -89,6 +89,9 @@ struct tc_table {
   std::atomic<tc_heap_cache*> caches[kMaxCachedHeaps];  // by heap slot, mapped on first use
   tc_table* next;                          // all tables (guarded by the registry lock)
   tc_table* prev;
+  // Kept from an exited thread (thread_cache.cc, retire_table): the bytes of
+  // its caches resident then.
+  std::size_t kept_resident;
   std::uint32_t tag;  // this thread's tag, 1-state::kTags (see state::kTagShift)
 };
 

@@ -2,15 +2,27 @@
 //
 // A thread_local object with a destructor does this, but its registration goes
 // through libstdc++ (__cxa_thread_atexit), which libdropalloc.so does not load
-// (allocator/BUILD, NO_CXX_RUNTIME_COPTS). glibc's own entry point is the one
-// libstdc++ calls: same order (the reverse of registration, before the
-// thread's TLS goes away), also run by exit() for the main thread.
+// (allocator/BUILD, NO_CXX_RUNTIME_COPTS). Two of glibc's own mechanisms do
+// it here:
+//  - the destructor of a thread-specific key, made at load time: it runs
+//    after the thread's thread_local destructors, so their frees are still
+//    cached and handed back, and it also runs for a thread whose first call
+//    comes from another key's destructor, which glibc runs later still (a
+//    __cxa_thread_atexit_impl registration made there is never run: glibc
+//    has run those already, and the thread's table leaked);
+//  - __cxa_thread_atexit_impl (what libstdc++ calls), for the main thread,
+//    whose handlers exit() runs (it runs no key destructors), and for every
+//    thread where no key could be made (32 or more existed at load time:
+//    setting a higher one allocates).
 #pragma once
 
 namespace dropalloc::core {
 
-// Runs fn(arg) when the calling thread exits. False if it could not be
-// registered (glibc could not allocate its record); fn then never runs.
+// Runs fn(arg) when the calling thread exits. fn must be the same function
+// in every call of the process (the thread caches' exit handler), and it may
+// run twice for the main thread (pthread_exit from main): it must let a
+// second run do nothing. False if it could not be registered (glibc could
+// not allocate its record); fn then never runs.
 bool call_at_thread_exit(void (*fn)(void*), void* arg) noexcept;
 
 }  // namespace dropalloc::core
