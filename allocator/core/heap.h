@@ -336,7 +336,6 @@ class heap {
 
   static bool retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;
 
-  friend struct thread_exit_flusher;
   friend void retire_table(tc_table* t) noexcept;
   friend void prefork_all() noexcept;
   friend void postfork_all() noexcept;

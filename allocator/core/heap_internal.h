@@ -35,9 +35,8 @@ registry_t& registry();
 
 // Unmaps the tables (and their caches) kept from exited threads for new
 // ones (thread_cache.cc): trim() hands them back with the heap's free
-// memory, and a heap's destruction with its caches. Returns the bytes
-// unmapped.
-std::size_t release_spare_tables() noexcept;
+// memory, and a heap's destruction with its caches.
+void release_spare_tables() noexcept;
 
 // A coarse monotonic clock for decay times.
 inline std::uint64_t now_ms() {

@@ -85,7 +85,10 @@ void retire_table(tc_table* t) noexcept {
   std::size_t resident[kMaxCachedHeaps] = {};
   for (int slot = 0; slot < kMaxCachedHeaps; ++slot) {
     if (tc_heap_cache* c = t->caches[slot].load(std::memory_order_acquire)) {
-      resident[slot] = os::system_os().resident_bytes(c, sizeof(tc_heap_cache));
+      // A cache in use has its page of counts resident: 0 is an error, and
+      // counts as all of it.
+      const std::size_t bytes = os::system_os().resident_bytes(c, sizeof(tc_heap_cache));
+      resident[slot] = bytes != 0 ? bytes : sizeof(tc_heap_cache);
     }
   }
   registry_t& r = registry();
@@ -127,7 +130,7 @@ void retire_table(tc_table* t) noexcept {
 
 namespace internal {
 
-std::size_t release_spare_tables() noexcept {
+void release_spare_tables() noexcept {
   tc_table* spares;
   {
     registry_t& r = registry();
@@ -137,20 +140,14 @@ std::size_t release_spare_tables() noexcept {
     r.spare_count = 0;
     r.spare_resident_bytes = 0;
   }
-  std::size_t released = 0;
   while (spares != nullptr) {
     tc_table* t = spares;
     spares = t->next;
     for (auto& slot : t->caches) {
-      if (tc_heap_cache* c = slot.load(std::memory_order_relaxed)) {
-        os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
-        released += sizeof(tc_heap_cache);
-      }
+      if (tc_heap_cache* c = slot.load(std::memory_order_relaxed)) os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
     }
     os::system_os().unmap_metadata(t, sizeof(tc_table));
-    released += sizeof(tc_table);
   }
-  return released;
 }
 
 }  // namespace internal

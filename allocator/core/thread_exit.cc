@@ -1,5 +1,7 @@
 #include "allocator/core/thread_exit.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -25,11 +27,31 @@ void run_exit_fn(void* arg) {
   if (void (*fn)(void*) = g_exit_fn.load(std::memory_order_acquire)) fn(arg);
 }
 
+// glibc calls a key's destructor with nothing keeping its code loaded (a
+// __cxa_thread_atexit_impl registration names its object, which stays
+// loaded until the registration has run; a key does not), and
+// pthread_key_delete does not wait for a destructor already running: a
+// dlclose of this object while threads exit would let them run unmapped
+// code. So the object stays loaded for good, as if linked with -z nodelete,
+// before its key can be set: this also covers the reader slots' key
+// (grace.cc). True if it stays loaded: it is the program itself, or the
+// loader took the flag.
+bool keep_this_object_loaded() noexcept {
+  Dl_info info;
+  link_map* map = nullptr;
+  if (dladdr1(reinterpret_cast<void*>(&run_exit_fn), &info, reinterpret_cast<void**>(&map), RTLD_DL_LINKMAP) == 0 ||
+      map == nullptr) {
+    return false;
+  }
+  if (map->l_name == nullptr || map->l_name[0] == '\0') return true;  // the program: never unloaded
+  return dlopen(map->l_name, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE) != nullptr;  // never closed
+}
+
 __attribute__((constructor)) void make_exit_key() {
   pthread_key_t key;
   if (pthread_key_create(&key, run_exit_fn) != 0) return;
-  if (key >= kKeysWithoutAllocation) {
-    pthread_key_delete(key);  // setting it could allocate: the other registration serves
+  if (key >= kKeysWithoutAllocation || !keep_this_object_loaded()) {
+    pthread_key_delete(key);  // setting it could allocate, or unload it: the other registration serves
     return;
   }
   g_exit_key.store(key, std::memory_order_release);

@@ -13,7 +13,14 @@
 //  - __cxa_thread_atexit_impl (what libstdc++ calls), for the main thread,
 //    whose handlers exit() runs (it runs no key destructors), and for every
 //    thread where no key could be made (32 or more existed at load time:
-//    setting a higher one allocates).
+//    setting a higher one allocates) or the loader would not keep this
+//    object loaded for good (thread_exit.cc says why the key needs it).
+//
+// Limits, both leaks of the thread's cache table, its tag and the blocks of
+// its first refill: glibc runs at most four rounds of key destructors, so a
+// thread whose first allocation is in the fourth round (a destructor that
+// set its own key again three times) is not handed back; nor is one whose
+// first allocation is in any key destructor where the key could not be made.
 #pragma once
 
 namespace dropalloc::core {

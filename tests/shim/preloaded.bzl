@@ -11,7 +11,8 @@ def preloaded_program_tests(name, srcs, variants, size = "medium", deps = []):
     Args:
       name: the program.
       srcs: its sources (C or C++; tests/shim/shim_check.h available).
-      variants: list of (test name, environment dict) pairs.
+      variants: list of (test name, environment dict) pairs, or triples
+        with a list of extra tags (e.g. ["manual"]) last.
       size: the tests' size.
       deps: test helpers the program uses beyond tests/shim/shim_check.h.
     """
@@ -28,7 +29,9 @@ def preloaded_program_tests(name, srcs, variants, size = "medium", deps = []):
             "//tests/shim:shim_check",
         ] + deps,
     )
-    for test_name, env in variants:
+    for variant in variants:
+        test_name, env = variant[0], variant[1]
+        extra_tags = variant[2] if len(variant) > 2 else []
         native.sh_test(
             name = test_name,
             size = size,
@@ -39,5 +42,5 @@ def preloaded_program_tests(name, srcs, variants, size = "medium", deps = []):
                 "//allocator:libdropalloc.so",
             ],
             env = env,
-            tags = ["no_sanitizer"],
+            tags = ["no_sanitizer"] + extra_tags,
         )
