@@ -7,6 +7,8 @@
 #include <cstring>
 #include <string>
 
+#include "tests/zero_page.h"
+
 namespace attack29 {
 
 // Sanitizer builds run several times slower: fewer rounds there.
@@ -31,41 +33,10 @@ inline bool holds(const tagged& t) {
   return true;
 }
 
-// Sum of Rss (KiB) and count of the mappings of `kib` KiB (or a multiple).
-struct map_sum {
-  std::size_t count = 0;
-  std::size_t rss_kib = 0;
-};
-
-inline map_sum mappings_of_size(std::size_t kib) {
-  map_sum out;
-  FILE* f = std::fopen("/proc/self/smaps", "r");
-  if (f == nullptr) return out;
-  char line[512];
-  bool match = false;
-  while (std::fgets(line, sizeof line, f) != nullptr) {
-    unsigned long size = 0, rss = 0;
-    if (std::sscanf(line, "Size: %lu kB", &size) == 1) {
-      // Adjacent mappings of one kind may merge (the kernel joins them):
-      // a multiple of the size counts as that many.
-      match = size >= kib && size % kib == 0;
-      if (match) out.count += size / kib;
-    } else if (match && std::sscanf(line, "Rss: %lu kB", &rss) == 1) {
-      out.rss_kib += rss;
-    }
-  }
-  std::fclose(f);
-  return out;
-}
-
+// Resident KiB of this process.
 inline std::size_t rss_kib() {
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  unsigned long pages = 0, res = 0;
-  if (f != nullptr) {
-    if (std::fscanf(f, "%lu %lu", &pages, &res) != 2) res = 0;
-    std::fclose(f);
-  }
-  return res * 4;
+  const long pages = dropalloc::testing::resident_pages();
+  return pages < 0 ? 0 : static_cast<std::size_t>(pages) * 4;
 }
 
 inline std::size_t map_count() {

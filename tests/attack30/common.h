@@ -8,14 +8,11 @@
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/mutex.h"
 #include "allocator/core/thread_cache.h"
+#include "tests/attack29/common.h"
 
 namespace attack30 {
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-inline constexpr int kSlow = 1;
-#else
-inline constexpr int kSlow = 0;
-#endif
+using attack29::kSlow;  // fewer rounds under a sanitizer
 
 // Tables on the registry's list (live threads, and threads whose table was
 // never retired) and on the spare list.
@@ -34,16 +31,6 @@ inline tables_count count_tables() {
   out.spare_count = r.spare_count;
   out.tags_in_use = r.tags_in_use;
   return out;
-}
-
-inline std::size_t rss_kib() {
-  FILE* f = std::fopen("/proc/self/statm", "r");
-  unsigned long pages = 0, res = 0;
-  if (f != nullptr) {
-    if (std::fscanf(f, "%lu %lu", &pages, &res) != 2) res = 0;
-    std::fclose(f);
-  }
-  return res * 4;
 }
 
 }  // namespace attack30

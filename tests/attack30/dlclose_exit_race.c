@@ -24,14 +24,8 @@
 #include <unistd.h>
 
 #include "allocator/dropalloc_c.h"
+#include "tests/shim/shim_check.h"
 
-#define CHECK(cond)                                                           \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      exit(1);                                                                \
-    }                                                                         \
-  } while (0)
 
 enum { kResources = 16, kThreads = 12 };
 

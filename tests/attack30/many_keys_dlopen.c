@@ -16,14 +16,8 @@
 #include <string.h>
 
 #include "allocator/dropalloc_c.h"
+#include "tests/shim/shim_check.h"
 
-#define CHECK(cond)                                                           \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      exit(1);                                                                \
-    }                                                                         \
-  } while (0)
 
 static dropalloc_resource* (*p_create)(unsigned);
 static dropalloc_block (*p_alloc)(dropalloc_resource*, size_t, size_t);
