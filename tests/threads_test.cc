@@ -301,10 +301,10 @@ TEST_CASE("one thread using three resources in turn: every block goes back to it
 
 // An exited thread's table of caches is kept for the next new thread (a few
 // are kept; the rest are unmapped). The next thread must find its caches
-// empty, and a cache kept for a resource destroyed since must be reset, not
-// used: its blocks would belong to unmapped arenas, or to another resource
-// that took the same registry slot.
-TEST_CASE("tables of exited threads serve new threads: caches empty, those of destroyed resources reset") {
+// empty, and never one of a destroyed resource (whose destruction hands the
+// kept tables back): its blocks would belong to unmapped arenas, or to the
+// resource that took the same registry slot.
+TEST_CASE("tables of exited threads serve new threads: caches empty, none of a destroyed resource") {
   droppable_resource kept;
   auto fill_and_exit = [](droppable_resource& a, droppable_resource& b, int threads) {
     std::vector<std::thread> ts;
