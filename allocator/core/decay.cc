@@ -186,7 +186,7 @@ std::size_t heap::trim() noexcept {
   if (mine != nullptr && mine->heap_id.load(std::memory_order_relaxed) == id_) give_back_cache(mine);
   // Exited threads' tables kept for new threads hold no blocks, only pages
   // (process-wide ones: not counted as this heap's).
-  internal::release_spare_tables();
+  internal::release_spare_tables(/*wait=*/false);
   return decay(true);
 }
 

@@ -107,7 +107,7 @@ heap::~heap() {
   }
   // Tables kept from exited threads may hold an (empty) cache of this heap,
   // which nothing would unmap until a new thread took the table and exited.
-  if (slot_ >= 0) internal::release_spare_tables();
+  if (slot_ >= 0) internal::release_spare_tables(/*wait=*/true);
   for (std::size_t cls = 0; cls < kNumCachedClasses; ++cls) {
     if (classes_[cls].transfer != nullptr) {
       os_->unmap_metadata(classes_[cls].transfer, kTransferCapacity[cls] * sizeof(cached_block));

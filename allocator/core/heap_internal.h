@@ -34,9 +34,12 @@ struct registry_t {
 registry_t& registry();
 
 // Unmaps the tables (and their caches) kept from exited threads for new
-// ones (thread_cache.cc): trim() hands them back with the heap's free
-// memory, and a heap's destruction with its caches.
-void release_spare_tables() noexcept;
+// ones (thread_cache.cc): a heap's destruction hands them back with its
+// caches (wait: takes the registry lock), and trim() with the heap's free
+// memory if the registry lock is free (!wait): trim() may be called where
+// it is held (from inside an OS call of a decay pass, which the purger
+// makes under it), and the spares are only memory.
+void release_spare_tables(bool wait) noexcept;
 
 // A coarse monotonic clock for decay times.
 inline std::uint64_t now_ms() {

@@ -130,15 +130,20 @@ void retire_table(tc_table* t) noexcept {
 
 namespace internal {
 
-void release_spare_tables() noexcept {
+void release_spare_tables(bool wait) noexcept {
   tc_table* spares;
   {
     registry_t& r = registry();
-    lock_guard guard(r.lock);
+    if (wait) {
+      r.lock.lock();
+    } else if (!r.lock.try_lock()) {
+      return;
+    }
     spares = r.spare_tables;
     r.spare_tables = nullptr;
     r.spare_count = 0;
     r.spare_resident_bytes = 0;
+    r.lock.unlock();
   }
   while (spares != nullptr) {
     tc_table* t = spares;
