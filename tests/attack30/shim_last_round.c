@@ -34,24 +34,16 @@ static void* body(void* arg) {
   return NULL;
 }
 
-static size_t vm_kib(void) {
+// Address space and resident KiB of this process (/proc/self/statm).
+static void statm_kib(size_t* vm, size_t* rss) {
   FILE* f = fopen("/proc/self/statm", "r");
   unsigned long size = 0, res = 0;
   if (f != NULL) {
-    if (fscanf(f, "%lu %lu", &size, &res) != 2) size = 0;
+    if (fscanf(f, "%lu %lu", &size, &res) != 2) size = res = 0;
     fclose(f);
   }
-  return size * 4;
-}
-
-static size_t rss_kib(void) {
-  FILE* f = fopen("/proc/self/statm", "r");
-  unsigned long size = 0, res = 0;
-  if (f != NULL) {
-    if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
-    fclose(f);
-  }
-  return res * 4;
+  *vm = size * 4;
+  *rss = res * 4;
 }
 
 int main(void) {
@@ -65,7 +57,8 @@ int main(void) {
     CHECK(pthread_create(&t, NULL, body, NULL) == 0);
     CHECK(pthread_join(t, NULL) == 0);
   }
-  const size_t vm0 = vm_kib(), rss0 = rss_kib();
+  size_t vm0, rss0;
+  statm_kib(&vm0, &rss0);
   const int threads = 400;
   for (int i = 0; i < threads; ++i) {
     pthread_t t;
@@ -73,7 +66,8 @@ int main(void) {
     CHECK(pthread_join(t, NULL) == 0);
   }
   malloc_trim(0);
-  const size_t vm1 = vm_kib(), rss1 = rss_kib();
+  size_t vm1, rss1;
+  statm_kib(&vm1, &rss1);
   printf("first malloc in key-destructor round %d, %d threads: address space %zu -> %zu KiB (%+ld), rss %zu -> %zu KiB\n",
          g_alloc_round, threads, vm0, vm1, (long)vm1 - (long)vm0, rss0, rss1);
   CHECK(vm1 < vm0 + 64 * 1024);
