@@ -117,6 +117,50 @@ TEST_CASE("refused, with the block as it was: not a live, never-observed large b
   CHECK(h.stats().blocks_live == 0);
 }
 
+TEST_CASE("a block in a reused mapping larger than its request grows within it, under the same header") {
+  os::fake_os fos;
+  core::heap h(with_os(&fos));
+  void* big = allocate_large(h, 3 * kLarge);
+  const std::size_t mapping = h.usable_size(big);
+  h.deallocate(big);  // into the large-mapping cache, which serves requests down to a quarter of a mapping
+  void* p = allocate_large(h, kLarge);
+  REQUIRE(p == big);
+  fill(p, kLarge, 4);
+  const int maps = fos.metadata_maps.load();
+  CHECK(h.grow_large_in_place(p, 2 * kLarge));  // what realloc asks: its usable size (the mapping's) says nothing
+  CHECK(fos.metadata_maps.load() == maps);      // no new header
+  CHECK(fos.extends.load() == 0);               // no mremap
+  CHECK(h.usable_size(p) == mapping);
+  CHECK(holds(p, kLarge, 4));
+  fill(p, 2 * kLarge, 6);
+  CHECK(holds(p, 2 * kLarge, 6));
+  CHECK(h.stats().blocks_live == 1);
+  CHECK_FALSE(h.grow_large_in_place(p, 2 * kLarge));  // not above its request now
+  CHECK_FALSE(h.grow_large_in_place(p, kLarge));      // a shrink: realloc's own rule decides
+  CHECK(h.usable_size(p) == mapping);
+  // Past the mapping: the mapping itself grows, under a new header.
+  if (h.grow_large_in_place(p, mapping + kPage)) {
+    CHECK(fos.extends.load() == 1);
+    CHECK(h.usable_size(p) == mapping + kPage);
+    CHECK(holds(p, 2 * kLarge, 6));
+  }
+  const std::uint64_t refused = h.stats().misuse_refused;
+  h.deallocate(p);
+  CHECK(h.stats().blocks_live == 0);
+  h.deallocate(p);  // a double free of the grown block is refused
+  CHECK(h.stats().misuse_refused == refused + 1);
+  // Observed: a handle to the life may exist, so it does not grow even within its mapping.
+  void* q = allocate_large(h, 3 * kLarge);
+  h.deallocate(q);
+  void* r = allocate_large(h, kLarge);
+  REQUIRE(r == q);
+  const std::uint64_t gen = h.generation(r);
+  REQUIRE(gen != 0);
+  CHECK_FALSE(h.grow_large_in_place(r, 2 * kLarge));
+  CHECK(h.generation(r) == gen);
+  h.deallocate(r);
+}
+
 TEST_CASE("a failed mremap or metadata map leaves the block live, whole and freeable") {
   os::fake_os fos;
   core::heap h(with_os(&fos));

@@ -220,6 +220,7 @@ void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error
     // tail to keep or release, nothing to clear.
     const bool zeroed = cached->large_released;
     cached->large_released = false;
+    cached->large_request = span;
     const std::size_t tail = cached->span - span;
     if (tail != 0 && !zeroed && !keep_large_tail(cached, tail)) (void)os_->release_pages(cached->base + span, tail);
     if (zero && !zeroed) memset(cached->base, 0, bytes);  // a recycled mapping holds old data
@@ -258,6 +259,12 @@ bool heap::keep_large_tail(segment* s, std::size_t bytes) noexcept {
   } while (!large_tail_kept_bytes_.compare_exchange_weak(kept, kept + bytes, std::memory_order_relaxed));
   s->large_tail_kept = bytes;
   return true;
+}
+
+void heap::shrink_large_tail(segment* s, std::size_t bytes) noexcept {
+  if (s->large_tail_kept <= bytes) return;
+  large_tail_kept_bytes_.fetch_sub(s->large_tail_kept - bytes, std::memory_order_relaxed);
+  s->large_tail_kept = bytes;
 }
 
 void heap::forget_large_tail(segment* s) noexcept {

@@ -107,12 +107,15 @@ class heap {
   // Frees a block; double, foreign and interior frees are refused and reported.
   void deallocate(void* p) noexcept;
   // realloc's cheap case: the live large block starting at p, never
-  // observed, grows to hold `bytes` where it is (its mapping is extended;
-  // nothing is copied, and the new bytes read as zeros). False, with the
-  // block as it was, when that cannot be done: not such a block, the address
-  // space after it taken, or no memory for its new metadata. The caller
-  // then copies. The block keeps its address but starts a new life under a
-  // new header: handles to its earlier lives read stale, as after a free.
+  // observed, grows to hold `bytes` where it is. Within its mapping (a
+  // reused mapping may be up to four times the request) only the block's
+  // request grows; past it the mapping is extended (nothing is copied, and
+  // the new bytes read as zeros). False, with the block as it was, when that
+  // cannot be done: not such a block, `bytes` not above its request, the
+  // address space after it taken, or no memory for its new metadata. The
+  // caller then copies (or keeps the block, for a shrink). Extended, the
+  // block keeps its address but starts a new life under a new header:
+  // handles to its earlier lives read stale, as after a free.
   bool grow_large_in_place(void* p, std::size_t bytes) noexcept;
 
   // The fast paths alone, for front ends that keep their own slow path out of
@@ -386,6 +389,7 @@ class heap {
   std::atomic<std::size_t> large_tail_kept_bytes_{0};
   bool keep_large_tail(segment* s, std::size_t bytes) noexcept;  // false: over the bound
   void forget_large_tail(segment* s) noexcept;                   // s's block is freed or regrown
+  void shrink_large_tail(segment* s, std::size_t bytes) noexcept;  // its request grew into the tail
   bool cache_large(segment* s) noexcept;  // false: not kept, caller unmaps
   // Removes entry i from the cache and from all_ (under segments_lock_); the
   // caller unmaps it, after the lock is released (destroy_segments).

@@ -12,7 +12,10 @@
 //      as a free would. Only a live block never observed is claimed (a
 //      handle to this life could otherwise outlive it), and from here on a
 //      racing free is refused as a double free and generation() finds no
-//      live block, as for a block being freed.
+//      live block, as for a block being freed. If its mapping already holds
+//      the new size (a cached mapping reused for a smaller request), only
+//      its request grows, and it is live again under the same header; the
+//      steps below are for a mapping that must grow.
 //   2. Raise the generation floor above every generation of the old header:
 //      the new header's generations start above it, so a handle to an
 //      earlier life of these addresses never matches (as after unmapping).
@@ -35,11 +38,27 @@ bool heap::grow_large_in_place(void* p, std::size_t bytes) noexcept {
     // The header may be one being unmapped (a foreign or freed pointer).
     read_section reading;
     segment* s = segment_of(p);
-    if (s == nullptr || s->owner != this || s->cls != kLargeClass || s->base != p || span <= s->span) return false;
+    if (s == nullptr || s->owner != this || s->cls != kLargeClass || s->base != p) return false;
     std::uint8_t live = state::kLive;  // large blocks carry no thread tag
     if (!s->state[0].compare_exchange_strong(live, state::kFree, std::memory_order_acq_rel,
                                              std::memory_order_relaxed)) {
       return false;  // observed, sealed, dropped, free, or racing a free
+    }
+    // Claimed: the fields below are the holder's, and a racing free is refused.
+    if (span <= s->large_request) {
+      s->state[0].store(state::kLive, std::memory_order_release);
+      return false;  // not a growth
+    }
+    if (span <= s->span) {
+      // A reused mapping larger than the request: the block grows into the
+      // rest of it (kept resident, or released and reading as zeros) under
+      // the same header. Never observed, so no handle to this life exists
+      // that a new one would have to make stale. Copying it instead (as
+      // realloc did) faulted fresh pages for all of it each time.
+      s->large_request = span;
+      shrink_large_tail(s, s->span - span);
+      s->state[0].store(state::kLive, std::memory_order_release);
+      return true;
     }
     old = s;  // a claimed block is in no cache and on no list of free ones: its header stays
   }

@@ -153,6 +153,7 @@ segment* large_header(os::os_interface& os, heap* owner, std::byte* base, std::s
   if (s == nullptr) return nullptr;
   s->bump = 1;
   s->live = 1;
+  s->large_request = span;
   s->state[0].store(state::kLive, std::memory_order_relaxed);
   return s;
 }

@@ -162,7 +162,12 @@ inline constexpr std::uint32_t kLargeClass = 0xffff;
 //                                                  address, whose generations start
 //                                                  above the old header's; live again
 //                                                  under the old one if the growth
-//                                                  fails (tests/large_grow_test.cc)
+//                                                  fails (tests/large_grow_test.cc);
+//                                                  within a mapping already large
+//                                                  enough (a reused one) only its
+//                                                  request grows, under the same
+//                                                  header (never observed: no
+//                                                  handle to the life exists)
 //   trim / decay    unmap arenas with no live block (no state changes); handles
 //                   into them read stale, since unmapping raises the process's
 //                   generation floor above every generation the arena used.
@@ -278,6 +283,10 @@ struct segment {
                                    // an arena still churning keeps its warm pages
   // Large blocks only, written by whoever holds the live block (the thread
   // that allocated it, then the one that frees or grows it).
+  std::size_t large_request;       // bytes of the span the block's current life asked
+                                   // for, page-rounded (<= span: a reused mapping may be
+                                   // up to four times the request); realloc grows it
+                                   // within the mapping before it extends the mapping
   std::size_t large_tail_kept;     // bytes past the request left resident when a cached
                                    // mapping was reused for a smaller one (counted in
                                    // the heap's large_tail_kept_bytes_); 0 = none

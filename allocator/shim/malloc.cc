@@ -208,12 +208,16 @@ void* realloc_impl(void* p, std::size_t bytes) {
     errno = ENOMEM;
     return nullptr;
   }
-  if (fits_in_place(have, bytes) && dropalloc::shim::serves_size(h, bytes)) return p;
-  // A request only a mapping of its own can hold: if p has one, try to grow
-  // that where it is first (no copy, no page faults over the old bytes).
-  if (bytes > have && bytes > dropalloc::core::kMaxClassSize && dropalloc::shim::grow_in_place(h, p, bytes)) {
+  // A request only a mapping of its own can hold, of a block that has one:
+  // grow it where it is first (no copy, no page faults over the old bytes).
+  // Before the size rule below, because a large block's usable size is its
+  // mapping's, which may be up to four times what it was asked for (a
+  // reused mapping): a growth from there looked like a shrink and copied.
+  if (bytes > dropalloc::core::kMaxClassSize && have > dropalloc::core::kMaxClassSize &&
+      dropalloc::shim::grow_in_place(h, p, bytes)) {
     return p;
   }
+  if (fits_in_place(have, bytes) && dropalloc::shim::serves_size(h, bytes)) return p;
   void* q = alloc(bytes, malloc_align(bytes));
   if (q == nullptr) return nullptr;  // the old block stays valid, as C requires
   memcpy(q, p, bytes < have ? bytes : have);

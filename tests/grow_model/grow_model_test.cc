@@ -230,8 +230,8 @@ using dropalloc::testing::live_set;
 
 // Totals over a test case, printed at its end.
 struct counters {
-  std::atomic<long> ops{0}, grown{0}, grown_huge{0}, grow_no_room{0}, grow_refused_ok{0}, races{0}, injected{0},
-      race_probes{0}, race_observed{0}, race_grown{0}, race_grown_observed{0}, unlocked{0}, unlocked_swept{0},
+  std::atomic<long> ops{0}, grown{0}, grown_huge{0}, grown_within{0}, grow_no_room{0}, grow_refused_ok{0}, races{0},
+      injected{0}, race_probes{0}, race_observed{0}, race_grown{0}, race_grown_observed{0}, unlocked{0}, unlocked_swept{0},
       seal_alls{0}, check_alls{0}, drops{0}, checker_probes{0}, checker_intact{0}, ended_probes{0}, misuse{0};
 };
 
@@ -304,6 +304,7 @@ const char* name(life l) { return l == life::live ? "live" : l == life::sealed ?
 struct blk {
   std::byte* p = nullptr;
   std::size_t usable = 0;
+  std::size_t request = 0;  // large: the page-rounded request of this life (a reused mapping's usable size is more)
   bool large = false;
   contents now;      // what memory holds
   contents at_seal;  // what the last effective seal vouched for
@@ -598,6 +599,7 @@ class owner {
     auto b = std::make_unique<blk>();
     b->p = static_cast<std::byte*>(raw);
     b->large = size > core::kMaxClassSize;
+    b->request = b->large ? round_page(size) : 0;
     const std::size_t usable = h_.usable_size(raw);
     expect(usable >= size && usable % 8 == 0, "usable-size-short",
            "allocate(" + std::to_string(size) + ") -> " + hex(raw) + " usable " + std::to_string(usable));
@@ -637,11 +639,16 @@ class owner {
       const std::size_t same[] = {old, old - 1, old / 2, 1, old > kPage ? old - kPage : old};
       bytes = same[r_.below(5)];
     }
-    const bool may = b->large && b->st == life::live && !b->observed && bytes > old && bytes != 0 &&
-                     bytes <= core::kMaxRequest && bytes < (std::size_t{1} << 44);
+    // Growth is above the life's request, which for a reused mapping is less
+    // than its usable size (the mapping's): up to the usable size the block
+    // grows within its mapping (nothing mapped, the header and usable size
+    // as they were), past it the mapping is extended.
+    const bool may = b->large && b->st == life::live && !b->observed && bytes != 0 && bytes <= core::kMaxRequest &&
+                     bytes < (std::size_t{1} << 44) && round_page(bytes) > b->request;
+    const bool within = may && round_page(bytes) <= old;
     // An injected failure of the mremap or of the new header's metadata.
-    const std::uint64_t inject = may ? (r_.chance(12) ? 1 + r_.below(2) : 0) : 0;
-    const std::size_t span = may ? round_page(bytes) : 0;
+    const std::uint64_t inject = may && !within ? (r_.chance(12) ? 1 + r_.below(2) : 0) : 0;
+    const std::size_t span = may ? (within ? old : round_page(bytes)) : 0;
     const bool huge = span > 64 * kMiB;
     const bool racing = may && r_.chance(40);
     const bool unlocked = may && !huge && r_.chance(30);
@@ -710,11 +717,13 @@ class owner {
     if (ok) {
       ++w_.count->grown;
       if (huge) ++w_.count->grown_huge;
+      if (within) ++w_.count->grown_within;
       const std::size_t now_usable = h_.usable_size(b->p);
       expect(now_usable == span, "usable-size-after-growth",
              where(*b) + ": grown to " + std::to_string(bytes) + ", usable_size " + std::to_string(now_usable) +
                  " (want " + std::to_string(span) + ")");
       b->usable = span;
+      b->request = round_page(bytes);
       b->now.grow_to(span);
       std::uintptr_t hit = 0;
       expect(w_.ranges.resize(b->p, span, &hit), "grown-block-overlaps-live-block",
@@ -1348,14 +1357,14 @@ void run_case(const char* os_name, os::fake_os* fos, os::os_interface& layer) {
   }
   const double secs = std::chrono::duration<double>(clock_type::now() - start).count();
   std::fprintf(stderr,
-               "[grow_model] %s: %d rounds, %ld ops in %.1f s; grown %ld (huge %ld), no room %ld, injected failures "
+               "[grow_model] %s: %d rounds, %ld ops in %.1f s; grown %ld (huge %ld, within a reused mapping %ld), no room %ld, injected failures "
                "%ld, refused as it must "
                "%ld; races %ld (checker probes during them %ld, observed %ld, grown %ld, grown and the new life "
                "observed during the race %ld); unlocked growths %ld (a seal_all "
                "meanwhile %ld); seal_all %ld, check_all %ld, drops %ld, misuse %ld; checker probes %ld (intact "
                "%ld, ended handles %ld)\n",
                os_name, rounds, count.ops.load(), secs, count.grown.load(), count.grown_huge.load(),
-               count.grow_no_room.load(), count.injected.load(), count.grow_refused_ok.load(), count.races.load(),
+               count.grown_within.load(), count.grow_no_room.load(), count.injected.load(), count.grow_refused_ok.load(), count.races.load(),
                count.race_probes.load(), count.race_observed.load(), count.race_grown.load(),
                count.race_grown_observed.load(), count.unlocked.load(), count.unlocked_swept.load(),
                count.seal_alls.load(), count.check_alls.load(), count.drops.load(), count.misuse.load(),
