@@ -231,8 +231,9 @@ using dropalloc::testing::live_set;
 // Totals over a test case, printed at its end.
 struct counters {
   std::atomic<long> ops{0}, grown{0}, grown_huge{0}, grown_within{0}, grow_no_room{0}, grow_refused_ok{0}, races{0},
-      injected{0}, race_probes{0}, race_observed{0}, race_grown{0}, race_grown_observed{0}, unlocked{0}, unlocked_swept{0},
-      seal_alls{0}, check_alls{0}, drops{0}, checker_probes{0}, checker_intact{0}, ended_probes{0}, misuse{0};
+      injected{0}, race_probes{0}, race_observed{0}, race_grown{0}, race_grown_observed{0}, unlocked{0},
+      unlocked_swept{0}, seal_alls{0}, check_alls{0}, drops{0}, checker_probes{0}, checker_intact{0}, ended_probes{0},
+      misuse{0};
 };
 
 class owner;
@@ -1357,18 +1358,20 @@ void run_case(const char* os_name, os::fake_os* fos, os::os_interface& layer) {
   }
   const double secs = std::chrono::duration<double>(clock_type::now() - start).count();
   std::fprintf(stderr,
-               "[grow_model] %s: %d rounds, %ld ops in %.1f s; grown %ld (huge %ld, within a reused mapping %ld), no room %ld, injected failures "
+               "[grow_model] %s: %d rounds, %ld ops in %.1f s; grown %ld (huge %ld, within a reused mapping %ld), no "
+               "room %ld, injected failures "
                "%ld, refused as it must "
                "%ld; races %ld (checker probes during them %ld, observed %ld, grown %ld, grown and the new life "
                "observed during the race %ld); unlocked growths %ld (a seal_all "
                "meanwhile %ld); seal_all %ld, check_all %ld, drops %ld, misuse %ld; checker probes %ld (intact "
                "%ld, ended handles %ld)\n",
                os_name, rounds, count.ops.load(), secs, count.grown.load(), count.grown_huge.load(),
-               count.grown_within.load(), count.grow_no_room.load(), count.injected.load(), count.grow_refused_ok.load(), count.races.load(),
-               count.race_probes.load(), count.race_observed.load(), count.race_grown.load(),
-               count.race_grown_observed.load(), count.unlocked.load(), count.unlocked_swept.load(),
-               count.seal_alls.load(), count.check_alls.load(), count.drops.load(), count.misuse.load(),
-               count.checker_probes.load(), count.checker_intact.load(), count.ended_probes.load());
+               count.grown_within.load(), count.grow_no_room.load(), count.injected.load(),
+               count.grow_refused_ok.load(), count.races.load(), count.race_probes.load(), count.race_observed.load(),
+               count.race_grown.load(), count.race_grown_observed.load(), count.unlocked.load(),
+               count.unlocked_swept.load(), count.seal_alls.load(), count.check_alls.load(), count.drops.load(),
+               count.misuse.load(), count.checker_probes.load(), count.checker_intact.load(),
+               count.ended_probes.load());
   if (log.any()) {
     const std::string all = log.all();
     std::fprintf(stderr, "%s", all.c_str());
