@@ -11,6 +11,13 @@
 // neighbour gets the page advised all the same, as an immediate seal's
 // advice would have been (a write after the advice makes the page dirty
 // again, and the kernel then keeps it).
+//
+// A block whose pages lie within those of the entry queued just before it
+// queues nothing (advice_queue::add): small blocks sealed in address order
+// make one entry per page rather than one per block, and the queue fills by
+// pages, not by blocks. If the entry's own block is no longer sealed at its
+// generation when the batch is given, its pages are still advised while a
+// block starting in them is sealed: those blocks' seals were queued there.
 #include <algorithm>
 
 #include "allocator/core/heap.h"
@@ -20,11 +27,26 @@ namespace dropalloc::core {
 
 using internal::now_ms;
 
+namespace {
+
+// Whether a block that starts in pages [run.first, run.last] of s is sealed.
+bool sealed_block_starts_in(const segment* s, const page_run& run) noexcept {
+  const std::size_t size = block_bytes(s);
+  const std::size_t from = run.first * kPage, to = (run.last + 1) * kPage;  // offsets in the arena
+  for (std::size_t i = (from + size - 1) / size; i < s->capacity && i * size < to; ++i) {
+    if ((s->state[i].load(std::memory_order_acquire) & state::kMask) == state::kSealed) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept {
   pending_advice batch[advice_queue::kBatch];
   int n = 0;
   const page_run run = block_pages(s, idx);
-  switch (advice_.add(pending_advice{block_start(s, idx), gen}, run.last - run.first + 1, now_ms(), batch, &n)) {
+  const advice_pages pages{s->base + run.first * kPage, s->base + run.last * kPage};
+  switch (advice_.add(pending_advice{block_start(s, idx), gen}, pages, now_ms(), batch, &n)) {
     case advice_queue::added::busy:
       advise_sealed(s, idx, gen);  // another thread is adding to the queue or emptying it: no waiting
       break;
@@ -64,7 +86,7 @@ void heap::give_advice(pending_advice* batch, int n) noexcept {
     if (s == nullptr) continue;
     if ((s->state[idx].load(std::memory_order_acquire) & state::kMask) != state::kSealed ||
         s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != batch[k].gen) {
-      continue;
+      if (!sealed_block_starts_in(s, block_pages(s, idx))) continue;
     }
     runs.add(s, idx);
   }

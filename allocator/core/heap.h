@@ -319,8 +319,10 @@ class heap {
   // MAP_DROPPABLE arenas a seal's MADV_FREE only ranks its pages for reclaim
   // (any page there may go at any time, advised or not), so it can wait:
   // seals queue (block, generation) and the queue is advised in one pass,
-  // adjacent pages in one call, when it is full (256 blocks or 1 MiB of
-  // pages), when its oldest entry is 10 ms old (at the next seal), and on
+  // adjacent pages in one call, when it is full (256 entries or 1 MiB of
+  // pages; a block within the pages of the entry before it adds none, so
+  // small blocks sealed in order take an entry per page), when its oldest
+  // entry is 10 ms old (at the next seal), and on
   // seal_all(), decay() and trim(); a queue that starts counts as decay work,
   // so a heap's purger thread flushes it when no further seal comes. Until
   // then the pages are dirty droppable pages, which the kernel may drop as
