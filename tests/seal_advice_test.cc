@@ -243,3 +243,28 @@ TEST_CASE("droppable arenas: a page whose queued block was freed is advised whil
     }
   }
 }
+
+TEST_CASE("the advice queue: an entry's pages hold a later block's only in the same arena") {
+  using dropalloc::core::advice_pages;
+  using dropalloc::core::advice_queue;
+  using dropalloc::core::pending_advice;
+  static advice_queue q;  // static: its entries are 4 KiB
+  static pending_advice out[advice_queue::kBatch];
+  int n = 0;
+  alignas(4096) static char pages[3 * 4096];
+  const advice_pages both{pages, pages + 4096, 7};
+  const advice_pages second{pages + 4096, pages + 4096, 7};
+  const advice_pages third{pages + 2 * 4096, pages + 2 * 4096, 7};
+  CHECK(q.add(pending_advice{pages, 1}, both, 0, out, &n) == advice_queue::added::first);
+  CHECK(q.add(pending_advice{pages + 4096, 2}, second, 0, out, &n) == advice_queue::added::queued);  // held
+  CHECK(q.add(pending_advice{pages + 2 * 4096, 3}, third, 0, out, &n) == advice_queue::added::queued);
+  // An arena mapped where one was unmapped (a higher gen_base), over the
+  // same page as the entry before: its block gets an entry of its own.
+  const advice_pages reused{pages + 2 * 4096, pages + 2 * 4096, 8};
+  CHECK(q.add(pending_advice{pages + 2 * 4096, 4}, reused, 0, out, &n) == advice_queue::added::queued);
+  n = q.take_all(out);
+  REQUIRE(n == 3);
+  CHECK(out[0].gen == 1);
+  CHECK(out[1].gen == 3);
+  CHECK(out[2].gen == 4);
+}

@@ -45,7 +45,7 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
   pending_advice batch[advice_queue::kBatch];
   int n = 0;
   const page_run run = block_pages(s, idx);
-  const advice_pages pages{s->base + run.first * kPage, s->base + run.last * kPage};
+  const advice_pages pages{s->base + run.first * kPage, s->base + run.last * kPage, s->gen_base};
   switch (advice_.add(pending_advice{block_start(s, idx), gen}, pages, now_ms(), batch, &n)) {
     case advice_queue::added::busy:
       advise_sealed(s, idx, gen);  // another thread is adding to the queue or emptying it: no waiting

@@ -16,10 +16,13 @@ struct pending_advice {
 };
 
 // The pages a queued block touches, [first, last] by address (its first
-// page's start and its last page's start).
+// page's start and its last page's start), and which arena they belong to:
+// its gen_base, different for every arena mapped at an address since (an
+// unmapped arena raises the generation floor that a new one starts from).
 struct advice_pages {
   const void* first;
   const void* last;
+  std::uint64_t arena;
   std::size_t count() const noexcept {
     return static_cast<std::size_t>(static_cast<const char*>(last) - static_cast<const char*>(first)) / 4096 + 1;
   }
@@ -55,7 +58,7 @@ class advice_queue {
       since_ms_ = now_ms;
       pages_ = 0;
     }
-    if (was_empty || pages.first < last_.first || pages.last > last_.last) {
+    if (was_empty || pages.arena != last_.arena || pages.first < last_.first || pages.last > last_.last) {
       pages_ += pages.count();
       items_[count_++] = e;
       last_ = pages;
