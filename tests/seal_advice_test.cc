@@ -186,7 +186,7 @@ TEST_CASE("private fallback: a block found dropped has its pages advised again; 
   }
 }
 
-TEST_CASE("droppable arenas: small blocks sealed in address order queue one entry per page") {
+TEST_CASE("droppable arenas: small blocks sealed in address order queue one entry per 64 blocks") {
   fixture f(dropalloc::backing::droppable);
   constexpr std::size_t kSmall = 64;
   constexpr int kPages = 16;
@@ -203,7 +203,7 @@ TEST_CASE("droppable arenas: small blocks sealed in address order queue one entr
   auto t0 = std::chrono::steady_clock::now();
   for (auto& b : blocks) REQUIRE(f.res.seal(b) == block_state::intact);
   auto took = std::chrono::steady_clock::now() - t0;
-  // 16 or 17 entries (the first page may start mid-arena): the queue is not
+  // 16 or 17 entries of 64 B blocks: the queue (128 entries, 256 pages) is not
   // full, so nothing was advised yet, unless the run was slow enough for the
   // queue's age to flush it.
   if (took < std::chrono::milliseconds(5)) CHECK(f.os.seals == 0);
@@ -244,27 +244,35 @@ TEST_CASE("droppable arenas: a page whose queued block was freed is advised whil
   }
 }
 
-TEST_CASE("the advice queue: an entry's pages hold a later block's only in the same arena") {
-  using dropalloc::core::advice_pages;
+TEST_CASE("the advice queue: a block within 63 after the last entry's, in its arena, is a bit of that entry") {
+  using dropalloc::core::advice_place;
   using dropalloc::core::advice_queue;
   using dropalloc::core::pending_advice;
-  static advice_queue q;  // static: its entries are 4 KiB
+  static advice_queue q;
   static pending_advice out[advice_queue::kBatch];
   int n = 0;
-  alignas(4096) static char pages[3 * 4096];
-  const advice_pages both{pages, pages + 4096, 7};
-  const advice_pages second{pages + 4096, pages + 4096, 7};
-  const advice_pages third{pages + 2 * 4096, pages + 2 * 4096, 7};
-  CHECK(q.add(pending_advice{pages, 1}, both, 0, out, &n) == advice_queue::added::first);
-  CHECK(q.add(pending_advice{pages + 4096, 2}, second, 0, out, &n) == advice_queue::added::queued);  // held
-  CHECK(q.add(pending_advice{pages + 2 * 4096, 3}, third, 0, out, &n) == advice_queue::added::queued);
-  // An arena mapped where one was unmapped (a higher gen_base), over the
-  // same page as the entry before: its block gets an entry of its own.
-  const advice_pages reused{pages + 2 * 4096, pages + 2 * 4096, 8};
-  CHECK(q.add(pending_advice{pages + 2 * 4096, 4}, reused, 0, out, &n) == advice_queue::added::queued);
+  static char arenas[2];
+  auto at = [](std::uint64_t gen_base, std::uint32_t idx, int arena = 0) {
+    return advice_place{&arenas[arena], gen_base, idx, 100 + idx / 64, 100 + idx / 64};
+  };
+  CHECK(q.add(pending_advice{nullptr, 1}, at(7, 10), 0, out, &n) == advice_queue::added::first);
+  CHECK(q.add(pending_advice{nullptr, 2}, at(7, 11), 0, out, &n) == advice_queue::added::queued);  // bit 1
+  CHECK(q.add(pending_advice{nullptr, 3}, at(7, 73), 0, out, &n) == advice_queue::added::queued);  // bit 63
+  CHECK(q.add(pending_advice{nullptr, 4}, at(7, 10), 0, out, &n) == advice_queue::added::queued);  // itself again
+  CHECK(q.add(pending_advice{nullptr, 5}, at(7, 74), 0, out, &n) == advice_queue::added::queued);  // 64 past 10
+  CHECK(q.add(pending_advice{nullptr, 6}, at(7, 60), 0, out, &n) == advice_queue::added::queued);  // before 74
+  // An arena mapped where one was unmapped (a higher gen_base), and another
+  // arena with the same gen_base: entries of their own.
+  CHECK(q.add(pending_advice{nullptr, 7}, at(8, 61), 0, out, &n) == advice_queue::added::queued);
+  CHECK(q.add(pending_advice{nullptr, 8}, at(8, 62, 1), 0, out, &n) == advice_queue::added::queued);
   n = q.take_all(out);
-  REQUIRE(n == 3);
+  REQUIRE(n == 6);
   CHECK(out[0].gen == 1);
-  CHECK(out[1].gen == 3);
-  CHECK(out[2].gen == 4);
+  CHECK(out[0].next_sealed == ((std::uint64_t{1} << 1) | (std::uint64_t{1} << 63)));
+  CHECK(out[1].gen == 4);
+  CHECK(out[1].next_sealed == 0);
+  CHECK(out[2].gen == 5);
+  CHECK(out[3].gen == 6);
+  CHECK(out[4].gen == 7);
+  CHECK(out[5].gen == 8);
 }

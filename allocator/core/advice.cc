@@ -12,12 +12,15 @@
 // advice would have been (a write after the advice makes the page dirty
 // again, and the kernel then keeps it).
 //
-// A block whose pages lie within those of the entry queued just before it
-// queues nothing (advice_queue::add): small blocks sealed in address order
-// make one entry per page rather than one per block, and the queue fills by
-// pages, not by blocks. If the entry's own block is no longer sealed at its
-// generation when the batch is given, its pages are still advised while a
-// block starting in them is sealed: those blocks' seals were queued there.
+// A block sealed within 63 blocks after the block of the entry queued last
+// (same arena) is a bit of that entry rather than an entry of its own
+// (advice_queue::add): small blocks sealed in address order take one entry
+// per 64 blocks, and the queue fills by pages. Each such block is advised
+// if it is sealed when the batch is given (its generation is not kept: a
+// block freed and sealed again since was queued again, and one freed and
+// not sealed again is not sealed), and only while its arena is the one it
+// was queued in (no generation of a later arena at an address is as low as
+// one of an earlier arena there).
 #include <algorithm>
 
 #include "allocator/core/heap.h"
@@ -27,26 +30,13 @@ namespace dropalloc::core {
 
 using internal::now_ms;
 
-namespace {
-
-// Whether a block that starts in pages [run.first, run.last] of s is sealed.
-bool sealed_block_starts_in(const segment* s, const page_run& run) noexcept {
-  const std::size_t size = block_bytes(s);
-  const std::size_t from = run.first * kPage, to = (run.last + 1) * kPage;  // offsets in the arena
-  for (std::size_t i = (from + size - 1) / size; i < s->capacity && i * size < to; ++i) {
-    if ((s->state[i].load(std::memory_order_acquire) & state::kMask) == state::kSealed) return true;
-  }
-  return false;
-}
-
-}  // namespace
-
 void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept {
   pending_advice batch[advice_queue::kBatch];
   int n = 0;
   const page_run run = block_pages(s, idx);
-  const advice_pages pages{s->base + run.first * kPage, s->base + run.last * kPage, s->gen_base};
-  switch (advice_.add(pending_advice{block_start(s, idx), gen}, pages, now_ms(), batch, &n)) {
+  const auto base_page = reinterpret_cast<std::uintptr_t>(s->base) / kPage;
+  const advice_place at{s->base, s->gen_base, idx, base_page + run.first, base_page + run.last};
+  switch (advice_.add(pending_advice{block_start(s, idx), gen}, at, now_ms(), batch, &n)) {
     case advice_queue::added::busy:
       advise_sealed(s, idx, gen);  // another thread is adding to the queue or emptying it: no waiting
       break;
@@ -84,11 +74,18 @@ void heap::give_advice(pending_advice* batch, int n) noexcept {
     std::uint32_t idx = 0;
     segment* s = find_block(batch[k].block, &idx);
     if (s == nullptr) continue;
-    if ((s->state[idx].load(std::memory_order_acquire) & state::kMask) != state::kSealed ||
-        s->generation_of(s->meta[idx].load(std::memory_order_acquire)) != batch[k].gen) {
-      if (!sealed_block_starts_in(s, block_pages(s, idx))) continue;
+    if ((s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kSealed &&
+        s->generation_of(s->meta[idx].load(std::memory_order_acquire)) == batch[k].gen) {
+      runs.add(s, idx);
     }
-    runs.add(s, idx);
+    if (batch[k].next_sealed == 0 || s->gen_base > batch[k].gen) continue;  // none, or another arena now
+    for (std::uint64_t bits = batch[k].next_sealed; bits != 0; bits &= bits - 1) {
+      const std::uint64_t j = idx + static_cast<std::uint64_t>(__builtin_ctzll(bits));
+      if (j >= s->capacity) break;
+      if ((s->state[j].load(std::memory_order_acquire) & state::kMask) == state::kSealed) {
+        runs.add(s, static_cast<std::uint32_t>(j));
+      }
+    }
   }
   runs.flush();  // inside the read section: the arenas stay mapped meanwhile
 }

@@ -319,16 +319,15 @@ class heap {
   // MAP_DROPPABLE arenas a seal's MADV_FREE only ranks its pages for reclaim
   // (any page there may go at any time, advised or not), so it can wait:
   // seals queue (block, generation) and the queue is advised in one pass,
-  // adjacent pages in one call, when it is full (256 entries or 1 MiB of
-  // pages; a block within the pages of the entry before it adds none, so
-  // small blocks sealed in order take an entry per page), when its oldest
-  // entry is 10 ms old (at the next seal), and on
-  // seal_all(), decay() and trim(); a queue that starts counts as decay work,
-  // so a heap's purger thread flushes it when no further seal comes. Until
-  // then the pages are dirty droppable pages, which the kernel may drop as
-  // readily as unsealed ones. The private fallback advises at once
-  // (advise_sealed): there the advice decides what the kernel may take, and
-  // takes the neighbours' seal locks.
+  // adjacent pages in one call, when it is full (128 entries or 1 MiB of
+  // pages; a block sealed within 63 after the last entry's, in its arena,
+  // is a bit of that entry), when its oldest entry is 10 ms old (at the
+  // next seal), and on seal_all(), decay() and trim(); a queue that starts
+  // counts as decay work, so a heap's purger thread flushes it when no
+  // further seal comes. Until then the pages are dirty droppable pages,
+  // which the kernel may drop as readily as unsealed ones. The private
+  // fallback advises at once (advise_sealed): there the advice decides what
+  // the kernel may take, and takes the neighbours' seal locks.
   void advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexcept;
   void flush_advice() noexcept;
   void give_advice(pending_advice* batch, int n) noexcept;

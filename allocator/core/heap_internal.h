@@ -93,7 +93,10 @@ class seal_advice_runs {
     std::byte* from = s->base + run.first * kPage;
     std::byte* to = s->base + (run.last + 1) * kPage;
     // The next arena need not begin where this one ends: a run stays in one.
-    if (s == arena_ && from <= to_) {
+    // Blocks come in address order, except that a queued entry's later
+    // blocks may come before the next entry's own (which may lie between).
+    if (s == arena_ && from <= to_ && to >= from_) {
+      if (from < from_) from_ = from;
       if (to > to_) to_ = to;
       return;
     }
