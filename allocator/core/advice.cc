@@ -39,17 +39,13 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
   switch (advice_.add(pending_advice{block_start(s, idx), gen}, at, now_ms(), batch, &n)) {
     case advice_queue::added::busy: {
       // Another thread is adding to the queue or emptying it: no waiting,
-      // and the advice now, checked as a queued entry's would be. Not
+      // and the advice now, as a batch of this one entry. Not
       // advise_sealed(): it only tries the block's seal lock, which the
       // thread holding the queue may hold too (the fork handler holds both),
       // and a block it gave up on was never advised. A droppable page's
       // advice only ranks it for reclaim: no lock is needed to give it.
-      internal::seal_advice_runs runs(*os_);
-      if ((s->state[idx].load(std::memory_order_acquire) & state::kMask) == state::kSealed &&
-          s->generation_of(s->meta[idx].load(std::memory_order_acquire)) == gen) {
-        runs.add(s, idx);
-      }
-      runs.flush();
+      pending_advice only{block_start(s, idx), gen};
+      give_advice(&only, 1);
       break;
     }
     case advice_queue::added::first:

@@ -267,11 +267,7 @@ void heap::shrink_large_tail(segment* s, std::size_t bytes) noexcept {
   s->large_tail_kept = bytes;
 }
 
-void heap::forget_large_tail(segment* s) noexcept {
-  if (s->large_tail_kept == 0) return;
-  large_tail_kept_bytes_.fetch_sub(s->large_tail_kept, std::memory_order_relaxed);
-  s->large_tail_kept = 0;
-}
+void heap::forget_large_tail(segment* s) noexcept { shrink_large_tail(s, 0); }
 
 // A cached mapping fits if it is big enough but not wastefully so (at most
 // four times the request: its pages past the request are released) and
