@@ -19,20 +19,12 @@
 #include "tests/core_heap.h"
 
 namespace core = dropalloc::core;
-namespace os = dropalloc::os;
 using dropalloc::block_state;
 
 namespace {
 constexpr std::size_t kSize = 3072;  // block 0: page 0; block 1: pages 0-1; block 2: pages 1-2
 
-struct fixture {
-  os::fake_os fake;
-  dropalloc::testing::recording_os rec{fake};
-  core::heap h{make()};
-  core::heap_options make() {
-    fake.reported_backing = dropalloc::backing::droppable;  // recording_os forwards arena_backing()
-    return dropalloc::testing::with_os_no_decay(&rec);
-  }
+struct fixture : dropalloc::testing::recorded_heap {
   void* a0 = nullptr;
   void* a1 = nullptr;
   fixture() {

@@ -15,18 +15,10 @@
 #include "tests/core_heap.h"
 
 namespace core = dropalloc::core;
-namespace os = dropalloc::os;
 using dropalloc::block_state;
 
 namespace {
-struct fixture {
-  os::fake_os fake;
-  dropalloc::testing::recording_os rec{fake};
-  core::heap h{make()};
-  core::heap_options make() {
-    fake.reported_backing = dropalloc::backing::droppable;
-    return dropalloc::testing::with_os_no_decay(&rec);
-  }
+struct fixture : dropalloc::testing::recorded_heap {
   std::vector<void*> run(std::size_t size, std::size_t n) {
     std::vector<void*> v;
     for (std::size_t i = 0; i < n; ++i) {

@@ -9,6 +9,9 @@
 #include <mutex>
 #include <vector>
 
+#include "allocator/core/heap.h"
+#include "allocator/os/fake_os.h"
+#include "tests/core_heap.h"
 #include "tests/forwarding_os.h"
 
 namespace dropalloc::testing {
@@ -60,6 +63,24 @@ struct recording_os : forwarding_os {
       if (e.seq >= since) n += e.to - e.from;
     }
     return n;
+  }
+};
+
+// A core heap over the fake OS reporting MAP_DROPPABLE arenas (the only ones
+// whose seal advice is queued), its advice recorded, nothing decaying on a
+// clock. Test fixtures derive from it.
+struct recorded_heap {
+  os::fake_os fake;
+  recording_os rec{fake};
+  core::heap h;
+  explicit recorded_heap(bool thread_cache = true) : h(options(thread_cache)) {}
+
+ private:
+  core::heap_options options(bool thread_cache) {
+    fake.reported_backing = backing::droppable;  // recording_os forwards arena_backing()
+    core::heap_options o = with_os_no_decay(&rec);
+    o.thread_cache = thread_cache;
+    return o;
   }
 };
 

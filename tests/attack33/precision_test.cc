@@ -20,20 +20,13 @@
 #include "tests/core_heap.h"
 
 namespace core = dropalloc::core;
-namespace os = dropalloc::os;
 using dropalloc::block_state;
 
 namespace {
-struct fixture {
-  os::fake_os fake;
-  dropalloc::testing::recording_os rec{fake};
-  core::heap h{make()};
-  core::heap_options make() {
-    fake.reported_backing = dropalloc::backing::droppable;
-    core::heap_options o = dropalloc::testing::with_os_no_decay(&rec);
-    o.thread_cache = false;  // frees go straight back: the next allocation takes the lowest free block
-    return o;
-  }
+struct fixture : dropalloc::testing::recorded_heap {
+  // No thread cache: frees go straight back, and the next allocation takes
+  // the lowest free block.
+  fixture() : recorded_heap(false) {}
   std::vector<void*> run(std::size_t size, std::size_t n, bool adjacent = true) {
     std::vector<void*> v;
     for (std::size_t i = 0; i < n; ++i) {
