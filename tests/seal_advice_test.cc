@@ -146,7 +146,7 @@ TEST_CASE("droppable arenas: queued advice survives its arena going away") {
   block_ref b = f.written(9);
   REQUIRE(f.res.seal(b) == block_state::intact);
   f.res.deallocate(b.ptr, kBlock);
-  CHECK(f.res.trim() > 0);  // the arena is unmapped; its queued entry is dropped unadvised
+  CHECK(f.res.trim() > 0);      // the arena is unmapped; its queued entry is dropped unadvised
   block_ref c = f.written(10);  // perhaps at the same address, in a new arena
   REQUIRE(f.res.seal(c) == block_state::intact);
   f.res.seal_all();
@@ -255,16 +255,16 @@ TEST_CASE("the advice queue: a block within 63 after the last entry's, in its ar
   auto at = [](std::uint64_t gen_base, std::uint32_t idx, int arena = 0) {
     return advice_place{&arenas[arena], gen_base, idx, 100 + idx / 64, 100 + idx / 64};
   };
-  CHECK(q.add(pending_advice{nullptr, 1}, at(7, 10), 0, out, &n) == advice_queue::added::first);
-  CHECK(q.add(pending_advice{nullptr, 2}, at(7, 11), 0, out, &n) == advice_queue::added::queued);  // bit 1
-  CHECK(q.add(pending_advice{nullptr, 3}, at(7, 73), 0, out, &n) == advice_queue::added::queued);  // bit 63
-  CHECK(q.add(pending_advice{nullptr, 4}, at(7, 10), 0, out, &n) == advice_queue::added::queued);  // itself again
-  CHECK(q.add(pending_advice{nullptr, 5}, at(7, 74), 0, out, &n) == advice_queue::added::queued);  // 64 past 10
-  CHECK(q.add(pending_advice{nullptr, 6}, at(7, 60), 0, out, &n) == advice_queue::added::queued);  // before 74
+  CHECK(q.add(pending_advice{nullptr, 1, 0}, at(7, 10), 0, out, &n) == advice_queue::added::first);
+  CHECK(q.add(pending_advice{nullptr, 2, 0}, at(7, 11), 0, out, &n) == advice_queue::added::queued);  // bit 1
+  CHECK(q.add(pending_advice{nullptr, 3, 0}, at(7, 73), 0, out, &n) == advice_queue::added::queued);  // bit 63
+  CHECK(q.add(pending_advice{nullptr, 4, 0}, at(7, 10), 0, out, &n) == advice_queue::added::queued);  // itself again
+  CHECK(q.add(pending_advice{nullptr, 5, 0}, at(7, 74), 0, out, &n) == advice_queue::added::queued);  // 64 past 10
+  CHECK(q.add(pending_advice{nullptr, 6, 0}, at(7, 60), 0, out, &n) == advice_queue::added::queued);  // before 74
   // An arena mapped where one was unmapped (a higher gen_base), and another
   // arena with the same gen_base: entries of their own.
-  CHECK(q.add(pending_advice{nullptr, 7}, at(8, 61), 0, out, &n) == advice_queue::added::queued);
-  CHECK(q.add(pending_advice{nullptr, 8}, at(8, 62, 1), 0, out, &n) == advice_queue::added::queued);
+  CHECK(q.add(pending_advice{nullptr, 7, 0}, at(8, 61), 0, out, &n) == advice_queue::added::queued);
+  CHECK(q.add(pending_advice{nullptr, 8, 0}, at(8, 62, 1), 0, out, &n) == advice_queue::added::queued);
   n = q.take_all(out);
   REQUIRE(n == 6);
   CHECK(out[0].gen == 1);

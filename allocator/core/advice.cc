@@ -36,7 +36,7 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
   const page_run run = block_pages(s, idx);
   const auto base_page = reinterpret_cast<std::uintptr_t>(s->base) / kPage;
   const advice_place at{s->base, s->gen_base, idx, base_page + run.first, base_page + run.last};
-  switch (advice_.add(pending_advice{block_start(s, idx), gen}, at, now_ms(), batch, &n)) {
+  switch (advice_.add(pending_advice{block_start(s, idx), gen, 0}, at, now_ms(), batch, &n)) {
     case advice_queue::added::busy: {
       // Another thread is adding to the queue or emptying it: no waiting,
       // and the advice now, as a batch of this one entry. Not
@@ -44,7 +44,7 @@ void heap::advise_later(segment* s, std::uint32_t idx, std::uint64_t gen) noexce
       // thread holding the queue may hold too (the fork handler holds both),
       // and a block it gave up on was never advised. A droppable page's
       // advice only ranks it for reclaim: no lock is needed to give it.
-      pending_advice only{block_start(s, idx), gen};
+      pending_advice only{block_start(s, idx), gen, 0};
       give_advice(&only, 1);
       break;
     }

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "allocator/core/mutex.h"
 
@@ -15,8 +16,12 @@ struct pending_advice {
   std::uint64_t gen;  // the generation it was sealed at: advised only if still so
   // Bit i (1-63): block index + i of the same arena was sealed after it and
   // queued here rather than in an entry of its own (advised if still sealed).
-  std::uint64_t next_sealed = 0;
+  // No default member initialiser: that would make every batch array on the
+  // stack (3 KiB, one per seal) zeroed on each call. An entry queued by add()
+  // starts with none.
+  std::uint64_t next_sealed;
 };
+static_assert(std::is_trivially_default_constructible_v<pending_advice>);
 
 // Where a sealed block is, for the queue: its arena (the arena's base and
 // gen_base: arenas mapped at one address in turn differ in gen_base, since
@@ -71,7 +76,8 @@ class advice_queue {
       if (at.last_page > last_.last_page) last_.last_page = at.last_page;
     } else {
       pages_ += at.last_page - at.first_page + 1;
-      items_[count_++] = e;
+      items_[count_] = e;
+      items_[count_++].next_sealed = 0;  // bits are this queue's to set
       last_ = at;
     }
     added result = was_empty ? added::first : added::queued;
