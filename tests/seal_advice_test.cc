@@ -146,7 +146,7 @@ TEST_CASE("droppable arenas: queued advice survives its arena going away") {
   block_ref b = f.written(9);
   REQUIRE(f.res.seal(b) == block_state::intact);
   f.res.deallocate(b.ptr, kBlock);
-  CHECK(f.res.trim() > 0);      // the arena is unmapped; its queued entry is dropped unadvised
+  CHECK(f.res.trim() > 0);  // the arena is unmapped; its queued entry is dropped unadvised
   block_ref c = f.written(10);  // perhaps at the same address, in a new arena
   REQUIRE(f.res.seal(c) == block_state::intact);
   f.res.seal_all();

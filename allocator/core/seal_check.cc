@@ -2,11 +2,11 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include "allocator/core/mutex.h"
 
-#include "allocator/core/grace.h"
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
-#include "allocator/core/mutex.h"
+#include "allocator/core/grace.h"
 #include "allocator/core/purger.h"
 
 namespace dropalloc::core {
@@ -265,15 +265,16 @@ heap::seal_outcome heap::seal_block(segment* s, std::uint32_t idx, const seal_re
   std::uint8_t st = sb.load(std::memory_order_acquire);
   // Under the seal lock no free or seal of this block can happen (an observed
   // block is freed under it): the generation read here holds to the end.
-  if (req.expected_gen != 0 && ((st & state::kMask) == state::kFree ||
-                                s->generation_of(word.load(std::memory_order_acquire)) != req.expected_gen)) {
+  if (req.expected_gen != 0 &&
+      ((st & state::kMask) == state::kFree || s->generation_of(word.load(std::memory_order_acquire)) != req.expected_gen)) {
     return seal_outcome::not_live;
   }
   // Observed first: from now on a free of this block takes the slow path and
   // moves the generation, which the meta-word exchange below would notice.
   while ((st & state::kMask) != state::kFree && (st & state::kObserved) == 0) {
     if (!before_state_write(sb, st)) return seal_outcome::not_live;  // a handler inside its free
-    if (sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved), std::memory_order_acq_rel)) {
+    if (sb.compare_exchange_weak(st, static_cast<std::uint8_t>(st | state::kObserved),
+                                 std::memory_order_acq_rel)) {
       st |= state::kObserved;
     }
   }
@@ -440,8 +441,7 @@ block_state heap::seal_in_section(void* p, const seal_request& req, std::uint64_
     segment* s = find_block(p, &idx);
     if (s == nullptr) return block_state::foreign;
     switch (seal_block(s, idx, req, &gen)) {
-      case seal_outcome::sealed:
-        break;
+      case seal_outcome::sealed: break;
       case seal_outcome::lost:
         if (sealed_gen != nullptr) *sealed_gen = gen;  // written_here only: the new life, dropped
         readvise_dropped(s, idx);
@@ -449,8 +449,7 @@ block_state heap::seal_in_section(void* p, const seal_request& req, std::uint64_
       case seal_outcome::unsettled:
         if (sealed_gen != nullptr && req.from == seal_from::written_here) *sealed_gen = gen;
         return block_state::dropped;
-      default:
-        return block_state::stale;
+      default: return block_state::stale;
     }
     if (sealed_gen != nullptr) *sealed_gen = gen;
     if (os_->arena_backing() == backing::droppable) {
@@ -741,17 +740,10 @@ sweep_result heap::check_all() noexcept {
     for (std::uint32_t i = 0; i < bump; ++i) {
       if ((s->state[i].load(std::memory_order_acquire) & state::kMask) == state::kFree) continue;
       switch (check(block_start(s, i), s->generation_of(s->meta[i].load(std::memory_order_acquire)))) {
-        case block_state::intact:
-          ++r.intact;
-          break;
-        case block_state::unsealed:
-          ++r.unsealed;
-          break;
-        case block_state::dropped:
-          ++r.dropped;
-          break;
-        default:
-          break;  // freed by another thread while we looked
+        case block_state::intact: ++r.intact; break;
+        case block_state::unsealed: ++r.unsealed; break;
+        case block_state::dropped: ++r.dropped; break;
+        default: break;  // freed by another thread while we looked
       }
     }
   }
