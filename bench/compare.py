@@ -444,7 +444,8 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
              "would) and the MADV_FREE; a block smaller than a page counts as one page. "
              "first_write and first_read: one store or load per page of blocks sealed (their pages "
              "advised) just before, the cost of touching a page the kernel was told it may drop, "
-             "which the seal and seal_many rows include.")
+             "which the seal and seal_many rows include; rewrite: the same stores to blocks not "
+             "sealed (pages not advised), the control.")
     L.append("")
 
     # Targets.
@@ -563,6 +564,9 @@ def targets(cs, byname, workloads, macro, micro, seal):
             touch = seal_ns("first_write/64B", per_page=True)
             if row == "seal_many/64B" and touch:
                 line += "; %.0f ns of it is the first write to the page after its advice (first_write/64B)" % touch
+                plain = seal_ns("rewrite/64B", per_page=True)
+                if plain:
+                    line += ", against %.1f ns for the same write to a page not advised (rewrite/64B)" % plain
             out.append(line + ".")
     return out
 
