@@ -108,6 +108,19 @@ void require_truth(core::heap& h, void* p, std::size_t n, std::uint64_t gen, std
 
 constexpr std::size_t kSizes[] = {64, 48, 1000, 3000, 4096, 8192, 200000};
 
+// The seal under test, by `how`: 0 seal(), 1 write_and_seal() of src[0, n),
+// 2 seal_many() of the one block; expected 0: any generation.
+block_state seal_by(core::heap& h, int how, void* p, const unsigned char* src, std::size_t n, std::uint64_t* g,
+                    std::uint64_t expected = 0) {
+  if (how == 0) return h.seal(p, g, expected);
+  if (how == 1) return h.write_and_seal(p, src, n, g, expected);
+  void* blocks[1] = {p};
+  const std::uint64_t exp[1] = {expected};
+  block_state a[1];
+  h.seal_many(blocks, 1, a, g, exp);
+  return a[0];
+}
+
 }  // namespace
 
 TEST_CASE("window: block freed, handed out again, written and sealed before the closing check") {
@@ -133,18 +146,7 @@ TEST_CASE("window: block freed, handed out again, written and sealed before the 
           REQUIRE(f.h.seal(q, &gq) == block_state::intact);
         });
         std::uint64_t g = 0;
-        block_state ans;
-        if (how == 0) {
-          ans = f.h.seal(p, &g, g0);
-        } else if (how == 1) {
-          ans = f.h.write_and_seal(p, src.data(), n, &g, g0);
-        } else {
-          void* blocks[1] = {p};
-          std::uint64_t exp[1] = {g0};
-          block_state a[1];
-          f.h.seal_many(blocks, 1, a, &g, exp);
-          ans = a[0];
-        }
+        const block_state ans = seal_by(f.h, how, p, src.data(), n, &g, g0);
         MESSAGE("size " << size << " how " << how << ": reused address " << (q == p) << ", answer "
                         << std::string(dropalloc::to_string(ans)) << " gen " << g << " new gen " << gq);
         CHECK(ans != block_state::intact);
@@ -179,15 +181,7 @@ TEST_CASE("window: the block re-sealed (and rewritten alike) by another seal bef
           }
         });
         std::uint64_t g = 0;
-        block_state ans;
-        if (how == 2) {
-          void* blocks[1] = {p};
-          block_state a[1];
-          f.h.seal_many(blocks, 1, a, &g);
-          ans = a[0];
-        } else {
-          ans = f.h.seal(p, &g);
-        }
+        const block_state ans = seal_by(f.h, how == 2 ? 2 : 0, p, nullptr, n, &g);  // outer: seal_many or seal
         // The outer seal's generation was moved on by the inner one: stale.
         CHECK(g_in > g);
         CHECK(ans == block_state::stale);
@@ -216,19 +210,9 @@ TEST_CASE("window: a page dropped before the closing check") {
           REQUIRE(f.h.drop_for_testing(page, 4096) == 0);
         });
         std::uint64_t g = 0;
-        block_state ans;
-        if (how == 0) {
-          ans = f.h.seal(p, &g);
-        } else if (how == 1) {
-          void* blocks[1] = {p};
-          block_state a[1];
-          f.h.seal_many(blocks, 1, a, &g);
-          ans = a[0];
-        } else {
-          std::vector<unsigned char> src(n);
-          fill(src.data(), n, 9);
-          ans = f.h.write_and_seal(p, src.data(), n, &g);
-        }
+        std::vector<unsigned char> src(n);  // what p holds: write_and_seal writes it again
+        fill(src.data(), n, 9);
+        const block_state ans = seal_by(f.h, how, p, src.data(), n, &g);
         CHECK(ans == block_state::dropped);
         CHECK(f.h.check(p, g) == block_state::dropped);
       }
