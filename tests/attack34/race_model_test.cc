@@ -398,27 +398,27 @@ TEST_CASE("race model: real OS layer (queued advice where MAP_DROPPABLE)") {
   run_history(h, 3401, "real OS");
 }
 
-TEST_CASE("race model: fake OS reporting droppable arenas (queued advice)") {
+// A history over the fake OS reporting `memory` arenas, empty arenas unmapped
+// at once.
+void run_on_fake_os(dropalloc::backing memory, std::uint64_t seed, const char* name, int slots = 64,
+                    bool thread_cache = true) {
   os::fake_os fake;
-  core::heap_options opt = dropalloc::testing::with_fake_os(&fake, dropalloc::backing::droppable);
+  core::heap_options opt = dropalloc::testing::with_fake_os(&fake, memory);
   opt.empty_arena_decay_ms = 0;
+  opt.thread_cache = thread_cache;
   core::heap h(opt);
-  run_history(h, 3402, "fake droppable");
+  run_history(h, seed, name, slots);
+}
+
+TEST_CASE("race model: fake OS reporting droppable arenas (queued advice)") {
+  run_on_fake_os(dropalloc::backing::droppable, 3402, "fake droppable");
 }
 
 TEST_CASE("race model: fake OS, private fallback (advise_sealed at once)") {
-  os::fake_os fake;
-  core::heap_options opt = dropalloc::testing::with_fake_os(&fake, dropalloc::backing::private_fallback);
-  opt.empty_arena_decay_ms = 0;
-  core::heap h(opt);
-  run_history(h, 3403, "fake fallback");
+  run_on_fake_os(dropalloc::backing::private_fallback, 3403, "fake fallback");
 }
 
 TEST_CASE("race model: six slots only (every operation on a few blocks: the most races per block)") {
-  os::fake_os fake;
-  core::heap_options opt = dropalloc::testing::with_fake_os(&fake, dropalloc::backing::droppable);
-  opt.empty_arena_decay_ms = 0;
-  opt.thread_cache = false;  // frees go straight back: addresses reused at once, arenas emptied
-  core::heap h(opt);
-  run_history(h, 3404, "six slots", 6);
+  // No thread cache: frees go straight back, addresses reused at once, arenas emptied.
+  run_on_fake_os(dropalloc::backing::droppable, 3404, "six slots", 6, /*thread_cache=*/false);
 }
