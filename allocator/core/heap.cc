@@ -156,6 +156,9 @@ void heap::unlink_all_locked(segment* s) noexcept {
 
 void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
                           alloc_error* err) noexcept {
+  // No lock held on entry, nor a C library lock that creating a thread takes
+  // (as a free may be called under one: purger.h).
+  purger::start_if_requested();
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
     *err = alloc_error::bad_alignment;
     return nullptr;
@@ -205,6 +208,7 @@ void* heap::allocate_zeroed(std::size_t bytes, std::size_t alignment, alloc_erro
 
 void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err,
                            bool zero) noexcept {
+  purger::start_if_requested();  // as allocate_slow()
   if (bytes > kMaxRequest || alignment > kMaxRequest) {
     *err = alloc_error::too_large;
     return nullptr;
@@ -570,7 +574,8 @@ void heap::deallocate_checked(void* p) noexcept {
   }
   if (refused != nullptr) return report_misuse(refused, p);
   deallocate_retired(s, idx, p, was);
-  purger::start_if_requested();  // no lock held here (starting a thread allocates)
+  // No lock held here (starting a thread allocates).
+  if (options_.purger_starts_on_free) purger::start_if_requested();
 }
 
 void heap::deallocate_generation(void* p, std::uint64_t expected_gen) noexcept {
@@ -590,7 +595,7 @@ void heap::deallocate_generation(void* p, std::uint64_t expected_gen) noexcept {
   }
   if (refused != nullptr) return report_misuse(refused, p);
   deallocate_retired(s, idx, p, was);
-  purger::start_if_requested();
+  if (options_.purger_starts_on_free) purger::start_if_requested();
 }
 
 // After retire(): the block is free and ours. `st` is its state before.

@@ -41,6 +41,11 @@ struct heap_options {
   // so that it goes back while the program makes no further call. Without it
   // decay happens on later frees, and on trim().
   bool background_decay = false;
+  // Whether a free may start that thread. Not the malloc replacement's: the C
+  // library calls free() while holding locks of its own that creating a
+  // thread takes again (core/purger.h). Its thread starts on the next
+  // allocation slow path instead.
+  bool purger_starts_on_free = true;
   // What statistics call this heap ("malloc", "resource"); static storage.
   const char* name = nullptr;
 };

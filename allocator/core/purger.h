@@ -4,10 +4,14 @@
 //
 // It runs only while some heap with heap_options::background_decay has decay
 // work pending, and sleeps on a condition variable otherwise. It is started
-// on first need, from a point where the caller holds no allocator lock
-// (creating a thread allocates), with every signal blocked, and restarted in
-// a forked child on the next need. If the thread cannot be created the heaps
-// still decay on their next operation, as without it.
+// on first need by the next allocation slow path, seal or free, with every
+// signal blocked, and restarted in a forked child the same way. Not by a free
+// of the malloc replacement (heap_options::purger_starts_on_free): the C
+// library calls free() while holding locks of its own that creating a thread
+// takes again (glibc frees an exited thread's TLS under its stack-cache lock,
+// which pthread_create takes), and a thread started there waits on its
+// creator for good. If the thread cannot be created the heaps still decay on
+// their next operation, as without it.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +22,8 @@ namespace dropalloc::core::purger {
 void request(std::uint64_t tick_ms) noexcept;
 
 // Starts the thread if request() asked for it and it is not running in this
-// process. Call with no allocator lock held.
+// process. Call with no allocator lock held, and never from a free the C
+// library may make (see above).
 void start_if_requested() noexcept;
 
 // Whether the thread could not be created (then decay happens only on later

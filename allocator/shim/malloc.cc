@@ -55,7 +55,8 @@ void setup_droppable_range() {
   if (!os::option_range(&lo, &hi)) return;
   g_drop_min = lo;
   g_drop_max = hi;
-  g_droppable = new (g_droppable_storage) core::heap(core::heap_options{.name = "malloc droppable range"});
+  g_droppable = new (g_droppable_storage)
+      core::heap(core::heap_options{.purger_starts_on_free = false, .name = "malloc droppable range"});
   char line[256];
   snprintf(line, sizeof line,
            "dropalloc: WARNING: malloc requests of %zu-%zu bytes use droppable memory (%s): "
@@ -111,7 +112,9 @@ core::heap* init_general() noexcept {
   if (h == nullptr) {
     // Ordinary memory: a general-purpose program cannot survive its heap
     // reading back as zeros, and it needs its heap in a forked child.
-    h = new (g_general_storage) core::heap(core::heap_options{.os = &os::ordinary_os(), .name = "malloc"});
+    // Its frees may come from inside the C library: see purger_starts_on_free.
+    h = new (g_general_storage)
+        core::heap(core::heap_options{.os = &os::ordinary_os(), .purger_starts_on_free = false, .name = "malloc"});
     g_general.store(h, std::memory_order_release);
   }
   g_init_busy.store(false, std::memory_order_release);
