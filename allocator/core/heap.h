@@ -415,9 +415,18 @@ class heap {
 // fork() from a multi-threaded process: take every allocator lock before the
 // fork and release them after it in parent and child, so the child never
 // inherits a lock held by a thread that does not exist there. Registered with
-// pthread_atfork when the library loads.
+// pthread_atfork by install_fork_handlers().
 void prefork_all() noexcept;
 void postfork_all() noexcept;
+
+// Registers the fork handlers, once per process; later calls return at once,
+// as does a call made by the registration itself (pthread_atfork may come
+// back through the malloc shim's __register_atfork). Called when the library
+// loads, and by the malloc shim before any other library's handlers are
+// registered: glibc runs prepare handlers in the reverse order of their
+// registration and the others in that order, so handlers registered before
+// these ones that allocate would run while these hold every allocator lock.
+void install_fork_handlers() noexcept;
 
 // ---- fast paths ------------------------------------------------------------
 

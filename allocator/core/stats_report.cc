@@ -197,4 +197,8 @@ void write_stats_report(const heap* h, unsigned flags, stats_sink sink, void* ct
   busy.store(false, std::memory_order_release);
 }
 
+// Not taken by the fork handlers instead: a report writes to a sink that
+// may block (a pipe nobody drains), and fork() would wait on it.
+void stats_report_after_fork() noexcept { g_snap_busy.store(false, std::memory_order_relaxed); }
+
 }  // namespace dropalloc::core

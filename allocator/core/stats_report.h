@@ -22,6 +22,10 @@ inline constexpr unsigned kStatsPerClass = 1u;
 // nullptr. Allocates nothing (the malloc shim calls it, also at exit).
 void write_stats_report(const heap* h, unsigned flags, stats_sink sink, void* ctx) noexcept;
 
+// In a forked child: a report that another thread was writing at the fork
+// ends there, so the child's own reports (its exit report too) may run.
+void stats_report_after_fork() noexcept;
+
 // A sink for a file descriptor (write(2)); ctx is an fd_sink.
 struct fd_sink {
   int fd;

@@ -2,6 +2,7 @@
 // and tags, the exit handler that hands a dying thread's blocks back, and the
 // fork handlers.
 #include <pthread.h>
+#include <sched.h>
 
 #include "allocator/core/mutex.h"
 #include "allocator/core/thread_exit.h"
@@ -10,6 +11,7 @@
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/grace.h"
 #include "allocator/core/purger.h"
+#include "allocator/core/stats_report.h"
 #include "allocator/core/tag_bias.h"
 
 namespace dropalloc::core {
@@ -307,6 +309,7 @@ namespace {
 void postfork_child() noexcept {
   postfork_all();
   purger::forget_after_fork();
+  stats_report_after_fork();
   heap::resume_decay_after_fork();
   reset_readers_after_fork();
   bias_after_fork(grace_internal::g_asymmetric.load(std::memory_order_relaxed));
@@ -326,9 +329,25 @@ void postfork_child() noexcept {
   }
 }
 
-__attribute__((constructor)) void register_fork_handlers() {
-  pthread_atfork(prefork_all, postfork_all, postfork_child);
-}
+std::atomic<int> g_fork_handlers{0};  // 0 none, 1 being registered, 2 registered
+thread_local bool t_registering_fork_handlers = false;
+
+__attribute__((constructor)) void install_fork_handlers_at_load() { install_fork_handlers(); }
 }  // namespace
+
+void install_fork_handlers() noexcept {
+  if (g_fork_handlers.load(std::memory_order_acquire) == 2 || t_registering_fork_handlers) return;
+  int none = 0;
+  if (!g_fork_handlers.compare_exchange_strong(none, 1, std::memory_order_acq_rel)) {
+    // Another thread registers them: wait, so that what our caller registers
+    // next comes after them.
+    while (g_fork_handlers.load(std::memory_order_acquire) != 2) sched_yield();
+    return;
+  }
+  t_registering_fork_handlers = true;
+  pthread_atfork(prefork_all, postfork_all, postfork_child);
+  t_registering_fork_handlers = false;
+  g_fork_handlers.store(2, std::memory_order_release);
+}
 
 }  // namespace dropalloc::core

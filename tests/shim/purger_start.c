@@ -9,42 +9,13 @@
  * fork) and not running. Between the fork and the allocation the child calls
  * nothing that allocates: the thread count is read with raw system calls. */
 #define _GNU_SOURCE
-#include <dirent.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/shim/purger_threads.h"
 #include "tests/shim/shim_check.h"
-
-/* Threads of this process named like the purger, without allocating. */
-static int purger_threads(void) {
-  int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY);
-  if (dir < 0) return -1;
-  int found = 0;
-  char buf[4096];
-  for (;;) {
-    long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
-    if (n <= 0) break;
-    for (long off = 0; off < n;) {
-      struct dirent64* e = (struct dirent64*)(buf + off);
-      off += e->d_reclen;
-      if (e->d_name[0] == '.') continue;
-      char path[64] = "/proc/self/task/";
-      strncat(path, e->d_name, 20);
-      strcat(path, "/comm");
-      int fd = open(path, O_RDONLY);
-      if (fd < 0) continue;
-      char name[32] = {0};
-      if (read(fd, name, sizeof name - 1) > 0 && strncmp(name, "dropalloc-decay", 15) == 0) ++found;
-      close(fd);
-    }
-  }
-  close(dir);
-  return found;
-}
 
 static void sleep_ms(long ms) {
   struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
