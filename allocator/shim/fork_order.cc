@@ -31,12 +31,18 @@ register_fn libc_register_atfork() noexcept {
   return f;
 }
 
+// Looked up before the core's constructor registers the handlers (a lower
+// priority runs first within this object): dlsym takes the loader lock, and
+// no lock may be taken while install_fork_handlers() has other threads wait
+// (one of them may hold the loader lock, in a dlopen'ed constructor).
+__attribute__((constructor(101))) void look_up_libc_register_atfork() { (void)libc_register_atfork(); }
+
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) int __register_atfork(void (*prepare)(), void (*parent)(),
                                                                         void (*child)(), void* dso_handle) {
-  dropalloc::core::install_fork_handlers();  // ours first (it calls back here)
-  register_fn next = libc_register_atfork();
+  register_fn next = libc_register_atfork();  // first: not while others wait (above)
+  dropalloc::core::install_fork_handlers();   // ours first (it calls back here)
   if (next == nullptr) return ENOMEM;  // no C library to register with: as pthread_atfork's failure
   return next(prepare, parent, child, dso_handle);
 }
