@@ -156,14 +156,14 @@ void heap::unlink_all_locked(segment* s) noexcept {
 
 void* heap::allocate_slow(std::size_t bytes, std::size_t alignment, std::size_t cls,
                           alloc_error* err) noexcept {
-  // No lock held on entry, nor a C library lock that creating a thread takes
-  // (as a free may be called under one: purger.h).
-  purger::start_if_requested();
   if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
     *err = alloc_error::bad_alignment;
     return nullptr;
   }
-  if (cls == kNoClass) return allocate_large(bytes, alignment, err);
+  if (cls == kNoClass) return allocate_large(bytes, alignment, err);  // which starts the purger itself
+  // No lock held here, nor a C library lock that creating a thread takes (as
+  // a free may be called under one: purger.h).
+  purger::start_if_requested();
   cached_block b{nullptr, nullptr};
   int os_err = 0;
   tc_heap_cache* c = cls < kNumCachedClasses ? thread_cache() : nullptr;
@@ -208,7 +208,7 @@ void* heap::allocate_zeroed(std::size_t bytes, std::size_t alignment, alloc_erro
 
 void* heap::allocate_large(std::size_t bytes, std::size_t alignment, alloc_error* err,
                            bool zero) noexcept {
-  purger::start_if_requested();  // as allocate_slow()
+  purger::start_if_requested();  // as allocate_slow() does for small blocks
   if (bytes > kMaxRequest || alignment > kMaxRequest) {
     *err = alloc_error::too_large;
     return nullptr;
