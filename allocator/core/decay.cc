@@ -184,6 +184,8 @@ std::size_t heap::trim() noexcept {
   tc_table* t = t_cache_table;
   tc_heap_cache* mine = t != nullptr && slot_ >= 0 ? t->caches[slot_].load(std::memory_order_acquire) : nullptr;
   if (mine != nullptr && mine->heap_id.load(std::memory_order_relaxed) == id_) give_back_cache(mine);
+  // Tables of exited threads that never handed them back hold blocks.
+  internal::reap_exited_tables(t, /*whole_list=*/true, /*wait=*/false);
   // Exited threads' tables kept for new threads hold no blocks, only pages
   // (process-wide ones: not counted as this heap's).
   internal::release_spare_tables(/*wait=*/false);

@@ -39,7 +39,13 @@ extern std::atomic<std::uint64_t> g_epoch;       // starts at 1, only grows
 extern std::atomic<bool> g_asymmetric;          // process_barrier() is available
 extern __thread reader_slot* t_slot __attribute__((tls_model("initial-exec")));
 extern __thread int t_overflow_depth __attribute__((tls_model("initial-exec")));
-reader_slot* claim_slot() noexcept;             // first read section of a thread
+// A slot for a read section of a thread without one: the thread's own for
+// the rest of its life, or (*temporary) one lent for this section only, given
+// back by release_temporary_slot (see grace.cc, kLentSections). nullptr: none
+// free. Sets t_slot either way.
+reader_slot* claim_slot(bool* temporary) noexcept;
+void release_temporary_slot(reader_slot* slot) noexcept;
+std::uint32_t slots_taken() noexcept;            // now, lent ones included (tests)
 void enter_overflow() noexcept;                 // no slot left: read under a lock
 void leave_overflow() noexcept;
 }  // namespace grace_internal
@@ -57,7 +63,9 @@ class read_section {
       enter_overflow();
       return;
     }
-    reader_slot* slot = t_slot != nullptr ? t_slot : claim_slot();
+    reader_slot* slot = t_slot;
+    bool temporary = false;
+    if (slot == nullptr) slot = claim_slot(&temporary);
     if (slot == nullptr) {
       overflow_ = true;
       enter_overflow();
@@ -65,6 +73,7 @@ class read_section {
     }
     if (slot->epoch.load(std::memory_order_relaxed) != 0) return;  // nested
     slot_ = slot;
+    temporary_ = temporary;
     // Acquire: a section that sees an epoch a writer published also sees
     // that writer's removal from the address map.
     std::uint64_t e = g_epoch.load(std::memory_order_acquire);
@@ -77,7 +86,10 @@ class read_section {
     }
   }
   ~read_section() {
-    if (slot_ != nullptr) slot_->epoch.store(0, std::memory_order_release);
+    if (slot_ != nullptr) {
+      slot_->epoch.store(0, std::memory_order_release);
+      if (temporary_) grace_internal::release_temporary_slot(slot_);
+    }
     if (overflow_) grace_internal::leave_overflow();
   }
   read_section(const read_section&) = delete;
@@ -85,6 +97,7 @@ class read_section {
 
  private:
   reader_slot* slot_ = nullptr;
+  bool temporary_ = false;
   bool overflow_ = false;
 };
 

@@ -19,6 +19,7 @@ struct registry_t {
   heap* heaps[kMaxCachedHeaps] = {};
   std::uint64_t ids[kMaxCachedHeaps] = {};
   tc_table* tables = nullptr;
+  tc_table* reap_next = nullptr;  // on `tables`: where reap_exited_tables looks next
   // Tables of exited threads kept for the next new threads (at most
   // kSpareTables; linked by next): see thread_cache.cc, retire_table.
   tc_table* spare_tables = nullptr;
@@ -40,6 +41,14 @@ registry_t& registry();
 // it is held (from inside an OS call of a decay pass, which the purger
 // makes under it), and the spares are only memory.
 void release_spare_tables(bool wait) noexcept;
+
+// Hands back the tables of threads that exited without handing them back
+// themselves (thread_cache.cc says when that happens): each look takes the
+// next table on the registry's list, from where the last look stopped, and
+// asks the OS whether its thread still exists. whole_list: look at every
+// table once, from the first (trim()); else at kTablesLookedAtPerNewTable.
+// wait false: stop whenever the registry lock is taken (see above).
+void reap_exited_tables(const tc_table* mine, bool whole_list, bool wait) noexcept;
 
 // A coarse monotonic clock for decay times.
 inline std::uint64_t now_ms() {

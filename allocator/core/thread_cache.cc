@@ -111,6 +111,7 @@ void retire_table(tc_table* t) noexcept {
       os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
       t->caches[slot].store(nullptr, std::memory_order_relaxed);
     }
+    if (r.reap_next == t) r.reap_next = t->next;
     if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
     if (t->next != nullptr) t->next->prev = t->prev;
     // A shared tag stays marked: another live thread may still hold it.
@@ -157,6 +158,44 @@ void release_spare_tables(bool wait) noexcept {
   }
 }
 
+// Tables whose thread exited without handing them back: a thread whose first
+// allocator call came after glibc had run its thread-exit work (its only
+// calls were frees glibc made while the thread exited: glibc frees the
+// thread-local storage of other threads' cached stacks there; or a first
+// call in the last round of key destructors; see thread_exit.h). Each such
+// table kept its tag (after 31, every new thread shares one and loses biased
+// frees), a cache mapping and the blocks freed into it: 4000 rounds of 8
+// detached threads left 231. Asking the OS whether a thread exists costs a
+// system call, so a new table pays for two looks, and trim() for a look at
+// every table; a table's thread id is taken by another thread only after the
+// thread exited, which at worst delays the look that finds it gone.
+constexpr int kTablesLookedAtPerNewTable = 2;
+
+void reap_exited_tables(const tc_table* mine, bool whole_list, bool wait) noexcept {
+  registry_t& r = registry();
+  for (int looked = 0;; ++looked) {
+    if (!whole_list && looked == kTablesLookedAtPerNewTable) return;
+    if (wait) {
+      r.lock.lock();
+    } else if (!r.lock.try_lock()) {
+      return;
+    }
+    if (whole_list && looked == 0) r.reap_next = r.tables;
+    tc_table* t = r.reap_next != nullptr ? r.reap_next : (whole_list ? nullptr : r.tables);
+    tc_table* gone = nullptr;
+    if (t != nullptr) {
+      r.reap_next = t->next;
+      if (t != mine && t->tid != 0 && os::thread_has_exited(t->tid)) {
+        t->tid = 0;  // no other look takes it
+        gone = t;
+      }
+    }
+    r.lock.unlock();
+    if (t == nullptr) return;
+    if (gone != nullptr) retire_table(gone);
+  }
+}
+
 }  // namespace internal
 
 namespace {
@@ -192,8 +231,16 @@ namespace {
 // Runs at the thread's exit (call_at_thread_exit): its cached blocks go back.
 // Once: the main thread may get a second call (see thread_exit.h), whose
 // table another thread may own by then.
+//
+// Only for the thread's own table. glibc does not clear a key's value set
+// after the thread's last round of key destructors, and a new thread that
+// reuses the exited thread's cached stack inherits that value (its static
+// TLS, t_cache_table included, starts afresh): its key destructor then gets
+// the exited thread's table, which reap_exited_tables may have handed back,
+// or unmapped, and a third thread may own since. Not read, then: the looks
+// hand it back.
 void flush_at_thread_exit(void* arg) {
-  if (t_exited) return;
+  if (t_exited || arg != t_cache_table) return;
   auto* table = static_cast<tc_table*>(arg);
   t_exited = true;
   // No more plain frees, and no block of ours from now on: the tag goes back
@@ -225,6 +272,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
   if (t == nullptr) {
     t = new_table();
     if (t == nullptr) return nullptr;
+    t->tid = os::current_thread_id();
     registry_t& r = registry();
     std::uint32_t tag;
     bool exclusive = false;
@@ -242,6 +290,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
     (void)call_at_thread_exit(flush_at_thread_exit, t);
     t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
     t_current.bias = exclusive ? &g_tag_bias[tag] : nullptr;
+    internal::reap_exited_tables(t, /*whole_list=*/false, /*wait=*/true);
   }
   tc_heap_cache* c = t->caches[slot_].load(std::memory_order_relaxed);
   if (c == nullptr) {
@@ -316,6 +365,7 @@ void postfork_child() noexcept {
   heap::restore_large_cache_after_fork();  // after the readers' reset: it may unmap
   registry_t& r = registry();
   tc_table* mine = t_cache_table;
+  if (mine != nullptr) mine->tid = os::current_thread_id();  // the child's id, not its parent's
   for (;;) {
     tc_table* gone = nullptr;
     {

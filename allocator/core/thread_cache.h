@@ -93,6 +93,10 @@ struct tc_table {
   // its caches resident then.
   std::size_t kept_resident;
   std::uint32_t tag;  // this thread's tag, 1-state::kTags (see state::kTagShift)
+  // The owning thread's id (os::current_thread_id), for the look for tables
+  // of exited threads (thread_cache.cc, reap_exited_tables); 0 once a look
+  // found its thread gone and is handing it back. Guarded by the registry lock.
+  int tid;
 };
 
 // The calling thread's table; __thread (not thread_local) so access is a plain

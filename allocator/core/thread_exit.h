@@ -16,11 +16,13 @@
 //    setting a higher one allocates) or the loader would not keep this
 //    object loaded for good (thread_exit.cc says why the key needs it).
 //
-// Limits, both leaks of the thread's cache table, its tag and the blocks of
-// its first refill: glibc runs at most four rounds of key destructors, so a
-// thread whose first allocation is in the fourth round (a destructor that
-// set its own key again three times) is not handed back; nor is one whose
-// first allocation is in any key destructor where the key could not be made.
+// Limits: fn never runs for a thread whose first call comes after glibc's
+// last chance to run it: in the fourth round of key destructors (glibc runs
+// at most four: a destructor that set its own key again three times), in any
+// key destructor where the key could not be made, or in the frees glibc
+// makes as the thread exits, after its key destructors (the thread-local
+// storage of other threads' cached stacks). The thread caches then look for
+// tables of exited threads later (thread_cache.cc, reap_exited_tables).
 #pragma once
 
 namespace dropalloc::core {

@@ -1,0 +1,110 @@
+// A thread whose only allocator calls are the frees glibc makes while the
+// thread exits (after its key destructors ran: a detached thread frees the
+// thread-local storage of other threads' cached stacks there) registers its
+// cache table too late for its exit handler to run. Such tables (with their
+// tags) must be handed back once the thread is gone: by the next threads'
+// first allocations (two looks each) and by malloc_trim(). Reader slots must
+// not be kept at all: a thread's first read sections borrow one. dropalloc
+// is this program's malloc (cc_test(malloc = "//allocator:malloc")), so
+// those frees are ours.
+#include <doctest/doctest.h>
+
+#include <dirent.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <malloc.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include "allocator/core/grace.h"
+#include "allocator/core/heap_internal.h"
+#include "allocator/core/mutex.h"
+#include "allocator/core/thread_cache.h"
+
+namespace {
+
+std::size_t tables_on_registry() {
+  auto& r = dropalloc::core::internal::registry();
+  dropalloc::core::lock_guard g(r.lock);
+  std::size_t n = 0;
+  for (auto* t = r.tables; t != nullptr; t = t->next) ++n;
+  return n;
+}
+
+std::size_t threads_alive() {
+  std::size_t n = 0;
+  if (DIR* d = opendir("/proc/self/task")) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
+    closedir(d);
+  }
+  return n;
+}
+
+std::atomic<int> g_running{0};
+
+// Allocates nothing of its own: its only frees are glibc's, at its exit.
+void* idle_thread(void*) {
+  g_running.fetch_sub(1, std::memory_order_release);
+  return nullptr;
+}
+
+// Detached threads cannot be joined: wait until the kernel has none left
+// but the main thread (the BUILD target turns off the background purger).
+void wait_for_single_thread() {
+  for (int i = 0; i < 20000 && threads_alive() > 1; ++i) usleep(500);
+  std::size_t n = threads_alive();
+  if (n != 1) {
+    std::printf("threads alive: %zu\n", n);
+    system("ls -l /proc/$PPID/task >&2; cat /proc/$PPID/task/*/comm >&2");
+  }
+  REQUIRE(n == 1);
+}
+
+}  // namespace
+
+TEST_CASE("detached threads that only free while exiting leave no table, tag or reader slot") {
+  // The main thread's table and slot exist before the count.
+  std::free(std::malloc(32));
+  wait_for_single_thread();
+  const std::size_t tables_before = tables_on_registry();
+  const std::uint32_t slots_before = dropalloc::core::grace_internal::slots_taken();
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  constexpr int kRounds = 3000, kThreads = 8;
+  int started = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    g_running.store(kThreads, std::memory_order_relaxed);
+    for (int i = 0; i < kThreads; ++i) {
+      pthread_t t;
+      if (pthread_create(&t, &attr, idle_thread, nullptr) == 0) {
+        ++started;
+      } else {
+        g_running.fetch_sub(1, std::memory_order_relaxed);
+      }
+    }
+    while (g_running.load(std::memory_order_acquire) > 0) sched_yield();
+  }
+  pthread_attr_destroy(&attr);
+  wait_for_single_thread();
+  const std::size_t tables_left = tables_on_registry();
+  const std::uint32_t slots_after = dropalloc::core::grace_internal::slots_taken();
+  // A thread that allocates looks at two tables; malloc_trim at every one.
+  for (int i = 0; i < 4; ++i) std::thread([] { std::free(std::malloc(100)); }).join();
+  const std::size_t tables_after_threads = tables_on_registry();
+  malloc_trim(0);
+  const std::size_t tables_after_trim = tables_on_registry();
+  std::printf(
+      "%d detached threads: tables on the registry %zu -> %zu (%zu after 4 more threads, %zu after "
+      "malloc_trim), reader slots taken %u -> %u\n",
+      started, tables_before, tables_left, tables_after_threads, tables_after_trim, slots_before, slots_after);
+  CHECK(started > kRounds * kThreads / 2);
+  CHECK(slots_after == slots_before);
+  CHECK(tables_after_threads <= tables_left);
+  CHECK(tables_after_trim == tables_before);
+}
