@@ -1,6 +1,34 @@
-"""A test program run with libdropalloc.so preloaded, once per environment."""
+"""Test programs run with libdropalloc.so preloaded."""
 
 load("@rules_cc//cc:defs.bzl", "cc_binary")
+
+def preloaded_test(name, program, args = [], data = [], env = {}, tags = [], size = "small"):
+    """One sh_test: program (a target of this package) run under the preload.
+
+    run_preloaded.sh requires that the preload took. Tagged no_sanitizer: a
+    sanitizer runtime owns malloc.
+
+    Args:
+      name: the test.
+      program: the program's target name, without the colon.
+      args: arguments after the program's path ($(location) allowed).
+      data: files those arguments name, beyond the program and the library.
+      env: the test's environment.
+      tags: extra tags (e.g. ["manual"]).
+      size: the test's size.
+    """
+    native.sh_test(
+        name = name,
+        size = size,
+        srcs = ["//tests/shim:run_preloaded.sh"],
+        args = ["$(location :%s)" % program] + args,
+        data = [
+            ":" + program,
+            "//allocator:libdropalloc.so",
+        ] + data,
+        env = env,
+        tags = ["no_sanitizer"] + tags,
+    )
 
 def preloaded_program_tests(name, srcs, variants, size = "medium", deps = []):
     """Builds program `name` from srcs and one sh_test per variant.
@@ -30,17 +58,10 @@ def preloaded_program_tests(name, srcs, variants, size = "medium", deps = []):
         ] + deps,
     )
     for variant in variants:
-        test_name, env = variant[0], variant[1]
-        extra_tags = variant[2] if len(variant) > 2 else []
-        native.sh_test(
-            name = test_name,
+        preloaded_test(
+            name = variant[0],
+            program = name,
+            env = variant[1],
+            tags = variant[2] if len(variant) > 2 else [],
             size = size,
-            srcs = ["//tests/shim:run_preloaded.sh"],
-            args = ["$(location :%s)" % name],
-            data = [
-                ":" + name,
-                "//allocator:libdropalloc.so",
-            ],
-            env = env,
-            tags = ["no_sanitizer"] + extra_tags,
         )
