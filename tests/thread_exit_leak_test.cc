@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <malloc.h>
@@ -65,20 +66,14 @@ void wait_for_single_thread() {
   REQUIRE(n == 1);
 }
 
-}  // namespace
-
-TEST_CASE("detached threads that only free while exiting leave no table, tag or reader slot") {
-  // The main thread's table and slot exist before the count.
-  std::free(std::malloc(32));
-  wait_for_single_thread();
-  const std::size_t tables_before = tables_on_registry();
-  const std::uint32_t slots_before = dropalloc::core::grace_internal::slots_taken();
+// Rounds of kThreads detached threads that allocate nothing; the number started.
+constexpr int kThreads = 8;
+int run_detached_rounds(int rounds) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  constexpr int kRounds = 3000, kThreads = 8;
   int started = 0;
-  for (int round = 0; round < kRounds; ++round) {
+  for (int round = 0; round < rounds; ++round) {
     g_running.store(kThreads, std::memory_order_relaxed);
     for (int i = 0; i < kThreads; ++i) {
       pthread_t t;
@@ -91,6 +86,19 @@ TEST_CASE("detached threads that only free while exiting leave no table, tag or 
     while (g_running.load(std::memory_order_acquire) > 0) sched_yield();
   }
   pthread_attr_destroy(&attr);
+  return started;
+}
+
+}  // namespace
+
+TEST_CASE("detached threads that only free while exiting leave no table, tag or reader slot") {
+  // The main thread's table and slot exist before the count.
+  std::free(std::malloc(32));
+  wait_for_single_thread();
+  const std::size_t tables_before = tables_on_registry();
+  const std::uint32_t slots_before = dropalloc::core::grace_internal::slots_taken();
+  constexpr int kRounds = 3000;
+  const int started = run_detached_rounds(kRounds);
   wait_for_single_thread();
   const std::size_t tables_left = tables_on_registry();
   const std::uint32_t slots_after = dropalloc::core::grace_internal::slots_taken();
@@ -107,4 +115,31 @@ TEST_CASE("detached threads that only free while exiting leave no table, tag or 
   CHECK(slots_after == slots_before);
   CHECK(tables_after_threads <= tables_left);
   CHECK(tables_after_trim == tables_before);
+}
+
+TEST_CASE("in a forked child, the forking thread keeps its table and exited threads' tables are handed back") {
+  std::free(std::malloc(32));
+  wait_for_single_thread();
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const std::size_t before = tables_on_registry();
+    run_detached_rounds(500);
+    for (int i = 0; i < 4; ++i) std::thread([] { std::free(std::malloc(100)); }).join();
+    // Every look skips the forking thread's own table: it still serves.
+    void* p = std::malloc(48);
+    std::free(p);
+    for (int i = 0; i < 2000 && threads_alive() > 1; ++i) usleep(500);
+    malloc_trim(0);
+    const std::size_t after = tables_on_registry();
+    std::printf("forked child: tables on the registry %zu -> %zu after 4000 detached threads and malloc_trim\n",
+                before, after);
+    std::fflush(stdout);
+    _exit(after == before && before == 1 ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }

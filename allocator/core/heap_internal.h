@@ -45,7 +45,7 @@ void release_spare_tables(bool wait) noexcept;
 // Hands back the tables of threads that exited without handing them back
 // themselves (thread_cache.cc says when that happens): each look takes the
 // next table on the registry's list, from where the last look stopped, and
-// asks the OS whether its thread still exists. whole_list: look at every
+// asks whether its thread still holds it (tc_table::owner_alive). whole_list: look at every
 // table once, from the first (trim()); else at kTablesLookedAtPerNewTable.
 // wait false: stop whenever the registry lock is taken (see above).
 void reap_exited_tables(const tc_table* mine, bool whole_list, bool wait) noexcept;

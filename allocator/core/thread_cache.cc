@@ -1,6 +1,7 @@
 // Per-thread caches: the registry of heaps and threads, each thread's table
 // and tags, the exit handler that hands a dying thread's blocks back, and the
 // fork handlers.
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 
@@ -165,10 +166,12 @@ void release_spare_tables(bool wait) noexcept {
 // call in the last round of key destructors; see thread_exit.h). Each such
 // table kept its tag (after 31, every new thread shares one and loses biased
 // frees), a cache mapping and the blocks freed into it: 4000 rounds of 8
-// detached threads left 231. Asking the OS whether a thread exists costs a
-// system call, so a new table pays for two looks, and trim() for a look at
-// every table; a table's thread id is taken by another thread only after the
-// thread exited, which at worst delays the look that finds it gone.
+// detached threads left 231. The owner's robust mutex tells, without a
+// system call and without thread ids (which the OS reuses): a trylock
+// answers EOWNERDEAD once the kernel has marked it at the owner's exit,
+// EBUSY while the owner lives, and succeeds only while the owner is handing
+// the table back itself (flush_at_thread_exit unlocks first). A new table
+// pays for two looks, trim() for a look at every table.
 constexpr int kTablesLookedAtPerNewTable = 2;
 
 void reap_exited_tables(const tc_table* mine, bool whole_list, bool wait) noexcept {
@@ -185,10 +188,15 @@ void reap_exited_tables(const tc_table* mine, bool whole_list, bool wait) noexce
     tc_table* gone = nullptr;
     if (t != nullptr) {
       r.reap_next = t->next;
-      if (t != mine && t->tid != 0 && os::thread_has_exited(t->tid)) {
-        t->tid = 0;  // no other look takes it
+      const int held = t != mine ? pthread_mutex_trylock(&t->owner_alive) : EBUSY;
+      if (held == EOWNERDEAD) {
+        // Ours now, and on this thread's robust list: off it before the
+        // table is reused or unmapped. Unlocked, the next look's trylock
+        // succeeds and leaves the table alone.
+        pthread_mutex_consistent(&t->owner_alive);
         gone = t;
       }
+      if (held == 0 || held == EOWNERDEAD) pthread_mutex_unlock(&t->owner_alive);
     }
     r.lock.unlock();
     if (t == nullptr) return;
@@ -224,6 +232,18 @@ tc_table* new_table() noexcept {
 
 namespace {
 __thread bool t_exited = false;
+
+// Marks t as held by the calling thread (tc_table::owner_alive). t is on no
+// thread's robust list: new, a spare (unlocked when kept), or the forking
+// thread's in a child (see postfork_child).
+void hold_table(tc_table* t) noexcept {
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&t->owner_alive, &attr);
+  pthread_mutexattr_destroy(&attr);
+  pthread_mutex_lock(&t->owner_alive);
+}
 }  // namespace
 
 namespace {
@@ -243,6 +263,9 @@ void flush_at_thread_exit(void* arg) {
   if (t_exited || arg != t_cache_table) return;
   auto* table = static_cast<tc_table*>(arg);
   t_exited = true;
+  // Off this thread's robust list before the table can be reused or
+  // unmapped (a look that finds it unlocked meanwhile leaves it to us).
+  pthread_mutex_unlock(&table->owner_alive);
   // No more plain frees, and no block of ours from now on: the tag goes back
   // to the registry below, and a thread that takes it next owns its blocks.
   t_current.bias = nullptr;
@@ -272,7 +295,7 @@ tc_heap_cache* heap::thread_cache() noexcept {
   if (t == nullptr) {
     t = new_table();
     if (t == nullptr) return nullptr;
-    t->tid = os::current_thread_id();
+    hold_table(t);
     registry_t& r = registry();
     std::uint32_t tag;
     bool exclusive = false;
@@ -365,7 +388,9 @@ void postfork_child() noexcept {
   heap::restore_large_cache_after_fork();  // after the readers' reset: it may unmap
   registry_t& r = registry();
   tc_table* mine = t_cache_table;
-  if (mine != nullptr) mine->tid = os::current_thread_id();  // the child's id, not its parent's
+  // glibc empties the child's robust list: the table's mutex, still marked
+  // as the parent thread's, is on no list now. Take it again.
+  if (mine != nullptr) hold_table(mine);
   for (;;) {
     tc_table* gone = nullptr;
     {

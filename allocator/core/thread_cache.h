@@ -7,6 +7,8 @@
 // discarded, never used. Blocks in a cache count as "live" in their segment.
 #pragma once
 
+#include <pthread.h>
+
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -93,10 +95,12 @@ struct tc_table {
   // its caches resident then.
   std::size_t kept_resident;
   std::uint32_t tag;  // this thread's tag, 1-state::kTags (see state::kTagShift)
-  // The owning thread's id (os::current_thread_id), for the look for tables
-  // of exited threads (thread_cache.cc, reap_exited_tables); 0 once a look
-  // found its thread gone and is handing it back. Guarded by the registry lock.
-  int tid;
+  // Locked by the thread that holds the table, from when it takes it until it
+  // hands it back: a robust mutex, which the kernel marks when its owner
+  // exits without unlocking it, so that a look finds the tables of threads
+  // that exited without handing them back (thread_cache.cc,
+  // reap_exited_tables). Not in the table's droppable data: metadata.
+  pthread_mutex_t owner_alive;
 };
 
 // The calling thread's table; __thread (not thread_local) so access is a plain

@@ -494,17 +494,6 @@ constexpr int kMembarrierRegisterPrivateExpedited = 1 << 4;
 long membarrier(int cmd) { return syscall(SYS_membarrier, cmd, 0u, 0); }
 }  // namespace
 
-int current_thread_id() noexcept { return static_cast<int>(syscall(SYS_gettid)); }
-
-bool thread_has_exited(int tid) noexcept {
-  // Signal 0 delivers nothing: only whether the thread exists is checked.
-  // errno is the caller's: an allocator call must not change it.
-  const int saved = errno;
-  const bool gone = syscall(SYS_tgkill, getpid(), tid, 0) != 0 && errno == ESRCH;
-  errno = saved;
-  return gone;
-}
-
 bool register_process_barrier() noexcept {
   long supported = membarrier(kMembarrierQuery);
   if (supported < 0 || (supported & kMembarrierPrivateExpedited) == 0) return false;

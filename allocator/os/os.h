@@ -128,14 +128,6 @@ std::uint64_t resident_bytes_now() noexcept;
 // Milliseconds since the process started (/proc/self/stat), 0 if unknown.
 std::uint64_t process_age_ms() noexcept;
 
-// ---- threads -------------------------------------------------------------------
-// The calling thread's id (gettid).
-int current_thread_id() noexcept;
-// Whether the thread of this process with id tid has exited for good (the
-// kernel knows no such thread in the process). False when unsure: a refused
-// query, or an id another thread has taken since.
-bool thread_has_exited(int tid) noexcept;
-
 // ---- process-wide memory barrier ----------------------------------------------
 // Lets lock-free readers pay nothing for the rare writer that must know they
 // are gone (the core's grace periods before unmapping metadata).
