@@ -134,6 +134,14 @@ class fast_read_section {
   reader_slot* slot_ = nullptr;
 };
 
+// Whether the calling thread is inside a read section (of either kind). A
+// grace period it starts never waits for that section: what it unregisters
+// there must not be unmapped before the section ends (segment.cc defers it).
+inline bool in_read_section() noexcept {
+  using namespace grace_internal;
+  return t_overflow_depth != 0 || (t_slot != nullptr && t_slot->epoch.load(std::memory_order_relaxed) != 0);
+}
+
 // Waits until every read section that began before the call has ended. Call it
 // after removing what readers must no longer reach from the address map, and
 // before unmapping it. Never waits for sections that begin during the call.

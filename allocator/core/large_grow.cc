@@ -32,6 +32,10 @@ namespace dropalloc::core {
 
 bool heap::grow_large_in_place(void* p, std::size_t bytes) noexcept {
   if (p == nullptr || bytes == 0 || bytes > kMaxRequest) return false;
+  // The old header goes after a grace period, which never waits for the
+  // caller's own section (a signal handler's realloc interrupting one):
+  // the caller copies instead.
+  if (in_read_section()) return false;
   const std::size_t span = (bytes + kPage - 1) / kPage * kPage;
   segment* old = nullptr;
   {

@@ -182,17 +182,56 @@ void unmap_segment(os::os_interface& os, segment* s) {
   os.unmap_metadata(s->meta_base, s->meta_bytes);
 }
 
-void destroy_segment(os::os_interface& os, segment* s) {
-  unregister_segment(s);
-  wait_for_readers();
-  unmap_segment(os, s);
+namespace {
+
+// Segments unregistered by a thread inside a read section of its own: a free
+// or trim() made by a signal handler, or by code a seal calls, on a thread
+// whose interrupted section may still read them. A grace period never waits
+// for its caller's section, so they wait, off every list but this one, for
+// the next grace period a thread starts outside every section. A lock-free
+// stack: a signal handler may push.
+std::atomic<segment*> g_deferred{nullptr};
+
+void defer_unmap(os::os_interface& os, segment* s) {
+  s->deferred_os = &os;
+  segment* top = g_deferred.load(std::memory_order_relaxed);
+  do {
+    s->deferred_next = top;
+  } while (!g_deferred.compare_exchange_weak(top, s, std::memory_order_release, std::memory_order_relaxed));
 }
+
+void unmap_all(segment* list) {
+  while (list != nullptr) {
+    segment* s = list;
+    list = s->deferred_next;
+    unmap_segment(*s->deferred_os, s);
+  }
+}
+
+}  // namespace
+
+void destroy_segment(os::os_interface& os, segment* s) { destroy_segments(os, &s, 1); }
 
 void destroy_segments(os::os_interface& os, segment* const* list, int n) {
   if (n == 0) return;
   for (int i = 0; i < n; ++i) unregister_segment(list[i]);
+  if (in_read_section()) {
+    for (int i = 0; i < n; ++i) defer_unmap(os, list[i]);
+    return;
+  }
+  // Those deferred before this grace period began are unregistered before
+  // it, and their sections began before it: it covers them too.
+  segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
   wait_for_readers();
   for (int i = 0; i < n; ++i) unmap_segment(os, list[i]);
+  unmap_all(deferred);
+}
+
+void unmap_deferred_segments() noexcept {
+  if (g_deferred.load(std::memory_order_relaxed) == nullptr || in_read_section()) return;
+  segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
+  wait_for_readers();
+  unmap_all(deferred);
 }
 
 }  // namespace dropalloc::core

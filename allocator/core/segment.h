@@ -135,7 +135,13 @@ void destroy_segment(os::os_interface& os, segment* s);
 // destroy_segment for n segments under one grace period. Callers unlink
 // them from every list first, and call it holding no heap lock: the wait
 // for readers and the unmaps take a while, and other threads want the lock.
+// Called inside a read section (in_read_section()), they are unregistered
+// at once and unmapped by the next call made outside every section.
 void destroy_segments(os::os_interface& os, segment* const* list, int n);
+// Unmaps the segments destroyed inside read sections so far (after a grace
+// period); nothing when called inside one. A heap's destructor calls it: the
+// OS they were mapped with may not outlive the heap.
+void unmap_deferred_segments() noexcept;
 // The two halves, for callers that destroy many segments under one grace
 // period: unregister each, wait_for_readers() once, then unmap each.
 void unregister_segment(segment* s);

@@ -91,6 +91,10 @@ inline void add_counters(resource_stats& sum, const resource_stats& st) noexcept
 
 }  // namespace dropalloc
 
+namespace dropalloc::os {
+class os_interface;
+}  // namespace dropalloc::os
+
 namespace dropalloc::core {
 
 inline constexpr std::size_t kSegmentShift = 22;
@@ -305,6 +309,11 @@ struct segment {
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)
   segment* all_prev;
+  // Unregistered by a thread inside a read section of its own, waiting to be
+  // unmapped (segment.cc, destroy_segments): the next in that list, and the
+  // OS that unmaps it. Written once it is off every other list.
+  segment* deferred_next;
+  os::os_interface* deferred_os;
 
   std::uint64_t generation_of(std::uint64_t m) const { return gen_base + meta::gen(m); }
 };

@@ -52,20 +52,27 @@ void run(backing memory, std::size_t size, bool with_trim) {
   core::heap_options o = dropalloc::testing::with_os_no_decay(&hk);
   o.thread_cache = false;
   o.empty_arena_decay_ms = 0;  // an empty arena goes at once
-  core::heap h(o);
-  for (int round = 0; round < 50; ++round) {
-    core::alloc_error err{};
-    void* p = h.allocate(size, 16, &err);
-    REQUIRE(p != nullptr);
-    dropalloc::testing::fill(p, h.usable_size(p), 1);
-    hk.hook = [&] {  // on this thread, inside the seal's read section
-      h.deallocate(p);
-      if (with_trim) h.trim();
-    };
-    std::uint64_t g = 0;
-    const block_state ans = h.seal(p, &g);
-    CHECK(ans != block_state::intact);
+  {
+    core::heap h(o);
+    for (int round = 0; round < 50; ++round) {
+      core::alloc_error err{};
+      void* p = h.allocate(size, 16, &err);
+      REQUIRE(p != nullptr);
+      dropalloc::testing::fill(p, h.usable_size(p), 1);
+      hk.hook = [&] {  // on this thread, inside the seal's read section
+        h.deallocate(p);
+        if (with_trim) h.trim();
+      };
+      std::uint64_t g = 0;
+      const block_state ans = h.seal(p, &g);
+      CHECK(ans != block_state::intact);
+      CHECK(h.check(p, g) != block_state::intact);
+    }
   }
+  // Since the fix, an arena released inside the seal's section is unmapped
+  // later (by the next release outside a section, or the heap's
+  // destructor), not never.
+  CHECK(fake.arena_maps.load() == fake.arena_unmaps.load());
 }
 
 }  // namespace
