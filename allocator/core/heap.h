@@ -345,7 +345,7 @@ class heap {
 
   static bool retire(segment* s, std::uint32_t idx, std::uint8_t* was) noexcept;
 
-  friend void retire_table(tc_table* t) noexcept;
+  friend void retire_table(tc_table* t, bool unlinked) noexcept;
   friend void prefork_all() noexcept;
   friend void postfork_all() noexcept;
   void lock_all() noexcept;

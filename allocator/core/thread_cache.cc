@@ -80,9 +80,17 @@ void heap::give_back_cache(tc_heap_cache* c) noexcept {
 constexpr std::uint32_t kSpareTables = 4;
 constexpr std::size_t kSpareResidentBytes = std::size_t{1} << 20;
 
+// Takes t off the registry's list (the registry lock held).
+void unlink_table(registry_t& r, tc_table* t) noexcept {
+  if (r.reap_next == t) r.reap_next = t->next;
+  if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
+  if (t->next != nullptr) t->next->prev = t->prev;
+}
+
 // Hands a thread's cached blocks back to their heaps and takes its table
-// off the registry; then keeps the table as a spare, or unmaps it.
-void retire_table(tc_table* t) noexcept {
+// off the registry (unless `unlinked`: taken off already, by the caller,
+// under the lock); then keeps the table as a spare, or unmaps it.
+void retire_table(tc_table* t, bool unlinked) noexcept {
   // Measured before the lock (a system call each): the caches are this
   // thread's, and nobody else writes them.
   std::size_t resident[kMaxCachedHeaps] = {};
@@ -112,9 +120,7 @@ void retire_table(tc_table* t) noexcept {
       os::system_os().unmap_metadata(c, sizeof(tc_heap_cache));
       t->caches[slot].store(nullptr, std::memory_order_relaxed);
     }
-    if (r.reap_next == t) r.reap_next = t->next;
-    if (t->prev != nullptr) t->prev->next = t->next; else r.tables = t->next;
-    if (t->next != nullptr) t->next->prev = t->prev;
+    if (!unlinked) unlink_table(r, t);
     // A shared tag stays marked: another live thread may still hold it.
     bool shared = false;
     for (tc_table* o = r.tables; o != nullptr; o = o->next) shared = shared || o->tag == t->tag;
@@ -191,16 +197,18 @@ void reap_exited_tables(const tc_table* mine, bool whole_list, bool wait) noexce
       const int held = t != mine ? pthread_mutex_trylock(&t->owner_alive) : EBUSY;
       if (held == EOWNERDEAD) {
         // Ours now, and on this thread's robust list: off it before the
-        // table is reused or unmapped. Unlocked, the next look's trylock
-        // succeeds and leaves the table alone.
+        // table is reused or unmapped. Off the registry's list in this
+        // same hold: a fork() (a signal handler's) before retire_table
+        // below must not give a child that retires it as well.
         pthread_mutex_consistent(&t->owner_alive);
+        unlink_table(r, t);
         gone = t;
       }
       if (held == 0 || held == EOWNERDEAD) pthread_mutex_unlock(&t->owner_alive);
     }
     r.lock.unlock();
     if (t == nullptr) return;
-    if (gone != nullptr) retire_table(gone);
+    if (gone != nullptr) retire_table(gone, /*unlinked=*/true);
   }
 }
 
@@ -275,7 +283,7 @@ void flush_at_thread_exit(void* arg) {
   t_current.other_heap_id = 0;
   t_current.other_cache = nullptr;
   t_cache_table = nullptr;
-  retire_table(table);
+  retire_table(table, /*unlinked=*/false);
 }
 
 }  // namespace
@@ -400,7 +408,7 @@ void postfork_child() noexcept {
       }
     }
     if (gone == nullptr) break;
-    retire_table(gone);
+    retire_table(gone, /*unlinked=*/false);
   }
 }
 
