@@ -103,7 +103,16 @@ reader_slot* claim_slot(bool* temporary) noexcept {
     }
     // Before the section publishes in it: a nested section, and a grace
     // period this thread waits for inside it, must find it as the thread's.
-    t_slot = &s;
+    // Unless a signal handler claimed one for life since the caller saw
+    // none (its section has ended; a lent one it gave back): then that one
+    // serves, and this one goes back. A compare-and-exchange, which a
+    // handler cannot split: a check and a store could lose the handler's.
+    reader_slot* mine = nullptr;
+    if (!__atomic_compare_exchange_n(&t_slot, &mine, &s, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+      s.taken.store(false, std::memory_order_release);
+      *temporary = false;
+      return mine;
+    }
     *temporary = !for_life;
     if (!for_life) {
       if (!t_exited) ++t_lent_sections;
