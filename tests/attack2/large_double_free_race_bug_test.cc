@@ -48,6 +48,12 @@
 namespace {
 
 constexpr std::uintptr_t kPageSize = 4096;
+
+// A thread's first read sections borrow a reader slot (core/grace.cc,
+// kLentSections); enough of them give it its slot for life.
+void take_reader_slot(const dropalloc::droppable_resource& res) {
+  for (int i = 0; i < 64; ++i) (void)res.owns(nullptr);
+}
 constexpr long kTrapFlag = 0x100;
 
 std::atomic<std::uintptr_t> g_page{0};  // B's reader-slot page, read-only while armed
@@ -119,7 +125,7 @@ void scenario() {
   sigaction(SIGTRAP, &sa, nullptr);
 
   dropalloc::droppable_resource res;
-  (void)res.owns(nullptr);  // this thread (A) takes a reader slot first
+  take_reader_slot(res);  // this thread (A) takes a reader slot first
   // Park enough threads holding reader slots that B's slot is on a page of
   // its own, away from A's.
   std::atomic<bool> release{false};
@@ -127,7 +133,7 @@ void scenario() {
   std::vector<std::thread> holders;
   for (int i = 0; i < 70; ++i) {
     holders.emplace_back([&] {
-      (void)res.owns(nullptr);
+      take_reader_slot(res);
       parked.fetch_add(1);
       while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     });
@@ -139,7 +145,7 @@ void scenario() {
   std::atomic<bool> b_ready{false};
   std::thread b([&] {
     t_is_b = true;
-    (void)res.owns(nullptr);  // claims B's slot (no fault: not armed yet)
+    take_reader_slot(res);  // claims B's slot (no fault: not armed yet)
     auto slot = reinterpret_cast<std::uintptr_t>(dropalloc::core::grace_internal::t_slot);
     g_page.store(slot & ~(kPageSize - 1));
     mprotect(reinterpret_cast<void*>(g_page.load()), kPageSize, PROT_READ);
