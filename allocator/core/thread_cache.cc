@@ -169,7 +169,8 @@ void release_spare_tables(bool wait) noexcept {
 // allocator call came after glibc had run its thread-exit work (its only
 // calls were frees glibc made while the thread exited: glibc frees the
 // thread-local storage of other threads' cached stacks there; or a first
-// call in the last round of key destructors; see thread_exit.h). Each such
+// call in the last round of key destructors; and every thread but the main
+// one when the allocator has no thread-exit key; see thread_exit.h). Each such
 // table kept its tag (after 31, every new thread shares one and loses biased
 // frees), a cache mapping and the blocks freed into it: 4000 rounds of 8
 // detached threads left 231. The owner's robust mutex tells, without a
@@ -316,8 +317,8 @@ tc_heap_cache* heap::thread_cache() noexcept {
       r.tables = t;
     }
     t_cache_table = t;
-    // Not registered (glibc out of memory): the table and its blocks stay
-    // with the exited thread, as the blocks of a leaked object would.
+    // Not registered (no key, glibc out of memory): a look finds the table
+    // once the thread has exited (reap_exited_tables).
     (void)call_at_thread_exit(flush_at_thread_exit, t);
     t_current.live_state = static_cast<std::uint8_t>(state::kLive | tag << state::kTagShift);
     t_current.bias = exclusive ? &g_tag_bias[tag] : nullptr;

@@ -74,8 +74,14 @@ bool call_at_thread_exit(void (*fn)(void*), void* arg) noexcept {
   g_exit_fn.store(fn, std::memory_order_release);
   const pthread_key_t key = g_exit_key.load(std::memory_order_acquire);
   const bool main_thread = gettid() == getpid();
-  if (key == kNoKey || pthread_setspecific(key, arg) != 0) return register_with_glibc(fn, arg);
-  return !main_thread || register_with_glibc(fn, arg);
+  if (key != kNoKey && pthread_setspecific(key, arg) == 0) return !main_thread || register_with_glibc(fn, arg);
+  // No key: only the main thread registers with glibc. Another thread's first
+  // call may be one of the frees glibc makes as the thread exits, under its
+  // stack-cache lock, and __cxa_thread_atexit_impl takes the loader's lock,
+  // which dlopen holds while it takes the stack-cache lock (a deadlock, every
+  // run, with a library that loads objects with static TLS). The thread's
+  // table is found by a look after the thread exits instead.
+  return main_thread && register_with_glibc(fn, arg);
 }
 
 }  // namespace dropalloc::core

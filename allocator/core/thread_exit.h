@@ -11,18 +11,20 @@
 //    __cxa_thread_atexit_impl registration made there is never run: glibc
 //    has run those already, and the thread's table leaked);
 //  - __cxa_thread_atexit_impl (what libstdc++ calls), for the main thread,
-//    whose handlers exit() runs (it runs no key destructors), and for every
-//    thread where no key could be made (32 or more existed at load time:
-//    setting a higher one allocates) or the loader would not keep this
-//    object loaded for good (thread_exit.cc says why the key needs it).
+//    whose handlers exit() runs (it runs no key destructors).
 //
 // Limits: fn never runs for a thread whose first call comes after glibc's
 // last chance to run it: in the fourth round of key destructors (glibc runs
-// at most four: a destructor that set its own key again three times), in any
-// key destructor where the key could not be made, or in the frees glibc
-// makes as the thread exits, after its key destructors (the thread-local
-// storage of other threads' cached stacks). The thread caches then look for
-// tables of exited threads later (thread_cache.cc, reap_exited_tables).
+// at most four: a destructor that set its own key again three times), or in
+// the frees glibc makes as the thread exits, after its key destructors (the
+// thread-local storage of other threads' cached stacks). Nor for any thread
+// but the main one where no key could be made (32 or more existed at load
+// time: setting a higher one allocates) or the loader would not keep this
+// object loaded for good (thread_exit.cc says why the key needs it): there
+// __cxa_thread_atexit_impl would be the only way, and it takes the loader's
+// lock, which a first call made inside glibc's thread-exit frees must not
+// take (thread_exit.cc). The thread caches look for tables of exited threads
+// later (thread_cache.cc, reap_exited_tables).
 #pragma once
 
 namespace dropalloc::core {

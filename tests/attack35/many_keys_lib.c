@@ -2,9 +2,9 @@
  * before the preloaded libdropalloc.so's and, with ATTACK35_MANY_KEYS=1,
  * creates 40 pthread keys first. The allocator's own keys (thread exit,
  * reader slots) then land at 40 and above, where pthread_setspecific may
- * allocate, so it does without them: every thread's first allocator call
- * registers its exit handler with __cxa_thread_atexit_impl (thread_exit.cc),
- * which takes the dynamic loader's lock. */
+ * allocate, so it does without them (thread_exit.cc). A thread's first
+ * allocator call used to register its exit handler with
+ * __cxa_thread_atexit_impl there, which takes the dynamic loader's lock. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

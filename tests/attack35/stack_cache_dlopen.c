@@ -11,11 +11,12 @@
  * allocator call: it makes the thread's cache table (make_current ->
  * thread_cache) and registers its exit handler (call_at_thread_exit). With
  * the allocator's pthread key in place that is pthread_setspecific, which
- * takes no lock (ATTACK35_MANY_KEYS unset: this must pass). Without the key
+ * takes no lock (ATTACK35_MANY_KEYS unset). Without the key
  * (ATTACK35_MANY_KEYS=1: the program's library made 40 keys before the
- * allocator's constructor ran) it is __cxa_thread_atexit_impl, which takes
+ * allocator's constructor ran) it was __cxa_thread_atexit_impl, which takes
  * dl_load_lock under dl_stack_cache_lock: the reverse order, and the process
- * hangs with one thread in dlopen and one in free.
+ * hung with one thread in dlopen and one in free. Now no handler is
+ * registered there; both settings must pass.
  *
  * Usage: stack_cache_dlopen <static TLS object> [seconds]. A watchdog turns a
  * hang into exit status 1. */

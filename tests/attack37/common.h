@@ -2,7 +2,6 @@
 // registry of thread-cache tables from a test linked with the core.
 #pragma once
 
-#include <dirent.h>
 #include <unistd.h>
 
 #include <cstddef>
@@ -13,6 +12,7 @@
 #include "allocator/core/heap_internal.h"
 #include "allocator/core/mutex.h"
 #include "allocator/core/thread_cache.h"
+#include "tests/thread_tables.h"
 
 namespace attack37 {
 
@@ -36,13 +36,8 @@ inline bool on_spares(const dropalloc::core::tc_table* x) {
   return false;
 }
 
-inline std::size_t tables_on_registry() {
-  auto& r = dropalloc::core::internal::registry();
-  dropalloc::core::lock_guard g(r.lock);
-  std::size_t n = 0;
-  for (auto* t = r.tables; t != nullptr; t = t->next) ++n;
-  return n;
-}
+using dropalloc_test::tables_on_registry;
+using dropalloc_test::threads_alive;
 
 // The futex word of a table's owner_alive robust mutex (glibc's layout):
 // the owner's thread id, and FUTEX_OWNER_DIED once the kernel saw the owner
@@ -68,25 +63,6 @@ inline std::size_t tables_of_gone_threads() {
     char path[64];
     std::snprintf(path, sizeof path, "/proc/self/task/%u", w & kTidMask);
     if ((w & kOwnerDied) != 0 || (w & kTidMask) == 0 || access(path, F_OK) != 0) ++n;
-  }
-  return n;
-}
-
-// Threads of this process but the allocator's own purger thread.
-inline std::size_t threads_alive() {
-  std::size_t n = 0;
-  if (DIR* d = opendir("/proc/self/task")) {
-    while (dirent* e = readdir(d)) {
-      if (e->d_name[0] == '.') continue;
-      char path[300], comm[64] = {};
-      std::snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
-      if (FILE* f = std::fopen(path, "r")) {
-        if (std::fgets(comm, sizeof comm, f) == nullptr) comm[0] = 0;
-        std::fclose(f);
-      }
-      n += std::strncmp(comm, "dropalloc-decay", 15) == 0 ? 0 : 1;
-    }
-    closedir(d);
   }
   return n;
 }
