@@ -532,7 +532,10 @@ void heap::return_to_arenas(class_state& c, const cached_block* items, std::uint
   if (n != 0) note_decay_work();
   const std::uint64_t now = now_ms();
   for (std::uint32_t i = 0; i < n; ++i) {
-    segment* s = segment_of(items[i].ptr);
+    // The table alone, not segment_of: no read section here (the block is
+    // live, so its own arena stays mapped), and the fold may name another
+    // heap's arena, which may be being unmapped (core/segment.h).
+    segment* s = segment_in_table(reinterpret_cast<std::uintptr_t>(items[i].ptr));
     std::uint32_t idx = block_index_of(s, items[i].ptr);
     s->free_bits[idx / 64] |= std::uint64_t{1} << (idx % 64);
     ++s->free_count;

@@ -631,7 +631,10 @@ block_state heap::check(const void* p, std::uint64_t generation) noexcept {
     located_block b;
     if (DROPALLOC_LIKELY(reading.entered() && locate_block(this, p, &b))) {
       const segment* s = b.s;
-      if (DROPALLOC_LIKELY((b.off % kPage) + block_bytes(s) <= kPage)) {
+      // (off % kPage) + block_bytes(s) <= kPage, without block_bytes()'s
+      // branch: block_size is block_bytes() but for a large block past
+      // 4 GiB, whose block_size 0 wraps here and sends it to check_pages.
+      if (DROPALLOC_LIKELY((b.off % kPage) + (std::uint64_t{s->block_size} - 1) < kPage)) {
         const std::atomic<std::uint8_t>* sb = &s->state[b.idx];
         const std::atomic<std::uint64_t>* word = &s->meta[b.idx];
         const std::uint8_t st = sb->load(std::memory_order_acquire);

@@ -11,6 +11,8 @@
 namespace dropalloc::core {
 
 std::atomic<map_leaf*> g_segment_map[kRootEntries] = {};
+std::atomic<segment*> g_segment_fold[kFoldEntries] = {};
+
 
 namespace {
 
@@ -47,12 +49,25 @@ bool ensure_leaves(os::os_interface& os, const std::byte* base, std::size_t span
   return true;
 }
 
-void set_map(const segment* s, segment* value) {
+// Registers s (value == s) or unregisters it (nullptr) for every 4 MiB step
+// of its span. In the table, value replaces what the step named: nothing, s
+// itself, or the header s replaces (a large block grown in place gets a new
+// one, whose old one is unmapped after a grace period, never unregistered).
+// In the fold, value replaces the entry if it was free or named what the
+// table did: the fold never names a segment the table no longer does, so it
+// never outlives the grace period that precedes an unmap.
+void set_map(segment* s, segment* value) {
   auto first = reinterpret_cast<std::uintptr_t>(s->base) >> kSegmentShift;
   auto last = (reinterpret_cast<std::uintptr_t>(s->base) + s->span - 1) >> kSegmentShift;
   for (auto i = first; i <= last; ++i) {
     map_leaf* leaf = g_segment_map[i >> kLeafBits].load(std::memory_order_acquire);
-    (*leaf)[i & (kLeafEntries - 1)].store(value, std::memory_order_release);
+    segment* previous = (*leaf)[i & (kLeafEntries - 1)].exchange(value, std::memory_order_acq_rel);
+    // After the table: a reader that misses in the fold finds value there.
+    std::atomic<segment*>& fold = g_segment_fold[i & (kFoldEntries - 1)];
+    segment* named = fold.load(std::memory_order_acquire);
+    if (named == previous || named == nullptr) {
+      fold.compare_exchange_strong(named, value, std::memory_order_acq_rel, std::memory_order_relaxed);
+    }
   }
 }
 

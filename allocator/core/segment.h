@@ -26,13 +26,39 @@ inline constexpr std::size_t kRootEntries = std::size_t{1} << kRootBits;
 using map_leaf = std::atomic<segment*>[kLeafEntries];
 extern std::atomic<map_leaf*> g_segment_map[kRootEntries];
 
-// The segment holding address a, or nullptr. The masks keep any address,
-// even one beyond 47 bits (rejected by callers' offset checks), in bounds.
-inline segment* segment_at(std::uintptr_t a) {
+// In front of the table, a static array indexed by the address's 4 MiB step
+// modulo 64 GiB (the size of the window arenas are placed in, os/linux_os.cc):
+// one load where the table takes two, each of which waits for the one before
+// (the check of a block and the free fast path wait for the lookup). Every
+// arena of one window has an entry of its own there. An entry names at most
+// one segment (the first registered of those whose steps fold onto it: in
+// another window or placed by the kernel); a lookup that finds its address
+// outside the entry's segment asks the table, which is always complete.
+inline constexpr int kFoldBits = 14;
+inline constexpr std::size_t kFoldEntries = std::size_t{1} << kFoldBits;
+extern std::atomic<segment*> g_segment_fold[kFoldEntries];
+
+// The segment holding address a, or nullptr, from the table alone. The masks
+// keep any address, even one beyond 47 bits (rejected by callers' offset
+// checks), in bounds. Inline: a call, even on a path the fast paths rarely
+// take, makes them save registers on every call.
+inline segment* segment_in_table(std::uintptr_t a) noexcept {
   map_leaf* leaf = g_segment_map[(a >> (kSegmentShift + kLeafBits)) & (kRootEntries - 1)].load(
       std::memory_order_acquire);
   if (leaf == nullptr) return nullptr;
   return (*leaf)[(a >> kSegmentShift) & (kLeafEntries - 1)].load(std::memory_order_acquire);
+}
+
+// The segment holding address a (whose 4 MiB step it is registered for), or
+// nullptr. Reads the header of the segment the fold names, which may be
+// another heap's arena being unmapped: call it inside a read section
+// (core/grace.h), even for an address known to be a live block. Outside one,
+// for such an address, ask segment_in_table: the table names only the
+// block's own arena, which the live block keeps mapped.
+inline segment* segment_at(std::uintptr_t a) {
+  segment* s = g_segment_fold[(a >> kSegmentShift) & (kFoldEntries - 1)].load(std::memory_order_acquire);
+  if (__builtin_expect(s != nullptr && a - reinterpret_cast<std::uintptr_t>(s->base) < s->span, 1)) return s;
+  return segment_in_table(a);
 }
 
 // The segment whose mapping holds p, or nullptr. An arena may be smaller
