@@ -13,7 +13,6 @@ namespace dropalloc::core {
 std::atomic<map_leaf*> g_segment_map[kRootEntries] = {};
 std::atomic<segment*> g_segment_fold[kFoldEntries] = {};
 
-
 namespace {
 
 mutex g_map_init_lock;  // constant-initialised: usable before main

@@ -87,10 +87,11 @@ void say(const char* msg) {
 // The window is small because the core's address map (core/segment.h) gives
 // every 2 GiB that arenas pass through a page of metadata for good: 32 pages
 // a window. Its size is also that of the map's fold, which gives each arena
-// of one window an entry of its own. Spots found taken in a row (kMissesInARow) move the window
-// elsewhere, at most kWindowMoves times; before any spot has worked they
-// turn it off (a sanitizer's shadow memory lives there). A failed mmap
-// (ENOMEM, EAGAIN) is no miss: it is not about the spot.
+// of one window an entry of its own. Spots found taken in a row
+// (kMissesInARow) move the window elsewhere, at most kWindowMoves times;
+// before any spot has worked they turn it off (a sanitizer's shadow memory
+// lives there). A failed mmap (ENOMEM, EAGAIN) is no miss: it is not about
+// the spot.
 //
 // Under a sanitizer that keeps shadow memory the window is off. Such shadow
 // is never given back when a mapping goes, and the window hands every
