@@ -10,7 +10,6 @@
 #include <doctest/doctest.h>
 
 #include <pthread.h>
-#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,14 +28,6 @@ namespace {
 using dropalloc_test::tables_on_registry;
 using dropalloc_test::threads_alive;
 
-std::atomic<int> g_running{0};
-
-// Allocates nothing of its own: its only frees are glibc's, at its exit.
-void* idle_thread(void*) {
-  g_running.fetch_sub(1, std::memory_order_release);
-  return nullptr;
-}
-
 // Detached threads cannot be joined: wait until the kernel has none left
 // but the main thread (the BUILD target turns off the background purger).
 void wait_for_single_thread() {
@@ -50,26 +41,7 @@ void wait_for_single_thread() {
 
 // Rounds of kThreads detached threads that allocate nothing; the number started.
 constexpr int kThreads = 8;
-int run_detached_rounds(int rounds) {
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  int started = 0;
-  for (int round = 0; round < rounds; ++round) {
-    g_running.store(kThreads, std::memory_order_relaxed);
-    for (int i = 0; i < kThreads; ++i) {
-      pthread_t t;
-      if (pthread_create(&t, &attr, idle_thread, nullptr) == 0) {
-        ++started;
-      } else {
-        g_running.fetch_sub(1, std::memory_order_relaxed);
-      }
-    }
-    while (g_running.load(std::memory_order_acquire) > 0) sched_yield();
-  }
-  pthread_attr_destroy(&attr);
-  return started;
-}
+int run_detached_rounds(int rounds) { return dropalloc_test::run_detached_rounds(rounds, kThreads); }
 
 }  // namespace
 

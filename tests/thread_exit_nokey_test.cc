@@ -9,7 +9,6 @@
 #include <doctest/doctest.h>
 
 #include <pthread.h>
-#include <sched.h>
 
 #include <malloc.h>
 
@@ -44,12 +43,6 @@ void allocating_thread() {
   for (void* p : blocks) std::free(p);
 }
 
-std::atomic<int> g_running{0};
-void* idle_thread(void*) {  // its only allocator calls are glibc's, at its exit
-  g_running.fetch_sub(1, std::memory_order_release);
-  return nullptr;
-}
-
 }  // namespace
 
 TEST_CASE("without a thread-exit key, exited threads' tables are handed back by looks and by malloc_trim") {
@@ -71,25 +64,12 @@ TEST_CASE("without a thread-exit key, exited threads' tables are handed back by 
     std::thread(allocating_thread).join();
     most = std::max(most, tables_on_registry());
   }
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   int detached = 0;
   for (int round = 0; round < 500; ++round) {
-    g_running.store(8, std::memory_order_relaxed);
-    for (int i = 0; i < 8; ++i) {
-      pthread_t t;
-      if (pthread_create(&t, &attr, idle_thread, nullptr) == 0) {
-        ++detached;
-      } else {
-        g_running.fetch_sub(1, std::memory_order_relaxed);
-      }
-    }
-    while (g_running.load(std::memory_order_acquire) > 0) sched_yield();
+    detached += dropalloc_test::run_detached_rounds(1, 8);
     std::thread(allocating_thread).join();
     most = std::max(most, tables_on_registry());
   }
-  pthread_attr_destroy(&attr);
   REQUIRE(dropalloc_test::wait_for_single_thread() == 1);
   const std::size_t left = tables_on_registry();
   malloc_trim(0);

@@ -3,8 +3,11 @@
 #pragma once
 
 #include <dirent.h>
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -49,6 +52,35 @@ inline std::size_t threads_alive() {
 inline std::size_t wait_for_single_thread() {
   for (int i = 0; i < 20000 && threads_alive() > 1; ++i) usleep(500);
   return threads_alive();
+}
+
+// Rounds of `per_round` detached threads that allocate nothing of their own
+// (their only allocator calls are glibc's frees as they exit), each round
+// started once the last has run; the number started.
+inline std::atomic<int> g_idle_running{0};
+inline void* idle_detached_thread(void*) {
+  g_idle_running.fetch_sub(1, std::memory_order_release);
+  return nullptr;
+}
+inline int run_detached_rounds(int rounds, int per_round) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int started = 0;
+  for (int round = 0; round < rounds; ++round) {
+    g_idle_running.store(per_round, std::memory_order_relaxed);
+    for (int i = 0; i < per_round; ++i) {
+      pthread_t t;
+      if (pthread_create(&t, &attr, idle_detached_thread, nullptr) == 0) {
+        ++started;
+      } else {
+        g_idle_running.fetch_sub(1, std::memory_order_relaxed);
+      }
+    }
+    while (g_idle_running.load(std::memory_order_acquire) > 0) sched_yield();
+  }
+  pthread_attr_destroy(&attr);
+  return started;
 }
 
 }  // namespace dropalloc_test
