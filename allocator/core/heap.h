@@ -551,7 +551,8 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     if (DROPALLOC_UNLIKELY(!reading.entered())) return false;
     // The map indices are masked rather than range-checked: an address outside
     // the map's range lands on some entry, and the offset check below rejects it.
-    segment* s = segment_at(reinterpret_cast<std::uintptr_t>(p));
+    std::uint64_t off;
+    segment* s = segment_and_offset(reinterpret_cast<std::uintptr_t>(p), &off);
     if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != this)) return false;
     // Arenas of classes above 64 KiB (no thread cache holds them) and large
     // blocks have fast_capacity 0: the slow path. No separate check of off
@@ -559,7 +560,6 @@ DROPALLOC_ALWAYS_INLINE bool heap::deallocate_cached(void* p) noexcept {
     // off puts off inside the arena (i < 2^24 and block_size < 2^18, so
     // i * block_size cannot wrap), and a wrapped off (p below base) gives an
     // i whose product misses it.
-    auto off = static_cast<std::uint64_t>(static_cast<const std::byte*>(p) - s->base);
     const std::uint64_t i = (off * s->magic) >> 40;
     if (DROPALLOC_UNLIKELY(i >= s->fast_capacity || i * s->block_size != off)) return false;
     auto idx = static_cast<std::uint32_t>(i);

@@ -601,9 +601,9 @@ struct located_block {
 };
 inline bool locate_block(const heap* h, const void* p, located_block* b) {
   const auto a = reinterpret_cast<std::uintptr_t>(p);
-  const segment* s = segment_at(a);
+  std::uint64_t off;
+  const segment* s = segment_and_offset(a, &off);
   if (DROPALLOC_UNLIKELY(s == nullptr || s->owner != h)) return false;
-  const std::uint64_t off = a - reinterpret_cast<std::uintptr_t>(s->base);
   const std::uint64_t i = (off * s->magic) >> 40;  // as block_index()
   // No separate check of off against the span: i < capacity and a block
   // starting at off put off inside the arena (a class arena's
