@@ -35,7 +35,11 @@ Guards against the known traps:
   - workloads time their own work loop, not process start-up or exit, and
     full runs flag results under 0.1 s as start-up dominated;
   - malloc/free pairs escape through an asm barrier and memory is touched, so
-    the compiler cannot delete them; micro sizes are exact size classes.
+    the compiler cannot delete them; micro sizes are exact size classes;
+  - single-threaded runs (workloads, micro rows, real programs) of every
+    contender are pinned to one CPU, the steadiest by bench/cpu_probe (--cpu;
+    bench/cpu_pin.py says why: one CPU of a shared machine may run slower for
+    minutes at a time), and the probes are repeated and reported.
 Peak RSS is the workload's own VmHWM: a child's ru_maxrss from os.wait4 also
 counts the pages of this Python process at the fork (measured: +200 MiB in the
 parent shows up as +200 MiB in /bin/true's ru_maxrss), so it is kept in the
@@ -71,6 +75,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cpu_pin  # noqa: E402
 import realprog  # noqa: E402
 import report_common  # noqa: E402  (next to this file, also under bazel run)
 
@@ -86,6 +91,11 @@ MACRO_ABOUT = {
     "mstress": "thread churn, power-of-two sizes, shared slots, realloc",
     "cfrac_like": "bignum arithmetic: many small short-lived blocks",
 }
+# Run on one CPU, the same for every contender (cpu_pin.py says why); the
+# other workloads start threads and keep every CPU. The micro rows whose names
+# start with a prefix in THREADED_MICRO start threads too.
+SINGLE_THREADED = {"glibc_simple", "malloc_large", "cfrac_like"}
+THREADED_MICRO = ("prodcons",)
 SHIM_TARGET = "//allocator:libdropalloc.so"
 
 
@@ -179,15 +189,16 @@ def make_contenders(args):
     return cs
 
 
-def run(cmd, contender, timeout):
-    """Runs cmd under the contender's preload. Returns (rc, stdout, stderr, maxrss_kib, wall)."""
+def run(cmd, contender, timeout, cpu=None):
+    """Runs cmd under the contender's preload, pinned to cpu unless None.
+    Returns (rc, stdout, stderr, maxrss_kib, wall)."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if contender.preload:
         env["LD_PRELOAD"] = contender.preload
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = datetime.datetime.now()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=cpu_pin.pin_to(cpu))
         try:
             # os.wait4 instead of p.wait(): it also gives the child's rusage.
             _, status, ru = wait4_timeout(p, timeout)
@@ -238,6 +249,18 @@ def rotate(seq, k):
     return seq[k:] + seq[:k]
 
 
+def micro_filters(bindir, source):
+    """(pinned, threaded): benchmark filters for alloc_micro's rows of one
+    source, split as THREADED_MICRO says; None where no row falls."""
+    r = subprocess.run([os.path.join(bindir, "alloc_micro"), "--benchmark_list_tests"], stdout=subprocess.PIPE,
+                       stderr=subprocess.DEVNULL, text=True)
+    names = [n for n in r.stdout.split() if n.endswith("/%s/real_time" % source)]
+    threaded = [n for n in names if n.startswith(THREADED_MICRO)]
+    single = [n for n in names if n not in threaded]
+    anchored = lambda ns: "^(%s)$" % "|".join(ns) if ns else None  # noqa: E731
+    return anchored(single), anchored(threaded)
+
+
 def run_all(args, cs, bindir):
     reps = args.reps
     macro_cs = [c for c in cs if c.malloc_level and not c.unavailable]
@@ -251,12 +274,17 @@ def run_all(args, cs, bindir):
     timeout = 120 if args.quick else 900
     min_time = "0.01" if args.quick else str(args.min_time)
     for rep in range(reps):
+        if args.cpu is not None:
+            args.cpu_probes.append(cpu_pin.probe_all(bindir, cpu_pin.allowed_cpus(), 3))
+            log("compare: rep %d/%d CPU probes: %s" % (
+                rep + 1, reps, cpu_pin.describe(args.cpu_probes[-1:], args.cpu)))
         for w in workloads:
+            pin = args.cpu if w in SINGLE_THREADED else None
             for c in rotate(macro_cs, rep):
                 if c.unavailable:
                     continue
                 cmd = [os.path.join(bindir, "macro_" + w)] + (["--quick"] if args.quick else [])
-                rc, out, err, maxrss, wall = run(cmd, c, timeout)
+                rc, out, err, maxrss, wall = run(cmd, c, timeout, pin)
                 done += 1
                 res = parse_result(out)
                 if rc != 0 or res is None:
@@ -275,38 +303,47 @@ def run_all(args, cs, bindir):
                 log("[%d/%d] rep %d/%d %-13s %-16s %8.3f s  peak %8.1f MiB" % (
                     done, total, rep + 1, reps, w, c.name, float(res["seconds"]), int(res["hwm_kib"]) / 1024))
         for c in rotate(micro_cs, rep):
-            cmd = [os.path.join(bindir, "alloc_micro"), "--benchmark_format=json",
-                   "--benchmark_min_time=" + min_time, "--benchmark_filter=/%s/real_time$" % c.source]
-            if args.quick:
-                cmd.append("--quick")
-            rc, out, err, _, wall = run(cmd, c, timeout * 3)
-            done += 1
-            try:
-                data = json.loads(out)
-            except ValueError:
-                data = None
-            if rc != 0 or data is None:
-                c.rejected.append("alloc_micro: exit %d: %s" % (rc, err.strip()[-200:]))
-                log("[%d/%d] rep %d/%d micro %-16s FAILED (exit %d)" % (done, total, rep + 1, reps, c.name, rc))
-                continue
-            got = data.get("context", {}).get("alloc")
-            if not c.owns(got, data.get("context", {}).get("malloc_from")):
-                c.rejected.append("alloc_micro: malloc from %s (mapped: %s), expected %s" % (
-                    data["context"].get("malloc_from"), data["context"].get("mapped"), c.alloc))
-                log("[%d/%d] micro %s REJECTED: allocator is %s" % (done, total, c.name, got))
-                continue
-            n = 0
-            for b in data.get("benchmarks", []):
-                if b.get("error_occurred") or not b.get("items_per_second"):
+            # The single-threaded rows pinned, the threaded ones (if any) in a
+            # second run on every CPU; one line of the log for both.
+            n, wall, failed = 0, 0.0, False
+            for filt, pin in zip(micro_filters(bindir, c.source), (args.cpu, None)):
+                if filt is None:
                     continue
-                row = b["name"].replace("/real_time", "").rsplit("/", 1)[0]
-                micro.setdefault((row, c.name), []).append(1e9 / b["items_per_second"])
-                n += 1
-            log("[%d/%d] rep %d/%d micro %-16s %d rows in %.1f s" % (done, total, rep + 1, reps, c.name, n, wall))
+                cmd = [os.path.join(bindir, "alloc_micro"), "--benchmark_format=json",
+                       "--benchmark_min_time=" + min_time, "--benchmark_filter=" + filt]
+                if args.quick:
+                    cmd.append("--quick")
+                rc, out, err, _, took = run(cmd, c, timeout * 3, pin)
+                wall += took
+                try:
+                    data = json.loads(out)
+                except ValueError:
+                    data = None
+                if rc != 0 or data is None:
+                    c.rejected.append("alloc_micro: exit %d: %s" % (rc, err.strip()[-200:]))
+                    log("[%d/%d] rep %d/%d micro %-16s FAILED (exit %d)" % (done + 1, total, rep + 1, reps, c.name, rc))
+                    failed = True
+                    break
+                got = data.get("context", {}).get("alloc")
+                if not c.owns(got, data.get("context", {}).get("malloc_from")):
+                    c.rejected.append("alloc_micro: malloc from %s (mapped: %s), expected %s" % (
+                        data["context"].get("malloc_from"), data["context"].get("mapped"), c.alloc))
+                    log("[%d/%d] micro %s REJECTED: allocator is %s" % (done + 1, total, c.name, got))
+                    failed = True
+                    break
+                for b in data.get("benchmarks", []):
+                    if b.get("error_occurred") or not b.get("items_per_second"):
+                        continue
+                    row = b["name"].replace("/real_time", "").rsplit("/", 1)[0]
+                    micro.setdefault((row, c.name), []).append(1e9 / b["items_per_second"])
+                    n += 1
+            done += 1
+            if not failed:
+                log("[%d/%d] rep %d/%d micro %-16s %d rows in %.1f s" % (done, total, rep + 1, reps, c.name, n, wall))
         # Drop check and seal costs: droppable_resource only, no contender.
         cmd = [os.path.join(bindir, "seal_check_micro"), "--benchmark_format=json",
                "--benchmark_min_time=" + min_time] + (["--quick"] if args.quick else [])
-        rc, out, err, _, wall = run(cmd, Contender("glibc", alloc="glibc"), timeout * 3)
+        rc, out, err, _, wall = run(cmd, Contender("glibc", alloc="glibc"), timeout * 3, args.cpu)
         done += 1
         try:
             for b in json.loads(out).get("benchmarks", []):
@@ -356,6 +393,16 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
                  m["nproc"], m["cpu"], m["memory"], m["kernel"], m["arch"], m["versions"]["libc6"],
                  m["versions"]["libjemalloc2"], m["versions"]["libmimalloc2.0"],
                  ", tcmalloc %s" % tc if tc != "?" else "", m["versions"]["g++"]))
+    L.append("")
+    if args.cpu is None:
+        L.append("CPUs: every run on every CPU (no pinning).")
+    else:
+        L.append("CPUs: the single-threaded runs (%s, the micro rows but %s, the seal and check rows, the real "
+                 "programs) of every contender pinned to CPU %d, the others on every CPU. Probe times "
+                 "(`bench/cpu_probe`, before the run and before each repetition): %s." % (
+                     ", ".join(w for w in MACRO if w in SINGLE_THREADED),
+                     ", ".join(p + "*" for p in THREADED_MICRO), args.cpu,
+                     cpu_pin.describe(args.cpu_probes, args.cpu)))
     L.append("")
     L.append("## Contenders")
     L.append("")
@@ -637,6 +684,30 @@ unset multiplot
 
 # --- main ----------------------------------------------------------------------------
 
+def choose_cpu(args, bindir):
+    """Sets args.cpu to the CPU single-threaded runs go to (None: no pinning)
+    and args.cpu_probes to the probes taken for the choice."""
+    args.cpu_probes = []
+    cpus = cpu_pin.allowed_cpus()
+    if args.cpu == "none":
+        args.cpu = None
+    elif args.cpu == "auto":
+        args.cpu_probes.append(cpu_pin.probe_all(bindir, cpus, 5))
+        args.cpu = cpu_pin.choose(args.cpu_probes[-1])
+        if args.cpu is None:
+            log("compare: bench/cpu_probe did not run: single-threaded runs are not pinned")
+    else:
+        try:
+            args.cpu = int(args.cpu)
+        except ValueError:
+            sys.exit("compare: --cpu takes a CPU number, 'auto' or 'none', not %r" % args.cpu)
+        if args.cpu not in cpus:
+            sys.exit("compare: --cpu %d: this process may run on CPUs %s only" % (args.cpu, cpus))
+    if args.cpu is not None:
+        log("compare: single-threaded runs pinned to CPU %d%s" % (
+            args.cpu, "; probes: " + cpu_pin.describe(args.cpu_probes, args.cpu) if args.cpu_probes else ""))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group()
@@ -648,6 +719,9 @@ def main():
     ap.add_argument("--shim", help="use this libdropalloc.so instead of building %s" % SHIM_TARGET)
     ap.add_argument("--no-build-shim", action="store_true", help="do not run bazel to build the shim")
     ap.add_argument("--bin-dir", help="directory holding bench/macro_* etc. (default: runfiles)")
+    ap.add_argument("--cpu", default="auto",
+                    help="CPU for the single-threaded runs: a number, 'auto' (the steadiest by "
+                         "bench/cpu_probe, default) or 'none' (no pinning)")
     report_common.add_output_args(ap, "compare")
     report_common.add_contender_arg(ap)
     args = ap.parse_args()
@@ -673,6 +747,7 @@ def main():
     m = machine()
     log("compare: %s mode, %d rep(s); %d CPUs, %s, kernel %s" % (mode_name, args.reps, m["nproc"], m["cpu"],
                                                                  platform.release()))
+    choose_cpu(args, bindir)
     cs = make_contenders(args)
     for c in cs:
         log("compare: contender %-16s %s" % (c.name, ("not available: " + c.unavailable) if c.unavailable
@@ -695,6 +770,7 @@ def main():
            "macro": {"%s|%s" % k: v for k, v in macro.items()},
            "micro": {"%s|%s" % k: v for k, v in micro.items()},
            "seal_check": seal,
+           "pinned_cpu": args.cpu, "cpu_probes_s": [{str(k): v for k, v in p.items()} for p in args.cpu_probes],
            "real_programs": realprog.to_json(real)}
     report_common.write_atomically(base + ".json", json.dumps(raw, indent=1))
     print(report)

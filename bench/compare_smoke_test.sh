@@ -45,6 +45,17 @@ for name in ("glibc", "jemalloc", "mimalloc", "dropalloc-malloc", "dropalloc-pmr
         fail.append("no contender line for " + name)
     elif "rejected" in m.group(1):
         fail.append("%s had rejected runs: %s" % (name, m.group(1)))
+# Single-threaded runs pinned to one CPU (bench/cpu_pin.py), or said not to be.
+cpus = re.search(r"^CPUs: (.*)$", text, re.M)
+if not cpus:
+    fail.append("no CPUs line")
+elif "no pinning" not in cpus.group(1) and not re.search(r"pinned to CPU \d+\b.*CPU \d+ [0-9.]+-[0-9.]+ ms \(pinned\)",
+                                                         cpus.group(1)):
+    fail.append("CPUs line names no pinned CPU with its probe times: " + cpus.group(1))
+# The micro rows are measured in two runs (pinned, threaded): both kinds present.
+for row in ("lifo_16B", "prodcons_64B"):
+    if not re.search(r"^\| %s \|" % row, text, re.M):
+        fail.append("no micro row " + row)
 HEADS = ("| workload", "| benchmark", "| program", "| contender")
 def table(title):
     if title not in text:

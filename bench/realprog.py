@@ -58,6 +58,7 @@ import subprocess
 import tempfile
 import time
 
+import cpu_pin
 import report_common
 
 # /bin/true measured through measure_exec must peak below this.
@@ -206,8 +207,9 @@ def contender_settings(c):
     return ["LD_PRELOAD=" + c.preload] if c.preload else []
 
 
-def spawn(bindir, argv, settings, timeout, tmp):
-    """Runs argv through measure_exec with NAME=VALUE settings in its environment."""
+def spawn(bindir, argv, settings, timeout, tmp, cpu=None):
+    """Runs argv through measure_exec with NAME=VALUE settings in its
+    environment, pinned to cpu unless None (the program inherits it)."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("PYTHON")}
     fd, result = tempfile.mkstemp(dir=tmp, suffix=".rusage")
     os.close(fd)
@@ -215,7 +217,7 @@ def spawn(bindir, argv, settings, timeout, tmp):
     with tempfile.TemporaryFile(dir=tmp) as out, tempfile.TemporaryFile(dir=tmp) as err:
         # Its own process group, so a timeout ends the program too, not only measure_exec.
         p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=cpu_pin.pin_to(cpu))
         try:
             rc = p.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -349,7 +351,9 @@ def run_programs(args, bindir, res, order, timeout, tmp, log):
             for c in order(res.contenders, rep):
                 if (p.name, c.name) in res.unavailable:
                     continue
-                s = spawn(bindir, p.argv(args.quick), p.settings + contender_settings(c), timeout, tmp)
+                # Every program here runs one thread: pinned as compare.py's single-threaded workloads.
+                s = spawn(bindir, p.argv(args.quick), p.settings + contender_settings(c), timeout, tmp,
+                          getattr(args, "cpu", None))
                 done += 1
                 why = None if s.ok else failure(s)
                 key = p.output_key(s.out) if s.ok else None
