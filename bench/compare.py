@@ -36,10 +36,11 @@ Guards against the known traps:
     full runs flag results under 0.1 s as start-up dominated;
   - malloc/free pairs escape through an asm barrier and memory is touched, so
     the compiler cannot delete them; micro sizes are exact size classes;
-  - single-threaded runs (workloads, micro rows, real programs) of every
-    contender are pinned to one CPU, the steadiest by bench/cpu_probe (--cpu;
-    bench/cpu_pin.py says why: one CPU of a shared machine may run slower for
-    minutes at a time), and the probes are repeated and reported.
+  - single-threaded runs (workloads, micro rows, real programs) are pinned:
+    every contender's runs of one workload in one repetition to one CPU, the
+    fastest by bench/cpu_probe just before (--cpu; bench/cpu_pin.py says why:
+    a CPU of a shared machine may run slower for minutes at a time); the
+    report says where they went and what the probes showed.
 Peak RSS is the workload's own VmHWM: a child's ru_maxrss from os.wait4 also
 counts the pages of this Python process at the fork (measured: +200 MiB in the
 parent shows up as +200 MiB in /bin/true's ru_maxrss), so it is kept in the
@@ -273,13 +274,15 @@ def run_all(args, cs, bindir):
     seal = {}    # row -> list of (ns per block, ns per page)
     timeout = 120 if args.quick else 900
     min_time = "0.01" if args.quick else str(args.min_time)
+    def group_cpu(label):
+        cpu = args.pinning.for_group(label)
+        if cpu is not None:
+            log("compare: %s pinned to CPU %d" % (label, cpu))
+        return cpu
+
     for rep in range(reps):
-        if args.cpu is not None:
-            args.cpu_probes.append(cpu_pin.probe_all(bindir, cpu_pin.allowed_cpus(), 3))
-            log("compare: rep %d/%d CPU probes: %s" % (
-                rep + 1, reps, cpu_pin.describe(args.cpu_probes[-1:], args.cpu)))
         for w in workloads:
-            pin = args.cpu if w in SINGLE_THREADED else None
+            pin = group_cpu("rep %d %s" % (rep + 1, w)) if w in SINGLE_THREADED else None
             for c in rotate(macro_cs, rep):
                 if c.unavailable:
                     continue
@@ -302,11 +305,12 @@ def run_all(args, cs, bindir):
                 macro.setdefault((w, c.name), []).append(res)
                 log("[%d/%d] rep %d/%d %-13s %-16s %8.3f s  peak %8.1f MiB" % (
                     done, total, rep + 1, reps, w, c.name, float(res["seconds"]), int(res["hwm_kib"]) / 1024))
+        micro_pin = group_cpu("rep %d micro" % (rep + 1))
         for c in rotate(micro_cs, rep):
             # The single-threaded rows pinned, the threaded ones (if any) in a
             # second run on every CPU; one line of the log for both.
             n, wall, failed = 0, 0.0, False
-            for filt, pin in zip(micro_filters(bindir, c.source), (args.cpu, None)):
+            for filt, pin in zip(micro_filters(bindir, c.source), (micro_pin, None)):
                 if filt is None:
                     continue
                 cmd = [os.path.join(bindir, "alloc_micro"), "--benchmark_format=json",
@@ -343,7 +347,8 @@ def run_all(args, cs, bindir):
         # Drop check and seal costs: droppable_resource only, no contender.
         cmd = [os.path.join(bindir, "seal_check_micro"), "--benchmark_format=json",
                "--benchmark_min_time=" + min_time] + (["--quick"] if args.quick else [])
-        rc, out, err, _, wall = run(cmd, Contender("glibc", alloc="glibc"), timeout * 3, args.cpu)
+        rc, out, err, _, wall = run(cmd, Contender("glibc", alloc="glibc"), timeout * 3,
+                                    group_cpu("rep %d seal/check" % (rep + 1)))
         done += 1
         try:
             for b in json.loads(out).get("benchmarks", []):
@@ -394,15 +399,14 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
                  m["versions"]["libjemalloc2"], m["versions"]["libmimalloc2.0"],
                  ", tcmalloc %s" % tc if tc != "?" else "", m["versions"]["g++"]))
     L.append("")
-    if args.cpu is None:
+    if not args.pinning.pins:
         L.append("CPUs: every run on every CPU (no pinning).")
     else:
         L.append("CPUs: the single-threaded runs (%s, the micro rows but %s, the seal and check rows, the real "
-                 "programs) of every contender pinned to CPU %d, the others on every CPU. Probe times "
-                 "(`bench/cpu_probe`, before the run and before each repetition): %s." % (
+                 "programs) pinned, every contender's runs of one of them in one repetition (a group) to one CPU: "
+                 "%s. The threaded runs on every CPU." % (
                      ", ".join(w for w in MACRO if w in SINGLE_THREADED),
-                     ", ".join(p + "*" for p in THREADED_MICRO), args.cpu,
-                     cpu_pin.describe(args.cpu_probes, args.cpu)))
+                     ", ".join(p + "*" for p in THREADED_MICRO), args.pinning.summary()))
     L.append("")
     L.append("## Contenders")
     L.append("")
@@ -684,30 +688,6 @@ unset multiplot
 
 # --- main ----------------------------------------------------------------------------
 
-def choose_cpu(args, bindir):
-    """Sets args.cpu to the CPU single-threaded runs go to (None: no pinning)
-    and args.cpu_probes to the probes taken for the choice."""
-    args.cpu_probes = []
-    cpus = cpu_pin.allowed_cpus()
-    if args.cpu == "none":
-        args.cpu = None
-    elif args.cpu == "auto":
-        args.cpu_probes.append(cpu_pin.probe_all(bindir, cpus, 5))
-        args.cpu = cpu_pin.choose(args.cpu_probes[-1])
-        if args.cpu is None:
-            log("compare: bench/cpu_probe did not run: single-threaded runs are not pinned")
-    else:
-        try:
-            args.cpu = int(args.cpu)
-        except ValueError:
-            sys.exit("compare: --cpu takes a CPU number, 'auto' or 'none', not %r" % args.cpu)
-        if args.cpu not in cpus:
-            sys.exit("compare: --cpu %d: this process may run on CPUs %s only" % (args.cpu, cpus))
-    if args.cpu is not None:
-        log("compare: single-threaded runs pinned to CPU %d%s" % (
-            args.cpu, "; probes: " + cpu_pin.describe(args.cpu_probes, args.cpu) if args.cpu_probes else ""))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group()
@@ -720,8 +700,8 @@ def main():
     ap.add_argument("--no-build-shim", action="store_true", help="do not run bazel to build the shim")
     ap.add_argument("--bin-dir", help="directory holding bench/macro_* etc. (default: runfiles)")
     ap.add_argument("--cpu", default="auto",
-                    help="CPU for the single-threaded runs: a number, 'auto' (the steadiest by "
-                         "bench/cpu_probe, default) or 'none' (no pinning)")
+                    help="CPU for the single-threaded runs: a number, 'auto' (default: for each group of "
+                         "runs, the fastest by bench/cpu_probe just before) or 'none' (no pinning)")
     report_common.add_output_args(ap, "compare")
     report_common.add_contender_arg(ap)
     args = ap.parse_args()
@@ -747,7 +727,10 @@ def main():
     m = machine()
     log("compare: %s mode, %d rep(s); %d CPUs, %s, kernel %s" % (mode_name, args.reps, m["nproc"], m["cpu"],
                                                                  platform.release()))
-    choose_cpu(args, bindir)
+    try:
+        args.pinning = cpu_pin.Pinning(args.cpu, bindir)
+    except ValueError as e:
+        sys.exit("compare: %s" % e)
     cs = make_contenders(args)
     for c in cs:
         log("compare: contender %-16s %s" % (c.name, ("not available: " + c.unavailable) if c.unavailable
@@ -770,7 +753,7 @@ def main():
            "macro": {"%s|%s" % k: v for k, v in macro.items()},
            "micro": {"%s|%s" % k: v for k, v in micro.items()},
            "seal_check": seal,
-           "pinned_cpu": args.cpu, "cpu_probes_s": [{str(k): v for k, v in p.items()} for p in args.cpu_probes],
+           "pinning": args.pinning.to_json(),
            "real_programs": realprog.to_json(real)}
     report_common.write_atomically(base + ".json", json.dumps(raw, indent=1))
     print(report)

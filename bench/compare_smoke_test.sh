@@ -49,8 +49,9 @@ for name in ("glibc", "jemalloc", "mimalloc", "dropalloc-malloc", "dropalloc-pmr
 cpus = re.search(r"^CPUs: (.*)$", text, re.M)
 if not cpus:
     fail.append("no CPUs line")
-elif "no pinning" not in cpus.group(1) and not re.search(r"pinned to CPU \d+\b.*CPU \d+ [0-9.]+-[0-9.]+ ms \(pinned\)",
-                                                         cpus.group(1)):
+elif "no pinning" not in cpus.group(1) and not re.search(
+        r"chosen by probe of \d+ groups \(CPU \d+ for \d+.*\); probes .* [0-9.]+-[0-9.]+ ms on the CPU chosen",
+        cpus.group(1)):
     fail.append("CPUs line names no pinned CPU with its probe times: " + cpus.group(1))
 # The micro rows are measured in two runs (pinned, threaded): both kinds present.
 for row in ("lifo_16B", "prodcons_64B"):

@@ -1,16 +1,16 @@
 """The CPU that compare.py pins single-threaded runs to, and how it knows.
 
-On a shared virtual machine one CPU can run slower than the other for minutes
-at a time while the other stays steady: measured on this project's 2-CPU
-machine, glibc_simple under one allocator took 0.20 s pinned to one CPU in
-every run, and 0.21 s or 0.33 s pinned to the other, depending on the minute
-(mimalloc alike: 0.09 s, and 0.09 s or 0.15 s). A single-threaded workload
-left to the scheduler lands on either, so its times are bimodal and a median
-of a few runs can compare two contenders measured on different CPUs. So every
-contender's single-threaded runs go to one CPU: the one whose slowest probe
-(bench/cpu_probe, a fixed amount of allocator-shaped work) was fastest.
-Threaded workloads keep every CPU. The probes are repeated before each
-repetition, so a report shows whether the chosen CPU stayed as fast."""
+On a shared virtual machine a CPU can run slower than the others for minutes
+at a time: measured on this project's 2-CPU machine, glibc_simple under one
+allocator took 0.20 s pinned to one CPU in every run for several minutes,
+and 0.21 s or 0.33 s pinned to the other, depending on the minute (mimalloc
+alike: 0.09 s, and 0.09 s or 0.15 s); later the roles were swapped. A
+single-threaded workload left to the scheduler lands on either, so its times
+are bimodal and a median of a few runs can compare two contenders measured
+on different CPUs. So the single-threaded runs of every contender of one
+workload in one repetition go to one CPU: the one whose slowest probe
+(bench/cpu_probe, a fixed amount of allocator-shaped work), taken just
+before, was fastest. Threaded workloads keep every CPU."""
 import os
 import subprocess
 
@@ -60,12 +60,66 @@ def choose(probes):
     return min(probed)[1] if probed else None
 
 
-def describe(probes_per_rep, cpu):
-    """One sentence for a report: each CPU's probe times over the run."""
-    parts = []
-    for c in sorted({c for p in probes_per_rep for c in p}):
-        ts = [t for p in probes_per_rep for t in p.get(c, [])]
-        if ts:
-            parts.append("CPU %d %.1f-%.1f ms%s" % (c, 1e3 * min(ts), 1e3 * max(ts),
-                                                   " (pinned)" if c == cpu else ""))
-    return ", ".join(parts)
+class Pinning:
+    """Where the single-threaded runs go, group by group (a group: the runs of
+    every contender of one workload in one repetition, so that they share a
+    CPU). mode "auto": just before each group, ROUNDS probes of every CPU, and
+    the group goes to the CPU whose slowest probe was fastest (either CPU of
+    this project's machine has had its slow minutes); a CPU number: always
+    that one, probed all the same for the report; "none": no pinning, no
+    probes. Keeps every probe and choice for the report."""
+
+    ROUNDS = 2
+
+    def __init__(self, mode, bindir):
+        self.bindir = bindir
+        self.cpus = allowed_cpus()
+        self.mode = mode
+        self.groups = []   # (label, chosen cpu, {cpu: [seconds]})
+        if mode not in ("auto", "none"):
+            try:
+                self.mode = int(mode)
+            except ValueError:
+                raise ValueError("--cpu takes a CPU number, 'auto' or 'none', not %r" % mode)
+            if self.mode not in self.cpus:
+                raise ValueError("--cpu %d: this process may run on CPUs %s only" % (self.mode, self.cpus))
+
+    @property
+    def pins(self):
+        return self.mode != "none"
+
+    def for_group(self, label):
+        """The CPU for the next group of runs (None: not pinned)."""
+        if not self.pins:
+            return None
+        probes = probe_all(self.bindir, self.cpus, self.ROUNDS)
+        cpu = choose(probes) if self.mode == "auto" else self.mode
+        self.groups.append((label, cpu, probes))
+        return cpu
+
+    def summary(self):
+        """One sentence for a report: where the groups went, and the probes of
+        the chosen CPUs against the others'."""
+        if not self.pins:
+            return "every run on every CPU (no pinning)"
+        pinned = [g for g in self.groups if g[1] is not None]
+        if not pinned:
+            return "not pinned: bench/cpu_probe did not run"
+        counts = {}
+        for _, cpu, _ in pinned:
+            counts[cpu] = counts.get(cpu, 0) + 1
+        chosen = [t for _, cpu, pr in pinned for t in pr.get(cpu, [])]
+        others = [t for _, cpu, pr in pinned for c, ts in pr.items() if c != cpu for t in ts]
+        where = ", ".join("CPU %d for %d" % (c, n) for c, n in sorted(counts.items()))
+        text = "%s of %d groups (%s); probes (`bench/cpu_probe`, %d per CPU before each group) %.1f-%.1f ms " \
+               "on the CPU chosen" % (
+                   "chosen by probe" if self.mode == "auto" else "CPU %d given" % self.mode, len(pinned), where,
+                   self.ROUNDS, 1e3 * min(chosen), 1e3 * max(chosen))
+        if others:
+            text += ", %.1f-%.1f ms on the other%s" % (1e3 * min(others), 1e3 * max(others),
+                                                      "s" if len(self.cpus) > 2 else "")
+        return text
+
+    def to_json(self):
+        return [{"group": label, "cpu": cpu, "probes_s": {str(c): ts for c, ts in pr.items()}}
+                for label, cpu, pr in self.groups]

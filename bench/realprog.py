@@ -348,12 +348,13 @@ def run_programs(args, bindir, res, order, timeout, tmp, log):
     total, done = args.reps * len(todo), 0
     for rep in range(args.reps):
         for p in res.programs:
+            # Every program here runs one thread: pinned as compare.py's single-threaded workloads.
+            pinning = getattr(args, "pinning", None)
+            cpu = pinning.for_group("rep %d %s" % (rep + 1, p.name)) if pinning else None
             for c in order(res.contenders, rep):
                 if (p.name, c.name) in res.unavailable:
                     continue
-                # Every program here runs one thread: pinned as compare.py's single-threaded workloads.
-                s = spawn(bindir, p.argv(args.quick), p.settings + contender_settings(c), timeout, tmp,
-                          getattr(args, "cpu", None))
+                s = spawn(bindir, p.argv(args.quick), p.settings + contender_settings(c), timeout, tmp, cpu)
                 done += 1
                 why = None if s.ok else failure(s)
                 key = p.output_key(s.out) if s.ok else None
