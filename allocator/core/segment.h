@@ -50,21 +50,15 @@ inline segment* segment_in_table(std::uintptr_t a) noexcept {
 }
 
 // The segment holding address a (whose 4 MiB step it is registered for), or
-// nullptr. Reads the header of the segment the fold names, which may be
-// another heap's arena being unmapped: call it inside a read section
-// (core/grace.h), even for an address known to be a live block. Outside one,
-// for such an address, ask segment_in_table: the table names only the
-// block's own arena, which the live block keeps mapped.
-inline segment* segment_at(std::uintptr_t a) {
-  segment* s = g_segment_fold[(a >> kSegmentShift) & (kFoldEntries - 1)].load(std::memory_order_acquire);
-  if (__builtin_expect(s != nullptr && a - reinterpret_cast<std::uintptr_t>(s->base) < s->span, 1)) return s;
-  return segment_in_table(a);
-}
-
-// segment_at, and a's offset from the segment's base (meaningful only when
-// the segment is not null; possibly past its span on the table's path, as
+// nullptr, and a's offset from that segment's base in *off (set only when
+// the segment is not null; on the table's path it may lie past the span, as
 // callers' block checks find). The fast paths want both, and the fold's hit
-// has the offset already: one read of the base, not two.
+// computes the offset anyway: one read of the base, not two. Reads the
+// header of the segment the fold names, which may be another heap's arena
+// being unmapped: call it inside a read section (core/grace.h), even for an
+// address known to be a live block. Outside one, for such an address, ask
+// segment_in_table: the table names only the block's own arena, which the
+// live block keeps mapped.
 inline segment* segment_and_offset(std::uintptr_t a, std::uint64_t* off) {
   segment* s = g_segment_fold[(a >> kSegmentShift) & (kFoldEntries - 1)].load(std::memory_order_acquire);
   if (__builtin_expect(s != nullptr, 1)) {
@@ -74,6 +68,12 @@ inline segment* segment_and_offset(std::uintptr_t a, std::uint64_t* off) {
   s = segment_in_table(a);
   if (s != nullptr) *off = a - reinterpret_cast<std::uintptr_t>(s->base);
   return s;
+}
+
+// segment_and_offset without the offset, on the same terms.
+inline segment* segment_at(std::uintptr_t a) {
+  std::uint64_t off;
+  return segment_and_offset(a, &off);
 }
 
 // The segment whose mapping holds p, or nullptr. An arena may be smaller
