@@ -39,8 +39,9 @@ Guards against the known traps:
   - single-threaded runs (workloads, micro rows, real programs) are pinned:
     every contender's runs of one workload in one repetition to one CPU, the
     fastest by bench/cpu_probe just before (--cpu; bench/cpu_pin.py says why:
-    a CPU of a shared machine may run slower for minutes at a time); the
-    report says where they went and what the probes showed.
+    a CPU of a shared machine may run slower for minutes at a time); a
+    threaded workload's runs wait (up to 60 s) for a CPU in such a slow spell;
+    the report says where runs went and what the probes showed.
 Peak RSS is the workload's own VmHWM: a child's ru_maxrss from os.wait4 also
 counts the pages of this Python process at the fork (measured: +200 MiB in the
 parent shows up as +200 MiB in /bin/true's ru_maxrss), so it is kept in the
@@ -280,9 +281,18 @@ def run_all(args, cs, bindir):
             log("compare: %s pinned to CPU %d" % (label, cpu))
         return cpu
 
+    def threaded_group(label):
+        slow = args.pinning.before_threaded_group(label)
+        if slow:
+            log("compare: %s runs with CPU %s in a slow spell" % (label, "/".join(map(str, slow))))
+
     for rep in range(reps):
         for w in workloads:
-            pin = group_cpu("rep %d %s" % (rep + 1, w)) if w in SINGLE_THREADED else None
+            pin = None
+            if w in SINGLE_THREADED:
+                pin = group_cpu("rep %d %s" % (rep + 1, w))
+            else:
+                threaded_group("rep %d %s" % (rep + 1, w))
             for c in rotate(macro_cs, rep):
                 if c.unavailable:
                     continue
@@ -407,6 +417,9 @@ def build_report(args, cs, m, workloads, macro, micro, seal, command, real):
                  "%s. The threaded runs on every CPU." % (
                      ", ".join(w for w in MACRO if w in SINGLE_THREADED),
                      ", ".join(p + "*" for p in THREADED_MICRO), args.pinning.summary()))
+        threaded = args.pinning.threaded_summary()
+        if threaded:
+            L.append("Threaded workloads: %s." % threaded)
     L.append("")
     L.append("## Contenders")
     L.append("")
@@ -728,7 +741,8 @@ def main():
     log("compare: %s mode, %d rep(s); %d CPUs, %s, kernel %s" % (mode_name, args.reps, m["nproc"], m["cpu"],
                                                                  platform.release()))
     try:
-        args.pinning = cpu_pin.Pinning(args.cpu, bindir)
+        # Quick mode (CI smoke) records slow CPUs but does not wait for them.
+        args.pinning = cpu_pin.Pinning(args.cpu, bindir, max_wait=0 if args.quick else 60)
     except ValueError as e:
         sys.exit("compare: %s" % e)
     cs = make_contenders(args)

@@ -53,6 +53,9 @@ elif "no pinning" not in cpus.group(1) and not re.search(
         r"chosen by probe of \d+ groups \(CPU \d+ for \d+.*\); probes .* [0-9.]+-[0-9.]+ ms on the CPU chosen",
         cpus.group(1)):
     fail.append("CPUs line names no pinned CPU with its probe times: " + cpus.group(1))
+elif "no pinning" not in cpus.group(1) and not re.search(r"^Threaded workloads: \d+ of \d+ threaded groups started",
+                                                         text, re.M):
+    fail.append("no line on how the threaded groups started")
 # The micro rows are measured in two runs (pinned, threaded): both kinds present.
 for row in ("lifo_16B", "prodcons_64B"):
     if not re.search(r"^\| %s \|" % row, text, re.M):

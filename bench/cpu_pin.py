@@ -13,6 +13,7 @@ workload in one repetition go to one CPU: the one whose slowest probe
 before, was fastest. Threaded workloads keep every CPU."""
 import os
 import subprocess
+import time
 
 
 def allowed_cpus():
@@ -67,15 +68,25 @@ class Pinning:
     the group goes to the CPU whose slowest probe was fastest (either CPU of
     this project's machine has had its slow minutes); a CPU number: always
     that one, probed all the same for the report; "none": no pinning, no
-    probes. Keeps every probe and choice for the report."""
+    probes. Keeps every probe and choice for the report.
+
+    Threaded groups cannot be pinned away from a slow CPU; before each, every
+    CPU is probed, and while one is in a slow spell (a probe over SLOW times
+    the fastest probe of the run so far) the group waits for it, up to
+    max_wait seconds, then runs and is counted as run with a slow CPU."""
 
     ROUNDS = 2
+    SLOW = 1.3
+    RECHECK_S = 5
 
-    def __init__(self, mode, bindir):
+    def __init__(self, mode, bindir, max_wait=60):
         self.bindir = bindir
         self.cpus = allowed_cpus()
         self.mode = mode
-        self.groups = []   # (label, chosen cpu, {cpu: [seconds]})
+        self.max_wait = max_wait
+        self.fastest = None   # the fastest probe of the run so far
+        self.groups = []      # (label, chosen cpu, {cpu: [seconds]})
+        self.threaded = []    # (label, seconds waited, CPUs still slow, {cpu: [seconds]})
         if mode not in ("auto", "none"):
             try:
                 self.mode = int(mode)
@@ -92,10 +103,33 @@ class Pinning:
         """The CPU for the next group of runs (None: not pinned)."""
         if not self.pins:
             return None
-        probes = probe_all(self.bindir, self.cpus, self.ROUNDS)
+        probes = self._probe()
         cpu = choose(probes) if self.mode == "auto" else self.mode
         self.groups.append((label, cpu, probes))
         return cpu
+
+    def before_threaded_group(self, label):
+        """Waits (up to max_wait) until no CPU is in a slow spell; records it."""
+        if not self.pins:
+            return
+        waited = 0   # seconds slept, probes not counted
+        while True:
+            probes = self._probe()
+            slow = sorted(c for c, ts in probes.items()
+                          if ts and self.fastest is not None and max(ts) > self.SLOW * self.fastest)
+            if not slow or waited >= self.max_wait:
+                break
+            time.sleep(self.RECHECK_S)
+            waited += self.RECHECK_S
+        self.threaded.append((label, waited, slow, probes))
+        return slow
+
+    def _probe(self):
+        probes = probe_all(self.bindir, self.cpus, self.ROUNDS)
+        seen = [t for ts in probes.values() for t in ts]
+        if seen:
+            self.fastest = min(seen + ([self.fastest] if self.fastest is not None else []))
+        return probes
 
     def summary(self):
         """One sentence for a report: where the groups went, and the probes of
@@ -120,6 +154,27 @@ class Pinning:
                                                       "s" if len(self.cpus) > 2 else "")
         return text
 
+    def threaded_summary(self):
+        """One sentence for a report: how the threaded groups started."""
+        if not self.pins or not self.threaded:
+            return None
+        at_once = [g for g in self.threaded if not g[2] and not g[1]]
+        after_wait = [g for g in self.threaded if not g[2] and g[1]]
+        still_slow = [g for g in self.threaded if g[2]]
+        text = "%d of %d threaded groups started at once, every CPU's probe within %.1fx of the run's fastest" % (
+            len(at_once), len(self.threaded), self.SLOW)
+        if after_wait:
+            text += "; %d after waiting for a slow CPU (%.0f s in all)" % (
+                len(after_wait), sum(g[1] for g in after_wait))
+        if still_slow:
+            text += "; %d with a CPU still slow after up to %d s (%s)" % (
+                len(still_slow), self.max_wait,
+                ", ".join("%s: CPU %s" % (g[0], "/".join(map(str, g[2]))) for g in still_slow))
+        return text
+
     def to_json(self):
-        return [{"group": label, "cpu": cpu, "probes_s": {str(c): ts for c, ts in pr.items()}}
-                for label, cpu, pr in self.groups]
+        return {"pinned": [{"group": label, "cpu": cpu, "probes_s": {str(c): ts for c, ts in pr.items()}}
+                           for label, cpu, pr in self.groups],
+                "threaded": [{"group": label, "waited_s": w, "slow_cpus": slow,
+                              "probes_s": {str(c): ts for c, ts in pr.items()}}
+                             for label, w, slow, pr in self.threaded]}
