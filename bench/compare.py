@@ -267,6 +267,7 @@ def run_all(args, cs, bindir):
     reps = args.reps
     macro_cs = [c for c in cs if c.malloc_level and not c.unavailable]
     micro_cs = [c for c in cs if not c.unavailable]
+    filters = {c.source: micro_filters(bindir, c.source) for c in micro_cs}  # the same every repetition
     workloads = [w for w in MACRO if not args.only or w in args.only]
     total = reps * (len(workloads) * len(macro_cs) + len(micro_cs) + 1)
     done = 0
@@ -320,7 +321,7 @@ def run_all(args, cs, bindir):
             # The single-threaded rows pinned, the threaded ones (if any) in a
             # second run on every CPU; one line of the log for both.
             n, wall, failed = 0, 0.0, False
-            for filt, pin in zip(micro_filters(bindir, c.source), (micro_pin, None)):
+            for filt, pin in zip(filters[c.source], (micro_pin, None)):
                 if filt is None:
                     continue
                 cmd = [os.path.join(bindir, "alloc_micro"), "--benchmark_format=json",

@@ -346,10 +346,10 @@ def run_programs(args, bindir, res, order, timeout, tmp, log):
     reference = {}   # program -> output key of its first good run
     todo = [(p, c) for p in res.programs for c in res.contenders if (p.name, c.name) not in res.unavailable]
     total, done = args.reps * len(todo), 0
+    # Every program here runs one thread: pinned as compare.py's single-threaded workloads.
+    pinning = getattr(args, "pinning", None)
     for rep in range(args.reps):
         for p in res.programs:
-            # Every program here runs one thread: pinned as compare.py's single-threaded workloads.
-            pinning = getattr(args, "pinning", None)
             cpu = pinning.for_group("rep %d %s" % (rep + 1, p.name)) if pinning else None
             for c in order(res.contenders, rep):
                 if (p.name, c.name) in res.unavailable:
