@@ -174,6 +174,9 @@ std::size_t heap::decay(bool all) noexcept {
     for (segment* s = c.avail; s != nullptr; s = s->next) released += purge_free_pages(s, now, all, &more);
     for (segment* s = c.empty; s != nullptr; s = s->next) released += purge_free_pages(s, now, all, &more);
   }
+  // Mappings retired in a batch (segment.h, retire::batched) wait for the
+  // batch to fill: a decay pass, idle or trim, ends the wait.
+  unmap_deferred_segments();
   if (more) decay_pending_.store(true, std::memory_order_release);
   return released;
 }

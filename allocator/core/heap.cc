@@ -442,7 +442,9 @@ bool heap::cache_large(segment* s) noexcept {
       kept = true;
     }
   }
-  destroy_segments(*os_, evicted, n_evicted);
+  // Batched: a program freeing large blocks of changing sizes evicts on most
+  // frees, and a grace period each was a process barrier each.
+  destroy_segments(*os_, evicted, n_evicted, retire::batched);
   // Without a purger thread no decay pass comes unless the program asks
   // (trim): hand the pages back now, as the free that made them due.
   if (due && (!options_.background_decay || purger::unavailable())) (void)release_due_large();

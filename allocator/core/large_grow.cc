@@ -22,8 +22,9 @@
 //   3. Build the new header (its metadata and map leaves), then extend the
 //      mapping. Either may fail: the new header is unmapped (nobody saw it),
 //      the block is made live again, and the caller copies.
-//   4. Publish: the new header replaces the old in the map and in all_, then
-//      readers are waited out and the old header is unmapped.
+//   4. Publish: the new header replaces the old in the map and in all_; the
+//      old one is unmapped after a grace period, with the next batch of
+//      retired segments (segment.h, retire::batched), not waited for here.
 #include "allocator/core/grace.h"
 #include "allocator/core/heap.h"
 #include "allocator/core/segment.h"
@@ -87,8 +88,7 @@ bool heap::grow_large_in_place(void* p, std::size_t bytes) noexcept {
   }
   forget_large_tail(old);  // the request now covers the old tail, and the new header has none
   large_live_bytes_.fetch_add(grown->span - old->span, std::memory_order_relaxed);
-  wait_for_readers();
-  os_->unmap_metadata(old->meta_base, old->meta_bytes);
+  retire_header(*os_, old);  // unmapped after a grace period, with the next batch
   return true;
 }
 

@@ -198,16 +198,29 @@ void unmap_segment(os::os_interface& os, segment* s) {
 
 namespace {
 
-// Segments unregistered by a thread inside a read section of its own: a free
-// or trim() made by a signal handler, or by code a seal calls, on a thread
-// whose interrupted section may still read them. A grace period never waits
-// for its caller's section, so they wait, off every list but this one, for
-// the next grace period a thread starts outside every section. A lock-free
-// stack: a signal handler may push.
+// Segments unregistered but not yet unmapped, each waiting for a grace period
+// that began after its unregistration: those unregistered by a thread inside
+// a read section of its own (a free or trim() made by a signal handler, or by
+// code a seal calls, whose interrupted section may still read them: a grace
+// period never waits for its caller's section), and those retired in a batch
+// (retire::batched). Off every list but this one; the next grace period a
+// thread starts outside every section covers them all. A lock-free stack: a
+// signal handler may push.
 std::atomic<segment*> g_deferred{nullptr};
+// What the stack holds, for the batch bound (retire::batched): segments, and
+// bytes of their mappings (arena and metadata; a header alone: its metadata).
+std::atomic<std::size_t> g_deferred_count{0};
+std::atomic<std::size_t> g_deferred_bytes{0};
 
-void defer_unmap(os::os_interface& os, segment* s) {
+std::size_t deferred_bytes_of(const segment* s) {
+  return s->deferred_header_only ? s->meta_bytes : s->span + s->meta_bytes;
+}
+
+void defer_unmap(os::os_interface& os, segment* s, bool header_only) {
   s->deferred_os = &os;
+  s->deferred_header_only = header_only;
+  g_deferred_count.fetch_add(1, std::memory_order_relaxed);
+  g_deferred_bytes.fetch_add(deferred_bytes_of(s), std::memory_order_relaxed);
   segment* top = g_deferred.load(std::memory_order_relaxed);
   do {
     s->deferred_next = top;
@@ -218,34 +231,56 @@ void unmap_all(segment* list) {
   while (list != nullptr) {
     segment* s = list;
     list = s->deferred_next;
-    unmap_segment(*s->deferred_os, s);
+    g_deferred_count.fetch_sub(1, std::memory_order_relaxed);
+    g_deferred_bytes.fetch_sub(deferred_bytes_of(s), std::memory_order_relaxed);
+    if (s->deferred_header_only) {
+      s->deferred_os->unmap_metadata(s->meta_base, s->meta_bytes);
+    } else {
+      unmap_segment(*s->deferred_os, s);
+    }
   }
+}
+
+// Everything deferred so far, after one grace period. Those deferred before
+// it began are unregistered before it, and their sections began before it.
+void unmap_deferred_now() {
+  segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
+  if (deferred == nullptr) return;
+  wait_for_readers();
+  unmap_all(deferred);
+}
+
+bool batch_over_bound() {
+  return g_deferred_count.load(std::memory_order_relaxed) >= kRetiredBatchSegments ||
+         g_deferred_bytes.load(std::memory_order_relaxed) >= kRetiredBatchBytes;
 }
 
 }  // namespace
 
 void destroy_segment(os::os_interface& os, segment* s) { destroy_segments(os, &s, 1); }
 
-void destroy_segments(os::os_interface& os, segment* const* list, int n) {
+void destroy_segments(os::os_interface& os, segment* const* list, int n, retire when) {
   if (n == 0) return;
   for (int i = 0; i < n; ++i) unregister_segment(list[i]);
-  if (in_read_section()) {
-    for (int i = 0; i < n; ++i) defer_unmap(os, list[i]);
+  if (in_read_section() || when == retire::batched) {
+    for (int i = 0; i < n; ++i) defer_unmap(os, list[i], false);
+    if (when == retire::batched && !in_read_section() && batch_over_bound()) unmap_deferred_now();
     return;
   }
-  // Those deferred before this grace period began are unregistered before
-  // it, and their sections began before it: it covers them too.
   segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
   wait_for_readers();
   for (int i = 0; i < n; ++i) unmap_segment(os, list[i]);
   unmap_all(deferred);
 }
 
+void retire_header(os::os_interface& os, segment* old) {
+  defer_unmap(os, old, true);
+  if (!in_read_section() && batch_over_bound()) unmap_deferred_now();
+}
+
 void unmap_deferred_segments() noexcept {
   if (g_deferred.load(std::memory_order_relaxed) == nullptr || in_read_section()) return;
-  segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
-  wait_for_readers();
-  unmap_all(deferred);
+  unmap_deferred_now();
 }
 
 }  // namespace dropalloc::core

@@ -173,12 +173,32 @@ void raise_generation_floor(const segment* s);
 // generation floor above every generation the segment used, and waiting for a
 // grace period in between (core/grace.h): no lock-free reader still holds it.
 void destroy_segment(os::os_interface& os, segment* s);
+// When destroy_segments unmaps: now (after a grace period of its own, which
+// also unmaps whatever was deferred before), or batched: unregistered at
+// once, and unmapped with others under one grace period once the deferred
+// ones reach kRetiredBatchSegments or kRetiredBatchBytes, or by the next
+// call that unmaps now (decay, trim, a heap's destructor). A grace period
+// is a process barrier (membarrier: an interrupt on every CPU running one of
+// the process's threads): a program that frees large blocks of changing
+// sizes evicts a cached mapping on most frees, and paid one per free.
+enum class retire : std::uint8_t { now, batched };
+// The batch bound: fewer than this many segments, and this many bytes of
+// their mappings (resident or not), wait unmapped-to-be between calls; the
+// retirement that reaches either unmaps them all. They are off every heap's
+// lists, so no heap's statistics count them meanwhile.
+inline constexpr std::size_t kRetiredBatchSegments = 16;
+inline constexpr std::size_t kRetiredBatchBytes = std::size_t{8} << 20;
+
 // destroy_segment for n segments under one grace period. Callers unlink
 // them from every list first, and call it holding no heap lock: the wait
 // for readers and the unmaps take a while, and other threads want the lock.
 // Called inside a read section (in_read_section()), they are unregistered
 // at once and unmapped by the next call made outside every section.
-void destroy_segments(os::os_interface& os, segment* const* list, int n);
+void destroy_segments(os::os_interface& os, segment* const* list, int n, retire when = retire::now);
+// The header of a large block that grew in place (heap::grow_large_in_place),
+// already replaced in the map and in every list: its metadata is unmapped
+// with the next batch (retire::batched), not its arena, which the block keeps.
+void retire_header(os::os_interface& os, segment* old);
 // Unmaps the segments destroyed inside read sections so far (after a grace
 // period); nothing when called inside one. A heap's destructor calls it: the
 // OS they were mapped with may not outlive the heap.

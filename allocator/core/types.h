@@ -309,11 +309,13 @@ struct segment {
   segment* prev;
   segment* all_next;               // heap-wide list (guarded by the heap's segments lock)
   segment* all_prev;
-  // Unregistered by a thread inside a read section of its own, waiting to be
-  // unmapped (segment.cc, destroy_segments): the next in that list, and the
-  // OS that unmaps it. Written once it is off every other list.
+  // Unregistered, waiting to be unmapped after a grace period (segment.cc,
+  // destroy_segments, retire_header): the next in that list, the OS that
+  // unmaps it and what it unmaps. Written once it is off every other list.
   segment* deferred_next;
   os::os_interface* deferred_os;
+  bool deferred_header_only;       // the header of a block that grew in place: unmap
+                                   // its metadata only (the block keeps the arena)
 
   std::uint64_t generation_of(std::uint64_t m) const { return gen_base + meta::gen(m); }
 };
