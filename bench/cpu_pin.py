@@ -152,6 +152,12 @@ class Pinning:
         if others:
             text += ", %.1f-%.1f ms on the other%s" % (1e3 * min(others), 1e3 * max(others),
                                                       "s" if len(self.cpus) > 2 else "")
+        # A group none of whose probes ran went wherever the scheduler put it.
+        unpinned = [label for label, cpu, _ in self.groups if cpu is None]
+        if unpinned:
+            text += "; %d group%s not pinned, no probe having run before %s (%s)" % (
+                len(unpinned), "s" if len(unpinned) > 1 else "", "them" if len(unpinned) > 1 else "it",
+                ", ".join(unpinned))
         return text
 
     def threaded_summary(self):

@@ -43,6 +43,17 @@ class PinningTest(unittest.TestCase):
         self.assertIn("chosen by probe of 2 groups (CPU 0 for 1, CPU 1 for 1)", text)
         self.assertIn("21.0-23.0 ms on the CPU chosen, 36.0-40.0 ms on the other", text)
 
+    def test_a_group_whose_probes_all_failed_is_reported_unpinned(self):
+        cpu_pin.probe_all = Scripted([{0: [0.022, 0.023], 1: [0.030, 0.031]}, {0: [], 1: []},
+                                      {0: [0.022], 1: [0.024]}])
+        p = cpu_pin.Pinning("auto", "bin")
+        self.assertEqual(p.for_group("rep 1 a"), 0)
+        self.assertIsNone(p.for_group("rep 1 b"))
+        self.assertEqual(p.for_group("rep 1 c"), 0)
+        text = p.summary()
+        self.assertIn("chosen by probe of 2 groups (CPU 0 for 2)", text)
+        self.assertIn("; 1 group not pinned, no probe having run before it (rep 1 b)", text)
+
     def test_a_given_cpu_is_kept_and_none_probes_nothing(self):
         cpu_pin.probe_all = Scripted([{0: [0.050], 1: [0.020]}])
         self.assertEqual(cpu_pin.Pinning("0", "bin").for_group("g"), 0)

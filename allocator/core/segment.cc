@@ -267,6 +267,7 @@ void destroy_segments(os::os_interface& os, segment* const* list, int n, retire 
     if (when == retire::batched && !in_read_section() && batch_over_bound()) unmap_deferred_now();
     return;
   }
+  // Now: one grace period for these and whatever waits (unmap_deferred_now).
   segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
   wait_for_readers();
   for (int i = 0; i < n; ++i) unmap_segment(os, list[i]);
