@@ -2,7 +2,10 @@
 // tests derive from it and override only the calls they count, fail or hook.
 #pragma once
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
+#include <thread>
 
 #include "allocator/os/os.h"
 
@@ -23,6 +26,21 @@ struct forwarding_os : os::os_interface {
   backing arena_backing() noexcept override { return real.arena_backing(); }
   int fallback_reason() noexcept override { return real.fallback_reason(); }
   int settle_translations() noexcept override { return real.settle_translations(); }
+};
+
+// Its first unmap_arena after `stall` is set waits for `release`: a thread
+// preempted (or a slow munmap) in the middle of unmapping a batch it took
+// (core/segment.h, retire::batched). `stalled` says it is waiting.
+struct stalling_os : forwarding_os {
+  using forwarding_os::forwarding_os;
+  std::atomic<bool> stall{false}, stalled{false}, release{false};
+  void unmap_arena(void* p, std::size_t b) noexcept override {
+    if (stall.exchange(false)) {
+      stalled.store(true);
+      while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    real.unmap_arena(p, b);
+  }
 };
 
 }  // namespace dropalloc::testing

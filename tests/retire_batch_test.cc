@@ -4,8 +4,11 @@
 // period once kRetiredBatchSegments or kRetiredBatchBytes of them wait, or
 // at the next decay pass, trim() or heap destruction; nothing is unmapped
 // early, nothing is left mapped, and a batch never holds more than its bound.
+// A batch may hold other heaps' segments: a heap's destructor and trim()
+// wait for the thread unmapping it.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <thread>
@@ -14,6 +17,7 @@
 #include "allocator/core/segment.h"
 #include "allocator/os/fake_os.h"
 #include "tests/core_heap.h"
+#include "tests/forwarding_os.h"
 #include "tests/pattern.h"
 
 namespace core = dropalloc::core;
@@ -22,6 +26,7 @@ using dropalloc::block_state;
 using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
 using dropalloc::testing::holds;
+using dropalloc::testing::stalling_os;
 using dropalloc::testing::with_os_no_decay;
 
 namespace {
@@ -109,4 +114,65 @@ TEST_CASE("the header a growth in place replaced is unmapped with a batch, the b
   CHECK(h.check(p, gen) == block_state::intact);
   h.deallocate(p);
   CHECK(h.stats().misuse_refused == 0);
+}
+
+namespace {
+
+// Heap b's thread: fills b's cache, then evicts until the batch is full, so
+// that it takes every waiting segment (`waiting` of another heap's among
+// them) and stalls in its first unmap, one of b's own (pushed last).
+std::thread stalled_flusher(core::heap& b, stalling_os& os_b, int waiting) {
+  std::thread t([&b, &os_b, waiting] {
+    const std::size_t next = free_growing(b, 8 * kLarge, kCacheSlots);
+    os_b.stall.store(true);
+    free_growing(b, next, static_cast<int>(core::kRetiredBatchSegments) - waiting);
+  });
+  while (!os_b.stalled.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("a heap destroyed while another thread unmaps its retired mapping waits for that unmap") {
+  os::fake_os real_b;
+  stalling_os os_b(real_b);
+  core::heap b(with_os_no_decay(&os_b));
+  os::fake_os os_a;
+  auto* a = new core::heap(with_os_no_decay(&os_a));
+  core::unmap_deferred_segments();
+  free_growing(*a, kLarge, kCacheSlots + 1);  // one of a's mappings waits
+  std::thread flusher = stalled_flusher(b, os_b, 1);
+
+  std::atomic<bool> destroyed{false};
+  std::thread destroyer([&] {
+    delete a;  // must not return while the flusher still holds a's mapping
+    destroyed.store(true);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK_FALSE(destroyed.load());
+  os_b.release.store(true);
+  destroyer.join();
+  // Every arena of a's went before its destructor returned: its OS layer,
+  // which the program may destroy now, is never called again.
+  CHECK(os_a.arena_maps.load() == os_a.arena_unmaps.load());
+  flusher.join();
+  b.trim();
+}
+
+TEST_CASE("trim() waits for this heap's retired mappings that another thread is unmapping") {
+  os::fake_os real_b;
+  stalling_os os_b(real_b);
+  core::heap b(with_os_no_decay(&os_b));
+  os::fake_os os_a;
+  core::heap a(with_os_no_decay(&os_a));
+  core::unmap_deferred_segments();
+  free_growing(a, kLarge, kCacheSlots + 3);  // three of a's wait
+  std::thread flusher = stalled_flusher(b, os_b, 3);
+  std::thread trimmer([&] { a.trim(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  os_b.release.store(true);
+  trimmer.join();
+  CHECK(os_a.arena_maps.load() == os_a.arena_unmaps.load());  // nothing live, nothing cached, none waiting
+  flusher.join();
+  b.trim();
 }

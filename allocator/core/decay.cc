@@ -3,6 +3,8 @@
 // of free blocks in partly used arenas are released (MADV_DONTNEED), each
 // once it stayed unused for the decay time. decay() runs on later operations,
 // on the background purger's clock (core/purger.h) and, with `all`, on trim().
+#include <time.h>
+
 #include "allocator/core/grace.h"
 #include "allocator/core/heap.h"
 #include "allocator/core/heap_internal.h"
@@ -192,7 +194,30 @@ std::size_t heap::trim() noexcept {
   // Exited threads' tables kept for new threads hold no blocks, only pages
   // (process-wide ones: not counted as this heap's).
   internal::release_spare_tables(/*wait=*/false);
-  return decay(true);
+  const std::size_t released = decay(true);
+  wait_for_retired(/*bounded=*/true);
+  return released;
+}
+
+void heap::wait_for_retired(bool bounded) noexcept {
+  if (in_read_section()) return;
+  // Ours waiting on the stack go now; those another thread took off it are
+  // unmapped by that thread after its grace period: a short wait, unless it
+  // was preempted. Unbounded for the destructor, for which no new ones come.
+  constexpr int kMaxPolls = 2000;  // of 50 us: 100 ms
+  for (int i = 0; retired_waiting_.load(std::memory_order_acquire) != 0; ++i) {
+    unmap_deferred_segments();
+    if (retired_waiting_.load(std::memory_order_acquire) == 0 || (bounded && i >= kMaxPolls)) break;
+    const timespec pause = {0, 50 * 1000};
+    nanosleep(&pause, nullptr);
+  }
+}
+
+void heap::recount_retired_after_fork() noexcept {
+  internal::registry_t& r = internal::registry();
+  lock_guard guard(r.lock);
+  for (heap* h = r.all_heaps; h != nullptr; h = h->next_heap_) h->retired_waiting_.store(0, std::memory_order_relaxed);
+  recount_deferred_after_fork();
 }
 
 bool heap::decay_background_heaps() noexcept {

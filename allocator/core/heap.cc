@@ -113,7 +113,7 @@ heap::~heap() {
       os_->unmap_metadata(classes_[cls].transfer, kTransferCapacity[cls] * sizeof(cached_block));
     }
   }
-  unmap_deferred_segments();
+  wait_for_retired(/*bounded=*/false);
   lock_guard guard(segments_lock_);
   // One grace period for all: unregister every arena, wait, then unmap.
   for (segment* s = all_; s != nullptr; s = s->all_next) unregister_segment(s);

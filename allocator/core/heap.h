@@ -215,7 +215,9 @@ class heap {
   // Whether a decay() would find something (or something not yet old enough).
   bool has_decay_work() const noexcept { return decay_pending_.load(std::memory_order_acquire); }
   // decay(true), after handing back the calling thread's cached blocks (other
-  // threads' caches keep theirs). Returns the bytes handed back.
+  // threads' caches keep theirs), then waits (up to about 100 ms) for this
+  // heap's retired mappings that another thread's batch holds (segment.h,
+  // retire::batched). Returns the bytes handed back.
   std::size_t trim() noexcept;
   // In a forked child: decay work pending from the parent asks the (new)
   // purger again, since note_decay_work() asks only when work first appears.
@@ -224,6 +226,13 @@ class heap {
   // out of the cache's slots while it released their pages go back in
   // (that thread does not exist here to do it).
   static void restore_large_cache_after_fork() noexcept;
+  // In a forked child: every heap's count of retired segments recounted from
+  // what waits on the stack (segment.h), the batches threads of the parent
+  // were unmapping when it forked put back on it.
+  static void recount_retired_after_fork() noexcept;
+  // Segments of this heap retired but not yet unmapped (segment.cc counts
+  // them, from their retirement until their unmap has returned).
+  std::atomic<std::size_t>& retired_waiting() noexcept { return retired_waiting_; }
   // One pass of the background purger over every heap with
   // options.background_decay. Returns whether any still has decay work.
   static bool decay_background_heaps() noexcept;
@@ -403,6 +412,15 @@ class heap {
   // Returns the bytes unmapped; *more set when entries are kept (not yet old).
   std::size_t release_large_cache(bool all, bool* more = nullptr) noexcept;
   advice_queue advice_;  // seal advice waiting to be given (advise_later)
+  // See retired_waiting(). A retired segment's unmap goes through os_ and
+  // may be made by any thread (whichever fills or ends a batch): the
+  // destructor waits for it to reach 0 before the heap, and perhaps its OS
+  // layer, go away.
+  std::atomic<std::size_t> retired_waiting_{0};
+  // Unmaps what this heap has waiting, and waits for its segments that
+  // another thread's batch holds; `bounded`: for at most about 100 ms.
+  // Nothing inside a read section (no grace period can be waited for there).
+  void wait_for_retired(bool bounded) noexcept;
   std::atomic<bool> decay_pending_{false};  // something for decay() to hand back
   std::atomic<std::uint64_t> drops_detected_{0};
   std::atomic<std::uint64_t> misuse_refused_{0};

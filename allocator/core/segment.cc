@@ -1,6 +1,7 @@
 #include "allocator/core/segment.h"
 
 #include "allocator/core/grace.h"
+#include "allocator/core/heap.h"
 #include "allocator/core/thread_cache.h"
 
 #include <errno.h>
@@ -203,51 +204,86 @@ namespace {
 // a read section of its own (a free or trim() made by a signal handler, or by
 // code a seal calls, whose interrupted section may still read them: a grace
 // period never waits for its caller's section), and those retired in a batch
-// (retire::batched). Off every list but this one; the next grace period a
-// thread starts outside every section covers them all. A lock-free stack: a
-// signal handler may push.
+// (retire::batched) or now. Off every list but this one; the next grace
+// period a thread starts outside every section covers them all. A lock-free
+// stack: a signal handler may push.
 std::atomic<segment*> g_deferred{nullptr};
 // What the stack holds, for the batch bound (retire::batched): segments, and
-// bytes of their mappings (arena and metadata; a header alone: its metadata).
+// bytes of their mappings (arena and metadata; a header alone: its
+// metadata). Not what a flush took off it.
 std::atomic<std::size_t> g_deferred_count{0};
 std::atomic<std::size_t> g_deferred_bytes{0};
+
+// Batches a flush took off the stack and is unmapping, one slot each: the
+// rest of the batch, moved past each segment before that segment's unmap
+// begins. A child forked meanwhile, where the flushing thread does not
+// exist, puts them back on the stack (recount_deferred_after_fork): it loses
+// at most the segment being unmapped, and a batch whose flush found no free
+// slot, or was forked between taking the stack and claiming one.
+constexpr int kFlushSlots = 8;
+std::atomic<segment*> g_flushing[kFlushSlots] = {};
 
 std::size_t deferred_bytes_of(const segment* s) {
   return s->deferred_header_only ? s->meta_bytes : s->span + s->meta_bytes;
 }
 
+void push_deferred(segment* first, segment* last) {
+  segment* top = g_deferred.load(std::memory_order_relaxed);
+  do {
+    last->deferred_next = top;
+  } while (!g_deferred.compare_exchange_weak(top, first, std::memory_order_release, std::memory_order_relaxed));
+}
+
 void defer_unmap(os::os_interface& os, segment* s, bool header_only) {
   s->deferred_os = &os;
   s->deferred_header_only = header_only;
+  s->owner->retired_waiting().fetch_add(1, std::memory_order_relaxed);
   g_deferred_count.fetch_add(1, std::memory_order_relaxed);
   g_deferred_bytes.fetch_add(deferred_bytes_of(s), std::memory_order_relaxed);
-  segment* top = g_deferred.load(std::memory_order_relaxed);
-  do {
-    s->deferred_next = top;
-  } while (!g_deferred.compare_exchange_weak(top, s, std::memory_order_release, std::memory_order_relaxed));
+  push_deferred(s, s);
 }
 
-void unmap_all(segment* list) {
+void unmap_all(segment* list, std::atomic<segment*>* slot) {
   while (list != nullptr) {
     segment* s = list;
     list = s->deferred_next;
-    g_deferred_count.fetch_sub(1, std::memory_order_relaxed);
-    g_deferred_bytes.fetch_sub(deferred_bytes_of(s), std::memory_order_relaxed);
+    if (slot != nullptr) slot->store(list, std::memory_order_release);
+    // Read before the header goes with the metadata. Its heap, and the OS
+    // layer, stay until the count reaches 0 (heap::wait_for_retired): the
+    // count goes down only once the unmap has returned, and nothing here
+    // touches either after that.
+    std::atomic<std::size_t>& waiting = s->owner->retired_waiting();
     if (s->deferred_header_only) {
       s->deferred_os->unmap_metadata(s->meta_base, s->meta_bytes);
     } else {
       unmap_segment(*s->deferred_os, s);
     }
+    waiting.fetch_sub(1, std::memory_order_release);
   }
 }
 
-// Everything deferred so far, after one grace period. Those deferred before
-// it began are unregistered before it, and their sections began before it.
+// Everything on the stack, after one grace period. Those pushed before it
+// began were unregistered before it, and their sections began before it.
 void unmap_deferred_now() {
-  segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
-  if (deferred == nullptr) return;
+  segment* list = g_deferred.exchange(nullptr, std::memory_order_acquire);
+  if (list == nullptr) return;
+  std::atomic<segment*>* slot = nullptr;
+  for (auto& f : g_flushing) {
+    segment* none = nullptr;
+    if (f.compare_exchange_strong(none, list, std::memory_order_acq_rel)) {
+      slot = &f;
+      break;
+    }
+  }
+  std::size_t count = 0, bytes = 0;
+  for (segment* s = list; s != nullptr; s = s->deferred_next) {
+    ++count;
+    bytes += deferred_bytes_of(s);
+  }
+  g_deferred_count.fetch_sub(count, std::memory_order_relaxed);
+  g_deferred_bytes.fetch_sub(bytes, std::memory_order_relaxed);
   wait_for_readers();
-  unmap_all(deferred);
+  unmap_all(list, slot);
 }
 
 bool batch_over_bound() {
@@ -262,21 +298,33 @@ void destroy_segment(os::os_interface& os, segment* s) { destroy_segments(os, &s
 void destroy_segments(os::os_interface& os, segment* const* list, int n, retire when) {
   if (n == 0) return;
   for (int i = 0; i < n; ++i) unregister_segment(list[i]);
-  if (in_read_section() || when == retire::batched) {
-    for (int i = 0; i < n; ++i) defer_unmap(os, list[i], false);
-    if (when == retire::batched && !in_read_section() && batch_over_bound()) unmap_deferred_now();
-    return;
-  }
-  // Now: one grace period for these and whatever waits (unmap_deferred_now).
-  segment* deferred = g_deferred.exchange(nullptr, std::memory_order_acquire);
-  wait_for_readers();
-  for (int i = 0; i < n; ++i) unmap_segment(os, list[i]);
-  unmap_all(deferred);
+  for (int i = 0; i < n; ++i) defer_unmap(os, list[i], false);
+  if (in_read_section()) return;
+  // Now: these and whatever waits, under one grace period.
+  if (when == retire::now || batch_over_bound()) unmap_deferred_now();
 }
 
 void retire_header(os::os_interface& os, segment* old) {
   defer_unmap(os, old, true);
   if (!in_read_section() && batch_over_bound()) unmap_deferred_now();
+}
+
+void recount_deferred_after_fork() noexcept {
+  for (auto& f : g_flushing) {
+    segment* rest = f.exchange(nullptr, std::memory_order_acq_rel);
+    if (rest == nullptr) continue;
+    segment* last = rest;
+    while (last->deferred_next != nullptr) last = last->deferred_next;
+    push_deferred(rest, last);
+  }
+  std::size_t count = 0, bytes = 0;
+  for (segment* s = g_deferred.load(std::memory_order_acquire); s != nullptr; s = s->deferred_next) {
+    ++count;
+    bytes += deferred_bytes_of(s);
+    s->owner->retired_waiting().fetch_add(1, std::memory_order_relaxed);
+  }
+  g_deferred_count.store(count, std::memory_order_relaxed);
+  g_deferred_bytes.store(bytes, std::memory_order_relaxed);
 }
 
 void unmap_deferred_segments() noexcept {

@@ -199,9 +199,18 @@ void destroy_segments(os::os_interface& os, segment* const* list, int n, retire 
 // already replaced in the map and in every list: its metadata is unmapped
 // with the next batch (retire::batched), not its arena, which the block keeps.
 void retire_header(os::os_interface& os, segment* old);
-// Unmaps the segments destroyed inside read sections so far (after a grace
-// period); nothing when called inside one. A heap's destructor calls it: the
-// OS they were mapped with may not outlive the heap.
+// In a forked child (one thread, every heap's count zeroed by the caller):
+// the batches other threads of the parent were unmapping go back on the
+// stack (but the segment each was unmapping), and the batch counters and
+// each waiting segment's heap's count (heap::retired_waiting) are
+// recomputed from what the stack holds.
+void recount_deferred_after_fork() noexcept;
+// Unmaps the segments destroyed inside read sections or retired in a batch
+// so far (after a grace period); nothing when called inside one. Another
+// thread may have taken some off the stack and still be unmapping them: a
+// heap that must see its own gone waits for its count
+// (heap::wait_for_retired), since the OS they were mapped with may not
+// outlive the heap.
 void unmap_deferred_segments() noexcept;
 // The two halves, for callers that destroy many segments under one grace
 // period: unregister each, wait_for_readers() once, then unmap each.

@@ -394,6 +394,7 @@ void postfork_child() noexcept {
   heap::resume_decay_after_fork();
   reset_readers_after_fork();
   bias_after_fork(grace_internal::g_asymmetric.load(std::memory_order_relaxed));
+  heap::recount_retired_after_fork();
   heap::restore_large_cache_after_fork();  // after the readers' reset: it may unmap
   registry_t& r = registry();
   tc_table* mine = t_cache_table;

@@ -25,21 +25,24 @@ class fake_os final : public os_interface {
   std::atomic<std::uint64_t> arena_bytes_mapped{0};
   // Map the next arena where the last one was unmapped (if it is the same
   // size), as the kernel often does: for tests of address reuse.
+  // Atomic: unmaps come from whichever thread frees or retires an arena
+  // (core/segment.h: a batch may be unmapped by another heap's thread).
   bool reuse_unmapped_arena = false;
-  void* last_unmapped = nullptr;
-  std::size_t last_unmapped_bytes = 0;
+  std::atomic<void*> last_unmapped{nullptr};
+  std::atomic<std::size_t> last_unmapped_bytes{0};
 
   void* map_arena(std::size_t bytes, std::size_t alignment, int* err) noexcept override {
     if (arena_maps.fetch_add(1) + 1 == fail_arena_call.load()) {
       *err = fail_errno;
       return nullptr;
     }
-    if (reuse_unmapped_arena && last_unmapped != nullptr && last_unmapped_bytes == bytes &&
-        reinterpret_cast<std::uintptr_t>(last_unmapped) % alignment == 0) {
-      void* p = mmap(last_unmapped, bytes, PROT_READ | PROT_WRITE,
+    void* const last = last_unmapped.load();
+    if (reuse_unmapped_arena && last != nullptr && last_unmapped_bytes.load() == bytes &&
+        reinterpret_cast<std::uintptr_t>(last) % alignment == 0) {
+      void* p = mmap(last, bytes, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
-      if (p == last_unmapped) {
-        last_unmapped = nullptr;
+      if (p == last) {
+        last_unmapped.store(nullptr);
         arena_bytes_mapped += bytes;
         return p;
       }
