@@ -204,10 +204,11 @@ void heap::wait_for_retired(bool bounded) noexcept {
   // Ours waiting on the stack go now; those another thread took off it are
   // unmapped by that thread after its grace period: a short wait, unless it
   // was preempted. Unbounded for the destructor, for which no new ones come.
-  constexpr int kMaxPolls = 2000;  // of 50 us: 100 ms
-  for (int i = 0; retired_waiting_.load(std::memory_order_acquire) != 0; ++i) {
+  constexpr std::uint64_t kMaxWaitMs = 100;
+  const std::uint64_t since = now_ms();
+  while (retired_waiting_.load(std::memory_order_acquire) > 0) {
     unmap_deferred_segments();
-    if (retired_waiting_.load(std::memory_order_acquire) == 0 || (bounded && i >= kMaxPolls)) break;
+    if (retired_waiting_.load(std::memory_order_acquire) <= 0 || (bounded && now_ms() - since >= kMaxWaitMs)) break;
     const timespec pause = {0, 50 * 1000};
     nanosleep(&pause, nullptr);
   }

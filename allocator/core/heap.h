@@ -231,8 +231,10 @@ class heap {
   // were unmapping when it forked put back on it.
   static void recount_retired_after_fork() noexcept;
   // Segments of this heap retired but not yet unmapped (segment.cc counts
-  // them, from their retirement until their unmap has returned).
-  std::atomic<std::size_t>& retired_waiting() noexcept { return retired_waiting_; }
+  // them, from their retirement until their unmap has returned). Signed: in
+  // a forked child it may end below 0 (segment.h, recount_deferred_after_fork),
+  // which counts as none.
+  std::atomic<std::int64_t>& retired_waiting() noexcept { return retired_waiting_; }
   // One pass of the background purger over every heap with
   // options.background_decay. Returns whether any still has decay work.
   static bool decay_background_heaps() noexcept;
@@ -416,7 +418,7 @@ class heap {
   // may be made by any thread (whichever fills or ends a batch): the
   // destructor waits for it to reach 0 before the heap, and perhaps its OS
   // layer, go away.
-  std::atomic<std::size_t> retired_waiting_{0};
+  std::atomic<std::int64_t> retired_waiting_{0};
   // Unmaps what this heap has waiting, and waits for its segments that
   // another thread's batch holds; `bounded`: for at most about 100 ms.
   // Nothing inside a read section (no grace period can be waited for there).

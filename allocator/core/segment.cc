@@ -216,12 +216,18 @@ std::atomic<std::size_t> g_deferred_bytes{0};
 
 // Batches a flush took off the stack and is unmapping, one slot each: the
 // rest of the batch, moved past each segment before that segment's unmap
-// begins. A child forked meanwhile, where the flushing thread does not
-// exist, puts them back on the stack (recount_deferred_after_fork): it loses
-// at most the segment being unmapped, and a batch whose flush found no free
-// slot, or was forked between taking the stack and claiming one.
+// begins, and the flushing thread (the address of a thread-local of its own;
+// claimed first, given up last). A child forked meanwhile puts the batches
+// of other threads, which do not exist there, back on the stack
+// (recount_deferred_after_fork): it loses at most the segment each was
+// unmapping, and a batch whose flush found no free slot, or was forked
+// between taking the stack and filling its slot. The forking thread's own
+// batch, when it forked from a signal handler that interrupted its flush,
+// stays that flush's, which goes on once the handler returns.
 constexpr int kFlushSlots = 8;
 std::atomic<segment*> g_flushing[kFlushSlots] = {};
+std::atomic<const void*> g_flushing_thread[kFlushSlots] = {};
+thread_local char t_flush_id;
 
 std::size_t deferred_bytes_of(const segment* s) {
   return s->deferred_header_only ? s->meta_bytes : s->span + s->meta_bytes;
@@ -252,7 +258,7 @@ void unmap_all(segment* list, std::atomic<segment*>* slot) {
     // layer, stay until the count reaches 0 (heap::wait_for_retired): the
     // count goes down only once the unmap has returned, and nothing here
     // touches either after that.
-    std::atomic<std::size_t>& waiting = s->owner->retired_waiting();
+    std::atomic<std::int64_t>& waiting = s->owner->retired_waiting();
     if (s->deferred_header_only) {
       s->deferred_os->unmap_metadata(s->meta_base, s->meta_bytes);
     } else {
@@ -267,14 +273,13 @@ void unmap_all(segment* list, std::atomic<segment*>* slot) {
 void unmap_deferred_now() {
   segment* list = g_deferred.exchange(nullptr, std::memory_order_acquire);
   if (list == nullptr) return;
-  std::atomic<segment*>* slot = nullptr;
-  for (auto& f : g_flushing) {
-    segment* none = nullptr;
-    if (f.compare_exchange_strong(none, list, std::memory_order_acq_rel)) {
-      slot = &f;
-      break;
-    }
+  int claimed = -1;
+  for (int i = 0; i < kFlushSlots && claimed < 0; ++i) {
+    const void* none = nullptr;
+    if (g_flushing_thread[i].compare_exchange_strong(none, &t_flush_id, std::memory_order_acq_rel)) claimed = i;
   }
+  std::atomic<segment*>* slot = claimed >= 0 ? &g_flushing[claimed] : nullptr;
+  if (slot != nullptr) slot->store(list, std::memory_order_release);
   std::size_t count = 0, bytes = 0;
   for (segment* s = list; s != nullptr; s = s->deferred_next) {
     ++count;
@@ -283,7 +288,8 @@ void unmap_deferred_now() {
   g_deferred_count.fetch_sub(count, std::memory_order_relaxed);
   g_deferred_bytes.fetch_sub(bytes, std::memory_order_relaxed);
   wait_for_readers();
-  unmap_all(list, slot);
+  unmap_all(list, slot);  // leaves the slot empty
+  if (claimed >= 0) g_flushing_thread[claimed].store(nullptr, std::memory_order_release);
 }
 
 bool batch_over_bound() {
@@ -310,8 +316,10 @@ void retire_header(os::os_interface& os, segment* old) {
 }
 
 void recount_deferred_after_fork() noexcept {
-  for (auto& f : g_flushing) {
-    segment* rest = f.exchange(nullptr, std::memory_order_acq_rel);
+  for (int i = 0; i < kFlushSlots; ++i) {
+    if (g_flushing_thread[i].load(std::memory_order_acquire) == &t_flush_id) continue;  // ours: see above
+    segment* rest = g_flushing[i].exchange(nullptr, std::memory_order_acq_rel);
+    g_flushing_thread[i].store(nullptr, std::memory_order_release);
     if (rest == nullptr) continue;
     segment* last = rest;
     while (last->deferred_next != nullptr) last = last->deferred_next;

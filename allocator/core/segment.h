@@ -203,7 +203,9 @@ void retire_header(os::os_interface& os, segment* old);
 // the batches other threads of the parent were unmapping go back on the
 // stack (but the segment each was unmapping), and the batch counters and
 // each waiting segment's heap's count (heap::retired_waiting) are
-// recomputed from what the stack holds.
+// recomputed from what the stack holds. A batch of the forking thread's own
+// (a fork from a signal handler that interrupted its flush) is left to that
+// flush and not counted: its unmaps may take its heaps' counts below 0.
 void recount_deferred_after_fork() noexcept;
 // Unmaps the segments destroyed inside read sections or retired in a batch
 // so far (after a grace period); nothing when called inside one. Another
