@@ -81,7 +81,9 @@ TEST_CASE("a batch never holds kRetiredBatchBytes: a large eviction unmaps it at
   // The oldest entry, evicted first: larger than the whole byte bound.
   void* big = allocate_large(h, core::kRetiredBatchBytes);
   h.deallocate(big);
-  std::this_thread::sleep_for(std::chrono::milliseconds(3));  // cached strictly before the others
+  // Cached strictly before the others, by the heap's coarse clock (a tick
+  // of up to 10 ms): the eviction takes the oldest.
+  std::this_thread::sleep_for(std::chrono::milliseconds(25));
   std::size_t next = free_growing(h, kLarge, kCacheSlots - 1);  // the slots full
   const int before = fos.arena_unmaps.load();
   next = free_growing(h, next, 1);  // evicts the big one: over the bound

@@ -18,7 +18,9 @@ TEST_CASE("address reuse after a batched unmap: old handles stay stale") {
   std::uint64_t g = 0;
   REQUIRE(h.seal(p, &g) == block_state::intact);
   h.deallocate(p);  // cached, the oldest
-  std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  // Strictly older than the others by the heap's coarse clock (a tick of up
+  // to 10 ms; 3 ms here left a tie now and then, and another was evicted).
+  std::this_thread::sleep_for(std::chrono::milliseconds(25));
   std::size_t next = free_growing(h, 1300 * 1024, kCacheSlots - 1);  // slots full
   free_growing(h, next, 1);  // evicts p: it waits
   CHECK(h.check(p, g) != block_state::intact);
