@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cstddef>
+#include <cstring>
 #include <set>
 #include <vector>
 
@@ -46,6 +47,19 @@ inline void* allocate_large(core::heap& h, std::size_t bytes, std::size_t alignm
   void* p = h.allocate(bytes, alignment, &err);
   REQUIRE(p != nullptr);
   return p;
+}
+
+// Allocates and frees `count` large blocks, each a page larger than the one
+// before, starting at `from` bytes (64 bytes of each written), so that none
+// reuses a cached mapping: once the large cache's slots are full, each free
+// evicts one. Returns the size the next call starts from.
+inline std::size_t free_growing(core::heap& h, std::size_t from, int count) {
+  for (int i = 0; i < count; ++i, from += 4096) {
+    void* p = allocate_large(h, from);
+    std::memset(p, i, 64);
+    h.deallocate(p);
+  }
+  return from;
 }
 
 // For every class in [first, last): `count` blocks from h, all distinct (no

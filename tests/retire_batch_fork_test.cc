@@ -20,21 +20,14 @@
 
 namespace core = dropalloc::core;
 namespace os = dropalloc::os;
-using dropalloc::testing::allocate_large;
+using dropalloc::testing::free_growing;
 using dropalloc::testing::stalling_os;
 using dropalloc::testing::with_os_no_decay;
 
 namespace {
 
-constexpr std::size_t kPage = 4096;
 constexpr std::size_t kLarge = 300 * 1024;
 constexpr int kCacheSlots = 16;
-
-// Frees large blocks a page apart in size: once the cache is full, each evicts.
-std::size_t evict(core::heap& h, std::size_t from, int count) {
-  for (int i = 0; i < count; ++i, from += kPage) h.deallocate(allocate_large(h, from));
-  return from;
-}
 
 }  // namespace
 
@@ -45,11 +38,11 @@ TEST_CASE("a child forked mid-batch destroys the heaps whose segments the batch 
   os::fake_os os_a;
   auto* a = new core::heap(with_os_no_decay(&os_a));
   core::unmap_deferred_segments();
-  evict(*a, kLarge, kCacheSlots + 2);  // two of a's wait
+  free_growing(*a, kLarge, kCacheSlots + 2);  // two of a's wait
   std::thread flusher([&] {
-    const std::size_t next = evict(*b, 8 * kLarge, kCacheSlots);
+    const std::size_t next = free_growing(*b, 8 * kLarge, kCacheSlots);
     os_b.stall.store(true);
-    evict(*b, next, static_cast<int>(core::kRetiredBatchSegments) - 2);  // takes all, a's too, and stalls
+    free_growing(*b, next, static_cast<int>(core::kRetiredBatchSegments) - 2);  // takes all, a's too, and stalls
   });
   while (!os_b.stalled.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 

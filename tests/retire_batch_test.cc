@@ -25,6 +25,7 @@ namespace os = dropalloc::os;
 using dropalloc::block_state;
 using dropalloc::testing::allocate_large;
 using dropalloc::testing::fill;
+using dropalloc::testing::free_growing;
 using dropalloc::testing::holds;
 using dropalloc::testing::stalling_os;
 using dropalloc::testing::with_os_no_decay;
@@ -34,18 +35,6 @@ namespace {
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kLarge = 300 * 1024;  // above the largest class: a mapping of its own
 constexpr int kCacheSlots = 16;             // heap::kLargeCacheSlots
-
-// Allocates and frees large blocks, each a page larger than the one before,
-// so that none reuses a cached mapping: once the cache's slots are full, each
-// free evicts one. Returns the size the next call should start from.
-std::size_t free_growing(core::heap& h, std::size_t from, int count) {
-  for (int i = 0; i < count; ++i, from += kPage) {
-    void* p = allocate_large(h, from);
-    fill(p, 64, static_cast<std::size_t>(i));
-    h.deallocate(p);
-  }
-  return from;
-}
 
 }  // namespace
 

@@ -24,16 +24,7 @@ constexpr std::size_t kPage = 4096;
 constexpr std::size_t kLarge = 300 * 1024;
 constexpr int kCacheSlots = 16;
 
-// As tests/retire_batch_test.cc: each block a page larger than the last, so
-// no free reuses a cached mapping; once the 16 slots are full each evicts.
-inline std::size_t free_growing(core::heap& h, std::size_t from, int count) {
-  for (int i = 0; i < count; ++i, from += kPage) {
-    void* p = dropalloc::testing::allocate_large(h, from);
-    dropalloc::testing::fill(p, 64, static_cast<std::size_t>(i));
-    h.deallocate(p);
-  }
-  return from;
-}
+using dropalloc::testing::free_growing;  // tests/core_heap.h (first written in this round)
 
 // A flusher preempted in the middle of its batch: tests/forwarding_os.h
 // (first written here).
